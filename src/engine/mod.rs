@@ -1,0 +1,454 @@
+//! The deploy engine, shared by `imprint deploy` on a host and by the deploy
+//! environment's PID 1.
+//!
+//! One rule does most of the work: for every chunk, if the target already holds
+//! exactly that content, skip it. That gives resume after an interruption, cheap
+//! re-deploys and delta upgrades. Everything written has been checked against the
+//! sha256 in a trusted manifest first; nothing unverified ever reaches the target.
+
+mod target;
+mod verify;
+
+pub use target::{DiskTarget, Target, TargetError};
+pub use verify::{VerifyReport, verify};
+
+use crate::format::digest::{Digest, ImageRef};
+use crate::format::is_zero;
+use crate::format::manifest::{ChunkKind, MAX_MANIFEST_BYTES, Manifest, ManifestError};
+use crate::format::signature::{self, SignatureError};
+use crate::repo::{chunk_path, manifest_path, ref_path, signature_path};
+use crate::source::{FetchError, RetryCounter, RetryPolicy, Source, fetch_checked};
+use ed25519_dalek::VerifyingKey;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("ref {image} is malformed: {reason}")]
+    BadRef { image: String, reason: String },
+    #[error("manifest {digest}: {source}")]
+    Manifest {
+        digest: Digest,
+        source: ManifestError,
+    },
+    #[error(
+        "manifest served as {expected} hashes to {actual}: the pin does not match or the repository is corrupt"
+    )]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    #[error("manifest {0} is not signed (no .sig file) but a public key was given")]
+    Unsigned(Digest),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("{what} {target} at offset {offset}: {source}")]
+    TargetIo {
+        what: &'static str,
+        target: String,
+        offset: u64,
+        source: std::io::Error,
+    },
+}
+
+/// How the manifest came to be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// The operator pinned its digest.
+    Pinned,
+    /// Signed by the operator's public key.
+    Signed,
+    /// Only the repository vouches for it (no pin, no key).
+    Unverified,
+}
+
+pub struct Resolved {
+    pub digest: Digest,
+    pub manifest: Manifest,
+    pub trust: Trust,
+}
+
+/// Finds, checks and decodes the manifest `image` names. Nothing is trusted that a
+/// digest pin or the given public key does not vouch for.
+pub fn resolve(
+    source: &dyn Source,
+    image: &ImageRef,
+    pubkey: Option<&VerifyingKey>,
+    policy: &RetryPolicy,
+) -> Result<Resolved, DeployError> {
+    let retries = RetryCounter::default();
+    let mut buf = Vec::new();
+    // A mismatch on small metadata is more likely a lie than a transient flip:
+    // retry briefly, then say so.
+    let meta_policy = RetryPolicy {
+        attempts: policy.attempts.min(3),
+        ..policy.clone()
+    };
+    let (digest, pinned) = match image {
+        ImageRef::Digest(d) => (*d, true),
+        ImageRef::Tag { name, tag } => {
+            fetch_checked(
+                source,
+                &ref_path(name, tag),
+                4096,
+                &mut buf,
+                policy,
+                &retries,
+                |_| Ok(()),
+            )?;
+            let text = String::from_utf8_lossy(&buf);
+            let digest = text.parse::<Digest>().map_err(|e| DeployError::BadRef {
+                image: image.to_string(),
+                reason: e.to_string(),
+            })?;
+            (digest, false)
+        }
+    };
+    let mut actual = digest;
+    let fetched = fetch_checked(
+        source,
+        &manifest_path(&digest),
+        MAX_MANIFEST_BYTES,
+        &mut buf,
+        &meta_policy,
+        &retries,
+        |body| {
+            actual = Digest::of(body);
+            if actual == digest {
+                Ok(())
+            } else {
+                Err(format!("manifest hashes to {actual}"))
+            }
+        },
+    );
+    match fetched {
+        Err(FetchError::GaveUp { .. }) if actual != digest => {
+            return Err(DeployError::DigestMismatch {
+                expected: digest,
+                actual,
+            });
+        }
+        other => other?,
+    }
+    let manifest =
+        Manifest::decode(&buf).map_err(|source| DeployError::Manifest { digest, source })?;
+    let trust = match pubkey {
+        Some(key) => {
+            let mut sig = Vec::new();
+            match fetch_checked(
+                source,
+                &signature_path(&digest),
+                64 << 10,
+                &mut sig,
+                policy,
+                &retries,
+                |_| Ok(()),
+            ) {
+                Err(FetchError::NotFound { .. }) => return Err(DeployError::Unsigned(digest)),
+                other => other?,
+            }
+            signature::verify(&String::from_utf8_lossy(&sig), &digest, key)?;
+            Trust::Signed
+        }
+        None if pinned => Trust::Pinned,
+        None => Trust::Unverified,
+    };
+    Ok(Resolved {
+        digest,
+        manifest,
+        trust,
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct DeployOptions {
+    /// Chunks in flight at once (fetching, checking, writing).
+    pub jobs: usize,
+    pub retry: RetryPolicy,
+    /// How often `on_progress` is called.
+    pub progress_interval: Duration,
+}
+
+impl Default for DeployOptions {
+    fn default() -> Self {
+        DeployOptions {
+            jobs: 4,
+            retry: RetryPolicy::default(),
+            progress_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Figures for progress lines and the final summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub total_bytes: u64,
+    /// Image bytes dealt with so far (written, zeroed or already in place).
+    pub done_bytes: u64,
+    pub written_bytes: u64,
+    pub zeroed_bytes: u64,
+    /// Already on the target: not fetched, not written.
+    pub skipped_bytes: u64,
+    /// Compressed bytes received from the source.
+    pub fetched_bytes: u64,
+    pub chunks: u64,
+    pub chunks_fetched: u64,
+    pub chunks_skipped: u64,
+    pub retries: u64,
+    pub elapsed: Duration,
+}
+
+impl Progress {
+    pub fn rate_mb_s(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs <= 0.0 {
+            return 0.0;
+        }
+        self.done_bytes as f64 / 1e6 / secs
+    }
+
+    pub fn eta(&self) -> Option<Duration> {
+        let rate = self.done_bytes as f64 / self.elapsed.as_secs_f64();
+        if !rate.is_finite() || rate <= 0.0 {
+            return None;
+        }
+        Some(Duration::from_secs_f64(
+            (self.total_bytes - self.done_bytes) as f64 / rate,
+        ))
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    done: AtomicU64,
+    written: AtomicU64,
+    zeroed: AtomicU64,
+    skipped: AtomicU64,
+    fetched: AtomicU64,
+    chunks_fetched: AtomicU64,
+    chunks_skipped: AtomicU64,
+    retries: RetryCounter,
+}
+
+impl Counters {
+    fn snapshot(&self, manifest: &Manifest, started: Instant) -> Progress {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Progress {
+            total_bytes: manifest.size,
+            done_bytes: get(&self.done),
+            written_bytes: get(&self.written),
+            zeroed_bytes: get(&self.zeroed),
+            skipped_bytes: get(&self.skipped),
+            fetched_bytes: get(&self.fetched),
+            chunks: manifest.chunks.len() as u64,
+            chunks_fetched: get(&self.chunks_fetched),
+            chunks_skipped: get(&self.chunks_skipped),
+            retries: get(&self.retries.0),
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// Writes the image `manifest` describes onto `target`, fetching from `source` only
+/// what the target lacks. The target has been checked to be large enough.
+pub fn deploy(
+    source: &dyn Source,
+    manifest: &Manifest,
+    target: &dyn Target,
+    opts: &DeployOptions,
+    on_progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Progress, DeployError> {
+    if target.size() < manifest.requirements.min_disk_size {
+        return Err(TargetError::TooSmall {
+            path: target.describe().into(),
+            size: target.size(),
+            needed: manifest.requirements.min_disk_size,
+        }
+        .into());
+    }
+    let started = Instant::now();
+    let counters = Counters::default();
+    let next = AtomicUsize::new(0);
+    let abort = AtomicBool::new(false);
+    let first_error: Mutex<Option<DeployError>> = Mutex::new(None);
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+
+    let counters = &counters;
+    std::thread::scope(|scope| {
+        let reporter = scope.spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) =
+                stop_rx.recv_timeout(opts.progress_interval)
+            {
+                on_progress(&counters.snapshot(manifest, started));
+            }
+        });
+        let workers: Vec<_> = (0..opts.jobs.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut worker = Worker::new(manifest.chunk_size as usize);
+                    while !abort.load(Ordering::Relaxed) {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        if index >= manifest.chunks.len() {
+                            break;
+                        }
+                        if let Err(e) =
+                            worker.chunk(source, manifest, index, target, opts, counters)
+                        {
+                            abort.store(true, Ordering::Relaxed);
+                            if let Ok(mut slot) = first_error.lock() {
+                                slot.get_or_insert(e);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
+        }
+        let _ = stop_tx.send(());
+        let _ = reporter.join();
+    });
+    // Sync even after a failure: whatever was verified and written stays, so the
+    // next attempt resumes from it.
+    let synced = target.sync().map_err(|source| DeployError::TargetIo {
+        what: "syncing",
+        target: target.describe(),
+        offset: 0,
+        source,
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    synced?;
+    Ok(counters.snapshot(manifest, started))
+}
+
+/// Per-thread buffers, reused for every chunk the thread handles.
+struct Worker {
+    existing: Vec<u8>,
+    compressed: Vec<u8>,
+    content: Vec<u8>,
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+impl Worker {
+    fn new(chunk_size: usize) -> Worker {
+        Worker {
+            existing: vec![0; chunk_size],
+            compressed: Vec::new(),
+            content: Vec::with_capacity(chunk_size),
+            decompressor: zstd::bulk::Decompressor::new().ok(),
+        }
+    }
+
+    fn chunk(
+        &mut self,
+        source: &dyn Source,
+        manifest: &Manifest,
+        index: usize,
+        target: &dyn Target,
+        opts: &DeployOptions,
+        counters: &Counters,
+    ) -> Result<(), DeployError> {
+        let chunk = &manifest.chunks[index];
+        let (offset, len) = (chunk.offset, chunk.length as usize);
+        let io_error = |what: &'static str| {
+            move |source| DeployError::TargetIo {
+                what,
+                target: target.describe(),
+                offset,
+                source,
+            }
+        };
+        let hole = target.known_zero(offset, len as u64);
+        let existing = &mut self.existing[..len];
+        if !hole {
+            target
+                .read_at(existing, offset)
+                .map_err(io_error("reading"))?;
+        }
+        let in_place = match chunk.kind {
+            ChunkKind::Zero => hole || is_zero(existing),
+            ChunkKind::Data { sha256, .. } => !hole && Digest::of(existing) == sha256,
+        };
+        if in_place {
+            counters.skipped.fetch_add(len as u64, Ordering::Relaxed);
+            counters.chunks_skipped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            match chunk.kind {
+                ChunkKind::Zero => {
+                    target
+                        .zero_range(offset, len as u64)
+                        .map_err(io_error("zeroing"))?;
+                    counters.zeroed.fetch_add(len as u64, Ordering::Relaxed);
+                }
+                ChunkKind::Data {
+                    sha256,
+                    stored_size,
+                } => {
+                    self.fetch_verified(source, sha256, stored_size, len, opts, counters)?;
+                    target
+                        .write_at(&self.content, offset)
+                        .map_err(io_error("writing"))?;
+                    counters.written.fetch_add(len as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        counters.done.fetch_add(len as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Leaves the chunk's verified content in `self.content`.
+    fn fetch_verified(
+        &mut self,
+        source: &dyn Source,
+        sha256: Digest,
+        stored_size: u32,
+        len: usize,
+        opts: &DeployOptions,
+        counters: &Counters,
+    ) -> Result<(), DeployError> {
+        let content = &mut self.content;
+        let decompressor = &mut self.decompressor;
+        fetch_checked(
+            source,
+            &chunk_path(&sha256),
+            stored_size as u64,
+            &mut self.compressed,
+            &opts.retry,
+            &counters.retries,
+            |body| {
+                counters
+                    .fetched
+                    .fetch_add(body.len() as u64, Ordering::Relaxed);
+                if body.len() != stored_size as usize {
+                    return Err(format!(
+                        "{} bytes received, {stored_size} expected",
+                        body.len()
+                    ));
+                }
+                content.clear();
+                content.reserve(len);
+                let unpacked = match decompressor.as_mut() {
+                    Some(d) => d.decompress_to_buffer(body, content),
+                    None => zstd::bulk::decompress_to_buffer(body, content),
+                };
+                match unpacked {
+                    Ok(n) if n == len => {}
+                    Ok(n) => return Err(format!("decompressed to {n} bytes, {len} expected")),
+                    Err(e) => return Err(format!("does not decompress: {e}")),
+                }
+                let actual = Digest::of(content);
+                if actual != sha256 {
+                    return Err(format!("content hashes to {actual}, not {sha256}"));
+                }
+                Ok(())
+            },
+        )?;
+        counters.chunks_fetched.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! What the engine writes to: a block device or a plain file, behind a small trait so
+//! tests can watch every write.
+
+use crate::sys::{self, FileKind};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub trait Target: Sync {
+    fn size(&self) -> u64;
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes the range read back as zeros.
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// True when the range is known to read back zeros without reading it (a hole
+    /// in a sparse file). False means "unknown", not "non-zero".
+    fn known_zero(&self, _offset: u64, _len: u64) -> bool {
+        false
+    }
+    fn sync(&self) -> io::Result<()>;
+    fn describe(&self) -> String;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("opening target {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("target {path} is in use (mounted or claimed by another program); unmount it first")]
+    Busy { path: PathBuf },
+    #[error("target {path} is {size} bytes but the image needs {needed}; choose a larger disk")]
+    TooSmall {
+        path: PathBuf,
+        size: u64,
+        needed: u64,
+    },
+    #[error("target {path} is neither a block device nor a regular file")]
+    NotADisk { path: PathBuf },
+}
+
+pub struct DiskTarget {
+    file: File,
+    kind: FileKind,
+    size: u64,
+    path: PathBuf,
+}
+
+impl DiskTarget {
+    /// Opens `path` for writing an image of `needed` bytes. A missing or empty regular
+    /// file is created (sparse) at the image size; an existing non-empty file or a
+    /// block device must already be large enough, and is not touched otherwise.
+    pub fn open_for_write(path: &Path, needed: u64) -> Result<DiskTarget, TargetError> {
+        let open_err = |source: io::Error| TargetError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = match std::fs::metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(open_err)?,
+            Err(e) => return Err(open_err(e)),
+            Ok(meta) if meta.file_type().is_file() => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(open_err)?,
+            Ok(_) => sys::open_block_device_exclusive(path).map_err(|e| {
+                if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+                    TargetError::Busy {
+                        path: path.to_path_buf(),
+                    }
+                } else {
+                    open_err(e)
+                }
+            })?,
+        };
+        let kind = sys::kind_of(&file).map_err(open_err)?;
+        let mut size = sys::size_of(&file).map_err(open_err)?;
+        match kind {
+            FileKind::Regular if size == 0 => {
+                file.set_len(needed).map_err(open_err)?;
+                size = needed;
+            }
+            FileKind::Regular | FileKind::BlockDevice => {}
+            FileKind::Other => {
+                return Err(TargetError::NotADisk {
+                    path: path.to_path_buf(),
+                });
+            }
+        }
+        if size < needed {
+            return Err(TargetError::TooSmall {
+                path: path.to_path_buf(),
+                size,
+                needed,
+            });
+        }
+        Ok(DiskTarget {
+            file,
+            kind,
+            size,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens `path` read-only (for verifying).
+    pub fn open_for_read(path: &Path) -> Result<DiskTarget, TargetError> {
+        let open_err = |source: io::Error| TargetError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(open_err)?;
+        let kind = sys::kind_of(&file).map_err(open_err)?;
+        if kind == FileKind::Other {
+            return Err(TargetError::NotADisk {
+                path: path.to_path_buf(),
+            });
+        }
+        let size = sys::size_of(&file).map_err(open_err)?;
+        Ok(DiskTarget {
+            file,
+            kind,
+            size,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Target for DiskTarget {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        sys::zero_range(&self.file, self.kind, offset, len)
+    }
+
+    fn known_zero(&self, offset: u64, len: u64) -> bool {
+        if self.kind != FileKind::Regular {
+            return false;
+        }
+        match sys::next_data(&self.file, offset) {
+            Ok(None) => true,
+            Ok(Some(data)) => data >= offset + len,
+            Err(_) => false,
+        }
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}

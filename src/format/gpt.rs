@@ -1,0 +1,295 @@
+//! GUID partition tables: reading the primary header and entries of an image or disk.
+//!
+//! Works on any `Read + Seek`; never on a device directly, so it is unit tested on
+//! byte buffers. Checks both CRCs and every bound before trusting a field.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io::{self, Read, Seek, SeekFrom};
+
+/// A GUID as stored on disk (mixed-endian, the first three fields little-endian).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub struct Guid(pub [u8; 16]);
+
+/// EFI system partition.
+pub const ESP_TYPE: Guid = Guid::from_fields(
+    0xC12A7328,
+    0xF81F,
+    0x11D2,
+    [0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B],
+);
+/// BIOS boot partition (GRUB's core image on GPT disks).
+pub const BIOS_BOOT_TYPE: Guid = Guid::from_fields(
+    0x21686148,
+    0x6449,
+    0x6E6F,
+    [0x74, 0x4E, 0x65, 0x65, 0x64, 0x45, 0x46, 0x49],
+);
+
+impl Guid {
+    pub const fn from_fields(a: u32, b: u16, c: u16, d: [u8; 8]) -> Guid {
+        let a = a.to_le_bytes();
+        let b = b.to_le_bytes();
+        let c = c.to_le_bytes();
+        Guid([
+            a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5],
+            d[6], d[7],
+        ])
+    }
+
+    pub fn is_nil(&self) -> bool {
+        self.0 == [0; 16]
+    }
+}
+
+impl fmt::Display for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = &self.0;
+        write!(
+            f,
+            "{:08X}-{:04X}-{:04X}-{:02X}{:02X}-{:02X}{:02X}{:02X}{:02X}{:02X}{:02X}",
+            u32::from_le_bytes([g[0], g[1], g[2], g[3]]),
+            u16::from_le_bytes([g[4], g[5]]),
+            u16::from_le_bytes([g[6], g[7]]),
+            g[8],
+            g[9],
+            g[10],
+            g[11],
+            g[12],
+            g[13],
+            g[14],
+            g[15]
+        )
+    }
+}
+
+impl fmt::Debug for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// One used partition entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    /// 1-based index in the entry array (the number Linux gives the partition).
+    pub number: u32,
+    pub type_guid: Guid,
+    pub unique_guid: Guid,
+    pub first_lba: u64,
+    pub last_lba: u64,
+    pub attributes: u64,
+    pub name: String,
+}
+
+/// What a GPT says about a disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    pub sector_size: u32,
+    pub disk_guid: Guid,
+    pub first_usable_lba: u64,
+    pub last_usable_lba: u64,
+    pub partitions: Vec<Partition>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GptError {
+    #[error("reading the partition table: {0}")]
+    Io(#[from] io::Error),
+    #[error("GPT header {0}")]
+    BadHeader(&'static str),
+    #[error("GPT header checksum mismatch")]
+    HeaderCrc,
+    #[error("GPT partition entries checksum mismatch")]
+    EntriesCrc,
+}
+
+const SIGNATURE: &[u8; 8] = b"EFI PART";
+const MAX_ENTRIES_BYTES: u64 = 1 << 20;
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default())
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default())
+}
+
+/// Reads the primary GPT, trying 512- and 4096-byte sectors. `Ok(None)` means there
+/// is no GPT signature at all (a raw filesystem or an MBR-only image).
+pub fn read<R: Read + Seek>(disk: &mut R) -> Result<Option<Layout>, GptError> {
+    for sector_size in [512u32, 4096] {
+        let mut header = vec![0u8; sector_size as usize];
+        disk.seek(SeekFrom::Start(sector_size as u64))?;
+        match disk.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => continue,
+            Err(e) => return Err(e.into()),
+        }
+        if &header[..8] == SIGNATURE {
+            return parse(disk, sector_size, &header).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+fn parse<R: Read + Seek>(
+    disk: &mut R,
+    sector_size: u32,
+    header: &[u8],
+) -> Result<Layout, GptError> {
+    let header_size = le32(header, 12) as usize;
+    if !(92..=sector_size as usize).contains(&header_size) {
+        return Err(GptError::BadHeader("size is out of range"));
+    }
+    let mut crc_input = header[..header_size].to_vec();
+    crc_input[16..20].fill(0);
+    if crc32fast::hash(&crc_input) != le32(header, 16) {
+        return Err(GptError::HeaderCrc);
+    }
+    if le64(header, 24) != 1 {
+        return Err(GptError::BadHeader("does not say it lives at LBA 1"));
+    }
+    let first_usable_lba = le64(header, 40);
+    let last_usable_lba = le64(header, 48);
+    if first_usable_lba > last_usable_lba {
+        return Err(GptError::BadHeader(
+            "has first usable LBA after last usable LBA",
+        ));
+    }
+    let disk_guid = Guid(header[56..72].try_into().unwrap_or_default());
+    let entries_lba = le64(header, 72);
+    let count = le32(header, 80) as u64;
+    let entry_size = le32(header, 84) as u64;
+    if entry_size < 128 || !entry_size.is_multiple_of(8) || entry_size > 4096 {
+        return Err(GptError::BadHeader("has an invalid partition entry size"));
+    }
+    let total = count * entry_size;
+    if total > MAX_ENTRIES_BYTES || entries_lba < 2 {
+        return Err(GptError::BadHeader("has an invalid partition entry array"));
+    }
+    let offset = entries_lba
+        .checked_mul(sector_size as u64)
+        .ok_or(GptError::BadHeader("has an invalid partition entry array"))?;
+    let mut entries = vec![0u8; total as usize];
+    disk.seek(SeekFrom::Start(offset))?;
+    disk.read_exact(&mut entries)?;
+    if crc32fast::hash(&entries) != le32(header, 88) {
+        return Err(GptError::EntriesCrc);
+    }
+    let mut partitions = Vec::new();
+    for (i, e) in entries.chunks_exact(entry_size as usize).enumerate() {
+        let type_guid = Guid(e[0..16].try_into().unwrap_or_default());
+        if type_guid.is_nil() {
+            continue;
+        }
+        let first_lba = le64(e, 32);
+        let last_lba = le64(e, 40);
+        if first_lba > last_lba || last_lba > last_usable_lba || first_lba < first_usable_lba {
+            return Err(GptError::BadHeader(
+                "lists a partition outside the usable area",
+            ));
+        }
+        let units: Vec<u16> = e[56..128]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
+        partitions.push(Partition {
+            number: i as u32 + 1,
+            type_guid,
+            unique_guid: Guid(e[16..32].try_into().unwrap_or_default()),
+            first_lba,
+            last_lba,
+            attributes: le64(e, 48),
+            name: String::from_utf16_lossy(&units),
+        });
+    }
+    Ok(Layout {
+        sector_size,
+        disk_guid,
+        first_usable_lba,
+        last_usable_lba,
+        partitions,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// Builds a minimal valid GPT image of `sectors` 512-byte sectors with the given
+    /// (type, first, last, name) partitions. Used by other modules' tests too.
+    pub(crate) fn image_with(sectors: u64, parts: &[(Guid, u64, u64, &str)]) -> Vec<u8> {
+        let mut img = vec![0u8; sectors as usize * 512];
+        let mut entries = vec![0u8; 128 * 128];
+        for (i, (ty, first, last, name)) in parts.iter().enumerate() {
+            let e = &mut entries[i * 128..(i + 1) * 128];
+            e[0..16].copy_from_slice(&ty.0);
+            e[16..32].copy_from_slice(&[i as u8 + 1; 16]);
+            e[32..40].copy_from_slice(&first.to_le_bytes());
+            e[40..48].copy_from_slice(&last.to_le_bytes());
+            for (j, u) in name.encode_utf16().enumerate() {
+                e[56 + 2 * j..58 + 2 * j].copy_from_slice(&u.to_le_bytes());
+            }
+        }
+        img[1024..1024 + entries.len()].copy_from_slice(&entries);
+        let h = &mut img[512..1024];
+        h[..8].copy_from_slice(SIGNATURE);
+        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        h[12..16].copy_from_slice(&92u32.to_le_bytes());
+        h[24..32].copy_from_slice(&1u64.to_le_bytes());
+        h[32..40].copy_from_slice(&(sectors - 1).to_le_bytes());
+        h[40..48].copy_from_slice(&34u64.to_le_bytes());
+        h[48..56].copy_from_slice(&(sectors - 34).to_le_bytes());
+        h[56..72].copy_from_slice(&[0xAB; 16]);
+        h[72..80].copy_from_slice(&2u64.to_le_bytes());
+        h[80..84].copy_from_slice(&128u32.to_le_bytes());
+        h[84..88].copy_from_slice(&128u32.to_le_bytes());
+        h[88..92].copy_from_slice(&crc32fast::hash(&entries).to_le_bytes());
+        let crc = crc32fast::hash(&h[..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        img
+    }
+
+    #[test]
+    fn reads_partitions_back() {
+        let img = image_with(4096, &[(ESP_TYPE, 2048, 4000, "EFI system")]);
+        let layout = read(&mut Cursor::new(&img)).unwrap().unwrap();
+        assert_eq!(layout.sector_size, 512);
+        assert_eq!(layout.partitions.len(), 1);
+        let p = &layout.partitions[0];
+        assert_eq!((p.number, p.first_lba, p.last_lba), (1, 2048, 4000));
+        assert_eq!(
+            p.type_guid.to_string(),
+            "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+        );
+        assert_eq!(p.name, "EFI system");
+    }
+
+    #[test]
+    fn no_signature_is_not_an_error() {
+        assert!(read(&mut Cursor::new(vec![0u8; 8192])).unwrap().is_none());
+        assert!(read(&mut Cursor::new(vec![0u8; 100])).unwrap().is_none());
+    }
+
+    #[test]
+    fn corruption_is_detected() {
+        let good = image_with(4096, &[(ESP_TYPE, 2048, 4000, "x")]);
+        let mut bad_header = good.clone();
+        bad_header[512 + 40] ^= 1;
+        assert!(matches!(
+            read(&mut Cursor::new(&bad_header)),
+            Err(GptError::HeaderCrc)
+        ));
+        let mut bad_entries = good.clone();
+        bad_entries[1024 + 33] ^= 1;
+        assert!(matches!(
+            read(&mut Cursor::new(&bad_entries)),
+            Err(GptError::EntriesCrc)
+        ));
+        let truncated = &good[..1500];
+        assert!(read(&mut Cursor::new(truncated)).is_err());
+    }
+}

@@ -1,0 +1,394 @@
+//! `imprint image add`: chunk, hash and compress a raw image into the repository.
+//!
+//! The image is read once, sequentially, by one thread into a small pool of chunk
+//! buffers; worker threads hash and compress in parallel. Memory stays bounded by
+//! the pool (about 2 × jobs chunks) whatever the image size.
+
+use super::{
+    LocalRepo, RepoError, chunk_path, io_err, manifest_path, ref_path, ref_text, signature_path,
+};
+use crate::format::digest::{Digest, check_name};
+use crate::format::gpt::{self, BIOS_BOOT_TYPE, ESP_TYPE, Layout};
+use crate::format::manifest::{Chunk, ChunkKind, FORMAT_VERSION, Firmware, Manifest, Requirements};
+use crate::format::{is_zero, signature};
+use crate::sys;
+use ed25519_dalek::SigningKey;
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, mpsc};
+
+pub struct AddOptions {
+    pub chunk_size: u32,
+    pub level: i32,
+    pub jobs: usize,
+    pub sign_key: Option<SigningKey>,
+    pub arch: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddReport {
+    pub digest: Digest,
+    pub size: u64,
+    pub chunks: usize,
+    pub zero_chunks: usize,
+    /// Chunks this run stored; the rest were already in the repository.
+    pub new_chunks: usize,
+    /// Compressed bytes this run wrote.
+    pub bytes_stored: u64,
+    /// Compressed bytes of all the image's chunks.
+    pub image_stored_bytes: u64,
+}
+
+enum Outcome {
+    Zero,
+    Data {
+        sha256: Digest,
+        stored_size: u32,
+        new: bool,
+    },
+}
+
+pub fn add_image(
+    repo: &LocalRepo,
+    name: &str,
+    tag: &str,
+    image: &Path,
+    opts: &AddOptions,
+) -> Result<AddReport, RepoError> {
+    check_name("image name", name)?;
+    check_name("tag", tag)?;
+    let cs = opts.chunk_size;
+    let mut file = File::open(image).map_err(io_err(image))?;
+    let size = sys::size_of(&file).map_err(io_err(image))?;
+    if size == 0 {
+        return Err(RepoError::EmptyImage(image.to_path_buf()));
+    }
+    let layout = gpt::read(&mut file)?;
+    let firmware = detect_firmware(&mut file, layout.as_ref()).map_err(io_err(image))?;
+    file.seek(SeekFrom::Start(0)).map_err(io_err(image))?;
+
+    let count = size.div_ceil(cs as u64) as usize;
+    let jobs = opts.jobs.max(1);
+    let mut outcomes: Vec<Option<Outcome>> = (0..count).map(|_| None).collect();
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<RepoError>> = Mutex::new(None);
+    let claimed: Mutex<HashSet<Digest>> = Mutex::new(HashSet::new());
+
+    let (pool_tx, pool_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..jobs * 2 {
+        let _ = pool_tx.send(Vec::with_capacity(cs as usize));
+    }
+    let (work_tx, work_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(jobs);
+    let work_rx = Mutex::new(work_rx);
+    let (done_tx, done_rx) = mpsc::channel::<(usize, Outcome)>();
+
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            let (pool_tx, done_tx) = (pool_tx.clone(), done_tx.clone());
+            let (work_rx, failed, first_error, claimed) =
+                (&work_rx, &failed, &first_error, &claimed);
+            scope.spawn(move || {
+                loop {
+                    let next = work_rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok((index, buf))) = next else { break };
+                    match store_chunk(repo, &buf, opts.level, claimed) {
+                        Ok(outcome) => {
+                            let _ = done_tx.send((index, outcome));
+                        }
+                        Err(e) => {
+                            failed.store(true, Ordering::SeqCst);
+                            if let Ok(mut slot) = first_error.lock() {
+                                slot.get_or_insert(e);
+                            }
+                        }
+                    }
+                    let _ = pool_tx.send(buf);
+                }
+            });
+        }
+        drop(done_tx);
+        for index in 0..count {
+            if failed.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(mut buf) = pool_rx.recv() else { break };
+            let len = (size - index as u64 * cs as u64).min(cs as u64) as usize;
+            buf.resize(len, 0);
+            if let Err(e) = file.read_exact(&mut buf) {
+                failed.store(true, Ordering::SeqCst);
+                if let Ok(mut slot) = first_error.lock() {
+                    slot.get_or_insert(io_err(image)(e));
+                }
+                break;
+            }
+            if work_tx.send((index, buf)).is_err() {
+                break;
+            }
+        }
+        drop(work_tx);
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    for (index, outcome) in done_rx {
+        outcomes[index] = Some(outcome);
+    }
+
+    let mut report = AddReport {
+        digest: Digest([0; 32]),
+        size,
+        chunks: count,
+        zero_chunks: 0,
+        new_chunks: 0,
+        bytes_stored: 0,
+        image_stored_bytes: 0,
+    };
+    let mut chunks = Vec::with_capacity(count);
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        let offset = index as u64 * cs as u64;
+        let length = (size - offset).min(cs as u64) as u32;
+        let kind = match outcome {
+            Some(Outcome::Zero) => {
+                report.zero_chunks += 1;
+                ChunkKind::Zero
+            }
+            Some(Outcome::Data {
+                sha256,
+                stored_size,
+                new,
+            }) => {
+                report.image_stored_bytes += stored_size as u64;
+                if new {
+                    report.new_chunks += 1;
+                    report.bytes_stored += stored_size as u64;
+                }
+                ChunkKind::Data {
+                    sha256,
+                    stored_size,
+                }
+            }
+            None => {
+                let e = std::io::Error::other(format!("chunk {index} was never processed"));
+                return Err(io_err(image)(e));
+            }
+        };
+        chunks.push(Chunk {
+            offset,
+            length,
+            kind,
+        });
+    }
+
+    let manifest = Manifest {
+        version: FORMAT_VERSION,
+        name: name.to_string(),
+        size,
+        chunk_size: cs,
+        chunks,
+        requirements: Requirements {
+            arch: opts.arch.clone(),
+            firmware,
+            min_disk_size: size,
+        },
+        layout,
+        boot: None,
+    };
+    manifest.validate().map_err(|source| RepoError::Manifest {
+        digest: Digest([0; 32]),
+        source,
+    })?;
+    let bytes = manifest.encode();
+    let digest = Digest::of(&bytes);
+    report.digest = digest;
+    repo.write_atomic(&manifest_path(&digest), &bytes)?;
+    if let Some(key) = &opts.sign_key {
+        let sig_rel = signature_path(&digest);
+        let ours = signature::public_key_text(&key.verifying_key());
+        // Keep other signers' lines; replace our own.
+        let mut text: String = match repo.read(&sig_rel) {
+            Ok(old) => String::from_utf8_lossy(&old)
+                .lines()
+                .filter(|l| !l.contains(&ours))
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            Err(_) => String::new(),
+        };
+        text.push_str(&signature::sign_line(key, &digest));
+        repo.write_atomic(&sig_rel, text.as_bytes())?;
+    }
+    repo.sync_dir("manifests/sha256")?;
+    repo.write_atomic(&ref_path(name, tag), ref_text(&digest).as_bytes())?;
+    repo.sync_dir(&format!("refs/{name}"))?;
+    Ok(report)
+}
+
+fn store_chunk(
+    repo: &LocalRepo,
+    buf: &[u8],
+    level: i32,
+    claimed: &Mutex<HashSet<Digest>>,
+) -> Result<Outcome, RepoError> {
+    if is_zero(buf) {
+        return Ok(Outcome::Zero);
+    }
+    let sha256 = Digest::of(buf);
+    let rel = chunk_path(&sha256);
+    let path = repo.path(&rel);
+    if let Ok(meta) = std::fs::metadata(&path)
+        && meta.is_file()
+        && meta.len() > 0
+    {
+        return Ok(Outcome::Data {
+            sha256,
+            stored_size: meta.len() as u32,
+            new: false,
+        });
+    }
+    let compressed = zstd::bulk::compress(buf, level).map_err(io_err(&path))?;
+    // The same content twice in one image: compress both (the size is needed and
+    // deterministic) but store and count it once.
+    let first = claimed.lock().map(|mut c| c.insert(sha256)).unwrap_or(true);
+    if first {
+        repo.write_atomic(&rel, &compressed)?;
+    }
+    Ok(Outcome::Data {
+        sha256,
+        stored_size: compressed.len() as u32,
+        new: first,
+    })
+}
+
+/// Which firmware the image can boot with: an ESP means UEFI; a BIOS boot partition
+/// or boot code in the MBR means BIOS.
+fn detect_firmware(file: &mut File, layout: Option<&Layout>) -> std::io::Result<Vec<Firmware>> {
+    let mut mbr = [0u8; 512];
+    file.seek(SeekFrom::Start(0))?;
+    let has_mbr_code = match file.read_exact(&mut mbr) {
+        Ok(()) => mbr[510..512] == [0x55, 0xAA] && !is_zero(&mbr[..440]),
+        Err(_) => false,
+    };
+    let parts = layout.map(|l| l.partitions.as_slice()).unwrap_or_default();
+    let mut firmware = Vec::new();
+    if has_mbr_code || parts.iter().any(|p| p.type_guid == BIOS_BOOT_TYPE) {
+        firmware.push(Firmware::Bios);
+    }
+    if parts.iter().any(|p| p.type_guid == ESP_TYPE) {
+        firmware.push(Firmware::Uefi);
+    }
+    Ok(firmware)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::manifest::{MIN_CHUNK_SIZE, max_stored_size};
+
+    fn options() -> AddOptions {
+        AddOptions {
+            chunk_size: MIN_CHUNK_SIZE,
+            level: 3,
+            jobs: 3,
+            sign_key: None,
+            arch: None,
+        }
+    }
+
+    fn add(bytes: &[u8]) -> (tempfile::TempDir, Result<AddReport, RepoError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image.raw");
+        std::fs::write(&image, bytes).unwrap();
+        std::fs::create_dir(dir.path().join("repo")).unwrap();
+        let repo = LocalRepo::open(&dir.path().join("repo")).unwrap();
+        let report = add_image(&repo, "demo", "v1", &image, &options());
+        (dir, report)
+    }
+
+    /// Reassembles the image from the repository and checks it byte for byte.
+    fn reassemble(root: &Path, digest: &Digest) -> Vec<u8> {
+        let repo = LocalRepo::open(root).unwrap();
+        let m = repo.load_manifest(digest).unwrap();
+        let mut out = Vec::new();
+        for c in &m.chunks {
+            match c.kind {
+                ChunkKind::Zero => out.resize(out.len() + c.length as usize, 0),
+                ChunkKind::Data {
+                    sha256,
+                    stored_size,
+                } => {
+                    let stored = repo.read(&chunk_path(&sha256)).unwrap();
+                    assert_eq!(stored.len() as u32, stored_size);
+                    assert!(stored.len() as u64 <= max_stored_size(c.length));
+                    out.extend(zstd::bulk::decompress(&stored, c.length as usize).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+    }
+
+    #[test]
+    fn size_not_a_multiple_of_the_chunk_size() {
+        let cs = MIN_CHUNK_SIZE as usize;
+        let mut img = pattern(3 * cs + 123);
+        img[cs..2 * cs].fill(0);
+        let (dir, report) = add(&img);
+        let report = report.unwrap();
+        assert_eq!(
+            (report.size, report.chunks, report.zero_chunks),
+            (img.len() as u64, 4, 1)
+        );
+        assert_eq!(report.new_chunks, 3);
+        assert_eq!(reassemble(&dir.path().join("repo"), &report.digest), img);
+    }
+
+    #[test]
+    fn one_byte_image() {
+        let (dir, report) = add(&[42]);
+        let report = report.unwrap();
+        assert_eq!((report.size, report.chunks, report.zero_chunks), (1, 1, 0));
+        assert_eq!(
+            reassemble(&dir.path().join("repo"), &report.digest),
+            vec![42]
+        );
+    }
+
+    #[test]
+    fn empty_image_is_refused() {
+        let (_dir, report) = add(&[]);
+        let err = report.unwrap_err();
+        assert!(matches!(err, RepoError::EmptyImage(_)), "{err}");
+    }
+
+    #[test]
+    fn repeated_content_is_stored_once_and_re_adding_stores_nothing() {
+        let cs = MIN_CHUNK_SIZE as usize;
+        let block = pattern(cs);
+        let img: Vec<u8> = block.iter().chain(&block).chain(&block).copied().collect();
+        let (dir, report) = add(&img);
+        let report = report.unwrap();
+        assert_eq!(report.new_chunks, 1);
+        let repo = LocalRepo::open(&dir.path().join("repo")).unwrap();
+        let image = dir.path().join("image.raw");
+        let again = add_image(&repo, "demo", "v2", &image, &options()).unwrap();
+        assert_eq!((again.new_chunks, again.bytes_stored), (0, 0));
+        assert_eq!(again.digest, report.digest);
+        assert_eq!(repo.resolve_ref("demo", "v2").unwrap(), report.digest);
+    }
+
+    #[test]
+    fn gpt_layout_and_firmware_are_recorded() {
+        let img = gpt::tests::image_with(4096, &[(ESP_TYPE, 2048, 4000, "esp")]);
+        let (dir, report) = add(&img);
+        let report = report.unwrap();
+        let repo = LocalRepo::open(&dir.path().join("repo")).unwrap();
+        let m = repo.load_manifest(&report.digest).unwrap();
+        assert_eq!(m.layout.unwrap().partitions[0].name, "esp");
+        assert_eq!(m.requirements.firmware, vec![Firmware::Uefi]);
+    }
+}

@@ -1,0 +1,114 @@
+//! `imprint repo check`: every ref names a manifest, every manifest decodes, every
+//! chunk a manifest references is present, decompresses and hashes right.
+
+use super::{LocalRepo, RepoError, chunk_path, manifest_path};
+use crate::format::digest::Digest;
+use crate::format::manifest::{ChunkKind, Manifest};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub manifests: usize,
+    pub chunks_checked: usize,
+    /// One line per problem found, e.g. "missing chunk sha256:… (used by …)".
+    pub problems: Vec<String>,
+}
+
+pub fn check(repo: &LocalRepo, jobs: usize) -> Result<CheckReport, RepoError> {
+    let mut report = CheckReport::default();
+    for (name, tag, digest) in repo.list_refs()? {
+        if !repo.exists(&manifest_path(&digest)) {
+            report
+                .problems
+                .push(format!("ref {name}:{tag} names missing manifest {digest}"));
+        }
+    }
+    // Each distinct chunk once, with its expected length and one manifest using it.
+    let mut wanted: BTreeMap<Digest, (u32, u32, Digest)> = BTreeMap::new();
+    for digest in repo.list_manifests()? {
+        report.manifests += 1;
+        let bytes = repo.read(&manifest_path(&digest))?;
+        if Digest::of(&bytes) != digest {
+            report.problems.push(format!(
+                "manifest {digest} is corrupt: its content hashes differently"
+            ));
+            continue;
+        }
+        let manifest = match Manifest::decode(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                report.problems.push(format!("manifest {digest}: {e}"));
+                continue;
+            }
+        };
+        for chunk in &manifest.chunks {
+            if let ChunkKind::Data {
+                sha256,
+                stored_size,
+            } = chunk.kind
+            {
+                wanted
+                    .entry(sha256)
+                    .or_insert((chunk.length, stored_size, digest));
+            }
+        }
+    }
+    let wanted: Vec<_> = wanted.into_iter().collect();
+    let next = AtomicUsize::new(0);
+    let problems = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((sha, (length, stored_size, used_by))) = wanted.get(i) else {
+                        break;
+                    };
+                    if let Err(problem) = check_chunk(repo, sha, *length, *stored_size)
+                        && let Ok(mut p) = problems.lock()
+                    {
+                        p.push((*sha, format!("{problem} (used by manifest {used_by})")));
+                    }
+                }
+            });
+        }
+    });
+    let mut chunk_problems = problems.into_inner().unwrap_or_default();
+    chunk_problems.sort();
+    report
+        .problems
+        .extend(chunk_problems.into_iter().map(|(_, p)| p));
+    report.chunks_checked = wanted.len();
+    Ok(report)
+}
+
+fn check_chunk(
+    repo: &LocalRepo,
+    sha: &Digest,
+    length: u32,
+    stored_size: u32,
+) -> Result<(), String> {
+    let stored = match repo.read(&chunk_path(sha)) {
+        Ok(b) => b,
+        Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("missing chunk {sha}"));
+        }
+        Err(e) => return Err(format!("unreadable chunk {sha}: {e}")),
+    };
+    if stored.len() != stored_size as usize {
+        return Err(format!(
+            "corrupt chunk {sha}: {} bytes stored, manifest says {stored_size}",
+            stored.len()
+        ));
+    }
+    let content = zstd::bulk::decompress(&stored, length as usize)
+        .map_err(|e| format!("corrupt chunk {sha}: does not decompress ({e})"))?;
+    if content.len() != length as usize || Digest::of(&content) != *sha {
+        return Err(format!(
+            "corrupt chunk {sha}: content does not match its name"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! The repository on the host: a directory of immutable, content-addressed files.
+//!
+//! ```text
+//! refs/<name>/<tag>             "sha256:<hex>\n" of a manifest
+//! manifests/sha256/<hex>        manifest (postcard)
+//! manifests/sha256/<hex>.sig    signature lines
+//! chunks/sha256/<hh>/<hex>      zstd of a chunk, named by the sha256 of its content
+//! ```
+//!
+//! Every file is written under a temporary name in its final directory, synced, and
+//! renamed into place, so a crash never exposes a partial file.
+
+mod add;
+mod check;
+
+pub use add::{AddOptions, AddReport, add_image};
+pub use check::{CheckReport, check};
+
+use crate::format::digest::{Digest, check_name};
+use crate::format::manifest::Manifest;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub fn ref_path(name: &str, tag: &str) -> String {
+    format!("refs/{name}/{tag}")
+}
+
+pub fn manifest_path(digest: &Digest) -> String {
+    format!("manifests/sha256/{}", digest.hex())
+}
+
+pub fn signature_path(digest: &Digest) -> String {
+    format!("manifests/sha256/{}.sig", digest.hex())
+}
+
+pub fn chunk_path(digest: &Digest) -> String {
+    let hex = digest.hex();
+    format!("chunks/sha256/{}/{hex}", &hex[..2])
+}
+
+/// Text of a ref file.
+pub fn ref_text(digest: &Digest) -> String {
+    format!("{digest}\n")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{0} is not a repository directory (create it first)")]
+    NotADirectory(PathBuf),
+    #[error(transparent)]
+    Name(#[from] crate::format::digest::RefError),
+    #[error("image {0} is empty: nothing to add")]
+    EmptyImage(PathBuf),
+    #[error(transparent)]
+    Gpt(#[from] crate::format::gpt::GptError),
+    #[error("manifest {digest}: {source}")]
+    Manifest {
+        digest: Digest,
+        source: crate::format::manifest::ManifestError,
+    },
+    #[error("ref {0} is malformed: {1}")]
+    BadRef(String, crate::format::digest::DigestError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RepoError + '_ {
+    move |source| RepoError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A repository directory on a local filesystem.
+pub struct LocalRepo {
+    root: PathBuf,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl LocalRepo {
+    /// Opens (and lays out) a repository at `root`, which must exist.
+    pub fn open(root: &Path) -> Result<LocalRepo, RepoError> {
+        if !root.is_dir() {
+            return Err(RepoError::NotADirectory(root.to_path_buf()));
+        }
+        Ok(LocalRepo {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn exists(&self, rel: &str) -> bool {
+        self.path(rel).is_file()
+    }
+
+    pub fn read(&self, rel: &str) -> Result<Vec<u8>, RepoError> {
+        let path = self.path(rel);
+        fs::read(&path).map_err(io_err(&path))
+    }
+
+    /// Writes `bytes` to `rel` atomically: temporary file, fsync, rename.
+    pub fn write_atomic(&self, rel: &str, bytes: &[u8]) -> Result<(), RepoError> {
+        let path = self.path(rel);
+        let dir = path.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}-{name}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(io_err(&path))
+    }
+
+    /// Makes renames in `rel_dir` durable.
+    pub fn sync_dir(&self, rel_dir: &str) -> Result<(), RepoError> {
+        let path = self.path(rel_dir);
+        File::open(&path)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&path))
+    }
+
+    pub fn resolve_ref(&self, name: &str, tag: &str) -> Result<Digest, RepoError> {
+        check_name("image name", name)?;
+        check_name("tag", tag)?;
+        let rel = ref_path(name, tag);
+        let text = self.read(&rel)?;
+        String::from_utf8_lossy(&text)
+            .parse()
+            .map_err(|e| RepoError::BadRef(format!("{name}:{tag}"), e))
+    }
+
+    pub fn load_manifest(&self, digest: &Digest) -> Result<Manifest, RepoError> {
+        let bytes = self.read(&manifest_path(digest))?;
+        Manifest::decode(&bytes).map_err(|source| RepoError::Manifest {
+            digest: *digest,
+            source,
+        })
+    }
+
+    /// All refs as (name, tag, digest), sorted.
+    pub fn list_refs(&self) -> Result<Vec<(String, String, Digest)>, RepoError> {
+        let mut out = Vec::new();
+        let refs = self.path("refs");
+        if !refs.is_dir() {
+            return Ok(out);
+        }
+        for name in read_dir_sorted(&refs)? {
+            let dir = refs.join(&name);
+            if !dir.is_dir() || check_name("image name", &name).is_err() {
+                continue;
+            }
+            for tag in read_dir_sorted(&dir)? {
+                if check_name("tag", &tag).is_err() {
+                    continue;
+                }
+                let digest = self.resolve_ref(&name, &tag)?;
+                out.push((name.clone(), tag, digest));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Digests of every manifest stored, sorted.
+    pub fn list_manifests(&self) -> Result<Vec<Digest>, RepoError> {
+        let dir = self.path("manifests/sha256");
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        Ok(read_dir_sorted(&dir)?
+            .iter()
+            .filter_map(|n| Digest::from_hex(n).ok())
+            .collect())
+    }
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<String>, RepoError> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_paths_match_the_documented_format() {
+        let d = Digest::of(b"abc");
+        assert_eq!(
+            chunk_path(&d),
+            "chunks/sha256/ba/ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(manifest_path(&d), format!("manifests/sha256/{}", d.hex()));
+        assert_eq!(
+            signature_path(&d),
+            format!("manifests/sha256/{}.sig", d.hex())
+        );
+        assert_eq!(ref_path("demo", "v1"), "refs/demo/v1");
+        assert_eq!(ref_text(&d), format!("sha256:{}\n", d.hex()));
+    }
+}

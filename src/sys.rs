@@ -1,0 +1,82 @@
+//! Everything that talks to the kernel beyond plain reads and writes lives here:
+//! device probing, hole detection, zeroing ranges. Other modules stay portable and
+//! testable; this one is kept small and each call explains itself.
+
+use rustix::fs::{FallocateFlags, FileType, SeekFrom};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Regular,
+    BlockDevice,
+    Other,
+}
+
+pub fn kind_of(file: &File) -> io::Result<FileKind> {
+    let stat = rustix::fs::fstat(file)?;
+    Ok(match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => FileKind::Regular,
+        FileType::BlockDevice => FileKind::BlockDevice,
+        _ => FileKind::Other,
+    })
+}
+
+/// Size in bytes of a regular file or block device (seeking to the end works for both).
+pub fn size_of(mut file: &File) -> io::Result<u64> {
+    let size = file.seek(io::SeekFrom::End(0))?;
+    file.seek(io::SeekFrom::Start(0))?;
+    Ok(size)
+}
+
+/// Opens a block device read-write and exclusively: the kernel refuses with EBUSY
+/// while it is mounted or otherwise claimed, so a live disk is never overwritten.
+pub fn open_block_device_exclusive(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+        .open(path)
+}
+
+/// Makes `len` bytes at `offset` read back as zeros without writing them where the
+/// kernel can: a hole in a regular file, a zero-out (like BLKZEROOUT) on a block
+/// device. Falls back to writing zeros.
+pub fn zero_range(file: &File, kind: FileKind, offset: u64, len: u64) -> io::Result<()> {
+    let flags = match kind {
+        FileKind::Regular => FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        _ => FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE,
+    };
+    if rustix::fs::fallocate(file, flags, offset, len).is_ok() {
+        return Ok(());
+    }
+    use std::os::unix::fs::FileExt;
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Start of the first data region at or after `offset` in a regular file, or None if
+/// only a hole follows. Filesystems without SEEK_DATA report everything as data.
+pub fn next_data(file: &File, offset: u64) -> io::Result<Option<u64>> {
+    match rustix::fs::seek(file, SeekFrom::Data(offset)) {
+        Ok(at) => Ok(Some(at)),
+        Err(rustix::io::Errno::NXIO) => Ok(None),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => Ok(Some(offset)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Fresh key material from the kernel's random pool.
+pub fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
+    let mut out = [0u8; N];
+    File::open("/dev/urandom")?.read_exact(&mut out)?;
+    Ok(out)
+}
