@@ -91,6 +91,15 @@ impl LocalRepo {
         })
     }
 
+    /// Like [`LocalRepo::open`], creating the directory first if it is missing.
+    pub fn open_or_create(root: &Path) -> Result<LocalRepo, RepoError> {
+        std::fs::create_dir_all(root).map_err(|source| RepoError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        LocalRepo::open(root)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
