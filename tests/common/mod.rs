@@ -1,0 +1,410 @@
+//! Shared helpers for host integration tests: sample images, the `imprint` binary,
+//! a running `imprint serve`, and a fault-injecting HTTP server.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_imprint");
+pub const CHUNK: usize = 64 << 10;
+
+/// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// An image of `chunks` 64 KiB chunks: a mix of random, compressible and zero
+/// chunks, with a tail that is not a whole chunk.
+pub fn mixed_image(seed: u64, chunks: usize) -> Vec<u8> {
+    let mut img = Vec::with_capacity(chunks * CHUNK);
+    for i in 0..chunks {
+        match i % 10 {
+            0..=3 => img.extend(noise(seed * 1000 + i as u64, CHUNK)),
+            4..=6 => {
+                let line = format!("line {i} of a compressible chunk, seed {seed}\n");
+                img.extend(line.bytes().cycle().take(CHUNK));
+            }
+            _ => img.extend(std::iter::repeat_n(0u8, CHUNK)),
+        }
+    }
+    img.extend(noise(seed + 77, 1000));
+    img
+}
+
+pub struct Repo {
+    pub dir: tempfile::TempDir,
+}
+
+impl Repo {
+    pub fn new() -> Repo {
+        Repo {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Adds `image` as `reference`, returning the manifest digest.
+    pub fn add(&self, reference: &str, image: &[u8], extra: &[&str]) -> String {
+        let img = self.file(&format!("{}.img", reference.replace(':', "_")));
+        std::fs::write(&img, image).expect("write image");
+        let repo = self.path();
+        let mut args = vec![
+            "image",
+            "add",
+            "--repo",
+            repo.to_str().unwrap(),
+            reference,
+            img.to_str().unwrap(),
+            "--chunk-size",
+            "64K",
+        ];
+        args.extend_from_slice(extra);
+        let out = imprint(&args);
+        assert_success(&out);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .split_whitespace()
+            .find(|w| w.starts_with("sha256:"))
+            .expect("digest in output")
+            .to_string()
+    }
+}
+
+pub fn imprint(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("running imprint")
+}
+
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "imprint failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The `key=value` figures of a deploy's summary line.
+pub fn summary(out: &Output) -> HashMap<String, String> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("deploy complete:"))
+        .unwrap_or_else(|| panic!("no summary in {stdout:?} / {}", stderr_of(out)));
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn figure(summary: &HashMap<String, String>, key: &str) -> u64 {
+    summary[key].parse().expect("numeric figure")
+}
+
+/// `imprint serve` on a free loopback port, killed on drop.
+pub struct Served {
+    child: Child,
+    pub url: String,
+}
+
+impl Served {
+    pub fn start(repo: &Path) -> Served {
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--repo",
+                repo.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning imprint serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("reading serve banner");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected banner {line:?}"))
+            .to_string();
+        Served { child, url }
+    }
+
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_string()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one raw HTTP request and returns the whole response (connection closed).
+pub fn raw_request(addr: &str, request: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut reader = BufReader::new(stream);
+    read_response(&mut reader, request.starts_with("HEAD"))
+}
+
+pub fn read_response(
+    reader: &mut impl BufRead,
+    head_only: bool,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).expect("status line");
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map(|(_, v)| v.parse::<usize>().expect("content-length"));
+    let mut body = Vec::new();
+    if !head_only {
+        match len {
+            Some(n) => {
+                body.resize(n, 0);
+                reader.read_exact(&mut body).expect("body");
+            }
+            None => {
+                reader.read_to_end(&mut body).expect("body");
+            }
+        }
+    }
+    (status, headers, body)
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// What the fault-injecting server does to one response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Close the connection without answering.
+    Drop,
+    /// 500 Internal Server Error.
+    ServerError,
+    /// Announce the full length, send half, close.
+    Truncate,
+    /// Flip one byte in the middle of the body.
+    FlipByte,
+    /// Send a valid zstd frame of other content (passes decompression, fails the hash).
+    WrongContent,
+    /// Wait longer than the client's timeout before answering.
+    Stall,
+}
+
+/// Decides the fault for the `attempt`-th request (0-based) of `path`.
+pub type FaultPlan = dyn Fn(&str, u64) -> Fault + Send + Sync;
+
+/// A small HTTP/1.1 server over a repository directory that injects faults into
+/// responses according to a plan. Keep-alive, GET only.
+pub struct FaultyServer {
+    pub url: String,
+    stop: Arc<AtomicBool>,
+    pub requests: Arc<AtomicU64>,
+    pub faults: Arc<Mutex<Vec<(String, Fault)>>>,
+}
+
+impl FaultyServer {
+    pub fn start(root: &Path, plan: Arc<FaultPlan>, delay: Duration, stall: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicU64::new(0));
+        let faults = Arc::new(Mutex::new(Vec::new()));
+        let attempts = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
+        let root = root.to_path_buf();
+        {
+            let (stop, requests, faults) = (stop.clone(), requests.clone(), faults.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let ctx = Ctx {
+                        root: root.clone(),
+                        plan: plan.clone(),
+                        attempts: attempts.clone(),
+                        requests: requests.clone(),
+                        faults: faults.clone(),
+                        delay,
+                        stall,
+                    };
+                    std::thread::spawn(move || ctx.serve(conn));
+                }
+            });
+        }
+        FaultyServer {
+            url,
+            stop,
+            requests,
+            faults,
+        }
+    }
+
+    pub fn injected(&self) -> Vec<(String, Fault)> {
+        self.faults.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FaultyServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.url.trim_start_matches("http://"));
+    }
+}
+
+struct Ctx {
+    root: PathBuf,
+    plan: Arc<FaultPlan>,
+    attempts: Arc<Mutex<HashMap<String, u64>>>,
+    requests: Arc<AtomicU64>,
+    faults: Arc<Mutex<Vec<(String, Fault)>>>,
+    delay: Duration,
+    stall: Duration,
+}
+
+impl Ctx {
+    fn serve(self, conn: TcpStream) {
+        let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+        let mut conn = conn;
+        loop {
+            let mut request_line = String::new();
+            match reader.read_line(&mut request_line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line.trim().is_empty() => break,
+                    Ok(_) => {}
+                }
+            }
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .trim_start_matches('/')
+                .to_string();
+            let attempt = {
+                let mut a = self.attempts.lock().unwrap();
+                let n = a.entry(path.clone()).or_insert(0);
+                *n += 1;
+                *n - 1
+            };
+            let fault = (self.plan)(&path, attempt);
+            if fault != Fault::None {
+                self.faults.lock().unwrap().push((path.clone(), fault));
+            }
+            std::thread::sleep(self.delay);
+            let body = match std::fs::read(self.root.join(&path)) {
+                Ok(b) => b,
+                Err(_) => {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n",
+                    );
+                    continue;
+                }
+            };
+            let mut body = body;
+            match fault {
+                Fault::None => {}
+                Fault::Drop => {
+                    let _ = conn.shutdown(Shutdown::Both);
+                    return;
+                }
+                Fault::ServerError => {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+                    );
+                    continue;
+                }
+                Fault::Truncate => {
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    let _ = conn.write_all(head.as_bytes());
+                    let _ = conn.write_all(&body[..body.len() / 2]);
+                    let _ = conn.shutdown(Shutdown::Both);
+                    return;
+                }
+                Fault::FlipByte => {
+                    let mid = body.len() / 2;
+                    body[mid] ^= 0x5a;
+                }
+                Fault::WrongContent => {
+                    let fake = vec![0x42u8; CHUNK];
+                    body = zstd::bulk::compress(&fake, 1).expect("compress");
+                }
+                Fault::Stall => {
+                    std::thread::sleep(self.stall);
+                }
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n",
+                body.len()
+            );
+            if conn.write_all(head.as_bytes()).is_err() || conn.write_all(&body).is_err() {
+                return;
+            }
+        }
+    }
+}
