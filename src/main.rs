@@ -447,9 +447,9 @@ fn image_inspect(
                 "cmdline": b.cmdline,
             })),
             "chunks": m.chunks.iter().map(|c| match c.kind {
-                ChunkKind::Data { sha256, stored_size } => serde_json::json!({
+                ChunkKind::Data { sha256, blake3, stored_size } => serde_json::json!({
                     "offset": c.offset, "length": c.length, "kind": "data",
-                    "sha256": sha256.hex(), "stored_size": stored_size,
+                    "sha256": sha256.hex(), "blake3": hex(&blake3), "stored_size": stored_size,
                 }),
                 ChunkKind::Zero => serde_json::json!({
                     "offset": c.offset, "length": c.length, "kind": "zero",
@@ -744,4 +744,8 @@ impl log::Log for Logger {
     }
 
     fn flush(&self) {}
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

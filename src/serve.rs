@@ -46,10 +46,15 @@ impl RepoServer {
                 source: io::Error::other("not a directory"),
             });
         }
-        let http = tiny_http::Server::http(listen).map_err(|e| ServeError::Listen {
+        let listen_err = |reason: String| ServeError::Listen {
             addr: listen.to_string(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let listener =
+            std::net::TcpListener::bind(listen).map_err(|e| listen_err(e.to_string()))?;
+        crate::sys::set_tcp_nodelay(&listener).map_err(|e| listen_err(e.to_string()))?;
+        let http = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| listen_err(e.to_string()))?;
         Ok(Arc::new(RepoServer {
             http,
             root,

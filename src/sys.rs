@@ -80,3 +80,10 @@ pub fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
     File::open("/dev/urandom")?.read_exact(&mut out)?;
     Ok(out)
 }
+
+/// Turns off Nagle's algorithm. Set on a listening socket, Linux passes it on to
+/// every accepted connection; without it a response written as header + body waits
+/// for the peer's delayed ACK (40 ms) on keep-alive connections.
+pub fn set_tcp_nodelay(socket: impl std::os::fd::AsFd) -> io::Result<()> {
+    rustix::net::sockopt::set_tcp_nodelay(socket, true).map_err(io::Error::from)
+}

@@ -46,6 +46,7 @@ enum Outcome {
     Zero,
     Data {
         sha256: Digest,
+        blake3: [u8; 32],
         stored_size: u32,
         new: bool,
     },
@@ -157,6 +158,7 @@ pub fn add_image(
             }
             Some(Outcome::Data {
                 sha256,
+                blake3,
                 stored_size,
                 new,
             }) => {
@@ -167,6 +169,7 @@ pub fn add_image(
                 }
                 ChunkKind::Data {
                     sha256,
+                    blake3,
                     stored_size,
                 }
             }
@@ -235,6 +238,7 @@ fn store_chunk(
         return Ok(Outcome::Zero);
     }
     let sha256 = Digest::of(buf);
+    let blake3 = *blake3::hash(buf).as_bytes();
     let rel = chunk_path(&sha256);
     let path = repo.path(&rel);
     if let Ok(meta) = std::fs::metadata(&path)
@@ -243,6 +247,7 @@ fn store_chunk(
     {
         return Ok(Outcome::Data {
             sha256,
+            blake3,
             stored_size: meta.len() as u32,
             new: false,
         });
@@ -256,6 +261,7 @@ fn store_chunk(
     }
     Ok(Outcome::Data {
         sha256,
+        blake3,
         stored_size: compressed.len() as u32,
         new: first,
     })
@@ -317,6 +323,7 @@ mod tests {
                 ChunkKind::Data {
                     sha256,
                     stored_size,
+                    ..
                 } => {
                     let stored = repo.read(&chunk_path(&sha256)).unwrap();
                     assert_eq!(stored.len() as u32, stored_size);

@@ -26,7 +26,7 @@ pub fn check(repo: &LocalRepo, jobs: usize) -> Result<CheckReport, RepoError> {
         }
     }
     // Each distinct chunk once, with its expected length and one manifest using it.
-    let mut wanted: BTreeMap<Digest, (u32, u32, Digest)> = BTreeMap::new();
+    let mut wanted: BTreeMap<Digest, (u32, u32, [u8; 32], Digest)> = BTreeMap::new();
     for digest in repo.list_manifests()? {
         report.manifests += 1;
         let bytes = repo.read(&manifest_path(&digest))?;
@@ -46,12 +46,13 @@ pub fn check(repo: &LocalRepo, jobs: usize) -> Result<CheckReport, RepoError> {
         for chunk in &manifest.chunks {
             if let ChunkKind::Data {
                 sha256,
+                blake3,
                 stored_size,
             } = chunk.kind
             {
                 wanted
                     .entry(sha256)
-                    .or_insert((chunk.length, stored_size, digest));
+                    .or_insert((chunk.length, stored_size, blake3, digest));
             }
         }
     }
@@ -63,10 +64,10 @@ pub fn check(repo: &LocalRepo, jobs: usize) -> Result<CheckReport, RepoError> {
             scope.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((sha, (length, stored_size, used_by))) = wanted.get(i) else {
+                    let Some((sha, (length, stored_size, blake3, used_by))) = wanted.get(i) else {
                         break;
                     };
-                    if let Err(problem) = check_chunk(repo, sha, *length, *stored_size)
+                    if let Err(problem) = check_chunk(repo, sha, *length, *stored_size, blake3)
                         && let Ok(mut p) = problems.lock()
                     {
                         p.push((*sha, format!("{problem} (used by manifest {used_by})")));
@@ -89,6 +90,7 @@ fn check_chunk(
     sha: &Digest,
     length: u32,
     stored_size: u32,
+    blake3: &[u8; 32],
 ) -> Result<(), String> {
     let stored = match repo.read(&chunk_path(sha)) {
         Ok(b) => b,
@@ -108,6 +110,11 @@ fn check_chunk(
     if content.len() != length as usize || Digest::of(&content) != *sha {
         return Err(format!(
             "corrupt chunk {sha}: content does not match its name"
+        ));
+    }
+    if blake3::hash(&content).as_bytes() != blake3 {
+        return Err(format!(
+            "chunk {sha}: the manifest's blake3 digest does not match its content"
         ));
     }
     Ok(())
