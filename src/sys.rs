@@ -87,3 +87,19 @@ pub fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
 pub fn set_tcp_nodelay(socket: impl std::os::fd::AsFd) -> io::Result<()> {
     rustix::net::sockopt::set_tcp_nodelay(socket, true).map_err(io::Error::from)
 }
+
+/// Starts writeback of a just-written range without waiting for it, so the disk
+/// works while the next chunks are fetched and the final fsync has little left.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range only reads its integer arguments; an invalid fd or
+    // range makes it return an error, which is ignored because this is a hint.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}

@@ -139,7 +139,9 @@ impl Target for DiskTarget {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        self.file.write_all_at(buf, offset)?;
+        sys::start_writeback(&self.file, offset, buf.len() as u64);
+        Ok(())
     }
 
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {

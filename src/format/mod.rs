@@ -2,8 +2,11 @@
 //! socket; everything works on byte slices or `Read`/`Seek`, so it is unit tested and
 //! fuzzed on the host.
 
+pub mod cmdline;
+pub mod cpio;
 pub mod digest;
 pub mod gpt;
+pub mod kmod;
 pub mod manifest;
 pub mod signature;
 

@@ -1,0 +1,615 @@
+//! The kernel command line of the deploy environment, parsed into a typed config.
+//!
+//! Every `imprint.` key is known by name; an unknown key or a malformed value is a
+//! problem reported by that name, and all problems are reported together so an
+//! operator fixes the boot entry once. Nothing here touches a device.
+
+use super::digest::ImageRef;
+use super::signature;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Repository: `http://host[:port][/path]`.
+    pub repo: Option<String>,
+    pub image: Option<ImageRef>,
+    pub disk: Option<DiskSelector>,
+    pub mode: Mode,
+    pub previous: Option<DiskSelector>,
+    pub handoff: Handoff,
+    /// Base64 ed25519 public key the manifest must be signed with.
+    pub pubkey: Option<String>,
+    /// URL status events are POSTed to.
+    pub status: Option<String>,
+    pub on_error: ErrorPolicy,
+    pub hostname: Option<String>,
+    /// Name under which this machine reports status (default: its MAC address).
+    pub target: Option<String>,
+    pub jobs: usize,
+    pub ip: IpConfig,
+    /// MAC address of the interface the machine booted from (PXE `BOOTIF=`).
+    pub bootif: Option<[u8; 6]>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Deploy,
+    Upgrade,
+    Rollback,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    Reboot,
+    Poweroff,
+    Kexec,
+    Shell,
+}
+
+/// What PID 1 does after a fatal error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorPolicy {
+    Reboot,
+    Poweroff,
+    Retry,
+}
+
+/// `imprint.disk=`: a device path, or hints that must all match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskSelector {
+    Path(String),
+    Hints(DiskHints),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiskHints {
+    pub serial: Option<String>,
+    pub model: Option<String>,
+    /// Approximate size in bytes; a disk matches within 5%.
+    pub size: Option<u64>,
+    /// A name under /dev/disk/by-path.
+    pub by_path: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IpConfig {
+    Dhcp,
+    Off,
+    Static(StaticIp),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticIp {
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub hostname: Option<String>,
+    pub device: Option<String>,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// One thing wrong with the command line, named by its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("kernel command line: {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct CmdlineError(pub Vec<Problem>);
+
+const KNOWN: &[&str] = &[
+    "imprint.repo",
+    "imprint.image",
+    "imprint.disk",
+    "imprint.mode",
+    "imprint.previous",
+    "imprint.handoff",
+    "imprint.pubkey",
+    "imprint.status",
+    "imprint.on-error",
+    "imprint.hostname",
+    "imprint.target",
+    "imprint.jobs",
+];
+
+/// Splits a command line the way the kernel does: on whitespace outside double
+/// quotes, quotes removed; everything after a lone `--` belongs to init's argv.
+pub fn split(cmdline: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in cmdline.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    if let Some(end) = out.iter().position(|w| w == "--") {
+        out.truncate(end);
+    }
+    out
+}
+
+/// Parses the whole command line. Keys without the `imprint.` prefix other than
+/// `ip=` and `BOOTIF=` belong to the kernel and are ignored.
+pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
+    let mut cfg = Config {
+        repo: None,
+        image: None,
+        disk: None,
+        mode: Mode::Deploy,
+        previous: None,
+        handoff: Handoff::Reboot,
+        pubkey: None,
+        status: None,
+        on_error: ErrorPolicy::Poweroff,
+        hostname: None,
+        target: None,
+        jobs: 4,
+        ip: IpConfig::Dhcp,
+        bootif: None,
+    };
+    let mut problems: Vec<Problem> = Vec::new();
+    fn problem(problems: &mut Vec<Problem>, key: &str, message: String) {
+        problems.push(Problem {
+            key: key.to_string(),
+            message,
+        })
+    }
+    for word in split(cmdline) {
+        let (key, value) = match word.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (word.clone(), String::new()),
+        };
+        if key.starts_with("imprint.") {
+            if !KNOWN.contains(&key.as_str()) {
+                problem(
+                    &mut problems,
+                    &key,
+                    format!("unknown key (known: {})", KNOWN.join(" ")),
+                );
+                continue;
+            }
+            if value.is_empty() {
+                problem(&mut problems, &key, "needs a value (key=value)".into());
+                continue;
+            }
+        }
+        let result: Result<(), String> = match key.as_str() {
+            "imprint.repo" => parse_url(&value).map(|v| cfg.repo = Some(v)),
+            "imprint.status" => parse_url(&value).map(|v| cfg.status = Some(v)),
+            "imprint.image" => value
+                .parse::<ImageRef>()
+                .map(|v| cfg.image = Some(v))
+                .map_err(|e| e.to_string()),
+            "imprint.disk" => parse_disk(&value).map(|v| cfg.disk = Some(v)),
+            "imprint.previous" => parse_disk(&value).map(|v| cfg.previous = Some(v)),
+            "imprint.mode" => match value.as_str() {
+                "deploy" => Ok(cfg.mode = Mode::Deploy),
+                "upgrade" => Ok(cfg.mode = Mode::Upgrade),
+                "rollback" => Ok(cfg.mode = Mode::Rollback),
+                _ => Err(format!("{value:?} is not one of deploy, upgrade, rollback")),
+            },
+            "imprint.handoff" => match value.as_str() {
+                "reboot" => Ok(cfg.handoff = Handoff::Reboot),
+                "poweroff" => Ok(cfg.handoff = Handoff::Poweroff),
+                "kexec" => Ok(cfg.handoff = Handoff::Kexec),
+                "shell" => Ok(cfg.handoff = Handoff::Shell),
+                _ => Err(format!(
+                    "{value:?} is not one of reboot, poweroff, kexec, shell"
+                )),
+            },
+            "imprint.on-error" => match value.as_str() {
+                "reboot" => Ok(cfg.on_error = ErrorPolicy::Reboot),
+                "poweroff" => Ok(cfg.on_error = ErrorPolicy::Poweroff),
+                "retry" => Ok(cfg.on_error = ErrorPolicy::Retry),
+                _ => Err(format!("{value:?} is not one of reboot, poweroff, retry")),
+            },
+            "imprint.pubkey" => signature::parse_public_key(&value)
+                .map(|_| cfg.pubkey = Some(value.clone()))
+                .map_err(|e| e.to_string()),
+            "imprint.hostname" => parse_hostname(&value).map(|v| cfg.hostname = Some(v)),
+            "imprint.target" => {
+                if value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic()) {
+                    Ok(cfg.target = Some(value.clone()))
+                } else {
+                    Err("must be up to 128 printable characters".into())
+                }
+            }
+            "imprint.jobs" => match value.parse::<usize>() {
+                Ok(n) if (1..=64).contains(&n) => Ok(cfg.jobs = n),
+                _ => Err(format!("{value:?} is not a number from 1 to 64")),
+            },
+            "ip" => parse_ip(&value).map(|v| cfg.ip = v),
+            "BOOTIF" => parse_bootif(&value).map(|v| cfg.bootif = Some(v)),
+            _ => Ok(()),
+        };
+        if let Err(message) = result {
+            problem(&mut problems, &key, message);
+        }
+    }
+    if cfg.mode != Mode::Rollback {
+        if cfg.repo.is_none() && !problems.iter().any(|p| p.key == "imprint.repo") {
+            problem(
+                &mut problems,
+                "imprint.repo",
+                "is required (e.g. imprint.repo=http://10.0.2.2:8080)".into(),
+            );
+        }
+        if cfg.image.is_none() && !problems.iter().any(|p| p.key == "imprint.image") {
+            problem(
+                &mut problems,
+                "imprint.image",
+                "is required (NAME:TAG or sha256:<hex>)".into(),
+            );
+        }
+    }
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(CmdlineError(problems))
+    }
+}
+
+fn parse_url(value: &str) -> Result<String, String> {
+    let rest = value
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{value:?} must be an http:// URL"))?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        return Err(format!("{value:?} has no host"));
+    }
+    if let Some((_, port)) = host.rsplit_once(':')
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("{value:?} has a bad port"));
+    }
+    Ok(value.to_string())
+}
+
+fn parse_hostname(value: &str) -> Result<String, String> {
+    let ok = value.len() <= 253
+        && value.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(format!("{value:?} is not a valid host name"))
+    }
+}
+
+/// `1000`, `512M`, `20G`, `2T` (binary units).
+pub fn parse_size(value: &str) -> Option<u64> {
+    let v = value.trim();
+    let (digits, shift) = match v.chars().last()? {
+        'K' | 'k' => (&v[..v.len() - 1], 10),
+        'M' | 'm' => (&v[..v.len() - 1], 20),
+        'G' | 'g' => (&v[..v.len() - 1], 30),
+        'T' | 't' => (&v[..v.len() - 1], 40),
+        _ => (v, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
+}
+
+fn parse_disk(value: &str) -> Result<DiskSelector, String> {
+    if value.starts_with("/dev/") {
+        if value.contains("..") {
+            return Err(format!("{value:?} must not contain .."));
+        }
+        return Ok(DiskSelector::Path(value.to_string()));
+    }
+    let mut hints = DiskHints::default();
+    for part in value.split(',') {
+        let (k, v) = part.split_once(':').ok_or_else(|| {
+            format!("{part:?} is neither a /dev path nor a hint like serial:X, model:X, size:20G, by-path:X")
+        })?;
+        if v.is_empty() {
+            return Err(format!("hint {k} needs a value"));
+        }
+        match k {
+            "serial" => hints.serial = Some(v.to_string()),
+            "model" => hints.model = Some(v.to_string()),
+            "by-path" => hints.by_path = Some(v.to_string()),
+            "size" => {
+                hints.size =
+                    Some(parse_size(v).ok_or_else(|| format!("{v:?} is not a size like 20G"))?)
+            }
+            _ => {
+                return Err(format!(
+                    "unknown disk hint {k:?} (serial, model, size, by-path)"
+                ));
+            }
+        }
+    }
+    Ok(DiskSelector::Hints(hints))
+}
+
+/// The kernel's `ip=` syntax:
+/// `ip=<client>:<server>:<gateway>:<netmask>:<hostname>:<device>:<autoconf>:<dns0>:<dns1>`,
+/// or `ip=dhcp|on|any|off|none`.
+fn parse_ip(value: &str) -> Result<IpConfig, String> {
+    match value {
+        "dhcp" | "on" | "any" | "both" => return Ok(IpConfig::Dhcp),
+        "off" | "none" => return Ok(IpConfig::Off),
+        _ => {}
+    }
+    let fields: Vec<&str> = value.split(':').collect();
+    let field = |i: usize| fields.get(i).copied().unwrap_or("");
+    let addr = |i: usize, what: &str| -> Result<Option<Ipv4Addr>, String> {
+        match field(i) {
+            "" => Ok(None),
+            s => s
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{what} {s:?} is not an IPv4 address")),
+        }
+    };
+    if !matches!(field(6), "" | "off" | "none" | "static") {
+        if matches!(field(6), "dhcp" | "on" | "any") {
+            return Ok(IpConfig::Dhcp);
+        }
+        return Err(format!(
+            "autoconf {:?} is not supported (off or dhcp)",
+            field(6)
+        ));
+    }
+    let address = addr(0, "client address")?
+        .ok_or_else(|| format!("{value:?}: static ip= needs a client address"))?;
+    let prefix = match addr(3, "netmask")? {
+        None => 24,
+        Some(mask) => {
+            let bits = u32::from(mask);
+            if bits.leading_ones() + bits.trailing_zeros() != 32 {
+                return Err(format!("netmask {mask} is not contiguous"));
+            }
+            bits.leading_ones() as u8
+        }
+    };
+    let hostname = match field(4) {
+        "" => None,
+        h => Some(parse_hostname(h)?),
+    };
+    let device = match field(5) {
+        "" => None,
+        d => Some(d.to_string()),
+    };
+    let dns = [addr(7, "dns0")?, addr(8, "dns1")?]
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok(IpConfig::Static(StaticIp {
+        address,
+        prefix,
+        gateway: addr(2, "gateway")?,
+        hostname,
+        device,
+        dns,
+    }))
+}
+
+/// `BOOTIF=01-52-54-00-12-34-56` (hardware type 1, then the MAC), as PXELINUX and
+/// iPXE pass it; a bare MAC with `-` or `:` is accepted too.
+fn parse_bootif(value: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = value.split(['-', ':']).collect();
+    let mac = match parts.len() {
+        7 if parts[0] == "01" => &parts[1..],
+        6 => &parts[..],
+        _ => {
+            return Err(format!(
+                "{value:?} is not a MAC address like 01-52-54-00-12-34-56"
+            ));
+        }
+    };
+    let mut out = [0u8; 6];
+    for (o, p) in out.iter_mut().zip(mac) {
+        *o = u8::from_str_radix(p, 16)
+            .ok()
+            .filter(|_| p.len() == 2)
+            .ok_or_else(|| format!("{value:?} is not a MAC address"))?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "imprint.repo=http://10.0.2.2:8080 imprint.image=os:v1";
+
+    #[test]
+    fn splits_like_the_kernel() {
+        assert_eq!(
+            split(r#"a=1  b="x y" "c=3" -- init args"#),
+            vec!["a=1", "b=x y", "c=3"]
+        );
+        assert_eq!(split(""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn full_command_line() {
+        let key = signature::public_key_text(
+            &ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key(),
+        );
+        let cfg = parse(&format!(
+            "BOOT_IMAGE=/vmlinuz console=ttyS0 quiet {BASE} imprint.disk=serial:ABC,size:20G \
+             imprint.mode=upgrade imprint.previous=/dev/vdb imprint.handoff=kexec \
+             imprint.pubkey={key} imprint.status=http://10.0.2.2:8080/status \
+             imprint.on-error=retry imprint.hostname=node-1.example imprint.jobs=8 \
+             BOOTIF=01-52-54-00-12-34-56 ip=10.0.2.15::10.0.2.2:255.255.255.0:h:eth0:off:10.0.2.3"
+        ))
+        .unwrap();
+        assert_eq!(cfg.repo.as_deref(), Some("http://10.0.2.2:8080"));
+        assert_eq!(cfg.image, Some("os:v1".parse().unwrap()));
+        assert_eq!(
+            cfg.disk,
+            Some(DiskSelector::Hints(DiskHints {
+                serial: Some("ABC".into()),
+                size: Some(20 << 30),
+                ..DiskHints::default()
+            }))
+        );
+        assert_eq!(cfg.mode, Mode::Upgrade);
+        assert_eq!(cfg.previous, Some(DiskSelector::Path("/dev/vdb".into())));
+        assert_eq!(cfg.handoff, Handoff::Kexec);
+        assert_eq!(cfg.pubkey, Some(key));
+        assert_eq!(cfg.on_error, ErrorPolicy::Retry);
+        assert_eq!(cfg.hostname.as_deref(), Some("node-1.example"));
+        assert_eq!(cfg.jobs, 8);
+        assert_eq!(cfg.bootif, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert_eq!(
+            cfg.ip,
+            IpConfig::Static(StaticIp {
+                address: "10.0.2.15".parse().unwrap(),
+                prefix: 24,
+                gateway: Some("10.0.2.2".parse().unwrap()),
+                hostname: Some("h".into()),
+                device: Some("eth0".into()),
+                dns: vec!["10.0.2.3".parse().unwrap()],
+            })
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = parse(BASE).unwrap();
+        assert_eq!(cfg.mode, Mode::Deploy);
+        assert_eq!(cfg.handoff, Handoff::Reboot);
+        assert_eq!(cfg.on_error, ErrorPolicy::Poweroff);
+        assert_eq!(cfg.ip, IpConfig::Dhcp);
+        assert_eq!(cfg.jobs, 4);
+        assert_eq!(cfg.disk, None);
+    }
+
+    fn problems(cmdline: &str) -> Vec<String> {
+        parse(cmdline)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|p| p.key)
+            .collect()
+    }
+
+    #[test]
+    fn every_problem_is_named_by_its_key() {
+        assert_eq!(
+            problems(&format!("{BASE} imprint.colour=blue")),
+            ["imprint.colour"]
+        );
+        assert_eq!(
+            problems(&format!("{BASE} imprint.handoff=teleport")),
+            ["imprint.handoff"]
+        );
+        assert_eq!(
+            problems(&format!("{BASE} imprint.jobs=0")),
+            ["imprint.jobs"]
+        );
+        assert_eq!(
+            problems(&format!("{BASE} imprint.pubkey=abc")),
+            ["imprint.pubkey"]
+        );
+        assert_eq!(
+            problems(&format!("{BASE} imprint.disk=vda")),
+            ["imprint.disk"]
+        );
+        assert_eq!(
+            problems(&format!("{BASE} imprint.disk=size:lots")),
+            ["imprint.disk"]
+        );
+        assert_eq!(
+            problems(&format!("{BASE} imprint.hostname=-bad-")),
+            ["imprint.hostname"]
+        );
+        assert_eq!(
+            problems(&format!("{BASE} imprint.status=ftp://x")),
+            ["imprint.status"]
+        );
+        assert_eq!(problems(&format!("{BASE} ip=1.2.3:::")), ["ip"]);
+        assert_eq!(
+            problems(&format!("{BASE} ip=10.0.0.2::10.0.0.1:255.0.255.0")),
+            ["ip"]
+        );
+        assert_eq!(problems(&format!("{BASE} BOOTIF=zz")), ["BOOTIF"]);
+        assert_eq!(problems(&format!("{BASE} imprint.mode")), ["imprint.mode"]);
+        assert_eq!(problems("imprint.image=os:v1"), ["imprint.repo"]);
+        assert_eq!(
+            problems("imprint.repo=http://h imprint.image=../x"),
+            ["imprint.image"]
+        );
+        // All at once, in order.
+        assert_eq!(
+            problems("imprint.repo=x imprint.image=os:v1 imprint.bogus=1 imprint.jobs=99"),
+            ["imprint.repo", "imprint.bogus", "imprint.jobs"]
+        );
+        let err = parse(&format!("{BASE} imprint.colour=blue")).unwrap_err();
+        assert!(err.to_string().contains("imprint.colour: unknown key"));
+    }
+
+    #[test]
+    fn rollback_needs_no_repository() {
+        let cfg = parse("imprint.mode=rollback").unwrap();
+        assert_eq!(cfg.mode, Mode::Rollback);
+    }
+
+    #[test]
+    fn ip_shorthands_and_bare_macs() {
+        assert_eq!(parse(&format!("{BASE} ip=off")).unwrap().ip, IpConfig::Off);
+        assert_eq!(
+            parse(&format!("{BASE} ip=::::::dhcp")).unwrap().ip,
+            IpConfig::Dhcp
+        );
+        assert_eq!(
+            parse(&format!("{BASE} BOOTIF=52:54:00:12:34:56"))
+                .unwrap()
+                .bootif,
+            Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+        );
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut x = 1u64;
+        for _ in 0..3000 {
+            let mut s = String::new();
+            for _ in 0..(x % 90) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                s.push(b" =:.,-\"imprint.diskpjob0123/"[(x % 28) as usize] as char);
+            }
+            let _ = parse(&s);
+            let _ = parse(&format!("{BASE} imprint.disk={s} ip={s} BOOTIF={s}"));
+        }
+    }
+}
