@@ -209,40 +209,51 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                 .map_err(|e| e.to_string()),
             "imprint.disk" => parse_disk(&value).map(|v| cfg.disk = Some(v)),
             "imprint.previous" => parse_disk(&value).map(|v| cfg.previous = Some(v)),
-            "imprint.mode" => match value.as_str() {
-                "deploy" => Ok(cfg.mode = Mode::Deploy),
-                "upgrade" => Ok(cfg.mode = Mode::Upgrade),
-                "rollback" => Ok(cfg.mode = Mode::Rollback),
-                _ => Err(format!("{value:?} is not one of deploy, upgrade, rollback")),
-            },
-            "imprint.handoff" => match value.as_str() {
-                "reboot" => Ok(cfg.handoff = Handoff::Reboot),
-                "poweroff" => Ok(cfg.handoff = Handoff::Poweroff),
-                "kexec" => Ok(cfg.handoff = Handoff::Kexec),
-                "shell" => Ok(cfg.handoff = Handoff::Shell),
-                _ => Err(format!(
-                    "{value:?} is not one of reboot, poweroff, kexec, shell"
-                )),
-            },
-            "imprint.on-error" => match value.as_str() {
-                "reboot" => Ok(cfg.on_error = ErrorPolicy::Reboot),
-                "poweroff" => Ok(cfg.on_error = ErrorPolicy::Poweroff),
-                "retry" => Ok(cfg.on_error = ErrorPolicy::Retry),
-                _ => Err(format!("{value:?} is not one of reboot, poweroff, retry")),
-            },
+            "imprint.mode" => choice(
+                &value,
+                &[
+                    ("deploy", Mode::Deploy),
+                    ("upgrade", Mode::Upgrade),
+                    ("rollback", Mode::Rollback),
+                ],
+            )
+            .map(|v| cfg.mode = v),
+            "imprint.handoff" => choice(
+                &value,
+                &[
+                    ("reboot", Handoff::Reboot),
+                    ("poweroff", Handoff::Poweroff),
+                    ("kexec", Handoff::Kexec),
+                    ("shell", Handoff::Shell),
+                ],
+            )
+            .map(|v| cfg.handoff = v),
+            "imprint.on-error" => choice(
+                &value,
+                &[
+                    ("reboot", ErrorPolicy::Reboot),
+                    ("poweroff", ErrorPolicy::Poweroff),
+                    ("retry", ErrorPolicy::Retry),
+                ],
+            )
+            .map(|v| cfg.on_error = v),
             "imprint.pubkey" => signature::parse_public_key(&value)
                 .map(|_| cfg.pubkey = Some(value.clone()))
                 .map_err(|e| e.to_string()),
             "imprint.hostname" => parse_hostname(&value).map(|v| cfg.hostname = Some(v)),
             "imprint.target" => {
                 if value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic()) {
-                    Ok(cfg.target = Some(value.clone()))
+                    cfg.target = Some(value.clone());
+                    Ok(())
                 } else {
                     Err("must be up to 128 printable characters".into())
                 }
             }
             "imprint.jobs" => match value.parse::<usize>() {
-                Ok(n) if (1..=64).contains(&n) => Ok(cfg.jobs = n),
+                Ok(n) if (1..=64).contains(&n) => {
+                    cfg.jobs = n;
+                    Ok(())
+                }
                 _ => Err(format!("{value:?} is not a number from 1 to 64")),
             },
             "ip" => parse_ip(&value).map(|v| cfg.ip = v),
@@ -274,6 +285,17 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
     } else {
         Err(CmdlineError(problems))
     }
+}
+
+fn choice<T: Copy>(value: &str, options: &[(&str, T)]) -> Result<T, String> {
+    options
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+            format!("{value:?} is not one of {}", names.join(", "))
+        })
 }
 
 fn parse_url(value: &str) -> Result<String, String> {

@@ -206,8 +206,11 @@ fn pad(out: &mut impl Write, len: usize) -> io::Result<u64> {
 mod tests {
     use super::*;
 
+    /// name, mode, data, (rdev major, minor)
+    type Read = (String, u32, Vec<u8>, (u32, u32));
+
     /// A minimal newc reader, enough to check what the writer produced.
-    fn read(bytes: &[u8]) -> Vec<(String, u32, Vec<u8>, (u32, u32))> {
+    fn read(bytes: &[u8]) -> Vec<Read> {
         let mut out = Vec::new();
         let mut at = 0;
         loop {
