@@ -103,3 +103,96 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
         );
     }
 }
+
+/// Mounts a pseudo or real file system; "already mounted" counts as success.
+pub fn mount(source: &str, target: &str, fstype: &str, read_only: bool) -> io::Result<()> {
+    let mut flags = rustix::mount::MountFlags::NOSUID;
+    if read_only {
+        flags |= rustix::mount::MountFlags::RDONLY;
+    }
+    std::fs::create_dir_all(target)?;
+    match rustix::mount::mount(source, target, fstype, flags, None::<&std::ffi::CStr>) {
+        Ok(()) | Err(rustix::io::Errno::BUSY) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn unmount(target: &str) -> io::Result<()> {
+    rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty()).map_err(Into::into)
+}
+
+/// Loads a kernel module from its file. Already loaded is success.
+pub fn load_module(path: &Path) -> io::Result<()> {
+    let file = File::open(path)?;
+    match rustix::system::finit_module(&file, c"", 0) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn kernel_release() -> String {
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub fn sync_all() {
+    rustix::fs::sync();
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PowerAction {
+    Reboot,
+    Poweroff,
+}
+
+/// Syncs and restarts or powers off the machine. Returns only if the kernel
+/// refused (then the caller decides what is left to do).
+pub fn power(action: PowerAction) -> io::Error {
+    sync_all();
+    let cmd = match action {
+        PowerAction::Reboot => rustix::system::RebootCommand::Restart,
+        PowerAction::Poweroff => rustix::system::RebootCommand::PowerOff,
+    };
+    match rustix::system::reboot(cmd) {
+        Ok(()) => io::Error::other("reboot returned"),
+        Err(e) => e.into(),
+    }
+}
+
+/// Reaps one exited child, blocking; `None` when there are no children.
+pub fn reap_child() -> Option<u32> {
+    match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+        Ok(Some((pid, _))) => Some(pid.as_raw_nonzero().get() as u32),
+        _ => None,
+    }
+}
+
+pub fn set_hostname(name: &str) -> io::Result<()> {
+    rustix::system::sethostname(name.as_bytes()).map_err(Into::into)
+}
+
+pub fn is_pid1() -> bool {
+    rustix::process::getpid().is_init()
+}
+
+/// Sends one rtnetlink request and waits for the kernel's acknowledgement.
+pub fn netlink_request(message: &[u8], seq: u32) -> io::Result<()> {
+    use rustix::net::{AddressFamily, SocketType, netlink};
+    let socket = rustix::net::socket(AddressFamily::NETLINK, SocketType::RAW, None)?; // None is NETLINK_ROUTE
+    rustix::net::bind(&socket, &netlink::SocketAddrNetlink::new(0, 0))?;
+    rustix::net::sendto(
+        &socket,
+        message,
+        rustix::net::SendFlags::empty(),
+        &netlink::SocketAddrNetlink::new(0, 0),
+    )?;
+    let mut reply = vec![0u8; 8192];
+    let (n, _) = rustix::net::recv(&socket, &mut reply[..], rustix::net::RecvFlags::empty())?;
+    match crate::format::netlink::parse_ack(&reply[..n], seq) {
+        Ok(0) => Ok(()),
+        Ok(errno) => Err(io::Error::from_raw_os_error(errno)),
+        Err(what) => Err(io::Error::other(what)),
+    }
+}

@@ -5,9 +5,11 @@
 pub mod cmdline;
 pub mod cpio;
 pub mod digest;
+pub mod dns;
 pub mod gpt;
 pub mod kmod;
 pub mod manifest;
+pub mod netlink;
 pub mod signature;
 
 /// Whether every byte of `buf` is zero. Folds 64-byte blocks with OR so the compiler

@@ -157,3 +157,14 @@ fn describe(e: &ureq::Error) -> String {
         other => other.to_string(),
     }
 }
+
+/// A plain HTTP agent using `resolver`, for small requests besides repository
+/// fetches (status events).
+pub fn small_agent(resolver: Arc<dyn NameResolver>, timeout: Duration) -> Agent {
+    let config = Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .user_agent(concat!("imprint/", env!("CARGO_PKG_VERSION")))
+        .build();
+    Agent::with_parts(config, DefaultConnector::default(), ResolverAdapter(resolver))
+}

@@ -4,7 +4,7 @@
 
 mod http;
 
-pub use http::{HttpSource, NameResolver, SystemResolver};
+pub use http::{HttpSource, NameResolver, SystemResolver, small_agent};
 
 use std::fs::File;
 use std::io::{self, Read};

@@ -1,0 +1,114 @@
+//! Where PID 1 speaks: the console (stderr, which the kernel connected to
+//! /dev/console) and the kernel log (/dev/kmsg), plus status events that go to
+//! the console as `imprint-status: {json}` and, once the network is up, to the
+//! operator's status URL.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use crate::source::{NameResolver, small_agent};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+struct ConsoleLogger {
+    kmsg: Mutex<Option<File>>,
+}
+
+impl log::Log for ConsoleLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = record.level().as_str().to_lowercase();
+        let line = format!("imprint: {level}: {}", record.args());
+        // One write per line, so lines from threads do not interleave.
+        let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+        if let Ok(mut kmsg) = self.kmsg.lock()
+            && let Some(k) = kmsg.as_mut()
+        {
+            // kmsg priority prefix: 3 err, 4 warning, 6 info, 7 debug.
+            let prio = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                _ => 7,
+            };
+            let _ = k.write_all(format!("<{prio}>{line}\n").as_bytes());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+pub fn init_logger(verbose: bool) {
+    let kmsg = OpenOptions::new().write(true).open("/dev/kmsg").ok();
+    let logger = Box::leak(Box::new(ConsoleLogger {
+        kmsg: Mutex::new(kmsg),
+    }));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(if verbose {
+            log::LevelFilter::Debug
+        } else {
+            log::LevelFilter::Info
+        });
+    }
+}
+
+/// Sends status events. Every event is echoed on the console; it is POSTed too
+/// once a URL and a working network are known. A failed POST is logged and
+/// dropped: reporting must never stop a deploy.
+pub struct Status {
+    target: String,
+    url: Mutex<Option<String>>,
+    agent: Mutex<Option<ureq::Agent>>,
+}
+
+impl Status {
+    pub fn new(target: &str) -> Status {
+        Status {
+            target: target.to_string(),
+            url: Mutex::new(None),
+            agent: Mutex::new(None),
+        }
+    }
+
+    pub fn set_target(&mut self, target: &str) {
+        self.target = target.to_string();
+    }
+
+    /// Starts POSTing events to `url` (after the network is up).
+    pub fn connect(&self, url: &str, resolver: Arc<dyn NameResolver>) {
+        if let Ok(mut u) = self.url.lock() {
+            *u = Some(url.to_string());
+        }
+        if let Ok(mut a) = self.agent.lock() {
+            *a = Some(small_agent(resolver, Duration::from_secs(5)));
+        }
+    }
+
+    pub fn send(&self, phase: &str, extra: serde_json::Value) {
+        let mut event = serde_json::json!({ "target": self.target, "phase": phase });
+        if let (Some(map), serde_json::Value::Object(more)) = (event.as_object_mut(), extra) {
+            map.extend(more);
+        }
+        let line = format!("imprint-status: {event}\n");
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        let url = self.url.lock().ok().and_then(|u| u.clone());
+        let agent = self.agent.lock().ok().and_then(|a| a.clone());
+        if let (Some(url), Some(agent)) = (url, agent) {
+            let body = event.to_string();
+            let result = agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send(body.as_bytes());
+            match result {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => log::warn!("status event to {url}: server answered {}", r.status()),
+                Err(e) => log::warn!("status event to {url}: {e}"),
+            }
+        }
+    }
+}
