@@ -50,7 +50,9 @@ pub enum InitramfsError {
     NotStatic(PathBuf),
     #[error("{0} is not an x86_64 ELF executable")]
     NotElf(PathBuf),
-    #[error("no kernel modules directory under /lib/modules; pass --modules-dir or --kernel-release")]
+    #[error(
+        "no kernel modules directory under /lib/modules; pass --modules-dir or --kernel-release"
+    )]
     NoModules,
     #[error("module {0} is neither in modules.dep nor built into the kernel; check the name")]
     UnknownModule(String),
@@ -81,7 +83,7 @@ pub fn newest_modules_dir(root: &Path) -> Result<PathBuf, InitramfsError> {
         .filter(|e| e.path().join("modules.dep").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    releases.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    releases.sort_by_key(|r| version_key(r));
     releases
         .pop()
         .map(|r| root.join(r))
@@ -182,7 +184,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, InitramfsError> {
         0o644,
         index.aliases_for(&keep).into_bytes(),
     )?;
-    archive.add_file(&format!("{base}/modules.builtin"), 0o644, builtin_text.into_bytes())?;
+    archive.add_file(
+        &format!("{base}/modules.builtin"),
+        0o644,
+        builtin_text.into_bytes(),
+    )?;
 
     let mut cpio = Vec::new();
     let cpio_bytes = archive
@@ -212,7 +218,7 @@ mod tests {
     #[test]
     fn versions_sort_numerically() {
         let mut v = vec!["6.1.0-9-amd64", "6.1.0-56-amd64", "5.10.0-30-amd64"];
-        v.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+        v.sort_by_key(|r| version_key(r));
         assert_eq!(v, ["5.10.0-30-amd64", "6.1.0-9-amd64", "6.1.0-56-amd64"]);
     }
 

@@ -7,7 +7,26 @@
 
 pub mod engine;
 pub mod format;
+pub mod initramfs;
+pub mod pid1;
 pub mod repo;
 pub mod serve;
 pub mod source;
 pub mod sys;
+
+/// An error and its causes as one line, each cause added only when the message
+/// so far does not already say it (error types here often include their source).
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}

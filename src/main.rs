@@ -84,6 +84,30 @@ enum Command {
     /// Disk checks.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// Build the deploy environment's initramfs.
+    #[command(subcommand)]
+    Initramfs(InitramfsCommand),
+}
+
+#[derive(Subcommand)]
+enum InitramfsCommand {
+    /// Write a zstd-compressed newc archive holding /init and kernel modules.
+    Build {
+        #[arg(long)]
+        out: PathBuf,
+        /// Kernel release whose modules to take (from /lib/modules/RELEASE).
+        #[arg(long, conflicts_with = "modules_dir")]
+        kernel_release: Option<String>,
+        /// Modules directory (default: the newest under /lib/modules).
+        #[arg(long)]
+        modules_dir: Option<PathBuf>,
+        /// Extra module to carry (repeatable); the default set is always included.
+        #[arg(long = "module")]
+        modules: Vec<String>,
+        /// The static imprint binary to run as /init (default: this program).
+        #[arg(long)]
+        init: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -197,12 +221,20 @@ impl SourceArgs {
 }
 
 fn main() -> ExitCode {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if argv0.ends_with("modprobe") {
+        let args: Vec<String> = std::env::args().collect();
+        return ExitCode::from(imprint::pid1::modprobe_main(&args) as u8);
+    }
+    if imprint::sys::is_pid1() {
+        imprint::pid1::main();
+    }
     let cli = Cli::parse();
     Logger::install(cli.verbose);
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("imprint: error: {e:#}");
+            eprintln!("imprint: error: {}", imprint::error_text(&e));
             ExitCode::from(exit_code(&e))
         }
     }
@@ -272,6 +304,13 @@ fn run(command: Command) -> Result<ExitCode> {
             pubkey,
             jobs,
         }) => disk_verify(&source, &image, &disk, pubkey.as_deref(), jobs),
+        Command::Initramfs(InitramfsCommand::Build {
+            out,
+            kernel_release,
+            modules_dir,
+            modules,
+            init,
+        }) => initramfs_build(&out, kernel_release, modules_dir, modules, init),
     }
 }
 
@@ -710,6 +749,55 @@ fn disk_verify(
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+fn initramfs_build(
+    out: &Path,
+    kernel_release: Option<String>,
+    modules_dir: Option<PathBuf>,
+    extra: Vec<String>,
+    init: Option<PathBuf>,
+) -> Result<ExitCode> {
+    use imprint::initramfs;
+    let modules_dir = match (modules_dir, kernel_release) {
+        (Some(dir), _) => dir,
+        (None, Some(release)) => Path::new("/lib/modules").join(release),
+        (None, None) => initramfs::newest_modules_dir(Path::new("/lib/modules"))?,
+    };
+    let init = match init {
+        Some(p) => p,
+        None => std::env::current_exe().context("finding this program's path")?,
+    };
+    let mut modules: Vec<String> = initramfs::DEFAULT_MODULES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    modules.extend(extra);
+    let report = initramfs::build(&initramfs::BuildOptions {
+        init: init.clone(),
+        modules_dir: modules_dir.clone(),
+        modules,
+        level: 19,
+    })
+    .with_context(|| format!("building an initramfs from {}", modules_dir.display()))?;
+    let tmp = out.with_extension("tmp");
+    std::fs::write(&tmp, &report.compressed)
+        .and_then(|()| std::fs::rename(&tmp, out))
+        .with_context(|| format!("writing {}", out.display()))?;
+    let init_size = std::fs::metadata(&init).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {}: {} bytes (zstd; {} bytes uncompressed), kernel {}, /init {} bytes, {} modules",
+        out.display(),
+        report.compressed.len(),
+        report.cpio_bytes,
+        report.kernel_release,
+        init_size,
+        report.modules.len()
+    );
+    if !report.builtin.is_empty() {
+        println!("built into the kernel: {}", report.builtin.join(" "));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Log lines go to stderr as `imprint: <level>: <message>`.

@@ -8,6 +8,7 @@ use super::digest::ImageRef;
 use super::signature;
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -27,6 +28,8 @@ pub struct Config {
     /// Name under which this machine reports status (default: its MAC address).
     pub target: Option<String>,
     pub jobs: usize,
+    /// How long DHCP may take before the error policy runs.
+    pub dhcp_timeout: Duration,
     pub ip: IpConfig,
     /// MAC address of the interface the machine booted from (PXE `BOOTIF=`).
     pub bootif: Option<[u8; 6]>,
@@ -119,6 +122,8 @@ const KNOWN: &[&str] = &[
     "imprint.hostname",
     "imprint.target",
     "imprint.jobs",
+    "imprint.dhcp-timeout",
+    "imprint.debug",
 ];
 
 /// Splits a command line the way the kernel does: on whitespace outside double
@@ -171,6 +176,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
         hostname: None,
         target: None,
         jobs: 4,
+        dhcp_timeout: Duration::from_secs(60),
         ip: IpConfig::Dhcp,
         bootif: None,
     };
@@ -195,7 +201,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                 );
                 continue;
             }
-            if value.is_empty() {
+            if value.is_empty() && key != "imprint.debug" {
                 problem(&mut problems, &key, "needs a value (key=value)".into());
                 continue;
             }
@@ -256,6 +262,16 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                 }
                 _ => Err(format!("{value:?} is not a number from 1 to 64")),
             },
+            "imprint.dhcp-timeout" => match value.parse::<u64>() {
+                Ok(n) if (1..=3600).contains(&n) => {
+                    cfg.dhcp_timeout = Duration::from_secs(n);
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "{value:?} is not a number of seconds from 1 to 3600"
+                )),
+            },
+            "imprint.debug" => Ok(()),
             "ip" => parse_ip(&value).map(|v| cfg.ip = v),
             "BOOTIF" => parse_bootif(&value).map(|v| cfg.bootif = Some(v)),
             _ => Ok(()),
@@ -285,6 +301,27 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
     } else {
         Err(CmdlineError(problems))
     }
+}
+
+/// The error policy alone, read leniently: it must be known even when the rest of
+/// the command line is broken.
+pub fn error_policy(cmdline: &str) -> ErrorPolicy {
+    split(cmdline)
+        .iter()
+        .filter_map(|w| w.strip_prefix("imprint.on-error="))
+        .next_back()
+        .and_then(|v| {
+            choice(
+                v,
+                &[
+                    ("reboot", ErrorPolicy::Reboot),
+                    ("poweroff", ErrorPolicy::Poweroff),
+                    ("retry", ErrorPolicy::Retry),
+                ],
+            )
+            .ok()
+        })
+        .unwrap_or(ErrorPolicy::Poweroff)
 }
 
 fn choice<T: Copy>(value: &str, options: &[(&str, T)]) -> Result<T, String> {

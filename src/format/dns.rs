@@ -43,7 +43,9 @@ pub fn query(id: u16, name: &str) -> Result<Vec<u8>, DnsError> {
 /// Skips a (possibly compressed) name starting at `at`; returns the offset after it.
 fn skip_name(msg: &[u8], mut at: usize) -> Result<usize, DnsError> {
     loop {
-        let len = *msg.get(at).ok_or(DnsError::Malformed("name runs past the end"))?;
+        let len = *msg
+            .get(at)
+            .ok_or(DnsError::Malformed("name runs past the end"))?;
         match len {
             0 => return Ok(at + 1),
             l if l & 0xC0 == 0xC0 => {

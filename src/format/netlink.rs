@@ -120,8 +120,7 @@ pub fn parse_ack(reply: &[u8], seq: u32) -> Result<i32, &'static str> {
             if len < 20 {
                 return Err("short netlink error message");
             }
-            let code =
-                i32::from_le_bytes(reply[at + 16..at + 20].try_into().unwrap_or_default());
+            let code = i32::from_le_bytes(reply[at + 16..at + 20].try_into().unwrap_or_default());
             return Ok(-code);
         }
         at += len.div_ceil(4) * 4;
@@ -154,7 +153,13 @@ mod tests {
         assert_eq!(&m[24..32], &[8, 0, 2, 0, 10, 0, 2, 15]);
         assert_eq!(&m[40..48], &[8, 0, 4, 0, 10, 0, 2, 255]);
 
-        let r = add_route(2, 2, Ipv4Addr::UNSPECIFIED, 0, Some(Ipv4Addr::new(10, 0, 2, 2)));
+        let r = add_route(
+            2,
+            2,
+            Ipv4Addr::UNSPECIFIED,
+            0,
+            Some(Ipv4Addr::new(10, 0, 2, 2)),
+        );
         assert_eq!(r.len(), 16 + 12 + 8 + 8);
         assert_eq!(&r[28..36], &[8, 0, 5, 0, 10, 0, 2, 2]);
         assert_eq!(&r[36..44], &[8, 0, 4, 0, 2, 0, 0, 0]);

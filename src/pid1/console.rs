@@ -3,9 +3,9 @@
 //! the console as `imprint-status: {json}` and, once the network is up, to the
 //! operator's status URL.
 
+use crate::source::{NameResolver, small_agent};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use crate::source::{NameResolver, small_agent};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,14 +29,9 @@ impl log::Log for ConsoleLogger {
         if let Ok(mut kmsg) = self.kmsg.lock()
             && let Some(k) = kmsg.as_mut()
         {
-            // kmsg priority prefix: 3 err, 4 warning, 6 info, 7 debug.
-            let prio = match record.level() {
-                log::Level::Error => 3,
-                log::Level::Warn => 4,
-                log::Level::Info => 6,
-                _ => 7,
-            };
-            let _ = k.write_all(format!("<{prio}>{line}\n").as_bytes());
+            // Logged at debug priority: the line already went to the console, and
+            // a higher priority would make the kernel print it there a second time.
+            let _ = k.write_all(format!("<7>{line}\n").as_bytes());
         }
     }
 
@@ -61,7 +56,7 @@ pub fn init_logger(verbose: bool) {
 /// once a URL and a working network are known. A failed POST is logged and
 /// dropped: reporting must never stop a deploy.
 pub struct Status {
-    target: String,
+    target: Mutex<String>,
     url: Mutex<Option<String>>,
     agent: Mutex<Option<ureq::Agent>>,
 }
@@ -69,14 +64,16 @@ pub struct Status {
 impl Status {
     pub fn new(target: &str) -> Status {
         Status {
-            target: target.to_string(),
+            target: Mutex::new(target.to_string()),
             url: Mutex::new(None),
             agent: Mutex::new(None),
         }
     }
 
-    pub fn set_target(&mut self, target: &str) {
-        self.target = target.to_string();
+    pub fn set_target(&self, target: &str) {
+        if let Ok(mut t) = self.target.lock() {
+            *t = target.to_string();
+        }
     }
 
     /// Starts POSTing events to `url` (after the network is up).
@@ -90,7 +87,8 @@ impl Status {
     }
 
     pub fn send(&self, phase: &str, extra: serde_json::Value) {
-        let mut event = serde_json::json!({ "target": self.target, "phase": phase });
+        let target = self.target.lock().map(|t| t.clone()).unwrap_or_default();
+        let mut event = serde_json::json!({ "target": target, "phase": phase });
         if let (Some(map), serde_json::Value::Object(more)) = (event.as_object_mut(), extra) {
             map.extend(more);
         }

@@ -46,7 +46,9 @@ impl DiskInfo {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DiskError {
-    #[error("no disk found{0}; check that the machine has a disk and its driver is in the initramfs")]
+    #[error(
+        "no disk found{0}; check that the machine has a disk and its driver is in the initramfs"
+    )]
     NoDisks(String),
     #[error("imprint.disk={wanted} matches no disk; disks present: {present}")]
     NoMatch { wanted: String, present: String },
@@ -230,10 +232,7 @@ mod tests {
             choose(&disks, None, 100 << 30),
             Err(DiskError::NoMatch { .. })
         ));
-        assert!(matches!(
-            choose(&[], None, 1),
-            Err(DiskError::NoDisks(_))
-        ));
+        assert!(matches!(choose(&[], None, 1), Err(DiskError::NoDisks(_))));
     }
 
     #[test]
@@ -275,7 +274,10 @@ mod tests {
         let mut boot = disk("vda", 20);
         boot.in_use = true;
         let disks = vec![boot];
-        assert!(matches!(choose(&disks, None, 1), Err(DiskError::NoMatch { .. })));
+        assert!(matches!(
+            choose(&disks, None, 1),
+            Err(DiskError::NoMatch { .. })
+        ));
         let path = DiskSelector::Path("/dev/vda".into());
         assert!(matches!(
             choose(&disks, Some(&path), 1),

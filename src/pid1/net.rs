@@ -32,20 +32,25 @@ pub struct Lease {
     pub prefix: u8,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
-    pub hostname: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("no network interface appeared within {0} s; check the NIC and that its driver is in the initramfs")]
+    #[error(
+        "no network interface appeared within {0} s; check the NIC and that its driver is in the initramfs"
+    )]
     NoInterface(u64),
     #[error("no interface has the MAC address {0} named by BOOTIF=")]
     NoBootif(String),
     #[error("interface {0} named by ip= does not exist")]
     NoDevice(String),
-    #[error("no network link came up (no carrier on {0}) within {1} s; check the cable or switch port")]
+    #[error(
+        "no network link came up (no carrier on {0}) within {1} s; check the cable or switch port"
+    )]
     NoCarrier(String, u64),
-    #[error("no DHCP answer on {0} within {1} s; check that a DHCP server serves this network, or use ip= for a static address")]
+    #[error(
+        "no DHCP answer on {0} within {1} s; check that a DHCP server serves this network, or use ip= for a static address"
+    )]
     DhcpTimeout(String, u64),
     #[error("configuring {what} on {nic}: {source}")]
     Kernel {
@@ -193,7 +198,6 @@ fn bring_up_static(s: &StaticIp, nics: &[Nic]) -> Result<Lease, NetError> {
         prefix: s.prefix,
         router: s.gateway,
         dns: s.dns.clone(),
-        hostname: s.hostname.clone(),
     };
     apply(&lease)?;
     Ok(lease)
@@ -212,7 +216,10 @@ fn bring_up_dhcp(nics: &[Nic], timeout: Duration) -> Result<Lease, NetError> {
     };
     if with_carrier.is_empty() {
         let names: Vec<&str> = nics.iter().map(|n| n.name.as_str()).collect();
-        return Err(NetError::NoCarrier(names.join(", "), carrier_wait.as_secs()));
+        return Err(NetError::NoCarrier(
+            names.join(", "),
+            carrier_wait.as_secs(),
+        ));
     }
     let remaining = timeout.saturating_sub(start.elapsed());
     let done = Arc::new(AtomicBool::new(false));
@@ -222,19 +229,17 @@ fn bring_up_dhcp(nics: &[Nic], timeout: Duration) -> Result<Lease, NetError> {
         .cloned()
         .map(|nic| {
             let (done, winner) = (done.clone(), winner.clone());
-            std::thread::spawn(move || {
-                match dhcp(&nic, remaining, &done) {
-                    Ok(Some(lease)) => {
-                        if let Ok(mut w) = winner.lock()
-                            && w.is_none()
-                        {
-                            *w = Some(lease);
-                            done.store(true, Ordering::Relaxed);
-                        }
+            std::thread::spawn(move || match dhcp(&nic, remaining, &done) {
+                Ok(Some(lease)) => {
+                    if let Ok(mut w) = winner.lock()
+                        && w.is_none()
+                    {
+                        *w = Some(lease);
+                        done.store(true, Ordering::Relaxed);
                     }
-                    Ok(None) => {}
-                    Err(e) => log::warn!("DHCP on {}: {e}", nic.name),
                 }
+                Ok(None) => {}
+                Err(e) => log::warn!("DHCP on {}: {e}", nic.name),
             })
         })
         .collect();
@@ -284,7 +289,8 @@ fn dhcp(nic: &Nic, timeout: Duration, stop: &AtomicBool) -> io::Result<Option<Le
             backoff = (backoff * 2).min(Duration::from_secs(16));
         }
         iface.poll(now(), &mut device, &mut sockets);
-        if let Some(dhcpv4::Event::Configured(cfg)) = sockets.get_mut::<dhcpv4::Socket>(handle).poll()
+        if let Some(dhcpv4::Event::Configured(cfg)) =
+            sockets.get_mut::<dhcpv4::Socket>(handle).poll()
         {
             let lease = Lease {
                 nic: nic.clone(),
@@ -292,7 +298,6 @@ fn dhcp(nic: &Nic, timeout: Duration, stop: &AtomicBool) -> io::Result<Option<Le
                 prefix: cfg.address.prefix_len(),
                 router: cfg.router,
                 dns: cfg.dns_servers.iter().copied().collect(),
-                hostname: None,
             };
             return Ok(Some(lease));
         }

@@ -166,5 +166,9 @@ pub fn small_agent(resolver: Arc<dyn NameResolver>, timeout: Duration) -> Agent 
         .timeout_global(Some(timeout))
         .user_agent(concat!("imprint/", env!("CARGO_PKG_VERSION")))
         .build();
-    Agent::with_parts(config, DefaultConnector::default(), ResolverAdapter(resolver))
+    Agent::with_parts(
+        config,
+        DefaultConnector::default(),
+        ResolverAdapter(resolver),
+    )
 }
