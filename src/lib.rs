@@ -6,6 +6,7 @@
 //! the embedded repository server, and `sys` every syscall that is not plain std.
 
 pub mod engine;
+pub mod firstboot;
 pub mod format;
 pub mod initramfs;
 pub mod pid1;

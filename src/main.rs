@@ -84,6 +84,8 @@ enum Command {
     /// Disk checks.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// In the installed OS: read the state record the deploy left and report it.
+    Firstboot,
     /// Build the deploy environment's initramfs.
     #[command(subcommand)]
     Initramfs(InitramfsCommand),
@@ -304,6 +306,10 @@ fn run(command: Command) -> Result<ExitCode> {
             pubkey,
             jobs,
         }) => disk_verify(&source, &image, &disk, pubkey.as_deref(), jobs),
+        Command::Firstboot => {
+            imprint::firstboot::run()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Initramfs(InitramfsCommand::Build {
             out,
             kernel_release,

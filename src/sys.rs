@@ -196,3 +196,19 @@ pub fn netlink_request(message: &[u8], seq: u32) -> io::Result<()> {
         Err(what) => Err(io::Error::other(what)),
     }
 }
+
+/// Asks the kernel to re-read a disk's partition table (BLKRRPART), so the new
+/// partitions appear as devices.
+pub fn reread_partitions(disk: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // BLKRRPART = _IO(0x12, 95)
+    const BLKRRPART: libc::c_ulong = 0x125f;
+    // SAFETY: BLKRRPART takes no argument; the fd is valid for the duration of the
+    // call because `disk` is borrowed.
+    let rc = unsafe { libc::ioctl(disk.as_raw_fd(), BLKRRPART as _) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

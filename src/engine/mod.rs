@@ -9,7 +9,7 @@
 mod target;
 mod verify;
 
-pub use target::{DiskTarget, Target, TargetError};
+pub use target::{DiskTarget, Target, TargetError, Window};
 pub use verify::{VerifyReport, verify};
 
 use crate::format::digest::{Digest, ImageRef};
@@ -169,6 +169,9 @@ pub struct DeployOptions {
     pub retry: RetryPolicy,
     /// How often `on_progress` is called.
     pub progress_interval: Duration,
+    /// Chunks before this index are left alone (the deploy environment writes the
+    /// first chunk, which holds the boot record and GPT, last and by itself).
+    pub first_chunk: usize,
 }
 
 impl Default for DeployOptions {
@@ -177,6 +180,7 @@ impl Default for DeployOptions {
             jobs: 4,
             retry: RetryPolicy::default(),
             progress_interval: Duration::from_secs(1),
+            first_chunk: 0,
         }
     }
 }
@@ -233,16 +237,20 @@ struct Counters {
 }
 
 impl Counters {
-    fn snapshot(&self, manifest: &Manifest, started: Instant) -> Progress {
+    fn snapshot(&self, manifest: &Manifest, first: usize, started: Instant) -> Progress {
+        let skipped_head = manifest
+            .chunks
+            .get(first)
+            .map_or(manifest.size, |c| c.offset);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Progress {
-            total_bytes: manifest.size,
+            total_bytes: manifest.size - skipped_head,
             done_bytes: get(&self.done),
             written_bytes: get(&self.written),
             zeroed_bytes: get(&self.zeroed),
             skipped_bytes: get(&self.skipped),
             fetched_bytes: get(&self.fetched),
-            chunks: manifest.chunks.len() as u64,
+            chunks: manifest.chunks.len().saturating_sub(first) as u64,
             chunks_fetched: get(&self.chunks_fetched),
             chunks_skipped: get(&self.chunks_skipped),
             retries: get(&self.retries.0),
@@ -270,7 +278,7 @@ pub fn deploy(
     }
     let started = Instant::now();
     let counters = Counters::default();
-    let next = AtomicUsize::new(0);
+    let next = AtomicUsize::new(opts.first_chunk);
     let abort = AtomicBool::new(false);
     let first_error: Mutex<Option<DeployError>> = Mutex::new(None);
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
@@ -281,7 +289,7 @@ pub fn deploy(
             while let Err(mpsc::RecvTimeoutError::Timeout) =
                 stop_rx.recv_timeout(opts.progress_interval)
             {
-                on_progress(&counters.snapshot(manifest, started));
+                on_progress(&counters.snapshot(manifest, opts.first_chunk, started));
             }
         });
         let workers: Vec<_> = (0..opts.jobs.max(1))
@@ -323,7 +331,40 @@ pub fn deploy(
         return Err(e);
     }
     synced?;
-    Ok(counters.snapshot(manifest, started))
+    Ok(counters.snapshot(manifest, opts.first_chunk, started))
+}
+
+/// Fetches chunk `index` and returns its verified content (zeros for a zero chunk).
+pub fn fetch_chunk(
+    source: &dyn Source,
+    manifest: &Manifest,
+    index: usize,
+    retry: &RetryPolicy,
+) -> Result<Vec<u8>, DeployError> {
+    let chunk = &manifest.chunks[index];
+    match chunk.kind {
+        ChunkKind::Zero => Ok(vec![0; chunk.length as usize]),
+        ChunkKind::Data {
+            sha256,
+            stored_size,
+            ..
+        } => {
+            let mut worker = Worker::new(manifest.chunk_size as usize);
+            let opts = DeployOptions {
+                retry: retry.clone(),
+                ..DeployOptions::default()
+            };
+            worker.fetch_verified(
+                source,
+                sha256,
+                stored_size,
+                chunk.length as usize,
+                &opts,
+                &Counters::default(),
+            )?;
+            Ok(std::mem::take(&mut worker.content))
+        }
+    }
 }
 
 /// Per-thread buffers, reused for every chunk the thread handles.

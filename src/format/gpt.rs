@@ -214,6 +214,153 @@ fn parse<R: Read + Seek>(
     })
 }
 
+/// A partition to add when rewriting a GPT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewPartition {
+    pub type_guid: Guid,
+    pub unique_guid: Guid,
+    pub name: String,
+    /// Size in bytes; placed in the free space at the end, 1 MiB aligned.
+    pub size: u64,
+}
+
+/// The GPT of an image, rewritten for the disk it was deployed to.
+#[derive(Debug)]
+pub struct Relocated {
+    /// Bytes to write at `backup_offset`: backup entries then backup header.
+    pub backup: Vec<u8>,
+    pub backup_offset: u64,
+    pub layout: Layout,
+    /// The partition added, if one was asked for.
+    pub added: Option<Partition>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RelocateError {
+    #[error("the image has no GPT in its first {0} bytes")]
+    NoGpt(usize),
+    #[error("the image's GPT is damaged: {0}")]
+    Damaged(String),
+    #[error("the disk ({disk} bytes) is smaller than the image's partitions need")]
+    DiskTooSmall { disk: u64 },
+    #[error(
+        "no room for a {needed}-byte {name} partition after the image's last partition; use a disk at least {needed} bytes larger than the image or give the image one"
+    )]
+    NoRoom { name: String, needed: u64 },
+    #[error("the GPT has no free entry for another partition")]
+    NoFreeEntry,
+}
+
+/// Rewrites the GPT held in `head` (the image's first bytes, as written at the
+/// start of the disk) for a disk of `disk_size` bytes: the last usable LBA and the
+/// backup header move to the real end, the protective MBR covers the disk, and
+/// `add`, if given, becomes a new partition in the free space at the end. `head`
+/// is patched in place; the backup copy is returned to be written at the end.
+pub fn relocate(
+    head: &mut [u8],
+    disk_size: u64,
+    add: Option<&NewPartition>,
+) -> Result<Relocated, RelocateError> {
+    let damaged = |e: GptError| RelocateError::Damaged(e.to_string());
+    let layout = read(&mut io::Cursor::new(&head[..]))
+        .map_err(damaged)?
+        .ok_or(RelocateError::NoGpt(head.len()))?;
+    let ss = layout.sector_size as u64;
+    let h = ss as usize;
+    let entries_lba = le64(&head[h..], 72);
+    let count = le32(&head[h..], 80) as usize;
+    let entry_size = le32(&head[h..], 84) as usize;
+    let entries_at = (entries_lba * ss) as usize;
+    let entries_len = count * entry_size;
+    let entry_sectors = (entries_len as u64).div_ceil(ss);
+    let disk_sectors = disk_size / ss;
+    let max_part = layout
+        .partitions
+        .iter()
+        .map(|p| p.last_lba)
+        .max()
+        .unwrap_or(0);
+    if disk_sectors < 2 + 2 * entry_sectors + 2 || disk_sectors - 2 - entry_sectors <= max_part {
+        return Err(RelocateError::DiskTooSmall { disk: disk_size });
+    }
+    let last_usable = disk_sectors - 2 - entry_sectors;
+    let mut layout = layout;
+    layout.last_usable_lba = last_usable;
+
+    let mut added = None;
+    if let Some(new) = add {
+        let align = (1 << 20) / ss;
+        let first = (max_part + 1).max(layout.first_usable_lba).div_ceil(align) * align;
+        let sectors = new.size.div_ceil(ss);
+        if first + sectors - 1 > last_usable {
+            return Err(RelocateError::NoRoom {
+                name: new.name.clone(),
+                needed: new.size,
+            });
+        }
+        let slot = (0..count)
+            .find(|i| head[entries_at + i * entry_size..][..16] == [0u8; 16])
+            .ok_or(RelocateError::NoFreeEntry)?;
+        let e = &mut head[entries_at + slot * entry_size..][..entry_size];
+        e.fill(0);
+        e[0..16].copy_from_slice(&new.type_guid.0);
+        e[16..32].copy_from_slice(&new.unique_guid.0);
+        e[32..40].copy_from_slice(&first.to_le_bytes());
+        e[40..48].copy_from_slice(&(first + sectors - 1).to_le_bytes());
+        for (j, u) in new.name.encode_utf16().take(36).enumerate() {
+            e[56 + 2 * j..58 + 2 * j].copy_from_slice(&u.to_le_bytes());
+        }
+        let part = Partition {
+            number: slot as u32 + 1,
+            type_guid: new.type_guid,
+            unique_guid: new.unique_guid,
+            first_lba: first,
+            last_lba: first + sectors - 1,
+            attributes: 0,
+            name: new.name.clone(),
+        };
+        layout.partitions.push(part.clone());
+        added = Some(part);
+    }
+    let entries = head[entries_at..entries_at + entries_len].to_vec();
+    let entries_crc = crc32fast::hash(&entries);
+
+    let header_size = le32(&head[h..], 12) as usize;
+    let seal = |hdr: &mut [u8]| {
+        hdr[16..20].fill(0);
+        let crc = crc32fast::hash(&hdr[..header_size]);
+        hdr[16..20].copy_from_slice(&crc.to_le_bytes());
+    };
+    let mut primary = head[h..h * 2].to_vec();
+    primary[32..40].copy_from_slice(&(disk_sectors - 1).to_le_bytes());
+    primary[48..56].copy_from_slice(&last_usable.to_le_bytes());
+    primary[88..92].copy_from_slice(&entries_crc.to_le_bytes());
+    let mut backup_header = primary.clone();
+    seal(&mut primary);
+    head[h..h * 2].copy_from_slice(&primary);
+
+    let backup_entries_lba = disk_sectors - 1 - entry_sectors;
+    backup_header[24..32].copy_from_slice(&(disk_sectors - 1).to_le_bytes());
+    backup_header[32..40].copy_from_slice(&1u64.to_le_bytes());
+    backup_header[72..80].copy_from_slice(&backup_entries_lba.to_le_bytes());
+    seal(&mut backup_header);
+    let mut backup = entries;
+    backup.resize((entry_sectors * ss) as usize, 0);
+    backup.extend_from_slice(&backup_header);
+
+    // Protective MBR: one 0xEE partition covering the disk (capped at 2^32-1).
+    if head[510..512] == [0x55, 0xAA] && head[446 + 4] == 0xEE {
+        let sectors = (disk_size / 512 - 1).min(u32::MAX as u64) as u32;
+        head[446 + 12..446 + 16].copy_from_slice(&sectors.to_le_bytes());
+    }
+    Ok(Relocated {
+        backup,
+        backup_offset: backup_entries_lba * ss,
+        layout,
+        added,
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -291,5 +438,74 @@ pub(crate) mod tests {
         ));
         let truncated = &good[..1500];
         assert!(read(&mut Cursor::new(truncated)).is_err());
+    }
+
+    #[test]
+    fn relocates_to_a_larger_disk_and_adds_a_partition() {
+        let image = image_with(4096, &[(ESP_TYPE, 2048, 4000, "EFI system")]);
+        let disk_size = 16u64 << 20;
+        let mut disk = image.clone();
+        disk.resize(disk_size as usize, 0);
+        let mut head = disk[..64 << 10].to_vec();
+        let new = NewPartition {
+            type_guid: Guid([7; 16]),
+            unique_guid: Guid([8; 16]),
+            name: "imprint-state".into(),
+            size: 1 << 20,
+        };
+        let r = relocate(&mut head, disk_size, Some(&new)).unwrap();
+        disk[..head.len()].copy_from_slice(&head);
+        disk[r.backup_offset as usize..][..r.backup.len()].copy_from_slice(&r.backup);
+        assert_eq!(r.backup_offset + r.backup.len() as u64, disk_size);
+
+        let layout = read(&mut Cursor::new(&disk)).unwrap().unwrap();
+        assert_eq!(layout.last_usable_lba, disk_size / 512 - 34);
+        assert_eq!(layout.partitions.len(), 2);
+        let state = &layout.partitions[1];
+        assert_eq!(state.name, "imprint-state");
+        assert_eq!(state.first_lba % 2048, 0);
+        assert!(state.first_lba > 4000);
+        assert_eq!((state.last_lba - state.first_lba + 1) * 512, 1 << 20);
+        assert_eq!(Some(state.clone()), r.added);
+
+        // The backup header is valid where it claims to be and points back at LBA 1.
+        let last = (disk_size / 512 - 1) as usize * 512;
+        let bh = &disk[last..last + 512];
+        assert_eq!(&bh[..8], SIGNATURE);
+        assert_eq!(le64(bh, 24), disk_size / 512 - 1);
+        assert_eq!(le64(bh, 32), 1);
+        let mut crc_input = bh[..92].to_vec();
+        crc_input[16..20].fill(0);
+        assert_eq!(crc32fast::hash(&crc_input), le32(bh, 16));
+        let entries_at = le64(bh, 72) as usize * 512;
+        assert_eq!(
+            crc32fast::hash(&disk[entries_at..entries_at + 128 * 128]),
+            le32(bh, 88)
+        );
+    }
+
+    #[test]
+    fn relocation_refusals() {
+        let image = image_with(4096, &[(ESP_TYPE, 2048, 4000, "EFI system")]);
+        let mut head = image[..64 << 10].to_vec();
+        let new = NewPartition {
+            type_guid: Guid([7; 16]),
+            unique_guid: Guid([8; 16]),
+            name: "imprint-state".into(),
+            size: 8 << 20,
+        };
+        assert!(matches!(
+            relocate(&mut head.clone(), 4096 * 512, Some(&new)),
+            Err(RelocateError::NoRoom { .. })
+        ));
+        assert!(matches!(
+            relocate(&mut head, 3000 * 512, None),
+            Err(RelocateError::DiskTooSmall { .. })
+        ));
+        let mut blank = vec![0u8; 64 << 10];
+        assert!(matches!(
+            relocate(&mut blank, 1 << 30, None),
+            Err(RelocateError::NoGpt(_))
+        ));
     }
 }

@@ -11,6 +11,7 @@ pub mod kmod;
 pub mod manifest;
 pub mod netlink;
 pub mod signature;
+pub mod state;
 
 /// Whether every byte of `buf` is zero. Folds 64-byte blocks with OR so the compiler
 /// emits wide vector loads; stops early at the first non-zero block.

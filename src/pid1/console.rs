@@ -76,6 +76,10 @@ impl Status {
         }
     }
 
+    pub fn target(&self) -> String {
+        self.target.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
     /// Starts POSTing events to `url` (after the network is up).
     pub fn connect(&self, url: &str, resolver: Arc<dyn NameResolver>) {
         if let Ok(mut u) = self.url.lock() {

@@ -13,6 +13,7 @@ pub use drivers::modprobe_main;
 
 use crate::engine::{self, DeployOptions, DiskTarget, Progress};
 use crate::format::cmdline::{self, Config, ErrorPolicy, Handoff};
+use crate::format::{gpt, state};
 use crate::source::{HttpSource, RetryPolicy};
 use crate::sys::{self, PowerAction};
 use anyhow::{Context, Result, anyhow};
@@ -22,6 +23,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 static STATUS: OnceLock<Status> = OnceLock::new();
+/// Size of the state partition imprint creates when an image has none.
+const STATE_PARTITION_SIZE: u64 = 8 << 20;
 static BOOTED: OnceLock<Instant> = OnceLock::new();
 
 fn status() -> &'static Status {
@@ -238,7 +241,30 @@ fn deploy(
         );
     }
     let manifest = &resolved.manifest;
-    let needed = manifest.requirements.min_disk_size.max(manifest.size);
+    let Some(layout) = manifest.layout.as_ref() else {
+        return Err(permanent(anyhow!(
+            "image {} has no GPT partition table; imprint deploys GPT disk images (its state lives in a partition). Nothing was written",
+            manifest.name
+        )));
+    };
+    let has_state = layout
+        .partitions
+        .iter()
+        .any(|p| p.type_guid == state::STATE_TYPE || p.name == state::STATE_NAME);
+    let mut needed = manifest.requirements.min_disk_size.max(manifest.size);
+    if !has_state {
+        // Room after the last partition for the state partition, 1 MiB aligned,
+        // plus the backup GPT.
+        let ss = layout.sector_size as u64;
+        let end = layout
+            .partitions
+            .iter()
+            .map(|p| p.last_lba + 1)
+            .max()
+            .unwrap_or(0)
+            * ss;
+        needed = needed.max(end.div_ceil(1 << 20) * (1 << 20) + STATE_PARTITION_SIZE + (64 << 10));
+    }
 
     let disk = wait_for_disk(config, needed)?;
     log::info!("target disk {} ({} bytes)", disk.dev_path(), disk.size);
@@ -246,17 +272,35 @@ fn deploy(
         "disk-selected",
         serde_json::json!({ "disk": disk.dev_path(), "size": disk.size, "serial": disk.serial }),
     );
-    let target = DiskTarget::open_for_write(std::path::Path::new(&disk.dev_path()), needed)
+    let disk_path = disk.dev_path();
+    let target = DiskTarget::open_for_write(std::path::Path::new(&disk_path), needed)
         .map_err(|e| permanent(e.into()))?;
+    let file = target.file();
+    let io = |what: &'static str| {
+        let disk_path = disk_path.clone();
+        move |e: std::io::Error| anyhow!("{what} {disk_path}: {e}")
+    };
 
-    let first_write = uptime();
+    // Safety order: the old boot record and both GPT copies go first, so a
+    // half-written disk never boots; the image's own come back last.
+    let head_len = manifest.chunks[0].length as u64;
+    let zeros = vec![0u8; 64 << 10];
+    let head_zero = head_len.min(zeros.len() as u64) as usize;
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&zeros[..head_zero], 0)
+        .and_then(|()| file.write_all_at(&zeros, disk.size - zeros.len() as u64))
+        .and_then(|()| file.sync_all())
+        .map_err(io("invalidating the old boot records of"))?;
     log::info!(
-        "deploying {} {} ({} bytes) to {} at {:.2} s",
+        "first write (old boot records invalidated) at {:.2} s",
+        uptime()
+    );
+    log::info!(
+        "deploying {} {} ({} bytes) to {}",
         manifest.name,
         resolved.digest,
         manifest.size,
-        disk.dev_path(),
-        first_write
+        disk.dev_path()
     );
     let last_event = AtomicU64::new(0);
     let on_progress = |p: &Progress| {
@@ -279,8 +323,9 @@ fn deploy(
     };
     let opts = DeployOptions {
         jobs: config.jobs,
-        retry,
+        retry: retry.clone(),
         progress_interval: Duration::from_secs(2),
+        first_chunk: 1,
     };
     let p = engine::deploy(&source, manifest, &target, &opts, &on_progress)
         .with_context(|| format!("deploying to {}", disk.dev_path()))?;
@@ -298,6 +343,90 @@ fn deploy(
     status().send(
         "writing",
         serde_json::json!({ "done": p.done_bytes, "total": p.total_bytes, "fetched": p.fetched_bytes }),
+    );
+
+    // Boot records last: state record, backup GPT at the real end, then the head
+    // (protective MBR, boot code, primary GPT).
+    let mut head = engine::fetch_chunk(&source, manifest, 0, &retry)
+        .with_context(|| format!("fetching the first chunk of {}", manifest.name))?;
+    let new_state = if has_state {
+        None
+    } else {
+        let mut guid =
+            sys::random_bytes::<16>().map_err(|e| anyhow!("reading /dev/urandom: {e}"))?;
+        guid[7] = (guid[7] & 0x0f) | 0x40;
+        guid[8] = (guid[8] & 0x3f) | 0x80;
+        Some(gpt::NewPartition {
+            type_guid: state::STATE_TYPE,
+            unique_guid: gpt::Guid(guid),
+            name: state::STATE_NAME.into(),
+            size: STATE_PARTITION_SIZE,
+        })
+    };
+    let relocated = gpt::relocate(&mut head, disk.size, new_state.as_ref()).map_err(|e| {
+        permanent(anyhow!(
+            "rewriting the partition table for {}: {e}",
+            disk.dev_path()
+        ))
+    })?;
+    if let Some(p) = &relocated.added {
+        log::info!(
+            "created the imprint-state partition ({} bytes) as partition {}",
+            STATE_PARTITION_SIZE,
+            p.number
+        );
+    }
+    let ss = relocated.layout.sector_size as u64;
+    let state_part = relocated
+        .layout
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == state::STATE_TYPE || p.name == state::STATE_NAME)
+        .ok_or_else(|| anyhow!("no imprint-state partition after rewriting the GPT"))?;
+    let mut settings = std::collections::BTreeMap::new();
+    if let Some(h) = &config.hostname {
+        settings.insert("hostname".to_string(), h.clone());
+    }
+    let record = state::Record {
+        version: state::RECORD_VERSION,
+        mode: state::Mode::Deploy,
+        deployed_mode: state::Mode::Deploy,
+        image_name: manifest.name.clone(),
+        image_digest: resolved.digest,
+        deployed_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        previous: None,
+        settings,
+        boot_attempts: 0,
+        status_url: config.status.clone(),
+        target: STATUS.get().map(|s| s.target()),
+    };
+    let mut window = engine::Window::new(
+        file,
+        state_part.first_lba * ss,
+        (state_part.last_lba - state_part.first_lba + 1) * ss,
+    );
+    state::write(&mut window, &record)
+        .map_err(|e| anyhow!("writing the state record on {}: {e}", disk.dev_path()))?;
+    file.sync_all().map_err(io("syncing"))?;
+    file.write_all_at(&relocated.backup, relocated.backup_offset)
+        .and_then(|()| file.sync_all())
+        .map_err(io("writing the backup GPT of"))?;
+    file.write_all_at(&head, 0)
+        .and_then(|()| file.sync_all())
+        .map_err(io("writing the boot record and GPT of"))?;
+    if let Err(e) = sys::reread_partitions(file) {
+        log::warn!("re-reading the partition table of {}: {e}", disk.dev_path());
+    }
+    log::info!(
+        "boot records written: GPT for {} bytes, state record mode=deploy image={}",
+        disk.size,
+        resolved.digest
+    );
+    status().send(
+        "boot-records",
+        serde_json::json!({ "disk": disk.dev_path(), "image": resolved.digest.to_string() }),
     );
     drop(target);
     sys::sync_all();
