@@ -1,0 +1,511 @@
+//! End-to-end: the deploy environment boots in QEMU (software emulation) from a
+//! kernel and our initramfs, deploys a test OS from `imprint serve` on the host to
+//! its virtio disk, and the firmware then boots the installed OS from that disk.
+//! Assertions are on the serial console, the status events and the disk bytes.
+
+mod common;
+
+use common::*;
+use imprint::format::gpt;
+use imprint::format::state;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+struct Artifacts {
+    dir: PathBuf,
+}
+
+impl Artifacts {
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+/// Builds the static binary, initramfs and test OS images once per test run.
+fn artifacts() -> &'static Artifacts {
+    static ONCE: OnceLock<Artifacts> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(root.join("qemu/prepare"))
+            .output()
+            .expect("running qemu/prepare");
+        assert!(
+            out.status.success(),
+            "qemu/prepare failed (install qemu-system-x86 ovmf linux-image-amd64 busybox-static mtools dosfstools syslinux syslinux-efi, or run scripts/test):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Artifacts {
+            dir: root.join("target/qemu"),
+        }
+    })
+}
+
+struct Boot<'a> {
+    firmware: &'a str,
+    vars: Option<&'a Path>,
+    append: Option<String>,
+    net: &'a str,
+    timeout: u64,
+}
+
+impl Default for Boot<'_> {
+    fn default() -> Self {
+        Boot {
+            firmware: "bios",
+            vars: None,
+            append: None,
+            net: "user",
+            timeout: 240,
+        }
+    }
+}
+
+/// Runs a VM to completion (power off, reboot or timeout) and returns its exit
+/// status and console.
+fn boot(dir: &Path, name: &str, b: Boot, disks: &[&Path]) -> (ExitStatus, String) {
+    let a = artifacts();
+    let serial = dir.join(format!("{name}.console"));
+    let mut cmd = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("qemu/run"));
+    cmd.args(["--serial", serial.to_str().unwrap()])
+        .args(["--timeout", &b.timeout.to_string()])
+        .args(["--firmware", b.firmware, "--net", b.net]);
+    if let Some(v) = b.vars {
+        cmd.args(["--vars", v.to_str().unwrap()]);
+    }
+    if let Some(append) = &b.append {
+        cmd.args([
+            "--kernel",
+            &a.path("vmlinuz"),
+            "--initrd",
+            &a.path("initramfs.img"),
+        ])
+        .args(["--append", append]);
+    }
+    cmd.args(disks);
+    let status = cmd.status().expect("running qemu/run");
+    let console = std::fs::read_to_string(&serial).unwrap_or_default();
+    (status, console)
+}
+
+/// Adds an image with the default (1 MiB) chunk size; returns the manifest digest.
+fn add(repo: &Repo, reference: &str, image: &str) -> String {
+    let out = imprint(&[
+        "image",
+        "add",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        reference,
+        image,
+    ]);
+    assert_success(&out);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .expect("digest")
+        .to_string()
+}
+
+fn chunk_files(repo: &Repo) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(repo.path().join("chunks/sha256")).unwrap() {
+        for f in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn cmdline(url: &str, extra: &str) -> String {
+    let guest_url = url.replace("127.0.0.1", "10.0.2.2");
+    format!("console=ttyS0 quiet panic=-1 imprint.repo={guest_url} {extra}")
+}
+
+fn sparse_disk(path: &Path, size: u64) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+}
+
+fn read_file(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
+/// The deployed disk holds the image everywhere except the GPT headers and the
+/// state partition, which the deploy environment rewrites; the state record and
+/// the relocated GPT read back.
+fn check_deployed_disk(disk: &Path, image: &[u8], digest: &str, hostname: Option<&str>) {
+    let mut f = std::fs::File::open(disk).unwrap();
+    let disk_size = f.metadata().unwrap().len();
+    let layout = gpt::read(&mut f)
+        .unwrap()
+        .expect("a GPT on the deployed disk");
+    assert_eq!(
+        layout.last_usable_lba,
+        disk_size / 512 - 34,
+        "GPT moved to the disk's end"
+    );
+    let mut backup = [0u8; 512];
+    f.seek(SeekFrom::Start(disk_size - 512)).unwrap();
+    f.read_exact(&mut backup).unwrap();
+    assert_eq!(
+        &backup[..8],
+        b"EFI PART",
+        "backup GPT header at the last sector"
+    );
+
+    let state_part = layout
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == state::STATE_TYPE)
+        .expect("state partition");
+    let (start, end) = (state_part.first_lba * 512, (state_part.last_lba + 1) * 512);
+    let mut on_disk = vec![0u8; image.len()];
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_exact(&mut on_disk).unwrap();
+    assert_eq!(&on_disk[..440], &image[..440], "boot code");
+    let gpt_end = 34 * 512;
+    for (i, (a, b)) in on_disk.iter().zip(image).enumerate().skip(gpt_end) {
+        let in_state = (i as u64) >= start && (i as u64) < end;
+        if !in_state && a != b {
+            panic!("deployed disk differs from the image at byte {i}");
+        }
+    }
+    let mut window = vec![0u8; (end - start) as usize];
+    f.seek(SeekFrom::Start(start)).unwrap();
+    f.read_exact(&mut window).unwrap();
+    let (record, _) = state::read(&mut std::io::Cursor::new(window)).expect("state record");
+    assert_eq!(record.mode, state::Mode::Deploy);
+    assert_eq!(record.image_digest.to_string(), digest);
+    assert_eq!(
+        record.settings.get("hostname").map(String::as_str),
+        hostname
+    );
+}
+
+fn assert_has(console: &str, needle: &str) {
+    assert!(
+        console.contains(needle),
+        "console lacks {needle:?}:\n{console}"
+    );
+}
+
+fn status_of(url: &str) -> serde_json::Value {
+    let addr = url.trim_start_matches("http://");
+    let (status, _, body) = raw_request(
+        addr,
+        "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn deploy_then_boot(firmware: &str) {
+    let a = artifacts();
+    let repo = Repo::new();
+    let image = read_file(&a.path("os-v1.img"));
+    let digest = add(&repo, "os:v1", &a.path("os-v1.img"));
+    let served = Served::start(&repo.path());
+    let disk = repo.file("disk.img");
+    sparse_disk(&disk, 200 << 20);
+    let vars = repo.file("vars.fd");
+    let uefi = firmware == "uefi";
+    let append = cmdline(
+        &served.url,
+        &format!(
+            "imprint.image=os:v1 imprint.hostname=node-1 imprint.target=vm-{firmware} imprint.status={}/status",
+            served.url.replace("127.0.0.1", "10.0.2.2")
+        ),
+    );
+    let (status, console) = boot(
+        repo.dir.path(),
+        "deploy",
+        Boot {
+            firmware,
+            vars: uefi.then_some(vars.as_path()),
+            append: Some(append),
+            ..Boot::default()
+        },
+        &[&disk],
+    );
+    assert!(status.success(), "deploy VM: {status:?}\n{console}");
+    for phase in [
+        "booted",
+        "network-up",
+        "disk-selected",
+        "writing",
+        "boot-records",
+        "handoff",
+    ] {
+        assert_has(&console, &format!("\"phase\":\"{phase}\""));
+    }
+    assert_has(&console, "handing off (reboot)");
+    assert_eq!(
+        status_of(&served.url)[format!("vm-{firmware}")]["phase"],
+        "handoff"
+    );
+    // Checked before the installed OS runs: it mounts its root read-write.
+    check_deployed_disk(&disk, &image, &digest, Some("node-1"));
+
+    // The "reboot": the firmware now boots the installed OS from the disk.
+    let (status, console) = boot(
+        repo.dir.path(),
+        "installed",
+        Boot {
+            firmware,
+            vars: uefi.then_some(vars.as_path()),
+            net: "none",
+            ..Boot::default()
+        },
+        &[&disk],
+    );
+    assert!(status.success(), "installed OS VM: {status:?}\n{console}");
+    assert_has(&console, "test-os: v1 booted");
+    assert_has(&console, "imprint firstboot: mode=deploy");
+    assert_has(&console, &format!("imprint firstboot: image=os {digest}"));
+    assert_has(&console, "imprint firstboot: setting hostname=node-1");
+}
+
+#[test]
+fn bios_ramdisk_deploy_then_seabios_boots_the_installed_os() {
+    deploy_then_boot("bios");
+}
+
+#[test]
+fn uefi_ramdisk_deploy_then_ovmf_boots_the_installed_os() {
+    deploy_then_boot("uefi");
+}
+
+#[test]
+fn corrupt_chunk_fails_clearly_and_the_disk_does_not_boot() {
+    let a = artifacts();
+    let repo = Repo::new();
+    add(&repo, "os:v2", &a.path("os-v2.img"));
+    let v2_chunks = chunk_files(&repo);
+    add(&repo, "os:v1", &a.path("os-v1.img"));
+    // Corrupt the largest chunk that v1 has and v2 lacks.
+    let mut only_v1: Vec<PathBuf> = chunk_files(&repo)
+        .into_iter()
+        .filter(|c| !v2_chunks.contains(c))
+        .collect();
+    only_v1.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    let bad = only_v1.last().expect("v1 and v2 differ");
+    let mut bytes = std::fs::read(bad).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(bad, bytes).unwrap();
+    let bad_name = bad.file_name().unwrap().to_string_lossy().to_string();
+
+    // The disk holds a bootable OS (v2) before: after the failed deploy of v1 it
+    // must not boot.
+    let disk = repo.file("disk.img");
+    std::fs::copy(a.path("os-v2.img"), &disk).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+    let served = Served::start(&repo.path());
+    let append = cmdline(
+        &served.url,
+        &format!(
+            "imprint.image=os:v1 imprint.target=corrupt imprint.status={}/status",
+            served.url.replace("127.0.0.1", "10.0.2.2")
+        ),
+    );
+    let (status, console) = boot(
+        repo.dir.path(),
+        "deploy",
+        Boot {
+            append: Some(append),
+            ..Boot::default()
+        },
+        &[&disk],
+    );
+    assert!(
+        status.success(),
+        "deploy VM should power off: {status:?}\n{console}"
+    );
+    assert_has(&console, "deploy failed");
+    assert_has(&console, &bad_name);
+    assert_has(&console, "\"phase\":\"failed\"");
+    assert_has(&console, "powering off");
+    let events = status_of(&served.url);
+    assert_eq!(events["corrupt"]["phase"], "failed");
+    assert!(
+        events["corrupt"]["error"]
+            .as_str()
+            .unwrap()
+            .contains(&bad_name)
+    );
+
+    let now = std::fs::read(&disk).unwrap();
+    assert!(now[510..512] != [0x55, 0xAA], "boot signature must be gone");
+    assert!(&now[512..520] != b"EFI PART", "primary GPT must be gone");
+    let (_, console) = boot(
+        repo.dir.path(),
+        "after",
+        Boot {
+            net: "none",
+            timeout: 25,
+            ..Boot::default()
+        },
+        &[&disk],
+    );
+    assert!(
+        !console.contains("test-os"),
+        "a half-written disk booted:\n{console}"
+    );
+}
+
+#[test]
+fn killed_half_way_the_next_boot_resumes() {
+    let a = artifacts();
+    let repo = Repo::new();
+    let image = read_file(&a.path("os-v1.img"));
+    let digest = add(&repo, "os:v1", &a.path("os-v1.img"));
+    let data_chunks = image
+        .chunks(1 << 20)
+        .filter(|c| c.iter().any(|&b| b != 0))
+        .count() as u64;
+    // A slow repository, so the deploy is surely under way when the VM dies.
+    let slow = FaultyServer::start(
+        &repo.path(),
+        Arc::new(|_: &str, _| Fault::None),
+        Duration::from_millis(700),
+        Duration::ZERO,
+    );
+    let disk = repo.file("disk.img");
+    sparse_disk(&disk, 200 << 20);
+    let append = cmdline(&slow.url, "imprint.image=os:v1 imprint.jobs=2");
+    let dir = repo.dir.path().to_path_buf();
+    let disk2 = disk.clone();
+    let vm = std::thread::spawn(move || {
+        boot(
+            &dir,
+            "first",
+            Boot {
+                append: Some(append),
+                ..Boot::default()
+            },
+            &[&disk2],
+        )
+    });
+    let started = Instant::now();
+    while slow.requests.load(std::sync::atomic::Ordering::Relaxed) < 16 {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "deploy never got going"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Pull the plug.
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-f", &format!("file={}", disk.display())])
+        .status();
+    let (_, console) = vm.join().unwrap();
+    assert!(
+        !console.contains("boot records written"),
+        "killed too late:\n{console}"
+    );
+    // Requests the first boot made: the ref, the manifest, then chunks. Up to
+    // `jobs` of those chunks may have been in flight, not yet written.
+    let first_chunks = slow.requests.load(std::sync::atomic::Ordering::Relaxed) - 2;
+
+    let served = Served::start(&repo.path());
+    let append = cmdline(&served.url, "imprint.image=os:v1 imprint.handoff=poweroff");
+    let (status, console) = boot(
+        repo.dir.path(),
+        "second",
+        Boot {
+            append: Some(append),
+            ..Boot::default()
+        },
+        &[&disk],
+    );
+    assert!(status.success(), "{console}");
+    let line = console
+        .lines()
+        .find(|l| l.contains("deploy complete:"))
+        .unwrap_or_else(|| panic!("no summary:\n{console}"));
+    let fetched: u64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("fetched_chunks="))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    // At most what was missing, plus the chunks in flight at the kill, plus the
+    // first chunk (boot record and GPT), which is always written last and fresh.
+    let jobs = 2;
+    assert!(
+        fetched <= data_chunks - first_chunks + jobs + 1,
+        "fetched {fetched} of {data_chunks} after {first_chunks} were fetched before the kill: {line}"
+    );
+    assert!(fetched < data_chunks, "{line}");
+    check_deployed_disk(&disk, &image, &digest, None);
+}
+
+#[test]
+fn no_dhcp_server_gives_a_clear_message_and_powers_off() {
+    let repo = Repo::new();
+    let disk = repo.file("disk.img");
+    sparse_disk(&disk, 64 << 20);
+    let (status, console) = boot(
+        repo.dir.path(),
+        "nodhcp",
+        Boot {
+            append: Some(cmdline(
+                "http://127.0.0.1:9",
+                "imprint.image=os:v1 imprint.dhcp-timeout=6",
+            )),
+            net: "dead",
+            timeout: 120,
+            ..Boot::default()
+        },
+        &[&disk],
+    );
+    assert!(
+        status.success(),
+        "the error policy powers off: {status:?}\n{console}"
+    );
+    assert_has(&console, "no DHCP answer on eth0 within 6 s");
+    assert_has(&console, "\"phase\":\"failed\"");
+    assert_has(&console, "powering off");
+    assert!(
+        std::fs::read(&disk).unwrap().iter().all(|&b| b == 0),
+        "disk touched"
+    );
+}
+
+#[test]
+fn bad_command_line_is_reported_by_name_and_nothing_is_written() {
+    let repo = Repo::new();
+    let disk = repo.file("disk.img");
+    let before = noise(77, 8 << 20);
+    std::fs::write(&disk, &before).unwrap();
+    let (status, console) = boot(
+        repo.dir.path(),
+        "badcmdline",
+        Boot {
+            append: Some(cmdline(
+                "http://127.0.0.1:9",
+                "imprint.image=os:v1 imprint.colour=blue imprint.jobs=lots",
+            )),
+            timeout: 120,
+            ..Boot::default()
+        },
+        &[&disk],
+    );
+    assert!(status.success(), "{status:?}\n{console}");
+    assert_has(&console, "imprint.colour: unknown key");
+    assert_has(&console, "imprint.jobs: \"lots\" is not a number");
+    assert_has(&console, "nothing was written");
+    assert_has(&console, "powering off");
+    assert!(
+        !console.contains("network up"),
+        "it went on despite the errors"
+    );
+    assert_eq!(std::fs::read(&disk).unwrap(), before);
+}
