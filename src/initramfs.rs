@@ -34,6 +34,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "nls_cp437",
     "nls_iso8859_1",
     "nls_ascii",
+    "nls_utf8",
     "ext4",
     "crc32c_generic",
     "isofs",

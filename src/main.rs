@@ -134,6 +134,18 @@ enum ImageCommand {
         /// Architecture the image needs (uname -m style).
         #[arg(long)]
         arch: Option<String>,
+        /// For kexec hand-off: GPT partition number holding the kernel and initrd.
+        #[arg(long, requires = "kernel")]
+        boot_partition: Option<u32>,
+        /// For kexec hand-off: kernel path inside that partition.
+        #[arg(long, requires = "boot_partition")]
+        kernel: Option<String>,
+        /// For kexec hand-off: initrd path inside that partition.
+        #[arg(long, requires = "boot_partition")]
+        initrd: Option<String>,
+        /// For kexec hand-off: the installed kernel's command line.
+        #[arg(long, requires = "boot_partition", default_value = "")]
+        cmdline: String,
         /// Worker threads (default: all cores).
         #[arg(long)]
         jobs: Option<usize>,
@@ -275,9 +287,24 @@ fn run(command: Command) -> Result<ExitCode> {
             sign_key,
             arch,
             jobs,
-        }) => image_add(
-            &repo, &reference, &image, chunk_size, level, sign_key, arch, jobs,
-        ),
+            boot_partition,
+            kernel,
+            initrd,
+            cmdline,
+        }) => {
+            let boot = match (boot_partition, kernel) {
+                (Some(partition), Some(kernel)) => Some(imprint::format::manifest::BootFacts {
+                    partition,
+                    kernel,
+                    initrd,
+                    cmdline,
+                }),
+                _ => None,
+            };
+            image_add(
+                &repo, &reference, &image, chunk_size, level, sign_key, arch, jobs, boot,
+            )
+        }
         Command::Image(ImageCommand::Ls { repo }) => image_ls(&repo),
         Command::Image(ImageCommand::Inspect {
             source,
@@ -369,6 +396,7 @@ fn image_add(
     sign_key: Option<PathBuf>,
     arch: Option<String>,
     jobs: Option<usize>,
+    boot: Option<imprint::format::manifest::BootFacts>,
 ) -> Result<ExitCode> {
     let Some((name, tag)) = reference.split_once(':') else {
         bail!("image reference {reference:?} must be NAME:TAG");
@@ -402,6 +430,7 @@ fn image_add(
         jobs: jobs.unwrap_or_else(cores),
         sign_key,
         arch,
+        boot,
     };
     let report = repo::add_image(&local, name, tag, image, &opts)
         .with_context(|| format!("adding {} as {reference}", image.display()))?;

@@ -212,3 +212,43 @@ pub fn reread_partitions(disk: &File) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Loads a kernel (and initrd) to boot with kexec (kexec_file_load, so the kernel
+/// checks the image itself).
+pub fn kexec_load(kernel: &File, initrd: Option<&File>, cmdline: &str) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const KEXEC_FILE_NO_INITRAMFS: libc::c_ulong = 4;
+    let cmdline = std::ffi::CString::new(cmdline)
+        .map_err(|_| io::Error::other("kernel command line contains a NUL byte"))?;
+    let bytes = cmdline.as_bytes_with_nul();
+    let (initrd_fd, flags) = match initrd {
+        Some(f) => (f.as_raw_fd(), 0),
+        None => (-1, KEXEC_FILE_NO_INITRAMFS),
+    };
+    // SAFETY: kexec_file_load reads the two fds and `bytes.len()` bytes at the
+    // command line pointer, which is a live, NUL-terminated CString for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_kexec_file_load,
+            kernel.as_raw_fd(),
+            initrd_fd,
+            bytes.len() as libc::c_ulong,
+            bytes.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Boots the kernel loaded by [`kexec_load`]. Returns only on failure.
+pub fn kexec_reboot() -> io::Error {
+    sync_all();
+    match rustix::system::reboot(rustix::system::RebootCommand::Kexec) {
+        Ok(()) => io::Error::other("kexec returned"),
+        Err(e) => e.into(),
+    }
+}

@@ -279,6 +279,51 @@ fn uefi_ramdisk_deploy_then_ovmf_boots_the_installed_os() {
 }
 
 #[test]
+fn kexec_handoff_boots_the_installed_kernel_without_firmware() {
+    let a = artifacts();
+    let repo = Repo::new();
+    let cmdline_of_os = std::fs::read_to_string(a.path("os-v1.img.cmdline")).unwrap();
+    let out = imprint(&[
+        "image",
+        "add",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "os:v1",
+        &a.path("os-v1.img"),
+        "--boot-partition",
+        "1",
+        "--kernel",
+        "/vmlinuz",
+        "--initrd",
+        "/initrd.img",
+        "--cmdline",
+        cmdline_of_os.trim(),
+    ]);
+    assert_success(&out);
+    let served = Served::start(&repo.path());
+    let disk = repo.file("disk.img");
+    sparse_disk(&disk, 200 << 20);
+    let (status, console) = boot(
+        repo.dir.path(),
+        "kexec",
+        Boot {
+            append: Some(cmdline(
+                &served.url,
+                "imprint.image=os:v1 imprint.handoff=kexec",
+            )),
+            ..Boot::default()
+        },
+        &[&disk],
+    );
+    assert!(status.success(), "{status:?}\n{console}");
+    assert_has(&console, "handing off (kexec /vmlinuz)");
+    // One VM run: the installed OS came up through kexec, not the firmware.
+    let after = &console[console.find("handing off (kexec").unwrap()..];
+    assert_has(after, "test-os: v1 booted");
+    assert_has(after, "imprint firstboot: mode=deploy");
+}
+
+#[test]
 fn corrupt_chunk_fails_clearly_and_the_disk_does_not_boot() {
     let a = artifacts();
     let repo = Repo::new();

@@ -47,7 +47,6 @@ pub enum Handoff {
     Reboot,
     Poweroff,
     Kexec,
-    Shell,
 }
 
 /// What PID 1 does after a fatal error.
@@ -230,7 +229,6 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                     ("reboot", Handoff::Reboot),
                     ("poweroff", Handoff::Poweroff),
                     ("kexec", Handoff::Kexec),
-                    ("shell", Handoff::Shell),
                 ],
             )
             .map(|v| cfg.handoff = v),

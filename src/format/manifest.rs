@@ -143,6 +143,8 @@ pub enum ManifestError {
     BadMinDiskSize { min: u64, size: u64 },
     #[error("manifest partition table is inconsistent: {0}")]
     BadLayout(String),
+    #[error("boot facts are invalid: {0}")]
+    BadBoot(String),
 }
 
 /// The largest a zstd frame of `len` bytes can be (ZSTD_COMPRESSBOUND plus slack).
@@ -268,6 +270,28 @@ impl Manifest {
                     "partition {} is out of bounds",
                     p.number
                 )));
+            }
+        }
+        if let Some(boot) = &self.boot {
+            let exists = self
+                .layout
+                .as_ref()
+                .is_some_and(|l| l.partitions.iter().any(|p| p.number == boot.partition));
+            if !exists {
+                return Err(E::BadBoot(format!(
+                    "partition {} is not in the image's GPT",
+                    boot.partition
+                )));
+            }
+            let path_ok =
+                |p: &str| p.starts_with('/') && p.len() <= 1024 && !p.split('/').any(|s| s == "..");
+            if !path_ok(&boot.kernel) || !boot.initrd.as_deref().is_none_or(path_ok) {
+                return Err(E::BadBoot(
+                    "kernel and initrd must be absolute paths without ..".into(),
+                ));
+            }
+            if boot.cmdline.len() > 4096 {
+                return Err(E::BadBoot("command line longer than 4096 bytes".into()));
             }
         }
         Ok(())

@@ -9,7 +9,9 @@ use super::{
 };
 use crate::format::digest::{Digest, check_name};
 use crate::format::gpt::{self, BIOS_BOOT_TYPE, ESP_TYPE, Layout};
-use crate::format::manifest::{Chunk, ChunkKind, FORMAT_VERSION, Firmware, Manifest, Requirements};
+use crate::format::manifest::{
+    BootFacts, Chunk, ChunkKind, FORMAT_VERSION, Firmware, Manifest, Requirements,
+};
 use crate::format::{is_zero, signature};
 use crate::sys;
 use ed25519_dalek::SigningKey;
@@ -26,6 +28,8 @@ pub struct AddOptions {
     pub jobs: usize,
     pub sign_key: Option<SigningKey>,
     pub arch: Option<String>,
+    /// Where the image's kernel lives, for a kexec hand-off.
+    pub boot: Option<BootFacts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +201,7 @@ pub fn add_image(
             min_disk_size: size,
         },
         layout,
-        boot: None,
+        boot: opts.boot.clone(),
     };
     manifest.validate().map_err(|source| RepoError::Manifest {
         digest: Digest([0; 32]),
@@ -299,6 +303,7 @@ mod tests {
             jobs: 3,
             sign_key: None,
             arch: None,
+            boot: None,
         }
     }
 
