@@ -461,7 +461,11 @@ fn killed_half_way_the_next_boot_resumes() {
     let first_chunks = slow.requests.load(std::sync::atomic::Ordering::Relaxed) - 2;
 
     let served = Served::start(&repo.path());
-    let append = cmdline(&served.url, "imprint.image=os:v1 imprint.handoff=poweroff");
+    // This boot also shows the kernel's static ip= syntax instead of DHCP.
+    let append = cmdline(
+        &served.url,
+        "imprint.image=os:v1 imprint.handoff=poweroff ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off",
+    );
     let (status, console) = boot(
         repo.dir.path(),
         "second",
@@ -472,6 +476,7 @@ fn killed_half_way_the_next_boot_resumes() {
         &[&disk],
     );
     assert!(status.success(), "{console}");
+    assert_has(&console, "network up on eth0: 10.0.2.15/24 via 10.0.2.2");
     let line = console
         .lines()
         .find(|l| l.contains("deploy complete:"))

@@ -158,6 +158,9 @@ fn run(cmdline_text: &str) -> Result<Never, Failure> {
             "{e}; nothing was written. Fix the boot entry's kernel command line"
         ))
     })?;
+    if let Some(name) = config.target.as_ref().or(config.hostname.as_ref()) {
+        status().set_target(name);
+    }
     status().send(
         "booted",
         serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "uptime": uptime() }),
@@ -173,20 +176,28 @@ fn run(cmdline_text: &str) -> Result<Never, Failure> {
 
     let lease = net::bring_up(&config.ip, config.bootif, config.dhcp_timeout)
         .context("bringing up the network")?;
-    let target_name = config.target.clone().unwrap_or_else(|| {
-        lease
-            .nic
-            .mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    });
+    let target_name = config
+        .target
+        .clone()
+        .or(config.hostname.clone())
+        .unwrap_or_else(|| {
+            lease
+                .nic
+                .mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        });
     if let Some(s) = STATUS.get() {
         s.set_target(&target_name);
     }
-    let resolver: Arc<dyn crate::source::NameResolver> = Arc::new(net::DnsResolver {
-        servers: lease.dns.clone(),
+    let resolver: Arc<dyn crate::source::NameResolver> = Arc::new(crate::source::DnsResolver {
+        servers: lease
+            .dns
+            .iter()
+            .map(|ip| std::net::SocketAddr::from((*ip, 53)))
+            .collect(),
     });
     if let Some(url) = &config.status {
         status().connect(url, resolver.clone());

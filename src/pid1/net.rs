@@ -4,15 +4,14 @@
 //! TCP; and a small DNS resolver for the repository's host name.
 
 use crate::format::cmdline::{IpConfig, StaticIp};
-use crate::format::{dns, netlink};
-use crate::source::NameResolver;
+use crate::format::netlink;
 use crate::sys;
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::phy::{Medium, RawSocket};
 use smoltcp::socket::dhcpv4;
 use smoltcp::wire::{EthernetAddress, HardwareAddress};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -308,52 +307,4 @@ fn dhcp(nic: &Nic, timeout: Duration, stop: &AtomicBool) -> io::Result<Option<Le
         smoltcp::phy::wait(device.as_raw_fd(), Some(delay))?;
     }
     Ok(None)
-}
-
-/// Resolves names against the lease's DNS servers over UDP.
-#[derive(Debug)]
-pub struct DnsResolver {
-    pub servers: Vec<Ipv4Addr>,
-}
-
-static DNS_ID: AtomicU32 = AtomicU32::new(0x4a1d);
-
-impl NameResolver for DnsResolver {
-    fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-        if self.servers.is_empty() {
-            return Err(io::Error::other(format!(
-                "cannot resolve {host}: no DNS server known (DHCP gave none; use an IP address in imprint.repo= or dns in ip=)"
-            )));
-        }
-        let mut last = io::Error::other(format!("cannot resolve {host}"));
-        for _attempt in 0..3 {
-            for server in &self.servers {
-                let id = DNS_ID.fetch_add(1, Ordering::Relaxed) as u16;
-                let query = dns::query(id, host).map_err(io::Error::other)?;
-                let socket = UdpSocket::bind("0.0.0.0:0")?;
-                socket.set_read_timeout(Some(Duration::from_secs(2)))?;
-                socket.send_to(&query, SocketAddrV4::new(*server, 53))?;
-                let mut buf = [0u8; 1500];
-                match socket.recv_from(&mut buf) {
-                    Ok((n, _)) => match dns::parse_answer(&buf[..n], id, host) {
-                        Ok(ips) if !ips.is_empty() => {
-                            return Ok(ips
-                                .into_iter()
-                                .map(|ip| SocketAddr::V4(SocketAddrV4::new(ip, port)))
-                                .collect());
-                        }
-                        Ok(_) => last = io::Error::other(format!("{host} has no IPv4 address")),
-                        Err(dns::DnsError::NoSuchName(n)) => {
-                            return Err(io::Error::other(format!("host {n} does not exist")));
-                        }
-                        Err(e) => last = io::Error::other(e.to_string()),
-                    },
-                    Err(e) => {
-                        last = io::Error::other(format!("DNS server {server} did not answer: {e}"))
-                    }
-                }
-            }
-        }
-        Err(last)
-    }
 }

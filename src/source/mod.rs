@@ -2,8 +2,10 @@
 //! HTTP server. Both expose the same `fetch(path)`, and [`fetch_checked`] adds
 //! retries with exponential backoff around any check the caller needs (hashes).
 
+mod dns;
 mod http;
 
+pub use dns::DnsResolver;
 pub use http::{HttpSource, NameResolver, SystemResolver, small_agent};
 
 use std::fs::File;
