@@ -238,13 +238,14 @@ fn deploy_then_boot(firmware: &str) {
         "writing",
         "boot-records",
         "handoff",
+        "complete",
     ] {
         assert_has(&console, &format!("\"phase\":\"{phase}\""));
     }
     assert_has(&console, "handing off (reboot)");
     assert_eq!(
         status_of(&served.url)[format!("vm-{firmware}")]["phase"],
-        "handoff"
+        "complete"
     );
     // Checked before the installed OS runs: it mounts its root read-write.
     check_deployed_disk(&disk, &image, &digest, Some("node-1"));
@@ -283,13 +284,21 @@ fn kexec_handoff_boots_the_installed_kernel_without_firmware() {
     let a = artifacts();
     let repo = Repo::new();
     let cmdline_of_os = std::fs::read_to_string(a.path("os-v1.img.cmdline")).unwrap();
+    // This image has no imprint-state partition: the deploy environment adds one.
+    let no_state = repo.file("no-state.img");
+    std::fs::copy(a.path("os-v1.img"), &no_state).unwrap();
+    let deleted = Command::new("sfdisk")
+        .args(["-q", "--delete", no_state.to_str().unwrap(), "3"])
+        .status()
+        .unwrap();
+    assert!(deleted.success());
     let out = imprint(&[
         "image",
         "add",
         "--repo",
         repo.path().to_str().unwrap(),
         "os:v1",
-        &a.path("os-v1.img"),
+        no_state.to_str().unwrap(),
         "--boot-partition",
         "1",
         "--kernel",
@@ -316,11 +325,60 @@ fn kexec_handoff_boots_the_installed_kernel_without_firmware() {
         &[&disk],
     );
     assert!(status.success(), "{status:?}\n{console}");
+    assert_has(&console, "created the imprint-state partition");
     assert_has(&console, "handing off (kexec /vmlinuz)");
     // One VM run: the installed OS came up through kexec, not the firmware.
     let after = &console[console.find("handing off (kexec").unwrap()..];
     assert_has(after, "test-os: v1 booted");
     assert_has(after, "imprint firstboot: mode=deploy");
+}
+
+#[test]
+fn initramfs_is_deterministic_small_and_complete() {
+    let a = artifacts();
+    let dir = tempfile::tempdir().unwrap();
+    let build = |name: &str| {
+        let out = dir.path().join(name);
+        let status = Command::new(a.path("imprint"))
+            .args(["initramfs", "build", "--out", out.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::read(out).unwrap()
+    };
+    let one = build("a.img");
+    assert_eq!(one, build("b.img"), "two builds differ");
+    assert!(one.len() < 8 << 20, "initramfs is {} bytes", one.len());
+    let cpio = zstd::stream::decode_all(&one[..]).unwrap();
+    let text = String::from_utf8_lossy(&cpio);
+    for needle in [
+        "init\0",
+        "sbin/modprobe",
+        "dev/console",
+        "modules.alias",
+        "modules.dep",
+        "virtio_blk.ko",
+        "virtio_net.ko",
+        "e1000e.ko",
+        "nvme.ko",
+        "ahci.ko",
+        "usb-storage.ko",
+        "xhci-pci.ko",
+        "vfat.ko",
+        "ext4.ko",
+        "isofs.ko",
+    ] {
+        assert!(text.contains(needle), "initramfs lacks {needle}");
+    }
+    // A dynamically linked /init is refused with a clear message.
+    let out = Command::new(a.path("imprint"))
+        .args(["initramfs", "build", "--out"])
+        .arg(dir.path().join("c.img"))
+        .args(["--init", "/bin/ls"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dynamically linked"));
 }
 
 #[test]

@@ -550,6 +550,7 @@ fn handoff(
                         "handoff",
                         serde_json::json!({ "handoff": what, "uptime": uptime() }),
                     );
+                    status().send("complete", serde_json::json!({ "uptime": uptime() }));
                     let e = sys::kexec_reboot();
                     log::warn!("kexec failed: {e}; rebooting through the firmware instead");
                 }
@@ -569,6 +570,7 @@ fn handoff(
         Handoff::Poweroff => PowerAction::Poweroff,
         _ => PowerAction::Reboot,
     };
+    status().send("complete", serde_json::json!({ "uptime": uptime() }));
     let e = sys::power(action);
     Err(permanent(anyhow!("{what} failed: {e}")))
 }
