@@ -464,15 +464,7 @@ fn image_inspect(
     json: bool,
     pubkey: Option<&str>,
 ) -> Result<ExitCode> {
-    let image = parse_image_ref(reference)?;
-    let pubkey = parse_pubkey(pubkey)?;
-    let src = source.open(1)?;
-    let resolved = engine::resolve(
-        src.as_ref(),
-        &image,
-        pubkey.as_ref(),
-        &RetryPolicy::default(),
-    )?;
+    let (_, resolved) = open_and_resolve(source, reference, pubkey, 1)?;
     let m = &resolved.manifest;
     let zero = m
         .chunks
@@ -582,6 +574,25 @@ fn image_inspect(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Opens the repository and resolves `image` to a trusted manifest.
+fn open_and_resolve(
+    source: &SourceArgs,
+    image: &str,
+    pubkey: Option<&str>,
+    connections: usize,
+) -> Result<(Box<dyn Source>, engine::Resolved)> {
+    let image = parse_image_ref(image)?;
+    let pubkey = parse_pubkey(pubkey)?;
+    let src = source.open(connections)?;
+    let resolved = engine::resolve(
+        src.as_ref(),
+        &image,
+        pubkey.as_ref(),
+        &RetryPolicy::default(),
+    )?;
+    Ok((src, resolved))
+}
+
 fn trust_text(trust: Trust) -> &'static str {
     match trust {
         Trust::Pinned => "pinned by digest",
@@ -689,15 +700,12 @@ fn deploy(
     jobs: usize,
     pubkey: Option<&str>,
 ) -> Result<ExitCode> {
-    let image = parse_image_ref(image)?;
-    let pubkey = parse_pubkey(pubkey)?;
     let jobs = jobs.clamp(1, 64);
-    let src = source.open(jobs)?;
+    let (src, resolved) = open_and_resolve(source, image, pubkey, jobs)?;
     let opts = DeployOptions {
         jobs,
         ..DeployOptions::default()
     };
-    let resolved = engine::resolve(src.as_ref(), &image, pubkey.as_ref(), &opts.retry)?;
     if resolved.trust == Trust::Unverified {
         log::warn!(
             "{image} is trusted only because the repository says so; pin a digest or pass --pubkey"
@@ -742,15 +750,7 @@ fn disk_verify(
     pubkey: Option<&str>,
     jobs: usize,
 ) -> Result<ExitCode> {
-    let image = parse_image_ref(image)?;
-    let pubkey = parse_pubkey(pubkey)?;
-    let src = source.open(1)?;
-    let resolved = engine::resolve(
-        src.as_ref(),
-        &image,
-        pubkey.as_ref(),
-        &RetryPolicy::default(),
-    )?;
+    let (_, resolved) = open_and_resolve(source, image, pubkey, 1)?;
     let target = DiskTarget::open_for_read(disk)?;
     let report = engine::verify(&resolved.manifest, &target, jobs.clamp(1, 64));
     for e in &report.errors {

@@ -22,6 +22,19 @@ fn deploy(url: &str, image: &str, disk: &std::path::Path, extra: &[&str]) -> std
     imprint(&args)
 }
 
+fn disk_verify(url: &str, image: &str, disk: &std::path::Path) -> std::process::Output {
+    imprint(&[
+        "disk",
+        "verify",
+        "--url",
+        url,
+        "--image",
+        image,
+        "--disk",
+        disk.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn deploy_is_byte_identical_and_redeploy_fetches_nothing() {
     let repo = Repo::new();
@@ -44,16 +57,7 @@ fn deploy_is_byte_identical_and_redeploy_fetches_nothing() {
     assert_eq!(figure(&s, "written"), 0);
     assert_eq!(figure(&s, "skipped"), image.len() as u64);
 
-    let verify = imprint(&[
-        "disk",
-        "verify",
-        "--url",
-        &served.url,
-        "--image",
-        "os:v1",
-        "--disk",
-        disk.to_str().unwrap(),
-    ]);
+    let verify = disk_verify(&served.url, "os:v1", &disk);
     assert_success(&verify);
 }
 
@@ -84,31 +88,13 @@ fn stale_data_is_overwritten_and_zero_chunks_zeroed() {
         "bytes past the image untouched"
     );
 
-    let verify = imprint(&[
-        "disk",
-        "verify",
-        "--url",
-        &served.url,
-        "--image",
-        "os:v1",
-        "--disk",
-        disk.to_str().unwrap(),
-    ]);
+    let verify = disk_verify(&served.url, "os:v1", &disk);
     assert_success(&verify);
     // One flipped byte is caught by verify.
     let mut bad = now.clone();
     bad[3 * CHUNK + 5] ^= 1;
     std::fs::write(&disk, &bad).unwrap();
-    let verify = imprint(&[
-        "disk",
-        "verify",
-        "--url",
-        &served.url,
-        "--image",
-        "os:v1",
-        "--disk",
-        disk.to_str().unwrap(),
-    ]);
+    let verify = disk_verify(&served.url, "os:v1", &disk);
     assert_eq!(verify.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&verify.stdout).contains(&format!("offset {}", 3 * CHUNK)));
 }
@@ -486,40 +472,32 @@ fn image_add_reports_and_dedupes() {
     let img = repo.file("a.img");
     std::fs::write(&img, &image).unwrap();
     let r = repo.path();
-    let first = imprint(&[
-        "image",
-        "add",
-        "--repo",
-        r.to_str().unwrap(),
-        "os:a",
-        img.to_str().unwrap(),
-        "--chunk-size",
-        "64K",
-    ]);
-    assert_success(&first);
-    let text = String::from_utf8_lossy(&first.stdout).to_string();
+    let add = |reference: &str| {
+        let out = imprint(&[
+            "image",
+            "add",
+            "--repo",
+            r.to_str().unwrap(),
+            reference,
+            img.to_str().unwrap(),
+            "--chunk-size",
+            "64K",
+        ]);
+        assert_success(&out);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
     let value = |text: &str, key: &str| -> u64 {
         text.lines()
             .find(|l| l.trim_start().starts_with(key))
             .and_then(|l| l.split_whitespace().find_map(|w| w.parse().ok()))
             .unwrap_or_else(|| panic!("{key} in {text}"))
     };
+    let text = add("os:a");
     assert_eq!(value(&text, "logical size"), image.len() as u64);
     assert_eq!(value(&text, "chunks"), image.len().div_ceil(CHUNK) as u64);
     assert_eq!(value(&text, "zero chunks"), 15);
     assert!(value(&text, "new chunks") > 0);
-    let second = imprint(&[
-        "image",
-        "add",
-        "--repo",
-        r.to_str().unwrap(),
-        "os:b",
-        img.to_str().unwrap(),
-        "--chunk-size",
-        "64K",
-    ]);
-    assert_success(&second);
-    let text = String::from_utf8_lossy(&second.stdout).to_string();
+    let text = add("os:b");
     assert_eq!(value(&text, "new chunks"), 0, "{text}");
     assert_eq!(value(&text, "bytes stored"), 0, "{text}");
 
