@@ -7,6 +7,9 @@ use crate::format::gpt::{self, Layout};
 use crate::format::state::{self, Record};
 use anyhow::{Context, Result, anyhow, bail};
 use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 /// A disk with a state partition.
 pub struct StateDisk {
@@ -98,9 +101,83 @@ pub fn own_disk() -> Result<StateDisk> {
     }
 }
 
-pub fn run() -> Result<()> {
+impl StateDisk {
+    fn state_range(&self) -> (u64, u64) {
+        let p = &self.layout.partitions[self.state_index];
+        let ss = self.layout.sector_size as u64;
+        (p.first_lba * ss, (p.last_lba - p.first_lba + 1) * ss)
+    }
+
+    fn open_rw(&self) -> Result<File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.device)
+            .with_context(|| format!("opening {} for writing", self.device))
+    }
+
+    fn write_record(&self, record: &Record) -> Result<()> {
+        let file = self.open_rw()?;
+        let (start, len) = self.state_range();
+        state::write(&mut Window::new(&file, start, len), record)
+            .with_context(|| format!("writing the state record on {}", self.device))?;
+        Ok(())
+    }
+}
+
+/// Writes `content` to `path` under `root` atomically (temporary name, rename).
+fn write_atomic(root: &Path, path: &str, content: &[u8], mode: u32) -> Result<()> {
+    let full = root.join(path.trim_start_matches('/'));
+    if let Some(parent) = full.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let tmp = full.with_extension("imprint-tmp");
+    let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(content)
+        .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(mode)))
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &full).with_context(|| format!("replacing {}", full.display()))?;
+    Ok(())
+}
+
+/// Applies the per-host settings of a deploy: the host name (file and kernel),
+/// and every setting as a file under /etc/imprint/settings/ for the OS's own
+/// services to read.
+pub fn apply_settings(root: &Path, record: &Record, set_kernel_hostname: bool) -> Result<()> {
+    for (key, value) in &record.settings {
+        if !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            log::warn!("ignoring setting {key:?}: not a plain name");
+            continue;
+        }
+        write_atomic(
+            root,
+            &format!("/etc/imprint/settings/{key}"),
+            format!("{value}\n").as_bytes(),
+            0o644,
+        )?;
+    }
+    if let Some(hostname) = record.settings.get("hostname") {
+        write_atomic(
+            root,
+            "/etc/hostname",
+            format!("{hostname}\n").as_bytes(),
+            0o644,
+        )?;
+        if set_kernel_hostname && let Err(e) = crate::sys::set_hostname(hostname) {
+            log::warn!("setting the host name: {e}");
+        }
+    }
+    Ok(())
+}
+
+pub fn run(root: &Path) -> Result<()> {
     let disk = own_disk()?;
-    let (record, generation) = disk.read_record()?;
+    let (mut record, generation) = disk.read_record()?;
     println!(
         "imprint firstboot: disk={} generation={generation}",
         disk.device
@@ -113,5 +190,68 @@ pub fn run() -> Result<()> {
     for (k, v) in &record.settings {
         println!("imprint firstboot: setting {k}={v}");
     }
+    match record.mode {
+        state::Mode::Committed | state::Mode::RolledBack => {
+            println!(
+                "imprint firstboot: nothing to do ({})",
+                record.mode.as_str()
+            );
+            return Ok(());
+        }
+        state::Mode::Deploy => {
+            apply_settings(root, &record, root == Path::new("/"))?;
+        }
+        state::Mode::Upgrade => {
+            bail!(
+                "upgrade first boot is not supported by this imprint version; the record stays uncommitted"
+            );
+        }
+    }
+    record.mode = state::Mode::Committed;
+    disk.write_record(&record)?;
+    println!("imprint firstboot: committed");
+    Ok(())
+}
+
+/// `imprint status`: what the state record of this system's disk says.
+pub fn status() -> Result<()> {
+    let disk = own_disk()?;
+    let (record, generation) = disk.read_record()?;
+    println!("disk        {}", disk.device);
+    println!("generation  {generation}");
+    println!("mode        {}", record.mode.as_str());
+    println!("deployed as {}", record.deployed_mode.as_str());
+    println!("image       {} {}", record.image_name, record.image_digest);
+    println!("deployed at {} (Unix time)", record.deployed_at);
+    for (k, v) in &record.settings {
+        println!("setting     {k}={v}");
+    }
+    if let Some(b) = &record.bundle {
+        println!("bundle      slot {} {} bytes {}", b.slot, b.len, b.sha256);
+    }
+    Ok(())
+}
+
+/// `imprint prepare-upgrade`: captures this OS's configuration into its state
+/// partition, for the next OS to migrate.
+pub fn prepare_upgrade(root: &Path) -> Result<()> {
+    let disk = own_disk()?;
+    let list = crate::migrate::read_list(root)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let bundle = crate::migrate::capture(root, &list, now)?;
+    let file = disk.open_rw()?;
+    let (start, len) = disk.state_range();
+    let (_, reference) =
+        crate::migrate::store(&mut Window::new(&file, start, len), len, &bundle)
+            .with_context(|| format!("storing the configuration bundle on {}", disk.device))?;
+    println!(
+        "imprint prepare-upgrade: captured {} entries ({} bytes, {}) into {}",
+        bundle.entries.len(),
+        reference.len,
+        reference.sha256,
+        disk.device
+    );
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod firstboot;
 pub mod format;
 pub mod initramfs;
+pub mod migrate;
 pub mod pid1;
 pub mod repo;
 pub mod serve;

@@ -84,8 +84,19 @@ enum Command {
     /// Disk checks.
     #[command(subcommand)]
     Disk(DiskCommand),
-    /// In the installed OS: read the state record the deploy left and report it.
-    Firstboot,
+    /// In the installed OS: read the state record, apply host settings, commit.
+    Firstboot {
+        /// Root of the installed OS to apply settings to.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+    /// In the installed OS: print what the state record says.
+    Status,
+    /// In the installed OS: capture its configuration for the next OS to migrate.
+    PrepareUpgrade {
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Build the deploy environment's initramfs.
     #[command(subcommand)]
     Initramfs(InitramfsCommand),
@@ -333,8 +344,16 @@ fn run(command: Command) -> Result<ExitCode> {
             pubkey,
             jobs,
         }) => disk_verify(&source, &image, &disk, pubkey.as_deref(), jobs),
-        Command::Firstboot => {
-            imprint::firstboot::run()?;
+        Command::Firstboot { root } => {
+            imprint::firstboot::run(&root)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status => {
+            imprint::firstboot::status()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PrepareUpgrade { root } => {
+            imprint::firstboot::prepare_upgrade(&root)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Initramfs(InitramfsCommand::Build {

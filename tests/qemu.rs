@@ -267,6 +267,63 @@ fn deploy_then_boot(firmware: &str) {
     assert_has(&console, "imprint firstboot: mode=deploy");
     assert_has(&console, &format!("imprint firstboot: image=os {digest}"));
     assert_has(&console, "imprint firstboot: setting hostname=node-1");
+    assert_has(&console, "imprint firstboot: committed");
+    let (record, _) = read_state(&disk);
+    assert_eq!(record.mode, state::Mode::Committed);
+    assert_eq!(record.deployed_mode, state::Mode::Deploy);
+    assert_eq!(root_file(&disk, "/etc/hostname"), "node-1\n");
+    assert_eq!(
+        root_file(&disk, "/etc/imprint/settings/hostname"),
+        "node-1\n"
+    );
+    if firmware == "bios" {
+        // First boot again: nothing left to do, nothing changes.
+        let (status, console) = boot(
+            repo.dir.path(),
+            "installed-again",
+            Boot {
+                net: "none",
+                ..Boot::default()
+            },
+            &[&disk],
+        );
+        assert!(status.success(), "{console}");
+        assert_has(&console, "imprint firstboot: nothing to do (committed)");
+        assert_eq!(read_state(&disk).0.mode, state::Mode::Committed);
+    }
+}
+
+/// The state record on a disk image.
+fn read_state(disk: &Path) -> (state::Record, u64) {
+    let mut f = std::fs::File::open(disk).unwrap();
+    let layout = gpt::read(&mut f).unwrap().unwrap();
+    let p = layout
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == state::STATE_TYPE)
+        .unwrap();
+    let mut buf = vec![0u8; ((p.last_lba - p.first_lba + 1) * 512) as usize];
+    f.seek(SeekFrom::Start(p.first_lba * 512)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    state::read(&mut std::io::Cursor::new(buf)).unwrap()
+}
+
+/// A file from the ext4 root (partition "root") of a disk image, read with debugfs.
+fn root_file(disk: &Path, path: &str) -> String {
+    let mut f = std::fs::File::open(disk).unwrap();
+    let layout = gpt::read(&mut f).unwrap().unwrap();
+    let p = layout.partitions.iter().find(|p| p.name == "root").unwrap();
+    let mut buf = vec![0u8; ((p.last_lba - p.first_lba + 1) * 512) as usize];
+    f.seek(SeekFrom::Start(p.first_lba * 512)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("root.img");
+    std::fs::write(&img, buf).unwrap();
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}"), img.to_str().unwrap()])
+        .output()
+        .expect("debugfs (e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! socket; everything works on byte slices or `Read`/`Seek`, so it is unit tested and
 //! fuzzed on the host.
 
+pub mod bundle;
 pub mod cmdline;
 pub mod cpio;
 pub mod digest;

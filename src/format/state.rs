@@ -69,6 +69,8 @@ pub struct Record {
     pub target: Option<String>,
     /// The mode the record had before it was committed or rolled back.
     pub deployed_mode: Mode,
+    /// The configuration bundle captured for an upgrade away from this OS.
+    pub bundle: Option<super::bundle::BundleRef>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +188,7 @@ mod tests {
             status_url: Some("http://10.0.2.2:8080/status".into()),
             target: Some("52:54:00:12:34:56".into()),
             deployed_mode: mode,
+            bundle: None,
         }
     }
 

@@ -412,6 +412,7 @@ fn deploy(
         boot_attempts: 0,
         status_url: config.status.clone(),
         target: STATUS.get().map(|s| s.target()),
+        bundle: None,
     };
     let mut window = engine::Window::new(
         file,

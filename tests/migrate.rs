@@ -1,0 +1,228 @@
+//! Capturing configuration into a state partition and restoring it into another
+//! root: on real directories and a file standing in for the state partition, with
+//! a write fault injected mid-bundle.
+
+use imprint::format::digest::Digest;
+use imprint::format::state::{self, Mode, Record};
+use imprint::migrate;
+use std::fs;
+use std::io::{self, Cursor, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+const PART_LEN: u64 = 8 << 20;
+
+fn record() -> Record {
+    Record {
+        version: state::RECORD_VERSION,
+        mode: Mode::Committed,
+        deployed_mode: Mode::Deploy,
+        image_name: "os".into(),
+        image_digest: Digest::of(b"v1"),
+        deployed_at: 1,
+        previous: None,
+        settings: Default::default(),
+        boot_attempts: 0,
+        status_url: None,
+        target: None,
+        bundle: None,
+    }
+}
+
+fn partition() -> Cursor<Vec<u8>> {
+    let mut part = Cursor::new(vec![0u8; PART_LEN as usize]);
+    state::write(&mut part, &record()).unwrap();
+    part
+}
+
+fn write(root: &Path, rel: &str, content: &[u8], mode: u32) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, content).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn old_os() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    write(r, "etc/hostname", b"old-host\n", 0o644);
+    write(r, "etc/machine-id", b"0123456789abcdef\n", 0o444);
+    write(r, "etc/ssh/ssh_host_ed25519_key", b"SECRET", 0o600);
+    write(r, "etc/ssh/ssh_host_ed25519_key.pub", b"PUBLIC", 0o644);
+    write(r, "etc/ssh/sshd_config", b"not listed", 0o644);
+    write(r, "etc/imprint/host.d/net.conf", b"addr=10.1.2.3\n", 0o640);
+    write(r, "etc/passwd", b"root:x:0:0\n", 0o644);
+    std::os::unix::fs::symlink("/usr/share/zoneinfo/UTC", r.join("etc/imprint/host.d/tz")).unwrap();
+    write(
+        r,
+        "etc/imprint/migrate.list",
+        b"/etc/hostname\n/etc/machine-id\n/etc/ssh/ssh_host_*\n/etc/imprint/host.d/\n",
+        0o644,
+    );
+    dir
+}
+
+#[test]
+fn captured_configuration_is_restored_as_the_new_list_allows() {
+    let old = old_os();
+    let list = migrate::read_list(old.path()).unwrap();
+    let bundle = migrate::capture(old.path(), &list, 5).unwrap();
+    let paths: Vec<&str> = bundle.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/etc/hostname",
+            "/etc/machine-id",
+            "/etc/ssh/ssh_host_ed25519_key",
+            "/etc/ssh/ssh_host_ed25519_key.pub",
+            "/etc/imprint/host.d",
+            "/etc/imprint/host.d/net.conf",
+            "/etc/imprint/host.d/tz",
+        ]
+    );
+    let mut part = partition();
+    let (rec, reference) = migrate::store(&mut part, PART_LEN, &bundle).unwrap();
+    assert_eq!(rec.bundle, Some(reference.clone()));
+    assert_eq!(
+        state::read(&mut part).unwrap().0.bundle,
+        Some(reference.clone())
+    );
+
+    // The new OS accepts host name, machine id and host.d, but not the ssh keys.
+    let new = tempfile::tempdir().unwrap();
+    write(new.path(), "etc/hostname", b"default\n", 0o644);
+    let accept =
+        migrate::parse_list("/etc/hostname\n/etc/machine-id\n/etc/imprint/host.d/\n").unwrap();
+    let loaded = migrate::load(&mut part, PART_LEN, &reference).unwrap();
+    assert_eq!(loaded, bundle);
+    let restored = migrate::restore(new.path(), &loaded, &accept).unwrap();
+    assert_eq!(restored.len(), 5);
+    let n = new.path();
+    assert_eq!(fs::read(n.join("etc/hostname")).unwrap(), b"old-host\n");
+    let mid = fs::metadata(n.join("etc/machine-id")).unwrap();
+    assert_eq!(mid.mode() & 0o7777, 0o444);
+    let old_mid = fs::metadata(old.path().join("etc/machine-id")).unwrap();
+    assert_eq!(mid.mtime(), old_mid.mtime(), "modification time kept");
+    assert_eq!(
+        fs::metadata(n.join("etc/imprint/host.d/net.conf"))
+            .unwrap()
+            .mode()
+            & 0o7777,
+        0o640
+    );
+    assert_eq!(
+        fs::read_link(n.join("etc/imprint/host.d/tz"))
+            .unwrap()
+            .to_str(),
+        Some("/usr/share/zoneinfo/UTC")
+    );
+    assert!(
+        !n.join("etc/ssh").exists(),
+        "the new list does not accept ssh keys"
+    );
+    assert!(!n.join("etc/passwd").exists());
+
+    // Restoring again (an interrupted first boot run twice) ends the same.
+    let again = migrate::restore(new.path(), &loaded, &accept).unwrap();
+    assert_eq!(again, restored);
+    assert_eq!(fs::read(n.join("etc/hostname")).unwrap(), b"old-host\n");
+}
+
+/// A partition whose writes fail after `budget` bytes, like a power cut.
+struct Failing {
+    inner: Cursor<Vec<u8>>,
+    budget: usize,
+}
+
+impl Read for Failing {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl Write for Failing {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.budget == 0 {
+            return Err(io::Error::other("power cut"));
+        }
+        let n = buf.len().min(self.budget);
+        self.budget -= n;
+        self.inner.write(&buf[..n])
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for Failing {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+#[test]
+fn the_previous_bundle_stays_valid_until_the_new_one_is_whole() {
+    let old = old_os();
+    let list = migrate::read_list(old.path()).unwrap();
+    let first = migrate::capture(old.path(), &list, 1).unwrap();
+    let mut part = partition();
+    let (_, first_ref) = migrate::store(&mut part, PART_LEN, &first).unwrap();
+
+    write(old.path(), "etc/hostname", b"renamed\n", 0o644);
+    let second = migrate::capture(old.path(), &list, 2).unwrap();
+    for budget in [0, 10, 200, 354, 5000, 70_000] {
+        let mut failing = Failing {
+            inner: Cursor::new(part.get_ref().clone()),
+            budget,
+        };
+        let stored = migrate::store(&mut failing, PART_LEN, &second);
+        // Whatever the record says after the cut, it names a whole bundle: the
+        // old one, or (if the cut came after the record's last byte) the new one.
+        let (rec, _) = state::read(&mut failing.inner).unwrap();
+        let named = rec.bundle.expect("a bundle is named");
+        let loaded = migrate::load(&mut failing.inner, PART_LEN, &named).unwrap();
+        if stored.is_err() && named == first_ref {
+            assert_eq!(loaded, first, "budget {budget}");
+        } else {
+            assert_eq!(loaded, second, "budget {budget}");
+        }
+        // The old bundle itself is never overwritten by the attempt.
+        assert_eq!(
+            migrate::load(&mut failing.inner, PART_LEN, &first_ref).unwrap(),
+            first
+        );
+    }
+    let (_, second_ref) = migrate::store(&mut part, PART_LEN, &second).unwrap();
+    assert_ne!(second_ref.slot, first_ref.slot);
+}
+
+#[test]
+fn a_bundle_too_large_is_refused_and_nothing_changes() {
+    let old = old_os();
+    write(
+        old.path(),
+        "etc/imprint/host.d/huge.bin",
+        &vec![7u8; 5 << 20],
+        0o644,
+    );
+    let list = migrate::read_list(old.path()).unwrap();
+    let bundle = migrate::capture(old.path(), &list, 1).unwrap();
+    let mut part = partition();
+    let before = part.get_ref().clone();
+    let err = migrate::store(&mut part, PART_LEN, &bundle).unwrap_err();
+    assert!(err.to_string().contains("migrate.list"), "{err}");
+    assert_eq!(part.get_ref(), &before);
+}
+
+#[test]
+fn a_damaged_bundle_is_detected_not_restored() {
+    let old = old_os();
+    let list = migrate::read_list(old.path()).unwrap();
+    let bundle = migrate::capture(old.path(), &list, 1).unwrap();
+    let mut part = partition();
+    let (_, reference) = migrate::store(&mut part, PART_LEN, &bundle).unwrap();
+    let (offset, _) = imprint::format::bundle::slot_range(PART_LEN, reference.slot);
+    part.get_mut()[offset as usize + 20] ^= 0xff;
+    let err = migrate::load(&mut part, PART_LEN, &reference).unwrap_err();
+    assert!(err.to_string().contains("damaged"), "{err}");
+}
