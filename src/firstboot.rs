@@ -3,127 +3,13 @@
 //! `imprint-state` partition, and reports it.
 
 use crate::engine::Window;
-use crate::format::gpt::{self, Layout};
 use crate::format::state::{self, Record};
-use anyhow::{Context, Result, anyhow, bail};
+use crate::statedisk::{own_disk, state_disks};
+use anyhow::{Context, Result, anyhow};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-
-/// A disk with a state partition.
-pub struct StateDisk {
-    pub device: String,
-    pub layout: Layout,
-    pub state_index: usize,
-}
-
-impl StateDisk {
-    pub fn read_record(&self) -> Result<(Record, u64)> {
-        let file = File::open(&self.device).with_context(|| format!("opening {}", self.device))?;
-        let p = &self.layout.partitions[self.state_index];
-        let ss = self.layout.sector_size as u64;
-        let mut w = Window::new(&file, p.first_lba * ss, (p.last_lba - p.first_lba + 1) * ss);
-        state::read(&mut w).with_context(|| format!("reading the state record on {}", self.device))
-    }
-}
-
-/// The PARTUUID of the root file system, from the kernel command line.
-pub fn root_partuuid(cmdline: &str) -> Option<String> {
-    cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("root=PARTUUID="))
-        .map(|u| u.to_ascii_uppercase())
-}
-
-/// Every whole disk whose GPT has a state partition.
-pub fn state_disks() -> Vec<StateDisk> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return out;
-    };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            !["loop", "ram", "zram", "sr", "dm-", "md"]
-                .iter()
-                .any(|p| n.starts_with(p))
-        })
-        .collect();
-    names.sort();
-    for name in names {
-        let device = format!("/dev/{name}");
-        let Ok(mut file) = File::open(&device) else {
-            continue;
-        };
-        let Ok(Some(layout)) = gpt::read(&mut file) else {
-            continue;
-        };
-        if let Some(state_index) = layout
-            .partitions
-            .iter()
-            .position(|p| p.type_guid == state::STATE_TYPE || p.name == state::STATE_NAME)
-        {
-            out.push(StateDisk {
-                device,
-                layout,
-                state_index,
-            });
-        }
-    }
-    out
-}
-
-/// The state disk this system booted from: the one holding the root partition,
-/// or the only one there is.
-pub fn own_disk() -> Result<StateDisk> {
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let root = root_partuuid(&cmdline);
-    let mut disks = state_disks();
-    if let Some(root) = &root
-        && let Some(i) = disks.iter().position(|d| {
-            d.layout
-                .partitions
-                .iter()
-                .any(|p| p.unique_guid.to_string() == *root)
-        })
-    {
-        return Ok(disks.swap_remove(i));
-    }
-    match disks.len() {
-        0 => bail!("no disk with an imprint-state partition; was this system deployed by imprint?"),
-        1 => Ok(disks.remove(0)),
-        _ => Err(anyhow!(
-            "several disks have an imprint-state partition and none holds root={}; boot with root=PARTUUID=",
-            root.unwrap_or_else(|| "?".into())
-        )),
-    }
-}
-
-impl StateDisk {
-    fn state_range(&self) -> (u64, u64) {
-        let p = &self.layout.partitions[self.state_index];
-        let ss = self.layout.sector_size as u64;
-        (p.first_lba * ss, (p.last_lba - p.first_lba + 1) * ss)
-    }
-
-    fn open_rw(&self) -> Result<File> {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.device)
-            .with_context(|| format!("opening {} for writing", self.device))
-    }
-
-    fn write_record(&self, record: &Record) -> Result<()> {
-        let file = self.open_rw()?;
-        let (start, len) = self.state_range();
-        state::write(&mut Window::new(&file, start, len), record)
-            .with_context(|| format!("writing the state record on {}", self.device))?;
-        Ok(())
-    }
-}
 
 /// Writes `content` to `path` under `root` atomically (temporary name, rename).
 fn write_atomic(root: &Path, path: &str, content: &[u8], mode: u32) -> Result<()> {
@@ -192,6 +78,22 @@ pub fn run(root: &Path) -> Result<()> {
     }
     match record.mode {
         state::Mode::Committed | state::Mode::RolledBack => {
+            // Back in an old OS after a trial boot of an upgrade fell back to it?
+            let disks = state_disks();
+            for other in crate::upgrade::abandoned_upgrades(&disks, &disk) {
+                let (mut r, _) = other.read_record()?;
+                r.mode = state::Mode::RolledBack;
+                other.write_record(&r)?;
+                println!(
+                    "imprint firstboot: the upgrade to {} {} on {} never committed; marked rolled-back",
+                    r.image_name, r.image_digest, other.device
+                );
+                report(
+                    &record,
+                    "rolled-back",
+                    serde_json::json!({ "image": r.image_digest.to_string(), "disk": other.device }),
+                );
+            }
             println!(
                 "imprint firstboot: nothing to do ({})",
                 record.mode.as_str()
@@ -201,16 +103,101 @@ pub fn run(root: &Path) -> Result<()> {
         state::Mode::Deploy => {
             apply_settings(root, &record, root == Path::new("/"))?;
         }
-        state::Mode::Upgrade => {
-            bail!(
-                "upgrade first boot is not supported by this imprint version; the record stays uncommitted"
-            );
+        state::Mode::Upgrade => migrate_from_previous(root, &record, &disk.device)?,
+    }
+    if crate::sys::is_uefi() {
+        match crate::upgrade::uefi_commit() {
+            Ok(Some(n)) => println!("imprint firstboot: Boot{n:04X} is now first in BootOrder"),
+            Ok(None) => {}
+            Err(e) => log::warn!("updating BootOrder: {}", crate::error_text(&e)),
         }
     }
+    let deployed = record.mode;
     record.mode = state::Mode::Committed;
+    record.deployed_mode = deployed;
     disk.write_record(&record)?;
     println!("imprint firstboot: committed");
+    report(
+        &record,
+        "complete",
+        serde_json::json!({ "committed": deployed.as_str() }),
+    );
     Ok(())
+}
+
+/// Upgrade: restore the previous OS's captured configuration, as far as this OS's
+/// own migration list allows.
+fn migrate_from_previous(root: &Path, record: &Record, own_device: &str) -> Result<()> {
+    let previous = record
+        .previous
+        .as_ref()
+        .ok_or_else(|| anyhow!("the record says upgrade but names no previous OS"))?;
+    let disks = state_disks();
+    let old = disks
+        .iter()
+        .find(|d| d.device != own_device && d.layout.disk_guid == previous.disk_guid)
+        .ok_or_else(|| {
+            anyhow!(
+                "the previous OS disk (GUID {}) is not attached; attach it and run imprint firstboot again",
+                previous.disk_guid
+            )
+        })?;
+    let (old_record, _) = old.read_record()?;
+    let Some(reference) = old_record.bundle else {
+        println!(
+            "imprint firstboot: {} has no configuration bundle (prepare-upgrade was not run); nothing to migrate",
+            old.device
+        );
+        return Ok(());
+    };
+    let file = File::open(&old.device).with_context(|| format!("opening {}", old.device))?;
+    let (start, len) = old.state_range();
+    let bundle = crate::migrate::load(&mut Window::new(&file, start, len), len, &reference)
+        .with_context(|| format!("reading the configuration bundle on {}", old.device))?;
+    let accept = crate::migrate::read_list(root)?;
+    let restored = crate::migrate::restore(root, &bundle, &accept)?;
+    println!(
+        "imprint firstboot: migrated {} of {} entries from {}",
+        restored.len(),
+        bundle.entries.len(),
+        old.device
+    );
+    for path in &restored {
+        println!("imprint firstboot: migrated {path}");
+    }
+    if root == Path::new("/")
+        && let Ok(name) = std::fs::read_to_string("/etc/hostname")
+        && let Err(e) = crate::sys::set_hostname(name.trim())
+    {
+        log::warn!("setting the host name: {e}");
+    }
+    Ok(())
+}
+
+/// Best effort: a status event to the URL the deploy recorded, if the network is up.
+fn report(record: &Record, phase: &str, extra: serde_json::Value) {
+    let Some(url) = &record.status_url else {
+        return;
+    };
+    let mut event = serde_json::json!({
+        "target": record.target.clone().unwrap_or_default(),
+        "phase": phase,
+        "image": record.image_digest.to_string(),
+    });
+    if let (Some(map), serde_json::Value::Object(more)) = (event.as_object_mut(), extra) {
+        map.extend(more);
+    }
+    let agent = crate::source::small_agent(
+        std::sync::Arc::new(crate::source::SystemResolver),
+        std::time::Duration::from_secs(5),
+    );
+    if let Err(e) = agent
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(event.to_string().as_bytes())
+    {
+        log::warn!("status event to {url}: {e}");
+    }
 }
 
 /// `imprint status`: what the state record of this system's disk says.
@@ -228,6 +215,15 @@ pub fn status() -> Result<()> {
     }
     if let Some(b) = &record.bundle {
         println!("bundle      slot {} {} bytes {}", b.slot, b.len, b.sha256);
+    }
+    Ok(())
+}
+
+/// `imprint rollback` on a running system: undo an upgrade that has not
+/// committed (BIOS: restore the previous disk's boot record).
+pub fn rollback() -> Result<()> {
+    for line in crate::upgrade::rollback(&state_disks())? {
+        println!("imprint rollback: {line}");
     }
     Ok(())
 }

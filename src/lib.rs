@@ -14,7 +14,9 @@ pub mod pid1;
 pub mod repo;
 pub mod serve;
 pub mod source;
+pub mod statedisk;
 pub mod sys;
+pub mod upgrade;
 
 /// An error and its causes as one line, each cause added only when the message
 /// so far does not already say it (error types here often include their source).

@@ -92,6 +92,8 @@ enum Command {
     },
     /// In the installed OS: print what the state record says.
     Status,
+    /// Undo an upgrade that has not committed (BIOS: restore the old boot record).
+    Rollback,
     /// In the installed OS: capture its configuration for the next OS to migrate.
     PrepareUpgrade {
         #[arg(long, default_value = "/")]
@@ -350,6 +352,10 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Status => {
             imprint::firstboot::status()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback => {
+            imprint::firstboot::rollback()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::PrepareUpgrade { root } => {

@@ -244,3 +244,49 @@ fn not_found_and_denied_fail_at_once() {
         "{err}"
     );
 }
+
+#[test]
+fn a_seed_disk_supplies_unchanged_chunks_and_never_wrong_ones() {
+    let repo = Repo::new();
+    let v1 = mixed_image(33, 100);
+    let mut v2 = v1.clone();
+    // 5 chunks change; the seed (v1) also has one chunk damaged that v2 did not
+    // change, which must then be fetched, not copied.
+    for c in [3, 20, 41, 60, 88] {
+        v2[c * CHUNK..(c + 1) * CHUNK].copy_from_slice(&noise(900 + c as u64, CHUNK));
+    }
+    repo.add("os:v2", &v2, &[]);
+    let mut seed_bytes = v1.clone();
+    seed_bytes[10 * CHUNK + 7] ^= 0x40;
+    let seed = CheckingTarget::new(seed_bytes.clone(), seed_bytes);
+    let server = FaultyServer::start(
+        &repo.path(),
+        Arc::new(|_: &str, _| Fault::None),
+        Duration::ZERO,
+        Duration::ZERO,
+    );
+    let src = source(&server.url, Duration::from_secs(5));
+    let resolved = engine::resolve(&src, &"os:v2".parse().unwrap(), None, &fast_retry()).unwrap();
+    let target = CheckingTarget::new(v2.clone(), vec![0; v2.len()]);
+    let p = engine::deploy_with_seed(
+        &src,
+        &resolved.manifest,
+        &target,
+        Some(&seed),
+        &DeployOptions::default(),
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(*target.disk.lock().unwrap(), v2);
+    assert!(target.bad_writes.lock().unwrap().is_empty());
+    assert_eq!(p.chunks_fetched, 6, "5 changed + 1 damaged on the seed");
+    let data_chunks = v2
+        .chunks(CHUNK)
+        .filter(|c| c.iter().any(|&b| b != 0))
+        .count() as u64;
+    assert_eq!(p.chunks_seeded, data_chunks - 6);
+    assert_eq!(
+        p.seeded_bytes,
+        p.chunks_seeded * CHUNK as u64 - CHUNK as u64 + 1000
+    );
+}

@@ -26,6 +26,7 @@ fn record() -> Record {
         status_url: None,
         target: None,
         bundle: None,
+        saved_boot_record: None,
     }
 }
 

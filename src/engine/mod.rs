@@ -197,9 +197,12 @@ pub struct Progress {
     pub skipped_bytes: u64,
     /// Compressed bytes received from the source.
     pub fetched_bytes: u64,
+    /// Copied from the seed disk (the previous OS) instead of fetched.
+    pub seeded_bytes: u64,
     pub chunks: u64,
     pub chunks_fetched: u64,
     pub chunks_skipped: u64,
+    pub chunks_seeded: u64,
     pub retries: u64,
     pub elapsed: Duration,
 }
@@ -231,8 +234,10 @@ struct Counters {
     zeroed: AtomicU64,
     skipped: AtomicU64,
     fetched: AtomicU64,
+    seeded: AtomicU64,
     chunks_fetched: AtomicU64,
     chunks_skipped: AtomicU64,
+    chunks_seeded: AtomicU64,
     retries: RetryCounter,
 }
 
@@ -250,6 +255,8 @@ impl Counters {
             zeroed_bytes: get(&self.zeroed),
             skipped_bytes: get(&self.skipped),
             fetched_bytes: get(&self.fetched),
+            seeded_bytes: get(&self.seeded),
+            chunks_seeded: get(&self.chunks_seeded),
             chunks: manifest.chunks.len().saturating_sub(first) as u64,
             chunks_fetched: get(&self.chunks_fetched),
             chunks_skipped: get(&self.chunks_skipped),
@@ -265,6 +272,20 @@ pub fn deploy(
     source: &dyn Source,
     manifest: &Manifest,
     target: &dyn Target,
+    opts: &DeployOptions,
+    on_progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Progress, DeployError> {
+    deploy_with_seed(source, manifest, target, None, opts, on_progress)
+}
+
+/// Like [`deploy`], with a seed: a disk (the previous OS) whose chunks at the same
+/// offsets are copied locally, after checking them against the manifest, instead
+/// of being fetched.
+pub fn deploy_with_seed(
+    source: &dyn Source,
+    manifest: &Manifest,
+    target: &dyn Target,
+    seed: Option<&dyn Target>,
     opts: &DeployOptions,
     on_progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<Progress, DeployError> {
@@ -301,9 +322,15 @@ pub fn deploy(
                         if index >= manifest.chunks.len() {
                             break;
                         }
-                        if let Err(e) =
-                            worker.chunk(source, manifest, index, target, opts, counters)
-                        {
+                        let job = Job {
+                            source,
+                            manifest,
+                            target,
+                            seed,
+                            opts,
+                            counters,
+                        };
+                        if let Err(e) = worker.chunk(&job, index) {
                             abort.store(true, Ordering::Relaxed);
                             if let Ok(mut slot) = first_error.lock() {
                                 slot.get_or_insert(e);
@@ -367,6 +394,17 @@ pub fn fetch_chunk(
     }
 }
 
+/// What every chunk of one deploy shares.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    source: &'a dyn Source,
+    manifest: &'a Manifest,
+    target: &'a dyn Target,
+    seed: Option<&'a dyn Target>,
+    opts: &'a DeployOptions,
+    counters: &'a Counters,
+}
+
 /// Per-thread buffers, reused for every chunk the thread handles.
 struct Worker {
     existing: Vec<u8>,
@@ -385,15 +423,15 @@ impl Worker {
         }
     }
 
-    fn chunk(
-        &mut self,
-        source: &dyn Source,
-        manifest: &Manifest,
-        index: usize,
-        target: &dyn Target,
-        opts: &DeployOptions,
-        counters: &Counters,
-    ) -> Result<(), DeployError> {
+    fn chunk(&mut self, job: &Job, index: usize) -> Result<(), DeployError> {
+        let Job {
+            source,
+            manifest,
+            target,
+            seed,
+            opts,
+            counters,
+        } = *job;
         let chunk = &manifest.chunks[index];
         let (offset, len) = (chunk.offset, chunk.length as usize);
         let io_error = |what: &'static str| {
@@ -431,9 +469,14 @@ impl Worker {
                 ChunkKind::Data {
                     sha256,
                     stored_size,
-                    ..
+                    blake3,
                 } => {
-                    self.fetch_verified(source, sha256, stored_size, len, opts, counters)?;
+                    if !self.take_from_seed(seed, offset, len, &blake3, &sha256) {
+                        self.fetch_verified(source, sha256, stored_size, len, opts, counters)?;
+                    } else {
+                        counters.seeded.fetch_add(len as u64, Ordering::Relaxed);
+                        counters.chunks_seeded.fetch_add(1, Ordering::Relaxed);
+                    }
                     target
                         .write_at(&self.content, offset)
                         .map_err(io_error("writing"))?;
@@ -443,6 +486,31 @@ impl Worker {
         }
         counters.done.fetch_add(len as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Looks for the chunk at the same offset of the seed disk; on a match (blake3
+    /// first, then the sha256 every written byte is checked against) leaves it in
+    /// `self.content`. Read errors on the seed just mean "fetch it".
+    fn take_from_seed(
+        &mut self,
+        seed: Option<&dyn Target>,
+        offset: u64,
+        len: usize,
+        blake3: &[u8; 32],
+        sha256: &Digest,
+    ) -> bool {
+        let Some(seed) = seed else {
+            return false;
+        };
+        if seed.size() < offset + len as u64 {
+            return false;
+        }
+        self.content.clear();
+        self.content.resize(len, 0);
+        if seed.read_at(&mut self.content, offset).is_err() {
+            return false;
+        }
+        blake3::hash(&self.content).as_bytes() == blake3 && Digest::of(&self.content) == *sha256
     }
 
     /// Leaves the chunk's verified content in `self.content`.

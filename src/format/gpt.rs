@@ -254,12 +254,15 @@ pub enum RelocateError {
 /// Rewrites the GPT held in `head` (the image's first bytes, as written at the
 /// start of the disk) for a disk of `disk_size` bytes: the last usable LBA and the
 /// backup header move to the real end, the protective MBR covers the disk, and
-/// `add`, if given, becomes a new partition in the free space at the end. `head`
-/// is patched in place; the backup copy is returned to be written at the end.
+/// `add`, if given, becomes a new partition in the free space at the end, and
+/// `disk_guid`, if given, replaces the disk GUID (so two disks deployed from one
+/// image can be told apart). `head` is patched in place; the backup copy is
+/// returned to be written at the end.
 pub fn relocate(
     head: &mut [u8],
     disk_size: u64,
     add: Option<&NewPartition>,
+    disk_guid: Option<Guid>,
 ) -> Result<Relocated, RelocateError> {
     let damaged = |e: GptError| RelocateError::Damaged(e.to_string());
     let layout = read(&mut io::Cursor::new(&head[..]))
@@ -332,6 +335,10 @@ pub fn relocate(
         hdr[16..20].copy_from_slice(&crc.to_le_bytes());
     };
     let mut primary = head[h..h * 2].to_vec();
+    if let Some(guid) = disk_guid {
+        primary[56..72].copy_from_slice(&guid.0);
+        layout.disk_guid = guid;
+    }
     primary[32..40].copy_from_slice(&(disk_sectors - 1).to_le_bytes());
     primary[48..56].copy_from_slice(&last_usable.to_le_bytes());
     primary[88..92].copy_from_slice(&entries_crc.to_le_bytes());
@@ -453,13 +460,15 @@ pub(crate) mod tests {
             name: "imprint-state".into(),
             size: 1 << 20,
         };
-        let r = relocate(&mut head, disk_size, Some(&new)).unwrap();
+        let r = relocate(&mut head, disk_size, Some(&new), Some(Guid([9; 16]))).unwrap();
         disk[..head.len()].copy_from_slice(&head);
         disk[r.backup_offset as usize..][..r.backup.len()].copy_from_slice(&r.backup);
         assert_eq!(r.backup_offset + r.backup.len() as u64, disk_size);
 
         let layout = read(&mut Cursor::new(&disk)).unwrap().unwrap();
         assert_eq!(layout.last_usable_lba, disk_size / 512 - 34);
+        assert_eq!(layout.disk_guid, Guid([9; 16]));
+        assert_eq!(r.layout.disk_guid, Guid([9; 16]));
         assert_eq!(layout.partitions.len(), 2);
         let state = &layout.partitions[1];
         assert_eq!(state.name, "imprint-state");
@@ -495,16 +504,16 @@ pub(crate) mod tests {
             size: 8 << 20,
         };
         assert!(matches!(
-            relocate(&mut head.clone(), 4096 * 512, Some(&new)),
+            relocate(&mut head.clone(), 4096 * 512, Some(&new), None),
             Err(RelocateError::NoRoom { .. })
         ));
         assert!(matches!(
-            relocate(&mut head, 3000 * 512, None),
+            relocate(&mut head, 3000 * 512, None, None),
             Err(RelocateError::DiskTooSmall { .. })
         ));
         let mut blank = vec![0u8; 64 << 10];
         assert!(matches!(
-            relocate(&mut blank, 1 << 30, None),
+            relocate(&mut blank, 1 << 30, None, None),
             Err(RelocateError::NoGpt(_))
         ));
     }

@@ -7,6 +7,7 @@ pub mod cmdline;
 pub mod cpio;
 pub mod digest;
 pub mod dns;
+pub mod efi;
 pub mod gpt;
 pub mod kmod;
 pub mod manifest;

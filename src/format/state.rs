@@ -71,6 +71,9 @@ pub struct Record {
     pub deployed_mode: Mode,
     /// The configuration bundle captured for an upgrade away from this OS.
     pub bundle: Option<super::bundle::BundleRef>,
+    /// BIOS upgrades: this disk's first sector as it was before the upgrade made
+    /// the firmware pass over it; writing it back is the rollback.
+    pub saved_boot_record: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +192,7 @@ mod tests {
             target: Some("52:54:00:12:34:56".into()),
             deployed_mode: mode,
             bundle: None,
+            saved_boot_record: None,
         }
     }
 

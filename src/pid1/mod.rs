@@ -15,7 +15,9 @@ use crate::engine::{self, DeployOptions, DiskTarget, Progress};
 use crate::format::cmdline::{self, Config, ErrorPolicy, Handoff};
 use crate::format::{gpt, state};
 use crate::source::{HttpSource, RetryPolicy};
+use crate::statedisk::{self, StateDisk};
 use crate::sys::{self, PowerAction};
+use crate::upgrade;
 use anyhow::{Context, Result, anyhow};
 use console::Status;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -173,6 +175,14 @@ fn run(cmdline_text: &str) -> Result<Never, Failure> {
         loaded.len(),
         loaded.join(" ")
     );
+    if config.mode == cmdline::Mode::Rollback {
+        return rollback(&config);
+    }
+    if config.mode == cmdline::Mode::Upgrade && config.disk.is_none() {
+        return Err(permanent(anyhow!(
+            "imprint.mode=upgrade needs imprint.disk= to name the new disk (the previous OS stays on its own); nothing was written"
+        )));
+    }
 
     let lease = net::bring_up(&config.ip, config.bootif, config.dhcp_timeout)
         .context("bringing up the network")?;
@@ -284,6 +294,17 @@ fn deploy(
         serde_json::json!({ "disk": disk.dev_path(), "size": disk.size, "serial": disk.serial }),
     );
     let disk_path = disk.dev_path();
+    let previous = match config.mode {
+        cmdline::Mode::Upgrade => Some(previous_os(config, &disk_path)?),
+        _ => None,
+    };
+    let seed = match &previous {
+        Some(p) => Some(
+            DiskTarget::open_for_read(std::path::Path::new(&p.device))
+                .map_err(|e| permanent(e.into()))?,
+        ),
+        None => None,
+    };
     let target = DiskTarget::open_for_write(std::path::Path::new(&disk_path), needed)
         .map_err(|e| permanent(e.into()))?;
     let file = target.file();
@@ -338,16 +359,19 @@ fn deploy(
         progress_interval: Duration::from_secs(2),
         first_chunk: 1,
     };
-    let p = engine::deploy(&source, manifest, &target, &opts, &on_progress)
+    let seed_target = seed.as_ref().map(|s| s as &dyn engine::Target);
+    let p = engine::deploy_with_seed(&source, manifest, &target, seed_target, &opts, &on_progress)
         .with_context(|| format!("deploying to {}", disk.dev_path()))?;
     log::info!(
-        "deploy complete: bytes={} written={} zeroed={} skipped={} fetched={} fetched_chunks={} retries={} seconds={:.1}",
+        "deploy complete: bytes={} written={} zeroed={} skipped={} fetched={} seeded={} fetched_chunks={} seeded_chunks={} retries={} seconds={:.1}",
         p.total_bytes,
         p.written_bytes,
         p.zeroed_bytes,
         p.skipped_bytes,
         p.fetched_bytes,
+        p.seeded_bytes,
         p.chunks_fetched,
+        p.chunks_seeded,
         p.retries,
         p.elapsed.as_secs_f64()
     );
@@ -360,26 +384,27 @@ fn deploy(
     // (protective MBR, boot code, primary GPT).
     let mut head = engine::fetch_chunk(&source, manifest, 0, &retry)
         .with_context(|| format!("fetching the first chunk of {}", manifest.name))?;
+    let urandom = |e: std::io::Error| anyhow!("reading /dev/urandom: {e}");
     let new_state = if has_state {
         None
     } else {
-        let mut guid =
-            sys::random_bytes::<16>().map_err(|e| anyhow!("reading /dev/urandom: {e}"))?;
-        guid[7] = (guid[7] & 0x0f) | 0x40;
-        guid[8] = (guid[8] & 0x3f) | 0x80;
         Some(gpt::NewPartition {
             type_guid: state::STATE_TYPE,
-            unique_guid: gpt::Guid(guid),
+            unique_guid: random_guid().map_err(urandom)?,
             name: state::STATE_NAME.into(),
             size: STATE_PARTITION_SIZE,
         })
     };
-    let relocated = gpt::relocate(&mut head, disk.size, new_state.as_ref()).map_err(|e| {
-        permanent(anyhow!(
-            "rewriting the partition table for {}: {e}",
-            disk.dev_path()
-        ))
-    })?;
+    // Every deployed disk gets its own disk GUID: two disks deployed from one image
+    // (an upgrade's old and new OS) must be told apart.
+    let disk_guid = random_guid().map_err(urandom)?;
+    let relocated = gpt::relocate(&mut head, disk.size, new_state.as_ref(), Some(disk_guid))
+        .map_err(|e| {
+            permanent(anyhow!(
+                "rewriting the partition table for {}: {e}",
+                disk.dev_path()
+            ))
+        })?;
     if let Some(p) = &relocated.added {
         log::info!(
             "created the imprint-state partition ({} bytes) as partition {}",
@@ -394,25 +419,34 @@ fn deploy(
         .iter()
         .find(|p| p.type_guid == state::STATE_TYPE || p.name == state::STATE_NAME)
         .ok_or_else(|| anyhow!("no imprint-state partition after rewriting the GPT"))?;
+    let record_mode = if previous.is_some() {
+        state::Mode::Upgrade
+    } else {
+        state::Mode::Deploy
+    };
     let mut settings = std::collections::BTreeMap::new();
     if let Some(h) = &config.hostname {
         settings.insert("hostname".to_string(), h.clone());
     }
     let record = state::Record {
         version: state::RECORD_VERSION,
-        mode: state::Mode::Deploy,
-        deployed_mode: state::Mode::Deploy,
+        mode: record_mode,
+        deployed_mode: record_mode,
         image_name: manifest.name.clone(),
         image_digest: resolved.digest,
         deployed_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        previous: None,
+        previous: previous.as_ref().map(|p| state::PreviousOs {
+            disk_guid: p.layout.disk_guid,
+            partition_guids: p.layout.partitions.iter().map(|x| x.unique_guid).collect(),
+        }),
         settings,
         boot_attempts: 0,
         status_url: config.status.clone(),
         target: STATUS.get().map(|s| s.target()),
         bundle: None,
+        saved_boot_record: None,
     };
     let mut window = engine::Window::new(
         file,
@@ -432,10 +466,31 @@ fn deploy(
         log::warn!("re-reading the partition table of {}: {e}", disk.dev_path());
     }
     log::info!(
-        "boot records written: GPT for {} bytes, state record mode=deploy image={}",
+        "boot records written: GPT for {} bytes, state record mode={} image={}",
         disk.size,
+        record_mode.as_str(),
         resolved.digest
     );
+    if let Some(previous) = &previous {
+        drop(seed);
+        if sys::is_uefi() {
+            let n =
+                upgrade::uefi_trial_boot(&relocated.layout, &format!("imprint {}", manifest.name))
+                    .map_err(|e| permanent(e.context("setting up the UEFI trial boot")))?;
+            log::info!(
+                "UEFI: Boot{n:04X} boots {} once (BootNext); BootOrder unchanged until the new OS commits",
+                disk.dev_path()
+            );
+        } else {
+            upgrade::bios_pass_over(previous)
+                .map_err(|e| permanent(e.context("switching the BIOS boot disk")))?;
+            log::info!(
+                "BIOS: boot record of {} saved in its state partition and its boot signature cleared; the firmware now boots {}",
+                previous.device,
+                disk.dev_path()
+            );
+        }
+    }
     status().send(
         "boot-records",
         serde_json::json!({ "disk": disk.dev_path(), "image": resolved.digest.to_string() }),
@@ -502,6 +557,63 @@ fn load_installed_kernel(
         log::warn!("unmounting {device} ({mounted}): {e}");
     }
     result
+}
+
+/// The previous OS for an upgrade: imprint.previous= (a path or hints), or the one
+/// other disk whose record says it is the committed OS.
+fn previous_os(config: &Config, new_disk: &str) -> Result<StateDisk, Failure> {
+    let wanted = match &config.previous {
+        None => None,
+        Some(sel) => Some(
+            disks::choose(&disks::scan(), Some(sel), 0)
+                .map_err(|e| permanent(anyhow!("imprint.previous: {e}")))?
+                .dev_path(),
+        ),
+    };
+    let all = statedisk::state_disks();
+    let found = upgrade::find_previous(&all, wanted.as_deref(), new_disk).map_err(permanent)?;
+    log::info!(
+        "previous OS on {}: its chunks seed the new disk",
+        found.device
+    );
+    Ok(StateDisk {
+        device: found.device.clone(),
+        layout: found.layout.clone(),
+        state_index: found.state_index,
+    })
+}
+
+/// `imprint.mode=rollback`: undo an upgrade that has not committed.
+fn rollback(config: &Config) -> Result<Never, Failure> {
+    let start = Instant::now();
+    let disks = loop {
+        let found = statedisk::state_disks();
+        if !found.is_empty() || start.elapsed() > Duration::from_secs(30) {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let done = upgrade::rollback(&disks).map_err(permanent)?;
+    for line in &done {
+        log::info!("rollback: {line}");
+    }
+    status().send("rolled-back", serde_json::json!({ "done": done }));
+    sys::sync_all();
+    let what = match config.handoff {
+        Handoff::Poweroff => PowerAction::Poweroff,
+        _ => PowerAction::Reboot,
+    };
+    log::info!("handing off after rollback at {:.2} s", uptime());
+    let e = sys::power(what);
+    Err(permanent(anyhow!("handing off failed: {e}")))
+}
+
+/// A random (version 4) GUID in on-disk byte order.
+fn random_guid() -> std::io::Result<gpt::Guid> {
+    let mut g = sys::random_bytes::<16>()?;
+    g[7] = (g[7] & 0x0f) | 0x40;
+    g[8] = (g[8] & 0x3f) | 0x80;
+    Ok(gpt::Guid(g))
 }
 
 fn wait_for_disk(config: &Config, needed: u64) -> Result<disks::DiskInfo, Failure> {

@@ -2,6 +2,8 @@
 //! a running `imprint serve`, and a fault-injecting HTTP server.
 #![allow(dead_code)]
 
+pub mod vm;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

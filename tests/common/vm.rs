@@ -1,0 +1,230 @@
+//! The QEMU rig from tests: artifacts, booting VMs, reading what they left on disk.
+
+use super::*;
+use imprint::format::gpt;
+use imprint::format::state;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::OnceLock;
+
+pub struct Artifacts {
+    pub dir: PathBuf,
+}
+
+impl Artifacts {
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+/// Builds the static binary, initramfs and test OS images once per test run.
+pub fn artifacts() -> &'static Artifacts {
+    static ONCE: OnceLock<Artifacts> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(root.join("qemu/prepare"))
+            .output()
+            .expect("running qemu/prepare");
+        assert!(
+            out.status.success(),
+            "qemu/prepare failed (install qemu-system-x86 ovmf linux-image-amd64 busybox-static mtools dosfstools syslinux syslinux-efi, or run scripts/test):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Artifacts {
+            dir: root.join("target/qemu"),
+        }
+    })
+}
+
+pub struct Boot<'a> {
+    pub firmware: &'a str,
+    pub vars: Option<&'a Path>,
+    pub append: Option<String>,
+    pub net: &'a str,
+    pub timeout: u64,
+}
+
+impl Default for Boot<'_> {
+    fn default() -> Self {
+        Boot {
+            firmware: "bios",
+            vars: None,
+            append: None,
+            net: "user",
+            timeout: 240,
+        }
+    }
+}
+
+/// Runs a VM to completion (power off, reboot or timeout) and returns its exit
+/// status and console.
+pub fn boot(dir: &Path, name: &str, b: Boot, disks: &[&Path]) -> (ExitStatus, String) {
+    let a = artifacts();
+    let serial = dir.join(format!("{name}.console"));
+    let mut cmd = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("qemu/run"));
+    cmd.args(["--serial", serial.to_str().unwrap()])
+        .args(["--timeout", &b.timeout.to_string()])
+        .args(["--firmware", b.firmware, "--net", b.net]);
+    if let Some(v) = b.vars {
+        cmd.args(["--vars", v.to_str().unwrap()]);
+    }
+    if let Some(append) = &b.append {
+        cmd.args([
+            "--kernel",
+            &a.path("vmlinuz"),
+            "--initrd",
+            &a.path("initramfs.img"),
+        ])
+        .args(["--append", append]);
+    }
+    cmd.args(disks);
+    let status = cmd.status().expect("running qemu/run");
+    let console = std::fs::read_to_string(&serial).unwrap_or_default();
+    (status, console)
+}
+
+/// Adds an image with the default (1 MiB) chunk size; returns the manifest digest.
+pub fn add(repo: &Repo, reference: &str, image: &str) -> String {
+    let out = imprint(&[
+        "image",
+        "add",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        reference,
+        image,
+    ]);
+    assert_success(&out);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .expect("digest")
+        .to_string()
+}
+
+pub fn chunk_files(repo: &Repo) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(repo.path().join("chunks/sha256")).unwrap() {
+        for f in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn cmdline(url: &str, extra: &str) -> String {
+    let guest_url = url.replace("127.0.0.1", "10.0.2.2");
+    format!("console=ttyS0 quiet panic=-1 imprint.repo={guest_url} {extra}")
+}
+
+pub fn sparse_disk(path: &Path, size: u64) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+}
+
+pub fn read_file(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
+/// The deployed disk holds the image everywhere except the GPT headers and the
+/// state partition, which the deploy environment rewrites; the state record and
+/// the relocated GPT read back.
+pub fn check_deployed_disk(disk: &Path, image: &[u8], digest: &str, hostname: Option<&str>) {
+    let mut f = std::fs::File::open(disk).unwrap();
+    let disk_size = f.metadata().unwrap().len();
+    let layout = gpt::read(&mut f)
+        .unwrap()
+        .expect("a GPT on the deployed disk");
+    assert_eq!(
+        layout.last_usable_lba,
+        disk_size / 512 - 34,
+        "GPT moved to the disk's end"
+    );
+    let mut backup = [0u8; 512];
+    f.seek(SeekFrom::Start(disk_size - 512)).unwrap();
+    f.read_exact(&mut backup).unwrap();
+    assert_eq!(
+        &backup[..8],
+        b"EFI PART",
+        "backup GPT header at the last sector"
+    );
+
+    let state_part = layout
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == state::STATE_TYPE)
+        .expect("state partition");
+    let (start, end) = (state_part.first_lba * 512, (state_part.last_lba + 1) * 512);
+    let mut on_disk = vec![0u8; image.len()];
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_exact(&mut on_disk).unwrap();
+    assert_eq!(&on_disk[..440], &image[..440], "boot code");
+    let gpt_end = 34 * 512;
+    for (i, (a, b)) in on_disk.iter().zip(image).enumerate().skip(gpt_end) {
+        let in_state = (i as u64) >= start && (i as u64) < end;
+        if !in_state && a != b {
+            panic!("deployed disk differs from the image at byte {i}");
+        }
+    }
+    let mut window = vec![0u8; (end - start) as usize];
+    f.seek(SeekFrom::Start(start)).unwrap();
+    f.read_exact(&mut window).unwrap();
+    let (record, _) = state::read(&mut std::io::Cursor::new(window)).expect("state record");
+    assert_eq!(record.mode, state::Mode::Deploy);
+    assert_eq!(record.image_digest.to_string(), digest);
+    assert_eq!(
+        record.settings.get("hostname").map(String::as_str),
+        hostname
+    );
+}
+
+pub fn assert_has(console: &str, needle: &str) {
+    assert!(
+        console.contains(needle),
+        "console lacks {needle:?}:\n{console}"
+    );
+}
+
+pub fn status_of(url: &str) -> serde_json::Value {
+    let addr = url.trim_start_matches("http://");
+    let (status, _, body) = raw_request(
+        addr,
+        "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// The state record on a disk image.
+pub fn read_state(disk: &Path) -> (state::Record, u64) {
+    let mut f = std::fs::File::open(disk).unwrap();
+    let layout = gpt::read(&mut f).unwrap().unwrap();
+    let p = layout
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == state::STATE_TYPE)
+        .unwrap();
+    let mut buf = vec![0u8; ((p.last_lba - p.first_lba + 1) * 512) as usize];
+    f.seek(SeekFrom::Start(p.first_lba * 512)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    state::read(&mut std::io::Cursor::new(buf)).unwrap()
+}
+
+/// A file from the ext4 root (partition "root") of a disk image, read with debugfs.
+pub fn root_file(disk: &Path, path: &str) -> String {
+    let mut f = std::fs::File::open(disk).unwrap();
+    let layout = gpt::read(&mut f).unwrap().unwrap();
+    let p = layout.partitions.iter().find(|p| p.name == "root").unwrap();
+    let mut buf = vec![0u8; ((p.last_lba - p.first_lba + 1) * 512) as usize];
+    f.seek(SeekFrom::Start(p.first_lba * 512)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("root.img");
+    std::fs::write(&img, buf).unwrap();
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}"), img.to_str().unwrap()])
+        .output()
+        .expect("debugfs (e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,230 @@
+//! End-to-end upgrades in QEMU: v1 is deployed to disk 1 and boots, captures its
+//! configuration; the deploy environment writes the new image to disk 2 (seeded
+//! from disk 1) and switches boot; the new OS migrates and commits, or it never
+//! commits and the machine comes back in v1.
+
+mod common;
+
+use common::vm::*;
+use common::*;
+use imprint::format::state::{self, Mode};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+struct Rig {
+    repo: Repo,
+    served: Served,
+    disk1: PathBuf,
+    disk2: PathBuf,
+    vars: PathBuf,
+    firmware: &'static str,
+}
+
+impl Rig {
+    fn new(firmware: &'static str, images: &[&str]) -> Rig {
+        let a = artifacts();
+        let repo = Repo::new();
+        for v in images {
+            add(&repo, &format!("os:{v}"), &a.path(&format!("os-{v}.img")));
+        }
+        let served = Served::start(&repo.path());
+        let disk1 = repo.file("disk1.img");
+        let disk2 = repo.file("disk2.img");
+        sparse_disk(&disk1, 200 << 20);
+        sparse_disk(&disk2, 200 << 20);
+        let vars = repo.file("vars.fd");
+        Rig {
+            repo,
+            served,
+            disk1,
+            disk2,
+            vars,
+            firmware,
+        }
+    }
+
+    fn boot(&self, name: &str, append: Option<String>, timeout: u64) -> String {
+        let (status, console) = boot(
+            self.repo.dir.path(),
+            name,
+            Boot {
+                firmware: self.firmware,
+                vars: (self.firmware == "uefi").then_some(self.vars.as_path()),
+                net: if append.is_some() { "user" } else { "none" },
+                append,
+                timeout,
+            },
+            &[&self.disk1, &self.disk2],
+        );
+        if timeout >= 200 {
+            assert!(status.success(), "{name}: {status:?}\n{console}");
+        }
+        console
+    }
+
+    fn ramdisk(&self, name: &str, extra: &str) -> String {
+        let append = cmdline(
+            &self.served.url,
+            &format!(
+                "{extra} imprint.target=rig imprint.status={}/status",
+                self.served.url.replace("127.0.0.1", "10.0.2.2")
+            ),
+        );
+        self.boot(name, Some(append), 240)
+    }
+
+    /// v1 deployed to disk 1 with a host name, booted once: it commits, writes its
+    /// marker and captures its configuration.
+    fn v1_installed(&self) {
+        let c = self.ramdisk(
+            "deploy-v1",
+            "imprint.image=os:v1 imprint.disk=/dev/vda imprint.hostname=node-7",
+        );
+        assert_has(&c, "handing off (reboot)");
+        let c = self.boot("v1", None, 240);
+        assert_has(&c, "test-os: v1 booted");
+        assert_has(&c, "imprint firstboot: committed");
+        assert_has(&c, "imprint prepare-upgrade: captured");
+        assert_eq!(read_state(&self.disk1).0.mode, Mode::Committed);
+        assert!(read_state(&self.disk1).0.bundle.is_some());
+    }
+
+    fn upgrade_to(&self, version: &str) -> String {
+        let c = self.ramdisk(
+            &format!("upgrade-{version}"),
+            &format!("imprint.mode=upgrade imprint.image=os:{version} imprint.disk=/dev/vdb"),
+        );
+        assert_has(&c, "previous OS on /dev/vda");
+        assert_has(&c, "state record mode=upgrade");
+        c
+    }
+}
+
+/// Disk 1's bytes, less its first sector and its state partition: what an upgrade
+/// must leave alone.
+fn untouchable(disk: &Path) -> Vec<u8> {
+    let mut f = std::fs::File::open(disk).unwrap();
+    let layout = imprint::format::gpt::read(&mut f).unwrap().unwrap();
+    let mut bytes = Vec::new();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_to_end(&mut bytes).unwrap();
+    bytes[..512].fill(0);
+    let p = layout
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == state::STATE_TYPE)
+        .unwrap();
+    bytes[(p.first_lba * 512) as usize..((p.last_lba + 1) * 512) as usize].fill(0);
+    bytes
+}
+
+fn summary_figure(console: &str, key: &str) -> u64 {
+    console
+        .lines()
+        .find(|l| l.contains("deploy complete:"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in the summary:\n{console}"))
+}
+
+fn upgrade_migrates_and_commits(firmware: &'static str) {
+    let rig = Rig::new(firmware, &["v1", "v2"]);
+    rig.v1_installed();
+    let before = untouchable(&rig.disk1);
+
+    let c = rig.upgrade_to("v2");
+    // Delta upgrade: most bytes come from the previous disk, not the network.
+    let (seeded, fetched) = (summary_figure(&c, "seeded"), summary_figure(&c, "fetched"));
+    assert!(seeded > 3 * fetched, "seeded {seeded}, fetched {fetched}");
+    let new = read_state(&rig.disk2).0;
+    assert_eq!(new.mode, Mode::Upgrade);
+    let prev = new.previous.expect("previous OS recorded");
+    let disk1_layout = imprint::format::gpt::read(&mut std::fs::File::open(&rig.disk1).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(prev.disk_guid, disk1_layout.disk_guid);
+
+    let c = rig.boot("v2", None, 240);
+    assert_has(&c, "test-os: v2 booted");
+    assert_has(&c, "imprint firstboot: mode=upgrade");
+    assert_has(
+        &c,
+        "imprint firstboot: migrated /etc/imprint/host.d/marker.conf",
+    );
+    assert_has(&c, "test-os: marker: written by v1");
+    assert_has(&c, "test-os: hostname: node-7");
+    assert_has(&c, "imprint firstboot: committed");
+    let new = read_state(&rig.disk2).0;
+    assert_eq!(
+        (new.mode, new.deployed_mode),
+        (Mode::Committed, Mode::Upgrade)
+    );
+    assert_eq!(
+        root_file(&rig.disk2, "/etc/imprint/host.d/marker.conf"),
+        "written by v1\n"
+    );
+    // Disk 1: only its boot record and state record may have changed.
+    assert!(
+        untouchable(&rig.disk1) == before,
+        "the previous disk's data changed"
+    );
+    if firmware == "uefi" {
+        assert_has(&c, "is now first in BootOrder");
+    }
+}
+
+#[test]
+fn bios_upgrade_migrates_configuration_and_commits() {
+    upgrade_migrates_and_commits("bios");
+}
+
+#[test]
+fn uefi_upgrade_migrates_configuration_and_commits() {
+    upgrade_migrates_and_commits("uefi");
+}
+
+#[test]
+fn uefi_upgrade_that_never_commits_falls_back_to_v1() {
+    let rig = Rig::new("uefi", &["v1", "v3"]);
+    rig.v1_installed();
+    let c = rig.upgrade_to("v3");
+    assert_has(&c, "(BootNext)");
+    // The trial boot: v3 comes up and hangs without committing.
+    let c = rig.boot("v3", None, 90);
+    assert_has(&c, "test-os: v3 booted");
+    assert!(!c.contains("committed"));
+    // Reset: BootNext is spent, BootOrder still starts with v1.
+    let c = rig.boot("back-in-v1", None, 240);
+    assert_has(&c, "test-os: v1 booted");
+    assert_has(&c, "never committed; marked rolled-back");
+    assert_eq!(read_state(&rig.disk2).0.mode, Mode::RolledBack);
+    assert_eq!(read_state(&rig.disk1).0.mode, Mode::Committed);
+}
+
+#[test]
+fn bios_rollback_restores_the_previous_boot_record() {
+    let rig = Rig::new("bios", &["v1", "v3"]);
+    rig.v1_installed();
+    let mbr_before = std::fs::read(&rig.disk1).unwrap()[..512].to_vec();
+    rig.upgrade_to("v3");
+    let after_upgrade = std::fs::read(&rig.disk1).unwrap();
+    assert_eq!(&after_upgrade[510..512], &[0, 0], "boot signature cleared");
+    assert_eq!(
+        read_state(&rig.disk1).0.saved_boot_record.as_deref(),
+        Some(&mbr_before[..])
+    );
+
+    let c = rig.ramdisk("rollback", "imprint.mode=rollback");
+    assert_has(&c, "rollback: restored the boot record of /dev/vda");
+    assert_has(&c, "rolled back");
+    assert_eq!(&std::fs::read(&rig.disk1).unwrap()[..512], &mbr_before[..]);
+    assert_eq!(read_state(&rig.disk2).0.mode, Mode::RolledBack);
+    assert_eq!(read_state(&rig.disk1).0.saved_boot_record, None);
+
+    let c = rig.boot("v1-again", None, 240);
+    assert_has(&c, "test-os: v1 booted");
+    assert_has(&c, "imprint firstboot: nothing to do (committed)");
+}
