@@ -3,8 +3,10 @@
 //! installed OS (commit, `imprint rollback`).
 //!
 //! BIOS: the previous disk's first sector is saved in its own state record, then
-//! its boot signature is cleared, so the firmware passes over it to the next disk.
-//! Writing the saved sector back is the rollback.
+//! its boot code is replaced by a stub that boots the disk with the new disk's GUID
+//! (firmware such as SeaBIOS boots only the first disk, so clearing the old disk's
+//! signature would not reach the new one). Writing the saved sector back is the
+//! rollback.
 //!
 //! UEFI: a `Boot####` entry for the new disk's ESP loader and `BootNext` pointing
 //! at it: a one-time trial boot. `BootOrder` changes only when the new OS commits,
@@ -61,10 +63,10 @@ pub fn find_previous<'a>(
     }
 }
 
-/// BIOS: makes the firmware pass over `previous` by clearing its boot signature,
-/// after saving its first sector in its state record (once: a repeated upgrade
-/// keeps the original).
-pub fn bios_pass_over(previous: &StateDisk) -> Result<()> {
+/// BIOS: makes booting `previous` continue into the disk whose GPT disk GUID is
+/// `new_disk`, after saving its first sector in its state record (once: a
+/// repeated upgrade keeps the original).
+pub fn bios_pass_over(previous: &StateDisk, new_disk: Guid) -> Result<()> {
     let file = previous.open_rw()?;
     let mut sector = vec![0u8; 512];
     file.read_exact_at(&mut sector, 0)
@@ -80,10 +82,15 @@ pub fn bios_pass_over(previous: &StateDisk) -> Result<()> {
         record.saved_boot_record = Some(sector.clone());
         previous.write_record(&record)?;
     }
-    sector[510..512].fill(0);
-    file.write_all_at(&sector, 0)
+    let original: [u8; 512] = record
+        .saved_boot_record
+        .as_deref()
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| anyhow!("the boot record saved on {} is damaged", previous.device))?;
+    let chained = crate::format::mbr::chain_sector(&original, new_disk);
+    file.write_all_at(&chained, 0)
         .and_then(|()| file.sync_all())
-        .with_context(|| format!("clearing the boot signature of {}", previous.device))?;
+        .with_context(|| format!("writing the chain-boot stub to {}", previous.device))?;
     Ok(())
 }
 

@@ -211,7 +211,16 @@ fn bios_rollback_restores_the_previous_boot_record() {
     let mbr_before = std::fs::read(&rig.disk1).unwrap()[..512].to_vec();
     rig.upgrade_to("v3");
     let after_upgrade = std::fs::read(&rig.disk1).unwrap();
-    assert_eq!(&after_upgrade[510..512], &[0, 0], "boot signature cleared");
+    assert_eq!(
+        &after_upgrade[..imprint::format::mbr::CHAIN_STUB.len()],
+        &imprint::format::mbr::CHAIN_STUB,
+        "boot code replaced by the chain-boot stub"
+    );
+    assert_eq!(
+        &after_upgrade[440..512],
+        &mbr_before[440..512],
+        "partition table kept"
+    );
     assert_eq!(
         read_state(&rig.disk1).0.saved_boot_record.as_deref(),
         Some(&mbr_before[..])

@@ -11,6 +11,7 @@ pub mod efi;
 pub mod gpt;
 pub mod kmod;
 pub mod manifest;
+pub mod mbr;
 pub mod netlink;
 pub mod signature;
 pub mod state;

@@ -482,10 +482,10 @@ fn deploy(
                 disk.dev_path()
             );
         } else {
-            upgrade::bios_pass_over(previous)
+            upgrade::bios_pass_over(previous, relocated.layout.disk_guid)
                 .map_err(|e| permanent(e.context("switching the BIOS boot disk")))?;
             log::info!(
-                "BIOS: boot record of {} saved in its state partition and its boot signature cleared; the firmware now boots {}",
+                "BIOS: boot record of {} saved in its state partition and replaced by a stub that boots {}",
                 previous.device,
                 disk.dev_path()
             );

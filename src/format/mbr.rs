@@ -1,0 +1,82 @@
+//! The BIOS boot-sector stub of an upgrade: it boots the disk whose GPT disk GUID
+//! it carries. Written over the old disk's boot code (its partition table and
+//! signature stay), it makes a firmware that boots the old disk first continue into
+//! the new disk's own boot code. The bytes are `boot/chainload.S`, assembled.
+
+use super::gpt::Guid;
+
+/// `boot/chainload.S` assembled (`as --32`, `objcopy -O binary`), up to its
+/// trailing zeros.
+pub const CHAIN_STUB: [u8; 116] = [
+    0xfa, 0x31, 0xc0, 0x8e, 0xd8, 0x8e, 0xc0, 0x8e, 0xd0, 0xbc, 0x00, 0x7c, 0xfb, 0xfc, 0xbe, 0x00,
+    0x7c, 0xbf, 0x00, 0x06, 0xb9, 0x00, 0x01, 0xf3, 0xa5, 0xea, 0x1e, 0x06, 0x00, 0x00, 0xb2, 0x81,
+    0x88, 0x16, 0x74, 0x06, 0xb8, 0x01, 0x02, 0xbb, 0x00, 0x7e, 0xb9, 0x02, 0x00, 0x30, 0xf6, 0xcd,
+    0x13, 0x72, 0x31, 0xbe, 0x38, 0x7e, 0xbf, 0xa8, 0x07, 0xb9, 0x08, 0x00, 0xf3, 0xa7, 0x75, 0x24,
+    0x8a, 0x16, 0x74, 0x06, 0xb8, 0x01, 0x02, 0xbb, 0x00, 0x7c, 0xb9, 0x01, 0x00, 0x30, 0xf6, 0xcd,
+    0x13, 0x72, 0x11, 0x81, 0x3e, 0xfe, 0x7d, 0x55, 0xaa, 0x75, 0x09, 0x8a, 0x16, 0x74, 0x06, 0xea,
+    0x00, 0x7c, 0x00, 0x00, 0x8a, 0x16, 0x74, 0x06, 0xfe, 0xc2, 0x80, 0xfa, 0x90, 0x72, 0xb1, 0xcd,
+    0x18, 0xf4, 0xeb, 0xfd,
+];
+/// Where the stub expects the target disk's GUID (as stored in the GPT header).
+pub const GUID_OFFSET: usize = 424;
+/// End of the boot code area; the partition table follows.
+pub const CODE_AREA: usize = 440;
+
+/// `original` (a protective MBR) with its boot code replaced by the stub aimed at
+/// the disk with GPT disk GUID `target`.
+pub fn chain_sector(original: &[u8; 512], target: Guid) -> [u8; 512] {
+    let mut out = *original;
+    out[..CODE_AREA].fill(0);
+    out[..CHAIN_STUB.len()].copy_from_slice(&CHAIN_STUB);
+    out[GUID_OFFSET..GUID_OFFSET + 16].copy_from_slice(&target.0);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn keeps_the_partition_table_and_signature() {
+        let mut mbr = [0u8; 512];
+        mbr[..440].fill(0xCC);
+        mbr[446..462].copy_from_slice(&[
+            0, 0, 2, 0, 0xEE, 0xFF, 0xFF, 0xFF, 1, 0, 0, 0, 0xFF, 0xFF, 0x3F, 0,
+        ]);
+        mbr[510] = 0x55;
+        mbr[511] = 0xAA;
+        let out = chain_sector(&mbr, Guid([7; 16]));
+        assert_eq!(&out[440..], &mbr[440..]);
+        assert_eq!(&out[..CHAIN_STUB.len()], &CHAIN_STUB);
+        assert_eq!(&out[GUID_OFFSET..GUID_OFFSET + 16], &[7; 16]);
+        assert!(out[CHAIN_STUB.len()..GUID_OFFSET].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn stub_is_the_assembled_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/boot/chainload.S");
+        let obj = dir.path().join("chainload.o");
+        let bin = dir.path().join("chainload.bin");
+        let ok = Command::new("as")
+            .args(["--32", "-o"])
+            .arg(&obj)
+            .arg(src)
+            .status()
+            .expect("GNU as (binutils)")
+            .success()
+            && Command::new("objcopy")
+                .args(["-O", "binary", "-j", ".text"])
+                .arg(&obj)
+                .arg(&bin)
+                .status()
+                .expect("objcopy (binutils)")
+                .success();
+        assert!(ok, "assembling boot/chainload.S");
+        let assembled = std::fs::read(&bin).unwrap();
+        assert_eq!(assembled.len(), CODE_AREA);
+        assert_eq!(&assembled[..CHAIN_STUB.len()], &CHAIN_STUB);
+        assert!(assembled[CHAIN_STUB.len()..].iter().all(|&b| b == 0));
+    }
+}
