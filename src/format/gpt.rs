@@ -214,6 +214,32 @@ fn parse<R: Read + Seek>(
     })
 }
 
+/// Gives partition `number` of the GPT in `head` a new unique GUID, fixing both
+/// checksums of the primary copy (run before [`relocate`], which derives the backup).
+pub fn renew_partition_guid(head: &mut [u8], number: u32, guid: Guid) -> Result<(), RelocateError> {
+    let layout = read(&mut io::Cursor::new(&head[..]))
+        .map_err(|e| RelocateError::Damaged(e.to_string()))?
+        .ok_or(RelocateError::NoGpt(head.len()))?;
+    let h = layout.sector_size as usize;
+    let entries_at = le64(&head[h..], 72) as usize * h;
+    let count = le32(&head[h..], 80) as usize;
+    let entry_size = le32(&head[h..], 84) as usize;
+    if number == 0 || number as usize > count {
+        return Err(RelocateError::Damaged(format!(
+            "no partition entry {number}"
+        )));
+    }
+    let at = entries_at + (number as usize - 1) * entry_size;
+    head[at + 16..at + 32].copy_from_slice(&guid.0);
+    let crc = crc32fast::hash(&head[entries_at..entries_at + count * entry_size]);
+    head[h + 88..h + 92].copy_from_slice(&crc.to_le_bytes());
+    let header_size = le32(&head[h..], 12) as usize;
+    head[h + 16..h + 20].fill(0);
+    let crc = crc32fast::hash(&head[h..h + header_size]);
+    head[h + 16..h + 20].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
 /// A partition to add when rewriting a GPT.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewPartition {
@@ -516,5 +542,17 @@ pub(crate) mod tests {
             relocate(&mut blank, 1 << 30, None, None),
             Err(RelocateError::NoGpt(_))
         ));
+    }
+
+    #[test]
+    fn partition_guids_can_be_renewed() {
+        let image = image_with(4096, &[(ESP_TYPE, 2048, 4000, "EFI system")]);
+        let mut head = image[..64 << 10].to_vec();
+        renew_partition_guid(&mut head, 1, Guid([5; 16])).unwrap();
+        let layout = read(&mut Cursor::new(&head)).unwrap().unwrap();
+        assert_eq!(layout.partitions[0].unique_guid, Guid([5; 16]));
+        assert!(renew_partition_guid(&mut head, 200, Guid([5; 16])).is_err());
+        let r = relocate(&mut head, 8 << 20, None, None).unwrap();
+        assert_eq!(r.layout.partitions[0].unique_guid, Guid([5; 16]));
     }
 }

@@ -48,11 +48,12 @@ impl Drivers {
     pub fn load(&mut self, names: &[String]) -> Vec<String> {
         let mut wanted: Vec<String> = Vec::new();
         for n in names {
-            let n = n.replace('-', "_");
-            if self.index.contains(&n) {
-                wanted.push(n);
+            // Module names fold '-' to '_'; aliases ("fs-vfat") must not be folded.
+            let module = n.replace('-', "_");
+            if self.index.contains(&module) {
+                wanted.push(module);
             } else {
-                wanted.extend(self.index.lookup(&n));
+                wanted.extend(self.index.lookup(n));
             }
         }
         let (order, _) = self.index.load_order(wanted.iter().map(String::as_str));
@@ -136,10 +137,10 @@ pub fn modprobe_main(args: &[String]) -> i32 {
     let mut drivers = Drivers::open();
     let mut ok = true;
     for name in &names {
-        let n = name.replace('-', "_");
-        let known = drivers.builtin.contains(&n)
-            || drivers.index.contains(&n)
-            || !drivers.index.lookup(&n).is_empty();
+        let module = name.replace('-', "_");
+        let known = drivers.builtin.contains(&module)
+            || drivers.index.contains(&module)
+            || !drivers.index.lookup(name).is_empty();
         if !known {
             ok = false;
             continue;

@@ -398,6 +398,9 @@ fn deploy(
     // Every deployed disk gets its own disk GUID: two disks deployed from one image
     // (an upgrade's old and new OS) must be told apart.
     let disk_guid = random_guid().map_err(urandom)?;
+    if let Some(previous) = &previous {
+        distinguish_from_previous(&mut head, layout, previous).map_err(permanent)?;
+    }
     let relocated = gpt::relocate(&mut head, disk.size, new_state.as_ref(), Some(disk_guid))
         .map_err(|e| {
             permanent(anyhow!(
@@ -474,6 +477,8 @@ fn deploy(
     if let Some(previous) = &previous {
         drop(seed);
         if sys::is_uefi() {
+            // Loaded here rather than left to the kernel's request: it must be there.
+            drivers::Drivers::open().load(&["efivarfs".to_string()]);
             let n =
                 upgrade::uefi_trial_boot(&relocated.layout, &format!("imprint {}", manifest.name))
                     .map_err(|e| permanent(e.context("setting up the UEFI trial boot")))?;
@@ -606,6 +611,43 @@ fn rollback(config: &Config) -> Result<Never, Failure> {
     log::info!("handing off after rollback at {:.2} s", uptime());
     let e = sys::power(what);
     Err(permanent(anyhow!("handing off failed: {e}")))
+}
+
+/// An upgrade's new disk may come from the same image family as the old one and
+/// share partition GUIDs with it. Firmware boot entries name the ESP by its GUID,
+/// so a shared ESP GUID is renewed on the new disk; other shared GUIDs (a root
+/// named by PARTUUID) are reported, since changing them could break the OS.
+fn distinguish_from_previous(
+    head: &mut [u8],
+    layout: &gpt::Layout,
+    previous: &StateDisk,
+) -> Result<()> {
+    for p in &layout.partitions {
+        if !previous
+            .layout
+            .partitions
+            .iter()
+            .any(|q| q.unique_guid == p.unique_guid)
+        {
+            continue;
+        }
+        if p.type_guid == gpt::ESP_TYPE {
+            let guid = random_guid().map_err(|e| anyhow!("reading /dev/urandom: {e}"))?;
+            gpt::renew_partition_guid(head, p.number, guid)
+                .map_err(|e| anyhow!("renewing the ESP's GUID: {e}"))?;
+            log::info!(
+                "the new disk's ESP had the same GUID as the previous disk's; it is now {guid}"
+            );
+        } else {
+            log::warn!(
+                "partition {} ({:?}) of the new disk has the same GUID {} as one on the previous disk; anything that finds it by PARTUUID may find the old one",
+                p.number,
+                p.name,
+                p.unique_guid
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A random (version 4) GUID in on-disk byte order.
