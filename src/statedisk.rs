@@ -9,6 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use std::fs::File;
 
 /// A disk with a state partition.
+#[derive(Debug, Clone)]
 pub struct StateDisk {
     pub device: String,
     pub layout: Layout,
@@ -16,6 +17,21 @@ pub struct StateDisk {
 }
 
 impl StateDisk {
+    /// The disk (or disk image) at `device`, if its GPT has a state partition.
+    pub fn open(device: &str) -> Option<StateDisk> {
+        let mut file = File::open(device).ok()?;
+        let layout = gpt::read(&mut file).ok()??;
+        let state_index = layout
+            .partitions
+            .iter()
+            .position(|p| p.type_guid == state::STATE_TYPE || p.name == state::STATE_NAME)?;
+        Some(StateDisk {
+            device: device.to_string(),
+            layout,
+            state_index,
+        })
+    }
+
     pub fn read_record(&self) -> Result<(Record, u64)> {
         let file = File::open(&self.device).with_context(|| format!("opening {}", self.device))?;
         let p = &self.layout.partitions[self.state_index];
@@ -35,9 +51,8 @@ pub fn root_partuuid(cmdline: &str) -> Option<String> {
 
 /// Every whole disk whose GPT has a state partition.
 pub fn state_disks() -> Vec<StateDisk> {
-    let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return out;
+        return Vec::new();
     };
     let mut names: Vec<String> = entries
         .flatten()
@@ -49,27 +64,10 @@ pub fn state_disks() -> Vec<StateDisk> {
         })
         .collect();
     names.sort();
-    for name in names {
-        let device = format!("/dev/{name}");
-        let Ok(mut file) = File::open(&device) else {
-            continue;
-        };
-        let Ok(Some(layout)) = gpt::read(&mut file) else {
-            continue;
-        };
-        if let Some(state_index) = layout
-            .partitions
-            .iter()
-            .position(|p| p.type_guid == state::STATE_TYPE || p.name == state::STATE_NAME)
-        {
-            out.push(StateDisk {
-                device,
-                layout,
-                state_index,
-            });
-        }
-    }
-    out
+    names
+        .iter()
+        .filter_map(|name| StateDisk::open(&format!("/dev/{name}")))
+        .collect()
 }
 
 /// The state disk this system booted from: the one holding the root partition,

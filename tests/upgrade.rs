@@ -89,6 +89,19 @@ impl Rig {
         assert!(read_state(&self.disk1).0.bundle.is_some());
     }
 
+    /// Disk 2 holds a committed upgrade with v1's marker migrated into its root.
+    fn assert_migrated_and_committed(&self) {
+        let new = read_state(&self.disk2).0;
+        assert_eq!(
+            (new.mode, new.deployed_mode),
+            (Mode::Committed, Mode::Upgrade)
+        );
+        assert_eq!(
+            root_file(&self.disk2, "/etc/imprint/host.d/marker.conf"),
+            "written by v1\n"
+        );
+    }
+
     fn upgrade_to(&self, version: &str) -> String {
         let c = self.ramdisk(
             &format!("upgrade-{version}"),
@@ -157,15 +170,7 @@ fn upgrade_migrates_and_commits(firmware: &'static str) {
     assert_has(&c, "test-os: marker: written by v1");
     assert_has(&c, "test-os: hostname: node-7");
     assert_has(&c, "imprint firstboot: committed");
-    let new = read_state(&rig.disk2).0;
-    assert_eq!(
-        (new.mode, new.deployed_mode),
-        (Mode::Committed, Mode::Upgrade)
-    );
-    assert_eq!(
-        root_file(&rig.disk2, "/etc/imprint/host.d/marker.conf"),
-        "written by v1\n"
-    );
+    rig.assert_migrated_and_committed();
     // Disk 1: only its boot record and state record may have changed.
     assert!(
         untouchable(&rig.disk1) == before,
@@ -236,4 +241,52 @@ fn bios_rollback_restores_the_previous_boot_record() {
     let c = rig.boot("v1-again", None, 240);
     assert_has(&c, "test-os: v1 booted");
     assert_has(&c, "imprint firstboot: nothing to do (committed)");
+}
+
+#[test]
+fn interrupted_first_boot_completes_once() {
+    let rig = Rig::new("bios", &["v1", "v2"]);
+    rig.v1_installed();
+    rig.upgrade_to("v2");
+    // First boot of v2, killed as soon as its firstboot starts on the upgrade.
+    let dir = rig.repo.dir.path().to_path_buf();
+    let (d1, d2) = (rig.disk1.clone(), rig.disk2.clone());
+    let vm = std::thread::spawn(move || {
+        boot(
+            &dir,
+            "v2-killed",
+            Boot {
+                net: "none",
+                ..Boot::default()
+            },
+            &[&d1, &d2],
+        )
+    });
+    let console_path = rig.repo.dir.path().join("v2-killed.console");
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&console_path).unwrap_or_default();
+        if text.contains("imprint firstboot: mode=upgrade") {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 200,
+            "v2 never reached firstboot:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &format!("file={}", rig.disk2.display())])
+        .status();
+    let (_, first) = vm.join().unwrap();
+
+    let second = rig.boot("v2-again", None, 240);
+    assert_has(&second, "test-os: v2 booted");
+    let commits = [&first, &second]
+        .iter()
+        .map(|c| c.matches("imprint firstboot: committed").count())
+        .sum::<usize>();
+    assert_eq!(commits, 1, "first:\n{first}\nsecond:\n{second}");
+    assert_has(&second, "test-os: marker: written by v1");
+    rig.assert_migrated_and_committed();
 }

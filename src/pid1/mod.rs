@@ -581,11 +581,7 @@ fn previous_os(config: &Config, new_disk: &str) -> Result<StateDisk, Failure> {
         "previous OS on {}: its chunks seed the new disk",
         found.device
     );
-    Ok(StateDisk {
-        device: found.device.clone(),
-        layout: found.layout.clone(),
-        state_index: found.state_index,
-    })
+    Ok(found.clone())
 }
 
 /// `imprint.mode=rollback`: undo an upgrade that has not committed.
