@@ -14,19 +14,8 @@ const PART_LEN: u64 = 8 << 20;
 
 fn record() -> Record {
     Record {
-        version: state::RECORD_VERSION,
-        mode: Mode::Committed,
         deployed_mode: Mode::Deploy,
-        image_name: "os".into(),
-        image_digest: Digest::of(b"v1"),
-        deployed_at: 1,
-        previous: None,
-        settings: Default::default(),
-        boot_attempts: 0,
-        status_url: None,
-        target: None,
-        bundle: None,
-        saved_boot_record: None,
+        ..Record::new(Mode::Committed, "os", Digest::of(b"v1"))
     }
 }
 

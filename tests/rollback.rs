@@ -42,19 +42,8 @@ fn disk(dir: &Path, name: &str) -> StateDisk {
 
 fn record(mode: Mode, previous: Option<PreviousOs>) -> Record {
     Record {
-        version: state::RECORD_VERSION,
-        mode,
-        deployed_mode: mode,
-        image_name: "os".into(),
-        image_digest: Digest::of(b"x"),
-        deployed_at: 1,
         previous,
-        settings: Default::default(),
-        boot_attempts: 0,
-        status_url: None,
-        target: None,
-        bundle: None,
-        saved_boot_record: None,
+        ..Record::new(mode, "os", Digest::of(b"x"))
     }
 }
 

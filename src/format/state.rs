@@ -76,6 +76,27 @@ pub struct Record {
     pub saved_boot_record: Option<Vec<u8>>,
 }
 
+impl Record {
+    /// A fresh record for `image` in `mode`, with nothing else set.
+    pub fn new(mode: Mode, image_name: &str, image_digest: Digest) -> Record {
+        Record {
+            version: RECORD_VERSION,
+            mode,
+            deployed_mode: mode,
+            image_name: image_name.to_string(),
+            image_digest,
+            deployed_at: 0,
+            previous: None,
+            settings: BTreeMap::new(),
+            boot_attempts: 0,
+            status_url: None,
+            target: None,
+            bundle: None,
+            saved_boot_record: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("reading the state record: {0}")]
@@ -180,19 +201,11 @@ mod tests {
 
     fn record(mode: Mode) -> Record {
         Record {
-            version: RECORD_VERSION,
-            mode,
-            image_name: "os".into(),
-            image_digest: Digest::of(b"m"),
             deployed_at: 1_800_000_000,
-            previous: None,
             settings: [("hostname".to_string(), "node-1".to_string())].into(),
-            boot_attempts: 0,
             status_url: Some("http://10.0.2.2:8080/status".into()),
             target: Some("52:54:00:12:34:56".into()),
-            deployed_mode: mode,
-            bundle: None,
-            saved_boot_record: None,
+            ..Record::new(mode, "os", Digest::of(b"m"))
         }
     }
 

@@ -432,11 +432,6 @@ fn deploy(
         settings.insert("hostname".to_string(), h.clone());
     }
     let record = state::Record {
-        version: state::RECORD_VERSION,
-        mode: record_mode,
-        deployed_mode: record_mode,
-        image_name: manifest.name.clone(),
-        image_digest: resolved.digest,
         deployed_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -445,11 +440,9 @@ fn deploy(
             partition_guids: p.layout.partitions.iter().map(|x| x.unique_guid).collect(),
         }),
         settings,
-        boot_attempts: 0,
         status_url: config.status.clone(),
         target: STATUS.get().map(|s| s.target()),
-        bundle: None,
-        saved_boot_record: None,
+        ..state::Record::new(record_mode, &manifest.name, resolved.digest)
     };
     let mut window = engine::Window::new(
         file,
