@@ -1,22 +1,41 @@
 //! imprint: a minimal bootable deploy environment.
 //!
-//! Layout: `format` holds pure formats (no I/O beyond `Read`/`Write`/`Seek`),
-//! `repo` the on-disk repository, `source` where chunks come from (directory or
-//! HTTP), `engine` the deploy engine shared by the host CLI and PID 1, `serve`
-//! the embedded repository server, and `sys` every syscall that is not plain std.
+//! One binary, three roles over a shared core. The modules follow where code runs:
+//!
+//! Shared core (no edge to any role):
+//! - [`format`]: pure formats on byte slices and `Read`/`Write`/`Seek` (manifest,
+//!   GPT, state record, bundles, cpio, cmdline, DHCP/DNS/netlink messages, status
+//!   events, the repository's file layout).
+//! - [`source`]: where repository files come from (directory or HTTP), retries.
+//! - [`engine`]: trust (resolve a manifest), the chunk engine (skip what is in
+//!   place, seed, fetch, verify, write) and the ordered install sequence.
+//! - [`statepart`]: the `imprint-state` partition: identity, layout, record and
+//!   bundle lifecycle, finding the disks that carry one.
+//! - [`bootswitch`]: switching boot between an old and a new OS disk (BIOS chain
+//!   stub, UEFI trial boot) and undoing it.
+//! - [`sys`]: every system call that is not plain std; the only `unsafe` code.
+//!
+//! Roles:
+//! - [`host`]: repositories (add, check), `imprint serve`, the initramfs build.
+//! - [`pid1`]: the deploy environment, running as PID 1 from the initramfs.
+//! - [`installed`]: the agent in the installed OS (first boot, migration, status,
+//!   prepare-upgrade, rollback).
+//!
+//! The `imprint` binary (`src/main.rs`) picks the role: modprobe by name, PID 1 by
+//! process id, else the command line (`src/cli/`).
 
+#![deny(unsafe_code)]
+
+pub mod bootswitch;
 pub mod engine;
-pub mod firstboot;
 pub mod format;
-pub mod initramfs;
-pub mod migrate;
+pub mod host;
+pub mod installed;
 pub mod pid1;
-pub mod repo;
-pub mod serve;
 pub mod source;
-pub mod statedisk;
+pub mod statepart;
+#[allow(unsafe_code)]
 pub mod sys;
-pub mod upgrade;
 
 /// An error and its causes as one line, each cause added only when the message
 /// so far does not already say it (error types here often include their source).

@@ -6,7 +6,7 @@ use imprint::engine::{self, DeployError, DeployOptions, DiskTarget, Progress, Tr
 use imprint::format::digest::ImageRef;
 use imprint::format::manifest::ChunkKind;
 use imprint::format::signature;
-use imprint::repo::{self, AddOptions, LocalRepo};
+use imprint::host::repo::{self, AddOptions, LocalRepo};
 use imprint::source::{DirSource, FetchError, HttpSource, RetryPolicy, Source, SystemResolver};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -347,19 +347,40 @@ fn run(command: Command) -> Result<ExitCode> {
             jobs,
         }) => disk_verify(&source, &image, &disk, pubkey.as_deref(), jobs),
         Command::Firstboot { root } => {
-            imprint::firstboot::run(&root)?;
+            imprint::installed::firstboot::run(&root, &mut print_firstboot)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status => {
-            imprint::firstboot::status()?;
+            let r = imprint::installed::status()?;
+            println!("disk        {}", r.device);
+            println!("generation  {}", r.generation);
+            println!("mode        {}", r.record.mode.as_str());
+            println!("deployed as {}", r.record.deployed_mode.as_str());
+            println!(
+                "image       {} {}",
+                r.record.image_name, r.record.image_digest
+            );
+            println!("deployed at {} (Unix time)", r.record.deployed_at);
+            for (k, v) in &r.record.settings {
+                println!("setting     {k}={v}");
+            }
+            if let Some(b) = &r.record.bundle {
+                println!("bundle      slot {} {} bytes {}", b.slot, b.len, b.sha256);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback => {
-            imprint::firstboot::rollback()?;
+            for line in imprint::installed::rollback()? {
+                println!("imprint rollback: {line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::PrepareUpgrade { root } => {
-            imprint::firstboot::prepare_upgrade(&root)?;
+            let r = imprint::installed::prepare_upgrade(&root)?;
+            println!(
+                "imprint prepare-upgrade: captured {} entries ({} bytes, {}) into {}",
+                r.entries, r.bundle.len, r.bundle.sha256, r.device
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Initramfs(InitramfsCommand::Build {
@@ -369,6 +390,48 @@ fn run(command: Command) -> Result<ExitCode> {
             modules,
             init,
         }) => initramfs_build(&out, kernel_release, modules_dir, modules, init),
+    }
+}
+
+fn print_firstboot(event: imprint::installed::firstboot::Event) {
+    use imprint::installed::firstboot::Event;
+    let p = "imprint firstboot:";
+    match event {
+        Event::Found {
+            device,
+            generation,
+            record,
+        } => {
+            println!("{p} disk={device} generation={generation}");
+            println!("{p} mode={}", record.mode.as_str());
+            println!("{p} image={} {}", record.image_name, record.image_digest);
+            for (k, v) in &record.settings {
+                println!("{p} setting {k}={v}");
+            }
+        }
+        Event::AbandonedUpgrade { device, record } => println!(
+            "{p} the upgrade to {} {} on {device} never committed; marked rolled-back",
+            record.image_name, record.image_digest
+        ),
+        Event::NothingToDo(mode) => println!("{p} nothing to do ({})", mode.as_str()),
+        Event::NoBundle { device } => println!(
+            "{p} {device} has no configuration bundle (prepare-upgrade was not run); nothing to migrate"
+        ),
+        Event::Migrated {
+            device,
+            restored,
+            total,
+        } => {
+            println!(
+                "{p} migrated {} of {total} entries from {device}",
+                restored.len()
+            );
+            for path in restored {
+                println!("{p} migrated {path}");
+            }
+        }
+        Event::BootOrder(n) => println!("{p} Boot{n:04X} is now first in BootOrder"),
+        Event::Committed => println!("{p} committed"),
     }
 }
 
@@ -674,7 +737,7 @@ fn keygen(out: &Path) -> Result<ExitCode> {
 }
 
 fn serve(repo: &Path, listen: &str, threads: usize) -> Result<ExitCode> {
-    let server = imprint::serve::RepoServer::bind(repo, listen)?;
+    let server = imprint::host::serve::RepoServer::bind(repo, listen)?;
     let addr = server
         .local_addr()
         .context("the server is not listening on an IP address")?;
@@ -818,7 +881,7 @@ fn initramfs_build(
     extra: Vec<String>,
     init: Option<PathBuf>,
 ) -> Result<ExitCode> {
-    use imprint::initramfs;
+    use imprint::host::initramfs;
     let modules_dir = match (modules_dir, kernel_release) {
         (Some(dir), _) => dir,
         (None, Some(release)) => Path::new("/lib/modules").join(release),

@@ -4,7 +4,8 @@
 
 use imprint::format::digest::Digest;
 use imprint::format::state::{self, Mode, Record};
-use imprint::migrate;
+use imprint::installed::migrate;
+use imprint::statepart;
 use std::fs;
 use std::io::{self, Cursor, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -71,7 +72,7 @@ fn captured_configuration_is_restored_as_the_new_list_allows() {
         ]
     );
     let mut part = partition();
-    let (rec, reference) = migrate::store(&mut part, PART_LEN, &bundle).unwrap();
+    let (rec, reference) = statepart::store_bundle(&mut part, PART_LEN, &bundle).unwrap();
     assert_eq!(rec.bundle, Some(reference.clone()));
     assert_eq!(
         state::read(&mut part).unwrap().0.bundle,
@@ -83,7 +84,7 @@ fn captured_configuration_is_restored_as_the_new_list_allows() {
     write(new.path(), "etc/hostname", b"default\n", 0o644);
     let accept =
         migrate::parse_list("/etc/hostname\n/etc/machine-id\n/etc/imprint/host.d/\n").unwrap();
-    let loaded = migrate::load(&mut part, PART_LEN, &reference).unwrap();
+    let loaded = statepart::load_bundle(&mut part, PART_LEN, &reference).unwrap();
     assert_eq!(loaded, bundle);
     let restored = migrate::restore(new.path(), &loaded, &accept).unwrap();
     assert_eq!(restored.len(), 5);
@@ -156,7 +157,7 @@ fn the_previous_bundle_stays_valid_until_the_new_one_is_whole() {
     let list = migrate::read_list(old.path()).unwrap();
     let first = migrate::capture(old.path(), &list, 1).unwrap();
     let mut part = partition();
-    let (_, first_ref) = migrate::store(&mut part, PART_LEN, &first).unwrap();
+    let (_, first_ref) = statepart::store_bundle(&mut part, PART_LEN, &first).unwrap();
 
     write(old.path(), "etc/hostname", b"renamed\n", 0o644);
     let second = migrate::capture(old.path(), &list, 2).unwrap();
@@ -165,12 +166,12 @@ fn the_previous_bundle_stays_valid_until_the_new_one_is_whole() {
             inner: Cursor::new(part.get_ref().clone()),
             budget,
         };
-        let stored = migrate::store(&mut failing, PART_LEN, &second);
+        let stored = statepart::store_bundle(&mut failing, PART_LEN, &second);
         // Whatever the record says after the cut, it names a whole bundle: the
         // old one, or (if the cut came after the record's last byte) the new one.
         let (rec, _) = state::read(&mut failing.inner).unwrap();
         let named = rec.bundle.expect("a bundle is named");
-        let loaded = migrate::load(&mut failing.inner, PART_LEN, &named).unwrap();
+        let loaded = statepart::load_bundle(&mut failing.inner, PART_LEN, &named).unwrap();
         if stored.is_err() && named == first_ref {
             assert_eq!(loaded, first, "budget {budget}");
         } else {
@@ -178,11 +179,11 @@ fn the_previous_bundle_stays_valid_until_the_new_one_is_whole() {
         }
         // The old bundle itself is never overwritten by the attempt.
         assert_eq!(
-            migrate::load(&mut failing.inner, PART_LEN, &first_ref).unwrap(),
+            statepart::load_bundle(&mut failing.inner, PART_LEN, &first_ref).unwrap(),
             first
         );
     }
-    let (_, second_ref) = migrate::store(&mut part, PART_LEN, &second).unwrap();
+    let (_, second_ref) = statepart::store_bundle(&mut part, PART_LEN, &second).unwrap();
     assert_ne!(second_ref.slot, first_ref.slot);
 }
 
@@ -199,7 +200,7 @@ fn a_bundle_too_large_is_refused_and_nothing_changes() {
     let bundle = migrate::capture(old.path(), &list, 1).unwrap();
     let mut part = partition();
     let before = part.get_ref().clone();
-    let err = migrate::store(&mut part, PART_LEN, &bundle).unwrap_err();
+    let err = statepart::store_bundle(&mut part, PART_LEN, &bundle).unwrap_err();
     assert!(err.to_string().contains("migrate.list"), "{err}");
     assert_eq!(part.get_ref(), &before);
 }
@@ -210,9 +211,9 @@ fn a_damaged_bundle_is_detected_not_restored() {
     let list = migrate::read_list(old.path()).unwrap();
     let bundle = migrate::capture(old.path(), &list, 1).unwrap();
     let mut part = partition();
-    let (_, reference) = migrate::store(&mut part, PART_LEN, &bundle).unwrap();
-    let (offset, _) = imprint::format::bundle::slot_range(PART_LEN, reference.slot);
+    let (_, reference) = statepart::store_bundle(&mut part, PART_LEN, &bundle).unwrap();
+    let (offset, _) = statepart::bundle_slot(PART_LEN, reference.slot);
     part.get_mut()[offset as usize + 20] ^= 0xff;
-    let err = migrate::load(&mut part, PART_LEN, &reference).unwrap_err();
+    let err = statepart::load_bundle(&mut part, PART_LEN, &reference).unwrap_err();
     assert!(err.to_string().contains("damaged"), "{err}");
 }

@@ -1,10 +1,10 @@
 //! The boot switch of a BIOS upgrade and its rollback, on disk images made with
 //! sfdisk: what PID 1's `imprint.mode=rollback` and `imprint rollback` share.
 
+use imprint::bootswitch as upgrade;
 use imprint::format::digest::Digest;
-use imprint::format::state::{self, Mode, PreviousOs, Record};
-use imprint::statedisk::StateDisk;
-use imprint::upgrade;
+use imprint::format::state::{Mode, PreviousOs, Record};
+use imprint::statepart::{self, StateDisk};
 use std::path::Path;
 use std::process::Command;
 
@@ -27,7 +27,7 @@ fn disk(dir: &Path, name: &str) -> StateDisk {
         .write_all(
             format!(
                 "label: gpt\nsize=4MiB, type=L, name=root\nsize=4MiB, type={}, name=imprint-state\n",
-                state::STATE_TYPE
+                imprint::statepart::TYPE_GUID
             )
             .as_bytes(),
         )
@@ -73,17 +73,17 @@ fn bios_switch_and_rollback_on_disk_images() {
 
     // The previous OS is the committed disk that is not the new one.
     assert_eq!(
-        upgrade::find_previous(&disks, None, &new.device)
+        statepart::find_previous(&disks, None, &new.device)
             .unwrap()
             .device,
         old.device
     );
-    let same = upgrade::find_previous(&disks, Some(&new.device), &new.device).unwrap_err();
+    let same = statepart::find_previous(&disks, Some(&new.device), &new.device).unwrap_err();
     assert!(
         same.to_string().contains("the disk being upgraded"),
         "{same}"
     );
-    assert!(upgrade::find_previous(&disks, None, &old.device).is_err());
+    assert!(statepart::find_previous(&disks, None, &old.device).is_err());
 
     let before = std::fs::read(&old.device).unwrap();
     upgrade::bios_pass_over(&old, new.layout.disk_guid).unwrap();
@@ -113,7 +113,7 @@ fn bios_switch_and_rollback_on_disk_images() {
     assert_eq!(&after[512..s], &before[512..s]);
     assert_eq!(&after[e..], &before[e..]);
 
-    let abandoned = upgrade::abandoned_upgrades(&disks, &disks[0]);
+    let abandoned = statepart::abandoned_upgrades(&disks, &disks[0]);
     assert_eq!(abandoned.len(), 1);
     assert_eq!(abandoned[0].device, new.device);
 

@@ -7,7 +7,7 @@ mod common;
 
 use common::vm::*;
 use common::*;
-use imprint::format::state::{self, Mode};
+use imprint::format::state::Mode;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -125,7 +125,7 @@ fn untouchable(disk: &Path) -> Vec<u8> {
     let p = layout
         .partitions
         .iter()
-        .find(|p| p.type_guid == state::STATE_TYPE)
+        .find(|p| p.type_guid == imprint::statepart::TYPE_GUID)
         .unwrap();
     bytes[(p.first_lba * 512) as usize..((p.last_lba + 1) * 512) as usize].fill(0);
     bytes

@@ -9,14 +9,14 @@
 mod target;
 mod verify;
 
-pub use target::{DiskTarget, Target, TargetError, Window};
+pub use target::{DiskTarget, Target, TargetError};
 pub use verify::{VerifyReport, verify};
 
 use crate::format::digest::{Digest, ImageRef};
 use crate::format::is_zero;
 use crate::format::manifest::{ChunkKind, MAX_MANIFEST_BYTES, Manifest, ManifestError};
+use crate::format::repository::{chunk_path, manifest_path, ref_path, signature_path};
 use crate::format::signature::{self, SignatureError};
-use crate::repo::{chunk_path, manifest_path, ref_path, signature_path};
 use crate::source::{FetchError, RetryCounter, RetryPolicy, Source, fetch_checked};
 use ed25519_dalek::VerifyingKey;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

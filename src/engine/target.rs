@@ -168,66 +168,6 @@ impl Target for DiskTarget {
     }
 }
 
-/// A byte range of a file or disk (a partition) as a `Read + Write + Seek`
-/// stream, for formats that work on streams (the state record).
-pub struct Window<'a> {
-    file: &'a File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl<'a> Window<'a> {
-    pub fn new(file: &'a File, start: u64, len: u64) -> Window<'a> {
-        Window {
-            file,
-            start,
-            len,
-            pos: 0,
-        }
-    }
-}
-
-impl io::Read for Window<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
-        let n = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl io::Write for Window<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
-        if n == 0 && !buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "write past the end of the partition",
-            ));
-        }
-        let n = self.file.write_at(&buf[..n], self.start + self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-}
-
-impl io::Seek for Window<'_> {
-    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
-        let new = match pos {
-            io::SeekFrom::Start(p) => Some(p),
-            io::SeekFrom::End(d) => self.len.checked_add_signed(d),
-            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = new.ok_or_else(|| io::Error::other("seek before the start"))?;
-        Ok(self.pos)
-    }
-}
-
 impl DiskTarget {
     pub fn file(&self) -> &File {
         &self.file

@@ -1,14 +1,13 @@
 //! The configuration bundle an old OS captures before an upgrade: listed files with
 //! contents, mode, owner, times, and symlinks as symlinks.
 //!
-//! It lives in the state partition after the two record slots, in one of two bundle
-//! slots. A new bundle is written to the slot the current record does not point at;
+//! It lives in one of the two bundle slots of the state partition
+//! ([`crate::statepart`]). A new bundle is written to the slot the current record does not point at;
 //! only then does a new record (itself double-buffered) point at it, so the previous
 //! bundle stays valid until the new one is whole. The record carries the bundle's
 //! length and sha256, so a damaged bundle is detected, never half-restored.
 
 use super::digest::Digest;
-use super::state::SLOT_SIZE;
 use serde::{Deserialize, Serialize};
 
 pub const BUNDLE_VERSION: u32 = 1;
@@ -64,14 +63,6 @@ pub enum BundleError {
     Malformed(String),
     #[error("bundle entry path {0:?} is not a clean absolute path")]
     BadPath(String),
-}
-
-/// Offset and capacity of bundle slot `slot` (0 or 1) in a state partition of
-/// `partition_len` bytes: the space after the two record slots, split in two.
-pub fn slot_range(partition_len: u64, slot: u8) -> (u64, u64) {
-    let start = 2 * SLOT_SIZE;
-    let each = partition_len.saturating_sub(start) / 2 / 4096 * 4096;
-    (start + slot as u64 * each, each)
 }
 
 /// A clean absolute path: no empty, `.` or `..` segments, no NUL.
@@ -172,15 +163,5 @@ mod tests {
             Bundle::decode(&bytes, &Digest::of(&bytes)),
             Err(BundleError::BadPath(_))
         ));
-    }
-
-    #[test]
-    fn slots_do_not_overlap_the_records_or_each_other() {
-        let len = 8 << 20;
-        let (a, an) = slot_range(len, 0);
-        let (b, bn) = slot_range(len, 1);
-        assert_eq!(a, 2 * SLOT_SIZE);
-        assert!(a + an <= b && b + bn <= len);
-        assert!(an > 3 << 20);
     }
 }

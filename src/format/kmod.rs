@@ -3,6 +3,7 @@
 //! initramfs carries (with their dependencies), and in PID 1 to map the
 //! `modalias` strings of present hardware to modules and their load order.
 
+use super::glob::glob_match;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Module name as the kernel knows it: file stem, `-` folded to `_`.
@@ -135,82 +136,6 @@ impl ModuleIndex {
     }
 }
 
-/// fnmatch-style matching as modprobe does it: `*`, `?` and `[...]` classes.
-pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() {
-            match pattern[p] {
-                b'*' => {
-                    star = Some((p, t));
-                    p += 1;
-                    continue;
-                }
-                b'?' => {
-                    p += 1;
-                    t += 1;
-                    continue;
-                }
-                b'[' => {
-                    if let Some((matched, next)) = class_match(&pattern[p..], text[t])
-                        && matched
-                    {
-                        p += next;
-                        t += 1;
-                        continue;
-                    }
-                }
-                c if c == text[t] => {
-                    p += 1;
-                    t += 1;
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        match star {
-            Some((sp, st)) => {
-                p = sp + 1;
-                t = st + 1;
-                star = Some((sp, st + 1));
-            }
-            None => return false,
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
-}
-
-/// Matches one byte against a `[...]` class at the start of `pattern`; returns
-/// whether it matched and the class's length, or `None` if the class is unclosed.
-fn class_match(pattern: &[u8], c: u8) -> Option<(bool, usize)> {
-    let mut i = 1;
-    let negate = matches!(pattern.get(i), Some(b'!' | b'^'));
-    if negate {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    while i < pattern.len() {
-        if pattern[i] == b']' && !first {
-            return Some((matched != negate, i + 1));
-        }
-        first = false;
-        if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']' {
-            if (pattern[i]..=pattern[i + 2]).contains(&c) {
-                matched = true;
-            }
-            i += 3;
-        } else {
-            if pattern[i] == c {
-                matched = true;
-            }
-            i += 1;
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,22 +213,5 @@ alias bogus
             again.load_order(["virtio_blk"]).0,
             ["virtio", "virtio_ring", "virtio_blk"]
         );
-    }
-
-    #[test]
-    fn globs() {
-        let m = |p: &str, t: &str| glob_match(p.as_bytes(), t.as_bytes());
-        assert!(m("*", ""));
-        assert!(m("a*c", "abbbc"));
-        assert!(!m("a*c", "abbb"));
-        assert!(m("a?c", "abc"));
-        assert!(m("x[0-9]y", "x5y"));
-        assert!(!m("x[!0-9]y", "x5y"));
-        assert!(m("x[]]y", "x]y"));
-        assert!(!m("x[0-9", "x5"));
-        assert!(m(
-            "usb:v*p*d*dc*dsc*dp*ic08isc06ip50in*",
-            "usb:v0781p5567d0100dc00dsc00dp00ic08isc06ip50in00"
-        ));
     }
 }

@@ -1,6 +1,6 @@
 //! Pure formats: byte layouts and their validation. Nothing here opens a device or a
-//! socket; everything works on byte slices or `Read`/`Seek`, so it is unit tested and
-//! fuzzed on the host.
+//! socket; everything works on byte slices or `Read`/`Seek`, so it is unit tested on
+//! the host with hostile input (truncations, flipped bytes, random garbage).
 
 pub mod bundle;
 pub mod cmdline;
@@ -8,13 +8,16 @@ pub mod cpio;
 pub mod digest;
 pub mod dns;
 pub mod efi;
+pub mod glob;
 pub mod gpt;
 pub mod kmod;
 pub mod manifest;
 pub mod mbr;
 pub mod netlink;
+pub mod repository;
 pub mod signature;
 pub mod state;
+pub mod status;
 
 /// Whether every byte of `buf` is zero. Folds 64-byte blocks with OR so the compiler
 /// emits wide vector loads; stops early at the first non-zero block.

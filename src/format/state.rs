@@ -17,14 +17,6 @@ pub const MAGIC: &[u8; 8] = b"IMPSTATE";
 pub const SLOT_SIZE: u64 = 64 << 10;
 const HEADER: usize = 8 + 8 + 4 + 4;
 pub const RECORD_VERSION: u32 = 1;
-/// GPT partition type of the state partition.
-pub const STATE_TYPE: Guid = Guid::from_fields(
-    0x6E1C4D36,
-    0x93F4,
-    0x4E7A,
-    [0x9C, 0x51, 0x2F, 0x4B, 0x8D, 0x0A, 0x7E, 0x31],
-);
-pub const STATE_NAME: &str = "imprint-state";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mode {

@@ -11,13 +11,13 @@ mod net;
 
 pub use drivers::modprobe_main;
 
+use crate::bootswitch as upgrade;
 use crate::engine::{self, DeployOptions, DiskTarget, Progress};
 use crate::format::cmdline::{self, Config, ErrorPolicy, Handoff};
 use crate::format::{gpt, state};
 use crate::source::{HttpSource, RetryPolicy};
-use crate::statedisk::{self, StateDisk};
+use crate::statepart::{self, StateDisk};
 use crate::sys::{self, PowerAction};
-use crate::upgrade;
 use anyhow::{Context, Result, anyhow};
 use console::Status;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -271,7 +271,7 @@ fn deploy(
     let has_state = layout
         .partitions
         .iter()
-        .any(|p| p.type_guid == state::STATE_TYPE || p.name == state::STATE_NAME);
+        .any(|p| statepart::is_state_partition(p));
     let mut needed = manifest.requirements.min_disk_size.max(manifest.size);
     if !has_state {
         // Room after the last partition for the state partition, 1 MiB aligned,
@@ -389,9 +389,9 @@ fn deploy(
         None
     } else {
         Some(gpt::NewPartition {
-            type_guid: state::STATE_TYPE,
+            type_guid: statepart::TYPE_GUID,
             unique_guid: random_guid().map_err(urandom)?,
-            name: state::STATE_NAME.into(),
+            name: statepart::NAME.into(),
             size: STATE_PARTITION_SIZE,
         })
     };
@@ -420,7 +420,7 @@ fn deploy(
         .layout
         .partitions
         .iter()
-        .find(|p| p.type_guid == state::STATE_TYPE || p.name == state::STATE_NAME)
+        .find(|p| statepart::is_state_partition(p))
         .ok_or_else(|| anyhow!("no imprint-state partition after rewriting the GPT"))?;
     let record_mode = if previous.is_some() {
         state::Mode::Upgrade
@@ -444,7 +444,7 @@ fn deploy(
         target: STATUS.get().map(|s| s.target()),
         ..state::Record::new(record_mode, &manifest.name, resolved.digest)
     };
-    let mut window = engine::Window::new(
+    let mut window = statepart::Window::new(
         file,
         state_part.first_lba * ss,
         (state_part.last_lba - state_part.first_lba + 1) * ss,
@@ -568,8 +568,8 @@ fn previous_os(config: &Config, new_disk: &str) -> Result<StateDisk, Failure> {
                 .dev_path(),
         ),
     };
-    let all = statedisk::state_disks();
-    let found = upgrade::find_previous(&all, wanted.as_deref(), new_disk).map_err(permanent)?;
+    let all = statepart::state_disks();
+    let found = statepart::find_previous(&all, wanted.as_deref(), new_disk).map_err(permanent)?;
     log::info!(
         "previous OS on {}: its chunks seed the new disk",
         found.device
@@ -581,7 +581,7 @@ fn previous_os(config: &Config, new_disk: &str) -> Result<StateDisk, Failure> {
 fn rollback(config: &Config) -> Result<Never, Failure> {
     let start = Instant::now();
     let disks = loop {
-        let found = statedisk::state_disks();
+        let found = statepart::state_disks();
         if !found.is_empty() || start.elapsed() > Duration::from_secs(30) {
             break found;
         }

@@ -153,7 +153,7 @@ pub fn check_deployed_disk(disk: &Path, image: &[u8], digest: &str, hostname: Op
     let state_part = layout
         .partitions
         .iter()
-        .find(|p| p.type_guid == state::STATE_TYPE)
+        .find(|p| p.type_guid == imprint::statepart::TYPE_GUID)
         .expect("state partition");
     let (start, end) = (state_part.first_lba * 512, (state_part.last_lba + 1) * 512);
     let mut on_disk = vec![0u8; image.len()];
@@ -203,7 +203,7 @@ pub fn read_state(disk: &Path) -> (state::Record, u64) {
     let p = layout
         .partitions
         .iter()
-        .find(|p| p.type_guid == state::STATE_TYPE)
+        .find(|p| p.type_guid == imprint::statepart::TYPE_GUID)
         .unwrap();
     let mut buf = vec![0u8; ((p.last_lba - p.first_lba + 1) * 512) as usize];
     f.seek(SeekFrom::Start(p.first_lba * 512)).unwrap();

@@ -6,12 +6,10 @@
 //! directory ending in `/` (taken recursively), or a pattern with `*`, `?` or `[...]`
 //! in its last component. `#` starts a comment.
 
-use crate::format::bundle::{self, Bundle, BundleError, BundleRef, Entry, EntryKind};
-use crate::format::digest::Digest;
-use crate::format::kmod::glob_match;
-use crate::format::state::{self, Record, StateError};
+use crate::format::bundle::{self, Bundle, BundleError, Entry, EntryKind};
+use crate::format::glob::glob_match;
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -32,8 +30,6 @@ pub enum MigrateError {
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Bundle(#[from] BundleError),
-    #[error(transparent)]
-    State(#[from] StateError),
     #[error("migration list line {line}: {text:?} must be an absolute path")]
     BadList { line: usize, text: String },
 }
@@ -171,59 +167,6 @@ pub fn capture(root: &Path, list: &[String], now: u64) -> Result<Bundle, Migrate
         created_at: now,
         entries,
     })
-}
-
-/// Stores `bundle` in the state partition `part` (of `part_len` bytes) and points
-/// the record at it. The slot the current record uses is never touched, and the
-/// record changes only after the new bundle is written and flushed.
-pub fn store<P: Read + Write + Seek>(
-    part: &mut P,
-    part_len: u64,
-    bundle: &Bundle,
-) -> Result<(Record, BundleRef), MigrateError> {
-    let (mut record, _) = state::read(part)?;
-    let bytes = bundle.encode();
-    let slot = match &record.bundle {
-        Some(b) if b.slot == 0 => 1,
-        _ => 0,
-    };
-    let (offset, capacity) = bundle::slot_range(part_len, slot);
-    if bytes.len() as u64 > capacity {
-        return Err(BundleError::TooLarge {
-            size: bytes.len() as u64,
-            max: capacity,
-        }
-        .into());
-    }
-    let io = |e: io::Error| MigrateError::State(StateError::Io(e));
-    part.seek(SeekFrom::Start(offset)).map_err(io)?;
-    part.write_all(&bytes).map_err(io)?;
-    part.flush().map_err(io)?;
-    let reference = BundleRef {
-        slot,
-        len: bytes.len() as u64,
-        sha256: Digest::of(&bytes),
-    };
-    record.bundle = Some(reference.clone());
-    state::write(part, &record)?;
-    Ok((record, reference))
-}
-
-/// Reads and checks the bundle `record` points at.
-pub fn load<P: Read + Seek>(
-    part: &mut P,
-    part_len: u64,
-    reference: &BundleRef,
-) -> Result<Bundle, MigrateError> {
-    let (offset, capacity) = bundle::slot_range(part_len, reference.slot);
-    if reference.len > capacity {
-        return Err(BundleError::Damaged.into());
-    }
-    let mut bytes = vec![0u8; reference.len as usize];
-    let io = |e: io::Error| MigrateError::State(StateError::Io(e));
-    part.seek(SeekFrom::Start(offset)).map_err(io)?;
-    part.read_exact(&mut bytes).map_err(io)?;
-    Ok(Bundle::decode(&bytes, &reference.sha256)?)
 }
 
 /// Restores the entries of `bundle` that `accept` allows into the OS rooted at

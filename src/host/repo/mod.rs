@@ -1,11 +1,5 @@
-//! The repository on the host: a directory of immutable, content-addressed files.
-//!
-//! ```text
-//! refs/<name>/<tag>             "sha256:<hex>\n" of a manifest
-//! manifests/sha256/<hex>        manifest (postcard)
-//! manifests/sha256/<hex>.sig    signature lines
-//! chunks/sha256/<hh>/<hex>      zstd of a chunk, named by the sha256 of its content
-//! ```
+//! The repository on the host: a directory of immutable, content-addressed files
+//! laid out as [`crate::format::repository`] says.
 //!
 //! Every file is written under a temporary name in its final directory, synced, and
 //! renamed into place, so a crash never exposes a partial file.
@@ -18,32 +12,11 @@ pub use check::{CheckReport, check};
 
 use crate::format::digest::{Digest, check_name};
 use crate::format::manifest::Manifest;
+use crate::format::repository::{chunk_path, manifest_path, ref_path, ref_text, signature_path};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-
-pub fn ref_path(name: &str, tag: &str) -> String {
-    format!("refs/{name}/{tag}")
-}
-
-pub fn manifest_path(digest: &Digest) -> String {
-    format!("manifests/sha256/{}", digest.hex())
-}
-
-pub fn signature_path(digest: &Digest) -> String {
-    format!("manifests/sha256/{}.sig", digest.hex())
-}
-
-pub fn chunk_path(digest: &Digest) -> String {
-    let hex = digest.hex();
-    format!("chunks/sha256/{}/{hex}", &hex[..2])
-}
-
-/// Text of a ref file.
-pub fn ref_text(digest: &Digest) -> String {
-    format!("{digest}\n")
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -211,25 +184,4 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<String>, RepoError> {
         .collect();
     names.sort();
     Ok(names)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layout_paths_match_the_documented_format() {
-        let d = Digest::of(b"abc");
-        assert_eq!(
-            chunk_path(&d),
-            "chunks/sha256/ba/ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(manifest_path(&d), format!("manifests/sha256/{}", d.hex()));
-        assert_eq!(
-            signature_path(&d),
-            format!("manifests/sha256/{}.sig", d.hex())
-        );
-        assert_eq!(ref_path("demo", "v1"), "refs/demo/v1");
-        assert_eq!(ref_text(&d), format!("sha256:{}\n", d.hex()));
-    }
 }

@@ -15,53 +15,10 @@
 use crate::format::efi;
 use crate::format::gpt::{ESP_TYPE, Guid, Layout};
 use crate::format::state::Mode;
-use crate::statedisk::StateDisk;
+use crate::statepart::StateDisk;
 use crate::sys;
 use anyhow::{Context, Result, anyhow, bail};
 use std::os::unix::fs::FileExt;
-
-/// The previous OS: the disk named by `wanted` (a /dev path), or else the one disk
-/// whose record says it is the committed OS. Never `exclude` (the new disk).
-pub fn find_previous<'a>(
-    disks: &'a [StateDisk],
-    wanted: Option<&str>,
-    exclude: &str,
-) -> Result<&'a StateDisk> {
-    if let Some(path) = wanted {
-        if path == exclude {
-            bail!(
-                "imprint.previous={path} is the disk being upgraded; the previous OS must be on another disk"
-            );
-        }
-        return disks.iter().find(|d| d.device == path).ok_or_else(|| {
-            anyhow!(
-                "imprint.previous={path} has no imprint-state partition; is the previous OS there?"
-            )
-        });
-    }
-    let committed: Vec<&StateDisk> = disks
-        .iter()
-        .filter(|d| d.device != exclude)
-        .filter(|d| {
-            d.read_record()
-                .map(|(r, _)| r.mode == Mode::Committed)
-                .unwrap_or(false)
-        })
-        .collect();
-    match committed.as_slice() {
-        [one] => Ok(one),
-        [] => bail!(
-            "no other disk holds a committed OS (an imprint-state record in mode committed); set imprint.previous=/dev/..."
-        ),
-        many => bail!(
-            "several disks hold a committed OS ({}); choose one with imprint.previous=",
-            many.iter()
-                .map(|d| d.device.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
 
 /// BIOS: makes booting `previous` continue into the disk whose GPT disk GUID is
 /// `new_disk`, after saving its first sector in its state record (once: a
@@ -202,10 +159,9 @@ pub fn rollback(disks: &[StateDisk]) -> Result<Vec<String>> {
         }
     }
     for d in disks {
-        let (mut record, _) = d.read_record()?;
+        let (record, _) = d.read_record()?;
         if record.mode == Mode::Upgrade {
-            record.mode = Mode::RolledBack;
-            d.write_record(&record)?;
+            d.mark_rolled_back()?;
             done.push(format!(
                 "marked the upgrade to {} {} on {} rolled back",
                 record.image_name, record.image_digest, d.device
@@ -216,21 +172,4 @@ pub fn rollback(disks: &[StateDisk]) -> Result<Vec<String>> {
         bail!("nothing to roll back: no saved boot record and no uncommitted upgrade on any disk");
     }
     Ok(done)
-}
-
-/// The upgraded disks whose record names `own` as their previous OS and that never
-/// committed: seen from the old OS after a trial boot fell back to it.
-pub fn abandoned_upgrades<'a>(disks: &'a [StateDisk], own: &StateDisk) -> Vec<&'a StateDisk> {
-    disks
-        .iter()
-        .filter(|d| d.device != own.device)
-        .filter(|d| {
-            d.read_record().is_ok_and(|(r, _)| {
-                r.mode == Mode::Upgrade
-                    && r.previous
-                        .as_ref()
-                        .is_some_and(|p| p.disk_guid == own.layout.disk_guid)
-            })
-        })
-        .collect()
 }

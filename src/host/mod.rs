@@ -1,0 +1,6 @@
+//! The host role: building and checking repositories, serving them (with the
+//! status endpoint), and packing the deploy environment's initramfs.
+
+pub mod initramfs;
+pub mod repo;
+pub mod serve;

@@ -1,0 +1,209 @@
+//! `imprint firstboot`, run early by the installed OS: finds the disk it booted
+//! from, reads the state record the deploy environment left in that disk's
+//! `imprint-state` partition, applies the per-host settings (deploy) or migrates
+//! the previous OS's configuration (upgrade), and commits. Run again, it ends the
+//! same.
+
+use super::migrate;
+use crate::bootswitch;
+use crate::format::state::{Mode, Record};
+use crate::format::status::{self, Phase};
+use crate::statepart::{StateDisk, abandoned_upgrades, own_disk, state_disks};
+use anyhow::{Context, Result, anyhow};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// What first boot finds and does, in order, as it happens (so a console shows
+/// how far an interrupted first boot got).
+pub enum Event<'a> {
+    /// The record on this system's disk.
+    Found {
+        device: &'a str,
+        generation: u64,
+        record: &'a Record,
+    },
+    /// An upgrade from this OS whose trial boot fell back here, now rolled back.
+    AbandonedUpgrade { device: &'a str, record: &'a Record },
+    /// The record was already committed or rolled back.
+    NothingToDo(Mode),
+    /// The previous OS left no configuration bundle.
+    NoBundle { device: &'a str },
+    /// Entries of the previous OS's bundle restored into this root.
+    Migrated {
+        device: &'a str,
+        restored: &'a [String],
+        total: usize,
+    },
+    /// This boot's UEFI entry went first in BootOrder.
+    BootOrder(u16),
+    /// The record now says committed.
+    Committed,
+}
+
+/// Writes `content` to `path` under `root` atomically (temporary name, rename).
+fn write_atomic(root: &Path, path: &str, content: &[u8], mode: u32) -> Result<()> {
+    let full = root.join(path.trim_start_matches('/'));
+    if let Some(parent) = full.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let tmp = full.with_extension("imprint-tmp");
+    let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(content)
+        .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(mode)))
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &full).with_context(|| format!("replacing {}", full.display()))?;
+    Ok(())
+}
+
+/// Applies the per-host settings of a deploy: the host name (file and kernel),
+/// and every setting as a file under /etc/imprint/settings/ for the OS's own
+/// services to read.
+pub fn apply_settings(root: &Path, record: &Record, set_kernel_hostname: bool) -> Result<()> {
+    for (key, value) in &record.settings {
+        if !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            log::warn!("ignoring setting {key:?}: not a plain name");
+            continue;
+        }
+        write_atomic(
+            root,
+            &format!("/etc/imprint/settings/{key}"),
+            format!("{value}\n").as_bytes(),
+            0o644,
+        )?;
+    }
+    if let Some(hostname) = record.settings.get("hostname") {
+        write_atomic(
+            root,
+            "/etc/hostname",
+            format!("{hostname}\n").as_bytes(),
+            0o644,
+        )?;
+        if set_kernel_hostname && let Err(e) = crate::sys::set_hostname(hostname) {
+            log::warn!("setting the host name: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// First boot of the OS rooted at `root`; `on` hears each step as it happens.
+pub fn run(root: &Path, on: &mut dyn FnMut(Event)) -> Result<()> {
+    let disk = own_disk()?;
+    let (mut record, generation) = disk.read_record()?;
+    on(Event::Found {
+        device: &disk.device,
+        generation,
+        record: &record,
+    });
+    match record.mode {
+        Mode::Committed | Mode::RolledBack => {
+            // Back in an old OS after a trial boot of an upgrade fell back to it?
+            let disks = state_disks();
+            for other in abandoned_upgrades(&disks, &disk) {
+                let r = other.mark_rolled_back()?;
+                on(Event::AbandonedUpgrade {
+                    device: &other.device,
+                    record: &r,
+                });
+                report(
+                    &record,
+                    Phase::RolledBack,
+                    serde_json::json!({ "image": r.image_digest.to_string(), "disk": other.device }),
+                );
+            }
+            on(Event::NothingToDo(record.mode));
+            return Ok(());
+        }
+        Mode::Deploy => apply_settings(root, &record, root == Path::new("/"))?,
+        Mode::Upgrade => migrate_from_previous(root, &record, &disk, on)?,
+    }
+    if crate::sys::is_uefi() {
+        match bootswitch::uefi_commit() {
+            Ok(Some(n)) => on(Event::BootOrder(n)),
+            Ok(None) => {}
+            Err(e) => log::warn!("updating BootOrder: {}", crate::error_text(&e)),
+        }
+    }
+    let deployed = disk.commit(&mut record)?;
+    on(Event::Committed);
+    report(
+        &record,
+        Phase::Complete,
+        serde_json::json!({ "committed": deployed.as_str() }),
+    );
+    Ok(())
+}
+
+/// Upgrade: restore the previous OS's captured configuration, as far as this OS's
+/// own migration list allows.
+fn migrate_from_previous(
+    root: &Path,
+    record: &Record,
+    own: &StateDisk,
+    on: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let previous = record
+        .previous
+        .as_ref()
+        .ok_or_else(|| anyhow!("the record says upgrade but names no previous OS"))?;
+    let disks = state_disks();
+    let old = disks
+        .iter()
+        .find(|d| d.device != own.device && d.layout.disk_guid == previous.disk_guid)
+        .ok_or_else(|| {
+            anyhow!(
+                "the previous OS disk (GUID {}) is not attached; attach it and run imprint firstboot again",
+                previous.disk_guid
+            )
+        })?;
+    let (old_record, _) = old.read_record()?;
+    let Some(reference) = old_record.bundle else {
+        on(Event::NoBundle {
+            device: &old.device,
+        });
+        return Ok(());
+    };
+    let bundle = old.load_bundle(&reference)?;
+    let accept = migrate::read_list(root)?;
+    let restored = migrate::restore(root, &bundle, &accept)?;
+    on(Event::Migrated {
+        device: &old.device,
+        restored: &restored,
+        total: bundle.entries.len(),
+    });
+    if root == Path::new("/")
+        && let Ok(name) = std::fs::read_to_string("/etc/hostname")
+        && let Err(e) = crate::sys::set_hostname(name.trim())
+    {
+        log::warn!("setting the host name: {e}");
+    }
+    Ok(())
+}
+
+/// Best effort: a status event to the URL the deploy recorded, if the network is up.
+fn report(record: &Record, phase: Phase, extra: serde_json::Value) {
+    let Some(url) = &record.status_url else {
+        return;
+    };
+    let mut event = status::event(record.target.as_deref().unwrap_or_default(), phase, extra);
+    if event.get("image").is_none() {
+        event["image"] = serde_json::Value::from(record.image_digest.to_string());
+    }
+    let agent = crate::source::small_agent(
+        std::sync::Arc::new(crate::source::SystemResolver),
+        std::time::Duration::from_secs(5),
+    );
+    if let Err(e) = agent
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(event.to_string().as_bytes())
+    {
+        log::warn!("status event to {url}: {e}");
+    }
+}
