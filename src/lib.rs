@@ -3,22 +3,22 @@
 //! One binary, three roles over a shared core. The modules follow where code runs:
 //!
 //! Shared core (no edge to any role):
-//! - [`format`]: pure formats on byte slices and `Read`/`Write`/`Seek` (manifest,
+//! - [`format`] — pure formats on byte slices and `Read`/`Write`/`Seek` (manifest,
 //!   GPT, state record, bundles, cpio, cmdline, DHCP/DNS/netlink messages, status
 //!   events, the repository's file layout).
-//! - [`source`]: where repository files come from (directory or HTTP), retries.
-//! - [`engine`]: trust (resolve a manifest), the chunk engine (skip what is in
+//! - [`source`] — where repository files come from (directory or HTTP), retries.
+//! - [`engine`] — trust (resolve a manifest), the chunk engine (skip what is in
 //!   place, seed, fetch, verify, write) and the ordered install sequence.
-//! - [`statepart`]: the `imprint-state` partition: identity, layout, record and
+//! - [`statepart`] — the `imprint-state` partition: identity, layout, record and
 //!   bundle lifecycle, finding the disks that carry one.
-//! - [`bootswitch`]: switching boot between an old and a new OS disk (BIOS chain
+//! - [`bootswitch`] — switching boot between an old and a new OS disk (BIOS chain
 //!   stub, UEFI trial boot) and undoing it.
-//! - [`sys`]: every system call that is not plain std; the only `unsafe` code.
+//! - [`sys`] — every system call that is not plain std; the only `unsafe` code.
 //!
 //! Roles:
-//! - [`host`]: repositories (add, check), `imprint serve`, the initramfs build.
-//! - [`pid1`]: the deploy environment, running as PID 1 from the initramfs.
-//! - [`installed`]: the agent in the installed OS (first boot, migration, status,
+//! - [`host`] — repositories (add, check), `imprint serve`, the initramfs build.
+//! - [`pid1`] — the deploy environment, running as PID 1 from the initramfs.
+//! - [`installed`] — the agent in the installed OS (first boot, migration, status,
 //!   prepare-upgrade, rollback).
 //!
 //! The `imprint` binary (`src/main.rs`) picks the role: modprobe by name, PID 1 by

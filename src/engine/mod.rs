@@ -6,6 +6,7 @@
 //! re-deploys and delta upgrades. Everything written has been checked against the
 //! sha256 in a trusted manifest first; nothing unverified ever reaches the target.
 
+pub mod install;
 mod target;
 mod verify;
 
@@ -19,6 +20,7 @@ use crate::format::repository::{chunk_path, manifest_path, ref_path, signature_p
 use crate::format::signature::{self, SignatureError};
 use crate::source::{FetchError, RetryCounter, RetryPolicy, Source, fetch_checked};
 use ed25519_dalek::VerifyingKey;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -169,9 +171,6 @@ pub struct DeployOptions {
     pub retry: RetryPolicy,
     /// How often `on_progress` is called.
     pub progress_interval: Duration,
-    /// Chunks before this index are left alone (the deploy environment writes the
-    /// first chunk, which holds the boot record and GPT, last and by itself).
-    pub first_chunk: usize,
 }
 
 impl Default for DeployOptions {
@@ -180,7 +179,6 @@ impl Default for DeployOptions {
             jobs: 4,
             retry: RetryPolicy::default(),
             progress_interval: Duration::from_secs(1),
-            first_chunk: 0,
         }
     }
 }
@@ -208,6 +206,25 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// The figures of two passes over different chunks, as one.
+    pub fn merge(&self, other: &Progress) -> Progress {
+        Progress {
+            total_bytes: self.total_bytes + other.total_bytes,
+            done_bytes: self.done_bytes + other.done_bytes,
+            written_bytes: self.written_bytes + other.written_bytes,
+            zeroed_bytes: self.zeroed_bytes + other.zeroed_bytes,
+            skipped_bytes: self.skipped_bytes + other.skipped_bytes,
+            fetched_bytes: self.fetched_bytes + other.fetched_bytes,
+            seeded_bytes: self.seeded_bytes + other.seeded_bytes,
+            chunks: self.chunks + other.chunks,
+            chunks_fetched: self.chunks_fetched + other.chunks_fetched,
+            chunks_skipped: self.chunks_skipped + other.chunks_skipped,
+            chunks_seeded: self.chunks_seeded + other.chunks_seeded,
+            retries: self.retries + other.retries,
+            elapsed: self.elapsed + other.elapsed,
+        }
+    }
+
     pub fn rate_mb_s(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
         if secs <= 0.0 {
@@ -242,14 +259,11 @@ struct Counters {
 }
 
 impl Counters {
-    fn snapshot(&self, manifest: &Manifest, first: usize, started: Instant) -> Progress {
-        let skipped_head = manifest
-            .chunks
-            .get(first)
-            .map_or(manifest.size, |c| c.offset);
+    fn snapshot(&self, manifest: &Manifest, range: &Range<usize>, started: Instant) -> Progress {
+        let chunks = &manifest.chunks[range.clone()];
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Progress {
-            total_bytes: manifest.size - skipped_head,
+            total_bytes: chunks.iter().map(|c| c.length as u64).sum(),
             done_bytes: get(&self.done),
             written_bytes: get(&self.written),
             zeroed_bytes: get(&self.zeroed),
@@ -257,7 +271,7 @@ impl Counters {
             fetched_bytes: get(&self.fetched),
             seeded_bytes: get(&self.seeded),
             chunks_seeded: get(&self.chunks_seeded),
-            chunks: manifest.chunks.len().saturating_sub(first) as u64,
+            chunks: chunks.len() as u64,
             chunks_fetched: get(&self.chunks_fetched),
             chunks_skipped: get(&self.chunks_skipped),
             retries: get(&self.retries.0),
@@ -289,6 +303,20 @@ pub fn deploy_with_seed(
     opts: &DeployOptions,
     on_progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<Progress, DeployError> {
+    let all = 0..manifest.chunks.len();
+    deploy_chunks(source, manifest, target, seed, all, opts, on_progress)
+}
+
+/// The chunks `range` of the image, in parallel and in no particular order.
+fn deploy_chunks(
+    source: &dyn Source,
+    manifest: &Manifest,
+    target: &dyn Target,
+    seed: Option<&dyn Target>,
+    range: Range<usize>,
+    opts: &DeployOptions,
+    on_progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Progress, DeployError> {
     if target.size() < manifest.requirements.min_disk_size {
         return Err(TargetError::TooSmall {
             path: target.describe().into(),
@@ -299,7 +327,8 @@ pub fn deploy_with_seed(
     }
     let started = Instant::now();
     let counters = Counters::default();
-    let next = AtomicUsize::new(opts.first_chunk);
+    let next = AtomicUsize::new(range.start);
+    let range = &range;
     let abort = AtomicBool::new(false);
     let first_error: Mutex<Option<DeployError>> = Mutex::new(None);
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
@@ -310,7 +339,7 @@ pub fn deploy_with_seed(
             while let Err(mpsc::RecvTimeoutError::Timeout) =
                 stop_rx.recv_timeout(opts.progress_interval)
             {
-                on_progress(&counters.snapshot(manifest, opts.first_chunk, started));
+                on_progress(&counters.snapshot(manifest, range, started));
             }
         });
         let workers: Vec<_> = (0..opts.jobs.max(1))
@@ -319,7 +348,7 @@ pub fn deploy_with_seed(
                     let mut worker = Worker::new(manifest.chunk_size as usize);
                     while !abort.load(Ordering::Relaxed) {
                         let index = next.fetch_add(1, Ordering::Relaxed);
-                        if index >= manifest.chunks.len() {
+                        if index >= range.end {
                             break;
                         }
                         let job = Job {
@@ -358,11 +387,11 @@ pub fn deploy_with_seed(
         return Err(e);
     }
     synced?;
-    Ok(counters.snapshot(manifest, opts.first_chunk, started))
+    Ok(counters.snapshot(manifest, range, started))
 }
 
 /// Fetches chunk `index` and returns its verified content (zeros for a zero chunk).
-pub fn fetch_chunk(
+fn fetch_chunk(
     source: &dyn Source,
     manifest: &Manifest,
     index: usize,

@@ -172,4 +172,8 @@ impl DiskTarget {
     pub fn file(&self) -> &File {
         &self.file
     }
+
+    pub fn is_block_device(&self) -> bool {
+        self.kind == FileKind::BlockDevice
+    }
 }

@@ -1,11 +1,11 @@
 //! The installed-OS role: the agent that runs in the OS imprint deployed.
 //!
-//! - [`firstboot`]: early in boot, reads the state record; after a deploy applies
+//! - [`firstboot`] — early in boot, reads the state record; after a deploy applies
 //!   the per-host settings, after an upgrade migrates the previous OS's
 //!   configuration; then commits and reports.
-//! - [`migrate`]: configuration bundles, captured by `prepare-upgrade` on the old
+//! - [`migrate`] — configuration bundles, captured by `prepare-upgrade` on the old
 //!   OS and restored by the new one.
-//! - [`status`], [`rollback`], [`prepare_upgrade`]: the other installed-OS commands.
+//! - [`status`], [`rollback`], [`prepare_upgrade`] — the other installed-OS commands.
 //!
 //! Each returns what it found or did; the command line prints it.
 

@@ -3,6 +3,7 @@
 //! the console as `imprint-status: {json}` and, once the network is up, to the
 //! operator's status URL.
 
+use crate::format::status::{self, Phase};
 use crate::source::{NameResolver, small_agent};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -90,12 +91,9 @@ impl Status {
         }
     }
 
-    pub fn send(&self, phase: &str, extra: serde_json::Value) {
+    pub fn send(&self, phase: Phase, extra: serde_json::Value) {
         let target = self.target.lock().map(|t| t.clone()).unwrap_or_default();
-        let mut event = serde_json::json!({ "target": target, "phase": phase });
-        if let (Some(map), serde_json::Value::Object(more)) = (event.as_object_mut(), extra) {
-            map.extend(more);
-        }
+        let event = status::event(&target, phase, extra);
         let line = format!("imprint-status: {event}\n");
         let _ = std::io::stderr().write_all(line.as_bytes());
         let url = self.url.lock().ok().and_then(|u| u.clone());

@@ -1,0 +1,710 @@
+//! The install sequence: the ordered steps that turn a disk into a deployed one.
+//!
+//! The order is what keeps a half-written disk from booting. The old boot records
+//! go first (boot code, protective MBR, both GPT copies); then the image's data,
+//! every chunk checked before it is written; then what makes the disk bootable,
+//! last and each synced before the next: the state record, the backup GPT at the
+//! disk's real end, and finally the head (boot code, protective MBR, primary GPT).
+//! Interrupted anywhere, the disk either does not look bootable or holds the
+//! whole image; run again, the sequence skips what is already in place.
+
+use super::{DeployError, DeployOptions, DiskTarget, Progress, Target, deploy_chunks, fetch_chunk};
+use crate::format::gpt::{self, Guid, Layout, Partition, RelocateError};
+use crate::format::manifest::Manifest;
+use crate::format::state::{self, Record, StateError};
+use crate::source::Source;
+use crate::statepart::{self, Window};
+use crate::sys;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Bytes cleared at each end of the disk before anything else is written: the
+/// boot code, protective MBR and primary GPT at the start, the backup GPT at the
+/// end (128 entries of 128 bytes plus headers, for 512- and 4096-byte sectors).
+const BOOT_RECORD_SPAN: u64 = 64 << 10;
+
+/// The steps, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The old boot code, protective MBR and both GPT copies are zeroed.
+    InvalidateBootRecords,
+    /// Every chunk but the first (which holds the boot records) is in place.
+    WriteData,
+    /// The image's GPT is rewritten in memory for this disk.
+    RewritePartitionTable,
+    /// The state record is in the state partition.
+    WriteStateRecord,
+    /// The backup GPT is at the disk's real end.
+    WriteBackupGpt,
+    /// Boot code, protective MBR and primary GPT are written: the disk boots.
+    WriteHead,
+}
+
+impl Step {
+    pub const ORDER: [Step; 6] = [
+        Step::InvalidateBootRecords,
+        Step::WriteData,
+        Step::RewritePartitionTable,
+        Step::WriteStateRecord,
+        Step::WriteBackupGpt,
+        Step::WriteHead,
+    ];
+}
+
+/// What the caller decided about this disk before the install runs.
+pub struct Plan<'a> {
+    /// GPT disk GUID of the deployed disk: every deploy gets a fresh one, so two
+    /// disks deployed from one image can be told apart.
+    pub disk_guid: Guid,
+    /// GUID of the state partition created when the image has none.
+    pub state_guid: Guid,
+    /// Upgrades: the previous OS's layout. A new ESP sharing its GUID with it gets
+    /// `esp_guid`, since firmware boot entries name the ESP by GUID.
+    pub previous: Option<&'a Layout>,
+    pub esp_guid: Guid,
+    /// The record for the state partition.
+    pub record: &'a Record,
+    /// A disk whose chunks at the same offsets are copied instead of fetched.
+    pub seed: Option<&'a dyn Target>,
+    pub opts: DeployOptions,
+}
+
+/// What the install did.
+#[derive(Debug)]
+pub struct Installed {
+    pub progress: Progress,
+    /// The disk's partition table as written.
+    pub layout: Layout,
+    /// The state partition, if the install created it.
+    pub added_state: Option<Partition>,
+    /// The ESP's new GUID, if it shared one with the previous OS.
+    pub renewed_esp: Option<Guid>,
+    /// Partitions that share a GUID with the previous OS's (left as they are:
+    /// changing them could break an OS that finds its root by PARTUUID).
+    pub shared_guids: Vec<Partition>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error(
+        "image {0} has no GPT partition table; imprint deploys GPT disk images (its state lives in a partition). Nothing was written"
+    )]
+    NoPartitionTable(String),
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    #[error("{what} {disk}: {source}")]
+    Io {
+        what: &'static str,
+        disk: String,
+        source: io::Error,
+    },
+    #[error("rewriting the partition table for {disk}: {source}")]
+    PartitionTable { disk: String, source: RelocateError },
+    #[error("no imprint-state partition on {0} after rewriting the GPT")]
+    NoStatePartition(String),
+    #[error("writing the state record on {disk}: {source}")]
+    StateRecord { disk: String, source: StateError },
+    #[error("stopped after {0:?}")]
+    Stopped(Step),
+}
+
+/// The disk size `manifest` needs: the image, plus room after its last partition
+/// for a state partition (1 MiB aligned) and the backup GPT if it has none.
+pub fn required_size(manifest: &Manifest) -> Result<u64, InstallError> {
+    let layout = manifest
+        .layout
+        .as_ref()
+        .ok_or_else(|| InstallError::NoPartitionTable(manifest.name.clone()))?;
+    let needed = manifest.requirements.min_disk_size.max(manifest.size);
+    if statepart::find(layout).is_some() {
+        return Ok(needed);
+    }
+    let end = layout
+        .partitions
+        .iter()
+        .map(|p| p.last_lba + 1)
+        .max()
+        .unwrap_or(0)
+        * layout.sector_size as u64;
+    Ok(needed.max(end.div_ceil(1 << 20) * (1 << 20) + statepart::CREATE_SIZE + BOOT_RECORD_SPAN))
+}
+
+/// Runs the install sequence of `manifest` onto `disk`. `on_progress` hears the
+/// data step's progress; `after` hears each step as it completes and may stop the
+/// sequence there by returning false.
+pub fn install(
+    source: &dyn Source,
+    manifest: &Manifest,
+    disk: &DiskTarget,
+    plan: &Plan,
+    on_progress: &(dyn Fn(&Progress) + Sync),
+    after: &mut dyn FnMut(Step) -> bool,
+) -> Result<Installed, InstallError> {
+    let mut done = |step: Step| {
+        if after(step) {
+            Ok(())
+        } else {
+            Err(InstallError::Stopped(step))
+        }
+    };
+    if manifest.layout.is_none() {
+        return Err(InstallError::NoPartitionTable(manifest.name.clone()));
+    }
+    invalidate_boot_records(disk, manifest)?;
+    done(Step::InvalidateBootRecords)?;
+    let progress = write_data(source, manifest, disk, plan, on_progress)?;
+    done(Step::WriteData)?;
+    let mut head = fetch_chunk(source, manifest, 0, &plan.opts.retry)?;
+    let (relocated, mut installed) = rewrite_partition_table(&mut head, disk, manifest, plan)?;
+    installed.progress = progress;
+    done(Step::RewritePartitionTable)?;
+    write_state_record(disk, &relocated.layout, plan.record)?;
+    done(Step::WriteStateRecord)?;
+    write_synced(
+        disk,
+        &relocated.backup,
+        relocated.backup_offset,
+        "writing the backup GPT of",
+    )?;
+    done(Step::WriteBackupGpt)?;
+    write_head(disk, &head)?;
+    done(Step::WriteHead)?;
+    Ok(installed)
+}
+
+fn io_error(disk: &DiskTarget, what: &'static str) -> impl FnOnce(io::Error) -> InstallError {
+    let disk = disk.describe();
+    move |source| InstallError::Io { what, disk, source }
+}
+
+/// Writes `bytes` at `offset` and syncs, so the next step starts from a disk that
+/// holds them.
+fn write_synced(
+    disk: &DiskTarget,
+    bytes: &[u8],
+    offset: u64,
+    what: &'static str,
+) -> Result<(), InstallError> {
+    let file = disk.file();
+    file.write_all_at(bytes, offset)
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(disk, what))
+}
+
+/// Zeroes the old boot code, protective MBR and primary GPT (within the image's
+/// first chunk, which is written last) and the old backup GPT at the disk's end.
+fn invalidate_boot_records(disk: &DiskTarget, manifest: &Manifest) -> Result<(), InstallError> {
+    let zeros = vec![0u8; BOOT_RECORD_SPAN as usize];
+    let head_len = (manifest.chunks[0].length as u64).min(BOOT_RECORD_SPAN) as usize;
+    let file = disk.file();
+    let end = disk.size().saturating_sub(BOOT_RECORD_SPAN);
+    file.write_all_at(&zeros[..head_len], 0)
+        .and_then(|()| file.write_all_at(&zeros, end))
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(disk, "invalidating the old boot records of"))
+}
+
+/// Every chunk but the first. Chunks that reach into the disk's last
+/// [`BOOT_RECORD_SPAN`] bytes go after all the others: on a disk no larger than
+/// the image they hold the image's own backup GPT, which must not be found at the
+/// disk's end while data is still missing.
+fn write_data(
+    source: &dyn Source,
+    manifest: &Manifest,
+    disk: &DiskTarget,
+    plan: &Plan,
+    on_progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Progress, DeployError> {
+    let tail_start = disk.size().saturating_sub(BOOT_RECORD_SPAN);
+    let count = manifest.chunks.len();
+    let tail = manifest
+        .chunks
+        .iter()
+        .position(|c| c.offset + c.length as u64 > tail_start)
+        .unwrap_or(count)
+        .max(1);
+    let body = deploy_chunks(
+        source,
+        manifest,
+        disk,
+        plan.seed,
+        1..tail,
+        &plan.opts,
+        on_progress,
+    )?;
+    if tail == count {
+        return Ok(body);
+    }
+    let end = deploy_chunks(
+        source,
+        manifest,
+        disk,
+        plan.seed,
+        tail..count,
+        &plan.opts,
+        &|p| on_progress(&body.merge(p)),
+    )?;
+    Ok(body.merge(&end))
+}
+
+/// Patches the GPT in `head` (the image's first chunk) for this disk: a fresh
+/// disk GUID, the backup at the real end, a state partition if the image has
+/// none, and an ESP GUID distinct from the previous OS's.
+fn rewrite_partition_table(
+    head: &mut [u8],
+    disk: &DiskTarget,
+    manifest: &Manifest,
+    plan: &Plan,
+) -> Result<(gpt::Relocated, Installed), InstallError> {
+    let gpt_error = |source| InstallError::PartitionTable {
+        disk: disk.describe(),
+        source,
+    };
+    let layout = manifest
+        .layout
+        .as_ref()
+        .ok_or_else(|| InstallError::NoPartitionTable(manifest.name.clone()))?;
+    let mut renewed_esp = None;
+    let mut shared_guids = Vec::new();
+    if let Some(previous) = plan.previous {
+        for p in &layout.partitions {
+            if !previous
+                .partitions
+                .iter()
+                .any(|q| q.unique_guid == p.unique_guid)
+            {
+                continue;
+            }
+            if p.type_guid == gpt::ESP_TYPE && renewed_esp.is_none() {
+                gpt::renew_partition_guid(head, p.number, plan.esp_guid).map_err(gpt_error)?;
+                renewed_esp = Some(plan.esp_guid);
+            } else {
+                shared_guids.push(p.clone());
+            }
+        }
+    }
+    let new_state = statepart::find(layout)
+        .is_none()
+        .then(|| gpt::NewPartition {
+            type_guid: statepart::TYPE_GUID,
+            unique_guid: plan.state_guid,
+            name: statepart::NAME.into(),
+            size: statepart::CREATE_SIZE,
+        });
+    let relocated = gpt::relocate(head, disk.size(), new_state.as_ref(), Some(plan.disk_guid))
+        .map_err(gpt_error)?;
+    let installed = Installed {
+        progress: Progress::default(),
+        layout: relocated.layout.clone(),
+        added_state: relocated.added.clone(),
+        renewed_esp,
+        shared_guids,
+    };
+    Ok((relocated, installed))
+}
+
+/// Writes `record` into the state partition of `layout` and syncs.
+fn write_state_record(
+    disk: &DiskTarget,
+    layout: &Layout,
+    record: &Record,
+) -> Result<(), InstallError> {
+    let part =
+        statepart::find(layout).ok_or_else(|| InstallError::NoStatePartition(disk.describe()))?;
+    let file = disk.file();
+    state::write(&mut Window::of_partition(file, layout, part), record).map_err(|source| {
+        InstallError::StateRecord {
+            disk: disk.describe(),
+            source,
+        }
+    })?;
+    file.sync_all().map_err(io_error(disk, "syncing"))
+}
+
+/// The head last: boot code, protective MBR and primary GPT. Then the kernel is
+/// asked to read the new partition table.
+fn write_head(disk: &DiskTarget, head: &[u8]) -> Result<(), InstallError> {
+    write_synced(disk, head, 0, "writing the boot record and GPT of")?;
+    if disk.is_block_device()
+        && let Err(e) = sys::reread_partitions(disk.file())
+    {
+        log::warn!("re-reading the partition table of {}: {e}", disk.describe());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::digest::Digest;
+    use crate::format::manifest::{Chunk, ChunkKind, FORMAT_VERSION, Requirements};
+    use crate::format::repository::chunk_path;
+    use crate::format::state::Mode;
+    use crate::source::{FetchError, RetryPolicy};
+    use std::collections::HashMap;
+    use std::io::Cursor;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    const CHUNK: usize = 64 << 10;
+    const SECTORS: u64 = 8192; // a 4 MiB image
+    const LINUX_TYPE: Guid = Guid::from_fields(
+        0x0FC63DAF,
+        0x8483,
+        0x4772,
+        [0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4],
+    );
+
+    /// A repository in memory that can be told to fail after `budget` chunks, or
+    /// on one file.
+    struct MemorySource {
+        files: HashMap<String, Vec<u8>>,
+        budget: AtomicUsize,
+        refuse: Mutex<Option<String>>,
+    }
+
+    impl Source for MemorySource {
+        fn fetch(&self, path: &str, _limit: u64, buf: &mut Vec<u8>) -> Result<(), FetchError> {
+            let refused = self
+                .budget
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+                .is_err();
+            if self.refuse.lock().unwrap().as_deref() == Some(path) {
+                // Slow to fail, as a network is: other chunks go on meanwhile.
+                std::thread::sleep(Duration::from_millis(300));
+                return Err(FetchError::NotFound {
+                    location: path.to_string(),
+                });
+            }
+            match self.files.get(path) {
+                Some(bytes) if !refused => {
+                    buf.clear();
+                    buf.extend_from_slice(bytes);
+                    Ok(())
+                }
+                _ => Err(FetchError::NotFound {
+                    location: path.to_string(),
+                }),
+            }
+        }
+
+        fn location(&self, path: &str) -> String {
+            path.to_string()
+        }
+    }
+
+    /// A GPT image with boot code and a protective MBR, an ESP and a root
+    /// partition filled from `seed`, and some all-zero chunks.
+    fn image(seed: u8) -> Vec<u8> {
+        let mut img = gpt::tests::image_with(
+            SECTORS,
+            &[
+                (gpt::ESP_TYPE, 2048, 4095, "EFI system"),
+                (LINUX_TYPE, 4096, SECTORS - 2048, "root"),
+            ],
+        );
+        img[..8].copy_from_slice(&[0xEB, 0x63, 0x90, seed, 1, 2, 3, 4]);
+        img[446 + 4] = 0xEE;
+        img[510..512].copy_from_slice(&[0x55, 0xAA]);
+        let mut x = seed as u64 + 1;
+        for (i, b) in img[1 << 20..3 << 20].iter_mut().enumerate() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Every fourth chunk stays zero.
+            if (i / CHUNK) % 4 != 3 {
+                *b = x as u8;
+            }
+        }
+        img
+    }
+
+    fn manifest_and_source(img: &[u8], name: &str) -> (Manifest, MemorySource) {
+        let mut files = HashMap::new();
+        let chunks = img
+            .chunks(CHUNK)
+            .enumerate()
+            .map(|(i, content)| {
+                let kind = if crate::format::is_zero(content) {
+                    ChunkKind::Zero
+                } else {
+                    let sha256 = Digest::of(content);
+                    let stored = zstd::bulk::compress(content, 1).unwrap();
+                    let stored_size = stored.len() as u32;
+                    files.insert(chunk_path(&sha256), stored);
+                    ChunkKind::Data {
+                        sha256,
+                        blake3: *blake3::hash(content).as_bytes(),
+                        stored_size,
+                    }
+                };
+                Chunk {
+                    offset: (i * CHUNK) as u64,
+                    length: content.len() as u32,
+                    kind,
+                }
+            })
+            .collect();
+        let manifest = Manifest {
+            version: FORMAT_VERSION,
+            name: name.into(),
+            size: img.len() as u64,
+            chunk_size: CHUNK as u32,
+            chunks,
+            requirements: Requirements {
+                arch: None,
+                firmware: vec![],
+                min_disk_size: img.len() as u64,
+            },
+            layout: gpt::read(&mut Cursor::new(img)).unwrap(),
+            boot: None,
+        };
+        let source = MemorySource {
+            files,
+            budget: AtomicUsize::new(usize::MAX),
+            refuse: Mutex::new(None),
+        };
+        (manifest, source)
+    }
+
+    fn record(name: &str) -> Record {
+        Record::new(Mode::Deploy, name, Digest::of(name.as_bytes()))
+    }
+
+    fn plan(record: &Record) -> Plan<'_> {
+        Plan {
+            disk_guid: Guid([0x11; 16]),
+            state_guid: Guid([0x22; 16]),
+            previous: None,
+            esp_guid: Guid([0x33; 16]),
+            record,
+            seed: None,
+            opts: DeployOptions {
+                jobs: 3,
+                retry: RetryPolicy {
+                    attempts: 1,
+                    ..RetryPolicy::default()
+                },
+                progress_interval: Duration::from_secs(60),
+            },
+        }
+    }
+
+    /// Runs the install onto the disk file at `path`, stopping after `stop`.
+    fn run(
+        path: &std::path::Path,
+        manifest: &Manifest,
+        source: &MemorySource,
+        record: &Record,
+        stop: Option<Step>,
+    ) -> Result<Installed, InstallError> {
+        let needed = required_size(manifest).unwrap();
+        let disk = DiskTarget::open_for_write(path, needed).unwrap();
+        install(
+            source,
+            manifest,
+            &disk,
+            &plan(record),
+            &|_| {},
+            &mut |step| Some(step) != stop,
+        )
+    }
+
+    /// Whether any firmware could take the disk for a bootable GPT disk: a boot
+    /// signature, or a primary or backup GPT header.
+    fn looks_bootable(disk: &[u8]) -> bool {
+        disk[510..512] == [0x55, 0xAA]
+            || &disk[512..520] == b"EFI PART"
+            || &disk[disk.len() - 512..disk.len() - 504] == b"EFI PART"
+    }
+
+    fn region(disk: &[u8], start: usize, len: usize) -> &[u8] {
+        &disk[start..start + len]
+    }
+
+    /// The safety invariant: a disk that looks bootable holds every data chunk of
+    /// the new image, its state record, and the new backup GPT, and its head is
+    /// either cleared or the new one (never the old boot code over new data).
+    /// The record in `disk`'s state partition, where `layout_from`'s GPT puts it.
+    fn read_record(disk: &[u8], layout_from: &[u8]) -> Option<Record> {
+        let layout = gpt::read(&mut Cursor::new(layout_from)).unwrap().unwrap();
+        let (start, len) = statepart::byte_range(&layout, statepart::find(&layout).unwrap());
+        let part = &disk[start as usize..(start + len) as usize];
+        state::read(&mut Cursor::new(part)).ok().map(|(r, _)| r)
+    }
+
+    /// The disk equals `reference` but for the state record's slots (which hold
+    /// other generations after a rerun), and holds the same record.
+    fn assert_same_install(disk: &[u8], reference: &[u8], when: &str) {
+        let layout = gpt::read(&mut Cursor::new(reference)).unwrap().unwrap();
+        let (start, _) = statepart::byte_range(&layout, statepart::find(&layout).unwrap());
+        let slots = (start as usize)..(start + 2 * state::SLOT_SIZE) as usize;
+        assert!(
+            disk[..slots.start] == reference[..slots.start]
+                && disk[slots.end..] == reference[slots.end..],
+            "{when}: the disk differs from an uninterrupted install"
+        );
+        assert_eq!(
+            read_record(disk, reference),
+            read_record(reference, reference),
+            "{when}"
+        );
+    }
+
+    fn assert_never_half_bootable(disk: &[u8], reference: &[u8], img: &[u8], when: &str) {
+        if !looks_bootable(disk) {
+            return;
+        }
+        let span = BOOT_RECORD_SPAN as usize;
+        assert_eq!(
+            region(disk, CHUNK, img.len() - CHUNK),
+            region(img, CHUNK, img.len() - CHUNK),
+            "{when}: the disk looks bootable but the image's data is not all there"
+        );
+        assert_eq!(
+            read_record(disk, reference),
+            Some(read_record(reference, reference).unwrap()),
+            "{when}: the disk looks bootable but has no state record"
+        );
+        let end = disk.len() - span;
+        assert_eq!(
+            region(disk, end, span),
+            region(reference, end, span),
+            "{when}: the disk looks bootable but its backup GPT is not the new one"
+        );
+        let head = region(disk, 0, CHUNK);
+        assert!(
+            crate::format::is_zero(&head[..span]) || head == region(reference, 0, CHUNK),
+            "{when}: the disk looks bootable with an old or partial head"
+        );
+    }
+
+    #[test]
+    fn an_install_stopped_anywhere_never_boots_half_written_and_a_rerun_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old_img, new_img) = (image(1), image(2));
+        let (old_manifest, old_source) = manifest_and_source(&old_img, "old");
+        let (manifest, source) = manifest_and_source(&new_img, "new");
+        let new_record = record("new");
+
+        // The disk as it is before: a complete, bootable install of another image.
+        let old_path = dir.path().join("old.img");
+        run(&old_path, &old_manifest, &old_source, &record("old"), None).unwrap();
+        let old_disk = std::fs::read(&old_path).unwrap();
+        assert!(looks_bootable(&old_disk));
+
+        // What a whole, uninterrupted install leaves.
+        let ref_path = dir.path().join("reference.img");
+        std::fs::write(&ref_path, &old_disk).unwrap();
+        let full = run(&ref_path, &manifest, &source, &new_record, None).unwrap();
+        let reference = std::fs::read(&ref_path).unwrap();
+        assert_eq!(full.layout.disk_guid, Guid([0x11; 16]));
+        assert!(full.added_state.is_some());
+        assert_eq!(
+            region(&reference, CHUNK, new_img.len() - CHUNK),
+            region(&new_img, CHUNK, new_img.len() - CHUNK)
+        );
+        assert_eq!(
+            read_record(&reference, &reference),
+            Some(new_record.clone())
+        );
+
+        // Stopped after each step, then rerun.
+        let path = dir.path().join("disk.img");
+        for stop in Step::ORDER {
+            std::fs::write(&path, &old_disk).unwrap();
+            let stopped = run(&path, &manifest, &source, &new_record, Some(stop));
+            assert!(matches!(stopped, Err(InstallError::Stopped(s)) if s == stop));
+            let disk = std::fs::read(&path).unwrap();
+            assert_never_half_bootable(&disk, &reference, &new_img, &format!("after {stop:?}"));
+            let rerun = run(&path, &manifest, &source, &new_record, None).unwrap();
+            let disk = std::fs::read(&path).unwrap();
+            assert_same_install(&disk, &reference, &format!("rerun after {stop:?}"));
+            if stop != Step::InvalidateBootRecords {
+                assert_eq!(rerun.progress.chunks_fetched, 0, "after {stop:?}");
+            }
+        }
+
+        // Failed part-way through the data: the source gives out after some chunks.
+        for budget in [0, 1, 5, 17] {
+            std::fs::write(&path, &old_disk).unwrap();
+            source.budget.store(budget, Ordering::SeqCst);
+            let failed = run(&path, &manifest, &source, &new_record, None);
+            assert!(matches!(failed, Err(InstallError::Deploy(_))), "{failed:?}");
+            let disk = std::fs::read(&path).unwrap();
+            assert!(!looks_bootable(&disk), "failed after {budget} chunks");
+            source.budget.store(usize::MAX, Ordering::SeqCst);
+            run(&path, &manifest, &source, &new_record, None).unwrap();
+            let disk = std::fs::read(&path).unwrap();
+            assert_same_install(&disk, &reference, &format!("rerun after {budget} chunks"));
+        }
+    }
+
+    #[test]
+    fn on_a_disk_no_larger_than_the_image_the_tail_goes_last() {
+        // The image carries its own state partition, so the disk can be exactly
+        // the image's size and the image's own backup GPT lands at the disk's end.
+        let mut img = gpt::tests::image_with(
+            SECTORS,
+            &[
+                (gpt::ESP_TYPE, 2048, 4095, "EFI system"),
+                (statepart::TYPE_GUID, 4096, SECTORS - 40, statepart::NAME),
+            ],
+        );
+        img[446 + 4] = 0xEE;
+        img[510..512].copy_from_slice(&[0x55, 0xAA]);
+        for (i, b) in img[1 << 20..2 << 20].iter_mut().enumerate() {
+            *b = (i % 251) as u8 + 1;
+        }
+        // The image's own backup GPT header at its last sector.
+        let backup = img[512..1024].to_vec();
+        let len = img.len();
+        img[len - 512..].copy_from_slice(&backup);
+        let (manifest, source) = manifest_and_source(&img, "exact");
+        assert_eq!(required_size(&manifest).unwrap(), img.len() as u64);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let r = record("exact");
+        // The last chunk holds the image's backup GPT, now at the disk's end. A
+        // chunk before it that cannot be fetched must keep it off the disk.
+        let data: Vec<_> = manifest
+            .chunks
+            .iter()
+            .filter_map(|c| match c.kind {
+                ChunkKind::Data { sha256, .. } => Some(chunk_path(&sha256)),
+                ChunkKind::Zero => None,
+            })
+            .collect();
+        assert!(data.len() > 3);
+        for missing in &data[data.len() - 3..data.len() - 1] {
+            std::fs::write(&path, vec![0u8; img.len()]).unwrap();
+            *source.refuse.lock().unwrap() = Some(missing.clone());
+            assert!(run(&path, &manifest, &source, &r, None).is_err());
+            let disk = std::fs::read(&path).unwrap();
+            assert!(!looks_bootable(&disk), "without {missing}");
+        }
+        *source.refuse.lock().unwrap() = None;
+        run(&path, &manifest, &source, &r, None).unwrap();
+        let disk = std::fs::read(&path).unwrap();
+        assert_eq!(read_record(&disk, &disk), Some(r));
+    }
+
+    #[test]
+    fn an_image_without_a_partition_table_is_refused_before_any_write() {
+        let (mut manifest, source) = manifest_and_source(&image(3), "raw");
+        manifest.layout = None;
+        assert!(matches!(
+            required_size(&manifest),
+            Err(InstallError::NoPartitionTable(_))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::write(&path, image(4)).unwrap();
+        let disk = DiskTarget::open_for_write(&path, 1).unwrap();
+        let r = record("raw");
+        let result = install(&source, &manifest, &disk, &plan(&r), &|_| {}, &mut |_| true);
+        assert!(matches!(result, Err(InstallError::NoPartitionTable(_))));
+        assert_eq!(std::fs::read(&path).unwrap(), image(4));
+    }
+}

@@ -1,0 +1,388 @@
+//! Deploy and upgrade in the deploy environment, as a list of named steps. The
+//! disk writes themselves are the engine's install sequence; this module decides
+//! what goes into it (which disk, which previous OS, which record) and what
+//! happens around it (status, the firmware's boot switch, the hand-off).
+
+use super::{Never, disks, drivers, handoff, net, rollback, status, uptime};
+use crate::bootswitch;
+use crate::engine::install::{self, Installed, Plan, Step};
+use crate::engine::{self, DeployOptions, DiskTarget, Progress, Resolved, Target, Trust};
+use crate::format::cmdline::{self, Config};
+use crate::format::gpt::Guid;
+use crate::format::state::{self, Record};
+use crate::format::status::Phase;
+use crate::source::{DnsResolver, HttpSource, NameResolver, RetryPolicy};
+use crate::statepart::{self, StateDisk};
+use crate::sys;
+use anyhow::{Context, Result, anyhow, bail};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// One run of the deploy environment, from the command line to the hand-off.
+pub(super) fn run(cmdline_text: &str) -> Result<Never> {
+    let config = parse_config(cmdline_text)?;
+    load_drivers();
+    if config.mode == cmdline::Mode::Rollback {
+        return rollback::run(&config);
+    }
+    if config.mode == cmdline::Mode::Upgrade && config.disk.is_none() {
+        bail!(
+            "imprint.mode=upgrade needs imprint.disk= to name the new disk (the previous OS stays on its own); nothing was written"
+        );
+    }
+    let resolver = bring_up_network(&config)?;
+    let (source, resolved) = fetch_manifest(&config, resolver)?;
+    let manifest = &resolved.manifest;
+    let needed = install::required_size(manifest)?;
+    let disk = wait_for_disk(&config, needed)?;
+    let previous = match config.mode {
+        cmdline::Mode::Upgrade => Some(previous_os(&config, &disk.dev_path())?),
+        _ => None,
+    };
+    let record = state_record(&config, &resolved, previous.as_ref());
+    let installed = install_image(
+        &config,
+        &source,
+        &resolved,
+        &disk,
+        needed,
+        previous.as_ref(),
+        &record,
+    )?;
+    if let Some(previous) = &previous {
+        switch_boot(previous, &installed, &disk, &manifest.name)?;
+    }
+    status().send(
+        Phase::BootRecords,
+        serde_json::json!({ "disk": disk.dev_path(), "image": resolved.digest.to_string() }),
+    );
+    sys::sync_all();
+    handoff::handoff(&config, &disk, manifest.boot.as_ref())
+}
+
+fn parse_config(cmdline_text: &str) -> Result<Config> {
+    let config = cmdline::parse(cmdline_text).map_err(|e| {
+        anyhow!("{e}; nothing was written. Fix the boot entry's kernel command line")
+    })?;
+    if let Some(name) = config.target.as_ref().or(config.hostname.as_ref()) {
+        status().set_target(name);
+    }
+    status().send(
+        Phase::Booted,
+        serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "uptime": uptime() }),
+    );
+    Ok(config)
+}
+
+fn load_drivers() {
+    let loaded = drivers::Drivers::open().coldplug();
+    log::info!(
+        "loaded {} driver modules: {}",
+        loaded.len(),
+        loaded.join(" ")
+    );
+}
+
+/// DHCP or `ip=`; then status events can go out. Returns the name resolver the
+/// lease's DNS servers make.
+fn bring_up_network(config: &Config) -> Result<Arc<dyn NameResolver>> {
+    let lease = net::bring_up(&config.ip, config.bootif, config.dhcp_timeout)
+        .context("bringing up the network")?;
+    let target_name = config
+        .target
+        .clone()
+        .or(config.hostname.clone())
+        .unwrap_or_else(|| {
+            lease
+                .nic
+                .mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        });
+    status().set_target(&target_name);
+    let resolver: Arc<dyn NameResolver> = Arc::new(DnsResolver {
+        servers: lease
+            .dns
+            .iter()
+            .map(|ip| std::net::SocketAddr::from((*ip, 53)))
+            .collect(),
+    });
+    if let Some(url) = &config.status {
+        status().connect(url, resolver.clone());
+    }
+    log::info!(
+        "network up on {}: {}/{} via {}",
+        lease.nic.name,
+        lease.address,
+        lease.prefix,
+        lease
+            .router
+            .map_or("no gateway".to_string(), |r| r.to_string())
+    );
+    status().send(
+        Phase::NetworkUp,
+        serde_json::json!({
+            "interface": lease.nic.name,
+            "address": format!("{}/{}", lease.address, lease.prefix),
+        }),
+    );
+    Ok(resolver)
+}
+
+/// The repository, and the manifest the command line trusts.
+fn fetch_manifest(
+    config: &Config,
+    resolver: Arc<dyn NameResolver>,
+) -> Result<(HttpSource, Resolved)> {
+    let repo = config.repo.as_deref().unwrap_or_default();
+    let image = config
+        .image
+        .as_ref()
+        .ok_or_else(|| anyhow!("imprint.image is missing"))?;
+    let source = HttpSource::new(repo, resolver, Duration::from_secs(30), config.jobs)?;
+    let pubkey = config
+        .pubkey
+        .as_deref()
+        .map(crate::format::signature::parse_public_key)
+        .transpose()?;
+    let resolved = engine::resolve(&source, image, pubkey.as_ref(), &RetryPolicy::default())
+        .with_context(|| format!("fetching the manifest of {image} from {repo}"))?;
+    if resolved.trust == Trust::Unverified {
+        log::warn!(
+            "{image} is trusted only because the repository says so; pin imprint.image=sha256:... or set imprint.pubkey="
+        );
+    }
+    Ok((source, resolved))
+}
+
+/// The target disk: named on the command line, or the one fixed, unused disk
+/// large enough. Disks may appear a little after their drivers load.
+fn wait_for_disk(config: &Config, needed: u64) -> Result<disks::DiskInfo> {
+    let start = Instant::now();
+    let wait = Duration::from_secs(30);
+    let mut said = false;
+    let disk = loop {
+        let found = disks::scan();
+        match disks::choose(&found, config.disk.as_ref(), needed) {
+            Ok(d) => break d.clone(),
+            Err(e @ (disks::DiskError::NoDisks(_) | disks::DiskError::NoMatch { .. }))
+                if start.elapsed() < wait =>
+            {
+                if !said {
+                    log::info!(
+                        "waiting up to {} s for the target disk ({e})",
+                        wait.as_secs()
+                    );
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    log::info!("target disk {} ({} bytes)", disk.dev_path(), disk.size);
+    status().send(
+        Phase::DiskSelected,
+        serde_json::json!({ "disk": disk.dev_path(), "size": disk.size, "serial": disk.serial }),
+    );
+    Ok(disk)
+}
+
+/// The previous OS for an upgrade: imprint.previous= (a path or hints), or the one
+/// other disk whose record says it is the committed OS.
+fn previous_os(config: &Config, new_disk: &str) -> Result<StateDisk> {
+    let wanted = match &config.previous {
+        None => None,
+        Some(sel) => Some(
+            disks::choose(&disks::scan(), Some(sel), 0)
+                .map_err(|e| anyhow!("imprint.previous: {e}"))?
+                .dev_path(),
+        ),
+    };
+    let all = statepart::state_disks();
+    let found = statepart::find_previous(&all, wanted.as_deref(), new_disk)?;
+    log::info!(
+        "previous OS on {}: its chunks seed the new disk",
+        found.device
+    );
+    Ok(found.clone())
+}
+
+/// The record the installed OS's first boot reads.
+fn state_record(config: &Config, resolved: &Resolved, previous: Option<&StateDisk>) -> Record {
+    let mode = if previous.is_some() {
+        state::Mode::Upgrade
+    } else {
+        state::Mode::Deploy
+    };
+    let mut settings = std::collections::BTreeMap::new();
+    if let Some(h) = &config.hostname {
+        settings.insert("hostname".to_string(), h.clone());
+    }
+    Record {
+        deployed_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        previous: previous.map(|p| state::PreviousOs {
+            disk_guid: p.layout.disk_guid,
+            partition_guids: p.layout.partitions.iter().map(|x| x.unique_guid).collect(),
+        }),
+        settings,
+        status_url: config.status.clone(),
+        target: Some(status().target()),
+        ..Record::new(mode, &resolved.manifest.name, resolved.digest)
+    }
+}
+
+/// A random (version 4) GUID in on-disk byte order.
+fn random_guid() -> Result<Guid> {
+    let mut g = sys::random_bytes::<16>().context("reading /dev/urandom")?;
+    g[7] = (g[7] & 0x0f) | 0x40;
+    g[8] = (g[8] & 0x3f) | 0x80;
+    Ok(Guid(g))
+}
+
+/// The engine's install sequence onto `disk`, with progress on the console and
+/// as status events.
+fn install_image(
+    config: &Config,
+    source: &HttpSource,
+    resolved: &Resolved,
+    disk: &disks::DiskInfo,
+    needed: u64,
+    previous: Option<&StateDisk>,
+    record: &Record,
+) -> Result<Installed> {
+    let manifest = &resolved.manifest;
+    let disk_path = disk.dev_path();
+    let seed = previous
+        .map(|p| DiskTarget::open_for_read(Path::new(&p.device)))
+        .transpose()?;
+    let target = DiskTarget::open_for_write(Path::new(&disk_path), needed)?;
+    let plan = Plan {
+        disk_guid: random_guid()?,
+        state_guid: random_guid()?,
+        previous: previous.map(|p| &p.layout),
+        esp_guid: random_guid()?,
+        record,
+        seed: seed.as_ref().map(|s| s as &dyn Target),
+        opts: DeployOptions {
+            jobs: config.jobs,
+            retry: RetryPolicy::default(),
+            progress_interval: Duration::from_secs(2),
+        },
+    };
+    let last_event = AtomicU64::new(0);
+    let on_progress = |p: &Progress| {
+        let pct = p.done_bytes as f64 * 100.0 / p.total_bytes.max(1) as f64;
+        log::info!(
+            "{pct:5.1}% written {} MB, skipped {} MB, fetched {} MB, {:.1} MB/s",
+            (p.written_bytes + p.zeroed_bytes) / 1_000_000,
+            p.skipped_bytes / 1_000_000,
+            p.fetched_bytes / 1_000_000,
+            p.rate_mb_s()
+        );
+        let secs = p.elapsed.as_secs();
+        if secs >= last_event.load(Ordering::Relaxed) + 5 {
+            last_event.store(secs, Ordering::Relaxed);
+            send_progress(p);
+        }
+    };
+    let mut after = |step: Step| {
+        if step == Step::InvalidateBootRecords {
+            log::info!(
+                "first write (old boot records invalidated) at {:.2} s",
+                uptime()
+            );
+            log::info!(
+                "deploying {} {} ({} bytes) to {disk_path}",
+                manifest.name,
+                resolved.digest,
+                manifest.size,
+            );
+        }
+        true
+    };
+    let installed = install::install(source, manifest, &target, &plan, &on_progress, &mut after)
+        .with_context(|| format!("deploying to {disk_path}"))?;
+    let p = &installed.progress;
+    log::info!(
+        "deploy complete: bytes={} written={} zeroed={} skipped={} fetched={} seeded={} fetched_chunks={} seeded_chunks={} retries={} seconds={:.1}",
+        p.total_bytes,
+        p.written_bytes,
+        p.zeroed_bytes,
+        p.skipped_bytes,
+        p.fetched_bytes,
+        p.seeded_bytes,
+        p.chunks_fetched,
+        p.chunks_seeded,
+        p.retries,
+        p.elapsed.as_secs_f64()
+    );
+    send_progress(p);
+    if let Some(p) = &installed.added_state {
+        log::info!(
+            "created the imprint-state partition ({} bytes) as partition {}",
+            statepart::CREATE_SIZE,
+            p.number
+        );
+    }
+    if let Some(guid) = installed.renewed_esp {
+        log::info!("the new disk's ESP had the same GUID as the previous disk's; it is now {guid}");
+    }
+    for p in &installed.shared_guids {
+        log::warn!(
+            "partition {} ({:?}) of the new disk has the same GUID {} as one on the previous disk; anything that finds it by PARTUUID may find the old one",
+            p.number,
+            p.name,
+            p.unique_guid
+        );
+    }
+    log::info!(
+        "boot records written: GPT for {} bytes, state record mode={} image={}",
+        disk.size,
+        record.mode.as_str(),
+        resolved.digest
+    );
+    Ok(installed)
+}
+
+fn send_progress(p: &Progress) {
+    status().send(
+        Phase::Writing,
+        serde_json::json!({ "done": p.done_bytes, "total": p.total_bytes, "fetched": p.fetched_bytes }),
+    );
+}
+
+/// Upgrades: the firmware boots the new disk next (UEFI: once, until the new OS
+/// commits; BIOS: through a stub in the previous disk's boot code).
+fn switch_boot(
+    previous: &StateDisk,
+    installed: &Installed,
+    disk: &disks::DiskInfo,
+    image_name: &str,
+) -> Result<()> {
+    if sys::is_uefi() {
+        // Loaded here rather than left to the kernel's request: it must be there.
+        drivers::Drivers::open().load(&["efivarfs".to_string()]);
+        let n = bootswitch::uefi_trial_boot(&installed.layout, &format!("imprint {image_name}"))
+            .context("setting up the UEFI trial boot")?;
+        log::info!(
+            "UEFI: Boot{n:04X} boots {} once (BootNext); BootOrder unchanged until the new OS commits",
+            disk.dev_path()
+        );
+    } else {
+        bootswitch::bios_pass_over(previous, installed.layout.disk_guid)
+            .context("switching the BIOS boot disk")?;
+        log::info!(
+            "BIOS: boot record of {} saved in its state partition and replaced by a stub that boots {}",
+            previous.device,
+            disk.dev_path()
+        );
+    }
+    Ok(())
+}
