@@ -13,6 +13,7 @@
 //!   bundle lifecycle, finding the disks that carry one.
 //! - [`bootswitch`] — switching boot between an old and a new OS disk (BIOS chain
 //!   stub, UEFI trial boot) and undoing it.
+//! - [`parallel`] — the worker pool the engine and the repository tools share.
 //! - [`sys`] — every system call that is not plain std; the only `unsafe` code.
 //!
 //! Roles:
@@ -31,6 +32,7 @@ pub mod engine;
 pub mod format;
 pub mod host;
 pub mod installed;
+pub mod parallel;
 pub mod pid1;
 pub mod source;
 pub mod statepart;

@@ -8,6 +8,7 @@ mod common;
 use common::vm::*;
 use common::*;
 use imprint::format::state;
+use imprint::format::status::Phase;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -43,20 +44,20 @@ fn deploy_then_boot(firmware: &str) {
     );
     assert!(status.success(), "deploy VM: {status:?}\n{console}");
     for phase in [
-        "booted",
-        "network-up",
-        "disk-selected",
-        "writing",
-        "boot-records",
-        "handoff",
-        "complete",
+        Phase::Booted,
+        Phase::NetworkUp,
+        Phase::DiskSelected,
+        Phase::Writing,
+        Phase::BootRecords,
+        Phase::Handoff,
+        Phase::Complete,
     ] {
         assert_has(&console, &format!("\"phase\":\"{phase}\""));
     }
     assert_has(&console, "handing off (reboot)");
     assert_eq!(
         status_of(&served.url)[format!("vm-{firmware}")]["phase"],
-        "complete"
+        Phase::Complete.as_str()
     );
     // Checked before the installed OS runs: it mounts its root read-write.
     check_deployed_disk(&disk, &image, &digest, Some("node-1"));
@@ -269,10 +270,10 @@ fn corrupt_chunk_fails_clearly_and_the_disk_does_not_boot() {
     );
     assert_has(&console, "deploy failed");
     assert_has(&console, &bad_name);
-    assert_has(&console, "\"phase\":\"failed\"");
+    assert_has(&console, &format!("\"phase\":\"{}\"", Phase::Failed));
     assert_has(&console, "powering off");
     let events = status_of(&served.url);
-    assert_eq!(events["corrupt"]["phase"], "failed");
+    assert_eq!(events["corrupt"]["phase"], Phase::Failed.as_str());
     assert!(
         events["corrupt"]["error"]
             .as_str()
@@ -414,7 +415,7 @@ fn no_dhcp_server_gives_a_clear_message_and_powers_off() {
         "the error policy powers off: {status:?}\n{console}"
     );
     assert_has(&console, "no DHCP answer on eth0 within 6 s");
-    assert_has(&console, "\"phase\":\"failed\"");
+    assert_has(&console, &format!("\"phase\":\"{}\"", Phase::Failed));
     assert_has(&console, "powering off");
     assert!(
         std::fs::read(&disk).unwrap().iter().all(|&b| b == 0),

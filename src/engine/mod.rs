@@ -21,8 +21,8 @@ use crate::format::signature::{self, SignatureError};
 use crate::source::{FetchError, RetryCounter, RetryPolicy, Source, fetch_checked};
 use ed25519_dalek::VerifyingKey;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -327,14 +327,18 @@ fn deploy_chunks(
     }
     let started = Instant::now();
     let counters = Counters::default();
-    let next = AtomicUsize::new(range.start);
-    let range = &range;
-    let abort = AtomicBool::new(false);
-    let first_error: Mutex<Option<DeployError>> = Mutex::new(None);
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
-
     let counters = &counters;
-    std::thread::scope(|scope| {
+    let job = Job {
+        source,
+        manifest,
+        target,
+        seed,
+        opts,
+        counters,
+    };
+    let written = std::thread::scope(|scope| {
+        let range = &range;
         let reporter = scope.spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) =
                 stop_rx.recv_timeout(opts.progress_interval)
@@ -342,38 +346,15 @@ fn deploy_chunks(
                 on_progress(&counters.snapshot(manifest, range, started));
             }
         });
-        let workers: Vec<_> = (0..opts.jobs.max(1))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut worker = Worker::new(manifest.chunk_size as usize);
-                    while !abort.load(Ordering::Relaxed) {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        if index >= range.end {
-                            break;
-                        }
-                        let job = Job {
-                            source,
-                            manifest,
-                            target,
-                            seed,
-                            opts,
-                            counters,
-                        };
-                        if let Err(e) = worker.chunk(&job, index) {
-                            abort.store(true, Ordering::Relaxed);
-                            if let Ok(mut slot) = first_error.lock() {
-                                slot.get_or_insert(e);
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            let _ = w.join();
-        }
+        let written = crate::parallel::for_each_index(
+            range.clone(),
+            opts.jobs,
+            || Worker::new(manifest.chunk_size as usize),
+            |worker, index| worker.chunk(&job, index),
+        );
         let _ = stop_tx.send(());
         let _ = reporter.join();
+        written
     });
     // Sync even after a failure: whatever was verified and written stays, so the
     // next attempt resumes from it.
@@ -383,11 +364,9 @@ fn deploy_chunks(
         offset: 0,
         source,
     });
-    if let Some(e) = first_error.into_inner().ok().flatten() {
-        return Err(e);
-    }
+    written?;
     synced?;
-    Ok(counters.snapshot(manifest, range, started))
+    Ok(counters.snapshot(manifest, &range, started))
 }
 
 /// Fetches chunk `index` and returns its verified content (zeros for a zero chunk).

@@ -5,7 +5,6 @@ use crate::format::digest::Digest;
 use crate::format::is_zero;
 use crate::format::manifest::{ChunkKind, Manifest};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Debug, Default)]
 pub struct VerifyReport {
@@ -33,40 +32,36 @@ pub fn verify(manifest: &Manifest, target: &dyn Target, jobs: usize) -> VerifyRe
         report.too_small = true;
         return report;
     }
-    let next = AtomicUsize::new(0);
     let found = Mutex::new((Vec::new(), Vec::new()));
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.max(1) {
-            scope.spawn(|| {
-                let mut buf = vec![0u8; manifest.chunk_size as usize];
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(chunk) = manifest.chunks.get(i) else {
-                        break;
-                    };
-                    let len = chunk.length as u64;
-                    let matches = if target.known_zero(chunk.offset, len) {
-                        Ok(chunk.kind == ChunkKind::Zero)
-                    } else {
-                        let buf = &mut buf[..len as usize];
-                        target
-                            .read_at(buf, chunk.offset)
-                            .map(|()| match chunk.kind {
-                                ChunkKind::Zero => is_zero(buf),
-                                ChunkKind::Data { sha256, .. } => Digest::of(buf) == sha256,
-                            })
-                    };
-                    if let Ok(mut f) = found.lock() {
-                        match matches {
-                            Ok(true) => {}
-                            Ok(false) => f.0.push(chunk.offset),
-                            Err(e) => f.1.push(format!("reading offset {}: {e}", chunk.offset)),
-                        }
-                    }
+    let checked = crate::parallel::for_each_index(
+        0..manifest.chunks.len(),
+        jobs,
+        || vec![0u8; manifest.chunk_size as usize],
+        |buf, i| {
+            let chunk = &manifest.chunks[i];
+            let len = chunk.length as u64;
+            let matches = if target.known_zero(chunk.offset, len) {
+                Ok(chunk.kind == ChunkKind::Zero)
+            } else {
+                let buf = &mut buf[..len as usize];
+                target
+                    .read_at(buf, chunk.offset)
+                    .map(|()| match chunk.kind {
+                        ChunkKind::Zero => is_zero(buf),
+                        ChunkKind::Data { sha256, .. } => Digest::of(buf) == sha256,
+                    })
+            };
+            if let Ok(mut f) = found.lock() {
+                match matches {
+                    Ok(true) => {}
+                    Ok(false) => f.0.push(chunk.offset),
+                    Err(e) => f.1.push(format!("reading offset {}: {e}", chunk.offset)),
                 }
-            });
-        }
-    });
+            }
+            Ok::<(), ()>(())
+        },
+    );
+    debug_assert!(checked.is_ok());
     let (mut mismatched, errors) = found.into_inner().unwrap_or_default();
     mismatched.sort_unstable();
     report.mismatched = mismatched;

@@ -383,7 +383,8 @@ pub fn relocate(
 
     // Protective MBR: one 0xEE partition covering the disk (capped at 2^32-1).
     if head[510..512] == [0x55, 0xAA] && head[446 + 4] == 0xEE {
-        let sectors = (disk_size / 512 - 1).min(u32::MAX as u64) as u32;
+        // Counted in logical sectors, which are 4096 bytes on a 4Kn disk.
+        let sectors = (disk_sectors - 1).min(u32::MAX as u64) as u32;
         head[446 + 12..446 + 16].copy_from_slice(&sectors.to_le_bytes());
     }
     Ok(Relocated {
@@ -402,8 +403,18 @@ pub(crate) mod tests {
     /// Builds a minimal valid GPT image of `sectors` 512-byte sectors with the given
     /// (type, first, last, name) partitions. Used by other modules' tests too.
     pub(crate) fn image_with(sectors: u64, parts: &[(Guid, u64, u64, &str)]) -> Vec<u8> {
-        let mut img = vec![0u8; sectors as usize * 512];
+        image_with_sector_size(512, sectors, parts)
+    }
+
+    /// A GPT image of `sectors` sectors of `ss` bytes, 128 entries of 128 bytes.
+    pub(crate) fn image_with_sector_size(
+        ss: usize,
+        sectors: u64,
+        parts: &[(Guid, u64, u64, &str)],
+    ) -> Vec<u8> {
+        let mut img = vec![0u8; sectors as usize * ss];
         let mut entries = vec![0u8; 128 * 128];
+        let entry_sectors = entries.len().div_ceil(ss) as u64;
         for (i, (ty, first, last, name)) in parts.iter().enumerate() {
             let e = &mut entries[i * 128..(i + 1) * 128];
             e[0..16].copy_from_slice(&ty.0);
@@ -414,15 +425,15 @@ pub(crate) mod tests {
                 e[56 + 2 * j..58 + 2 * j].copy_from_slice(&u.to_le_bytes());
             }
         }
-        img[1024..1024 + entries.len()].copy_from_slice(&entries);
-        let h = &mut img[512..1024];
+        img[2 * ss..2 * ss + entries.len()].copy_from_slice(&entries);
+        let h = &mut img[ss..ss + 512];
         h[..8].copy_from_slice(SIGNATURE);
         h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
         h[12..16].copy_from_slice(&92u32.to_le_bytes());
         h[24..32].copy_from_slice(&1u64.to_le_bytes());
         h[32..40].copy_from_slice(&(sectors - 1).to_le_bytes());
-        h[40..48].copy_from_slice(&34u64.to_le_bytes());
-        h[48..56].copy_from_slice(&(sectors - 34).to_le_bytes());
+        h[40..48].copy_from_slice(&(2 + entry_sectors).to_le_bytes());
+        h[48..56].copy_from_slice(&(sectors - 2 - entry_sectors).to_le_bytes());
         h[56..72].copy_from_slice(&[0xAB; 16]);
         h[72..80].copy_from_slice(&2u64.to_le_bytes());
         h[80..84].copy_from_slice(&128u32.to_le_bytes());
@@ -554,5 +565,55 @@ pub(crate) mod tests {
         assert!(renew_partition_guid(&mut head, 200, Guid([5; 16])).is_err());
         let r = relocate(&mut head, 8 << 20, None, None).unwrap();
         assert_eq!(r.layout.partitions[0].unique_guid, Guid([5; 16]));
+    }
+
+    #[test]
+    fn disks_with_4096_byte_sectors() {
+        let ss = 4096usize;
+        let mut image = image_with_sector_size(ss, 1024, &[(ESP_TYPE, 256, 511, "EFI system")]);
+        image[446 + 4] = 0xEE;
+        image[510..512].copy_from_slice(&[0x55, 0xAA]);
+        let layout = read(&mut Cursor::new(&image)).unwrap().unwrap();
+        assert_eq!(layout.sector_size, 4096);
+        assert_eq!(layout.first_usable_lba, 6);
+        assert_eq!(layout.partitions[0].first_lba, 256);
+
+        let disk_size = 16u64 << 20;
+        let mut disk = image.clone();
+        disk.resize(disk_size as usize, 0);
+        let mut head = disk[..64 << 10].to_vec();
+        renew_partition_guid(&mut head, 1, Guid([5; 16])).unwrap();
+        let new = NewPartition {
+            type_guid: Guid([7; 16]),
+            unique_guid: Guid([8; 16]),
+            name: "imprint-state".into(),
+            size: 1 << 20,
+        };
+        let r = relocate(&mut head, disk_size, Some(&new), Some(Guid([9; 16]))).unwrap();
+        disk[..head.len()].copy_from_slice(&head);
+        disk[r.backup_offset as usize..][..r.backup.len()].copy_from_slice(&r.backup);
+        assert_eq!(r.backup_offset + r.backup.len() as u64, disk_size);
+
+        let sectors = disk_size / ss as u64;
+        let layout = read(&mut Cursor::new(&disk)).unwrap().unwrap();
+        assert_eq!(layout.sector_size, 4096);
+        assert_eq!(layout.last_usable_lba, sectors - 2 - 4);
+        assert_eq!(layout.partitions[0].unique_guid, Guid([5; 16]));
+        let state = &layout.partitions[1];
+        assert_eq!(state.first_lba % 256, 0, "1 MiB aligned");
+        assert_eq!((state.last_lba - state.first_lba + 1) * 4096, 1 << 20);
+        // The protective MBR counts 4096-byte sectors.
+        assert_eq!(le32(&disk, 446 + 12) as u64, sectors - 1);
+        // The backup header fills the last 4096-byte sector and points back at LBA 1.
+        let bh = &disk[disk.len() - ss..];
+        assert_eq!(&bh[..8], SIGNATURE);
+        assert_eq!(le64(bh, 24), sectors - 1);
+        assert_eq!(le64(bh, 32), 1);
+        let entries_at = le64(bh, 72) as usize * ss;
+        assert_eq!(entries_at, disk.len() - 5 * ss);
+        assert_eq!(
+            crc32fast::hash(&disk[entries_at..entries_at + 128 * 128]),
+            le32(bh, 88)
+        );
     }
 }

@@ -6,7 +6,6 @@ use crate::format::digest::Digest;
 use crate::format::manifest::{ChunkKind, Manifest};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Debug, Default)]
 pub struct CheckReport {
@@ -57,25 +56,21 @@ pub fn check(repo: &LocalRepo, jobs: usize) -> Result<CheckReport, RepoError> {
         }
     }
     let wanted: Vec<_> = wanted.into_iter().collect();
-    let next = AtomicUsize::new(0);
     let problems = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.max(1) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((sha, (length, stored_size, blake3, used_by))) = wanted.get(i) else {
-                        break;
-                    };
-                    if let Err(problem) = check_chunk(repo, sha, *length, *stored_size, blake3)
-                        && let Ok(mut p) = problems.lock()
-                    {
-                        p.push((*sha, format!("{problem} (used by manifest {used_by})")));
-                    }
-                }
-            });
-        }
-    });
+    let _ = crate::parallel::for_each_index(
+        0..wanted.len(),
+        jobs,
+        || (),
+        |(), i| {
+            let (sha, (length, stored_size, blake3, used_by)) = &wanted[i];
+            if let Err(problem) = check_chunk(repo, sha, *length, *stored_size, blake3)
+                && let Ok(mut p) = problems.lock()
+            {
+                p.push((*sha, format!("{problem} (used by manifest {used_by})")));
+            }
+            Ok::<(), ()>(())
+        },
+    );
     let mut chunk_problems = problems.into_inner().unwrap_or_default();
     chunk_problems.sort();
     report
