@@ -107,6 +107,19 @@ pub enum GptError {
 const SIGNATURE: &[u8; 8] = b"EFI PART";
 const MAX_ENTRIES_BYTES: u64 = 1 << 20;
 
+// Byte offsets of the GPT header's fields (UEFI spec, table 5-5).
+const H_SIZE: usize = 12;
+const H_CRC: usize = 16;
+const H_MY_LBA: usize = 24;
+const H_ALTERNATE_LBA: usize = 32;
+const H_FIRST_USABLE: usize = 40;
+const H_LAST_USABLE: usize = 48;
+const H_DISK_GUID: usize = 56;
+const H_ENTRIES_LBA: usize = 72;
+const H_ENTRY_COUNT: usize = 80;
+const H_ENTRY_SIZE: usize = 84;
+const H_ENTRIES_CRC: usize = 88;
+
 fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default())
 }
@@ -138,29 +151,33 @@ fn parse<R: Read + Seek>(
     sector_size: u32,
     header: &[u8],
 ) -> Result<Layout, GptError> {
-    let header_size = le32(header, 12) as usize;
+    let header_size = le32(header, H_SIZE) as usize;
     if !(92..=sector_size as usize).contains(&header_size) {
         return Err(GptError::BadHeader("size is out of range"));
     }
     let mut crc_input = header[..header_size].to_vec();
-    crc_input[16..20].fill(0);
-    if crc32fast::hash(&crc_input) != le32(header, 16) {
+    crc_input[H_CRC..H_CRC + 4].fill(0);
+    if crc32fast::hash(&crc_input) != le32(header, H_CRC) {
         return Err(GptError::HeaderCrc);
     }
-    if le64(header, 24) != 1 {
+    if le64(header, H_MY_LBA) != 1 {
         return Err(GptError::BadHeader("does not say it lives at LBA 1"));
     }
-    let first_usable_lba = le64(header, 40);
-    let last_usable_lba = le64(header, 48);
+    let first_usable_lba = le64(header, H_FIRST_USABLE);
+    let last_usable_lba = le64(header, H_LAST_USABLE);
     if first_usable_lba > last_usable_lba {
         return Err(GptError::BadHeader(
             "has first usable LBA after last usable LBA",
         ));
     }
-    let disk_guid = Guid(header[56..72].try_into().unwrap_or_default());
-    let entries_lba = le64(header, 72);
-    let count = le32(header, 80) as u64;
-    let entry_size = le32(header, 84) as u64;
+    let disk_guid = Guid(
+        header[H_DISK_GUID..H_DISK_GUID + 16]
+            .try_into()
+            .unwrap_or_default(),
+    );
+    let entries_lba = le64(header, H_ENTRIES_LBA);
+    let count = le32(header, H_ENTRY_COUNT) as u64;
+    let entry_size = le32(header, H_ENTRY_SIZE) as u64;
     if entry_size < 128 || !entry_size.is_multiple_of(8) || entry_size > 4096 {
         return Err(GptError::BadHeader("has an invalid partition entry size"));
     }
@@ -174,7 +191,7 @@ fn parse<R: Read + Seek>(
     let mut entries = vec![0u8; total as usize];
     disk.seek(SeekFrom::Start(offset))?;
     disk.read_exact(&mut entries)?;
-    if crc32fast::hash(&entries) != le32(header, 88) {
+    if crc32fast::hash(&entries) != le32(header, H_ENTRIES_CRC) {
         return Err(GptError::EntriesCrc);
     }
     let mut partitions = Vec::new();
@@ -217,27 +234,59 @@ fn parse<R: Read + Seek>(
 /// Gives partition `number` of the GPT in `head` a new unique GUID, fixing both
 /// checksums of the primary copy (run before [`relocate`], which derives the backup).
 pub fn renew_partition_guid(head: &mut [u8], number: u32, guid: Guid) -> Result<(), RelocateError> {
-    let layout = read(&mut io::Cursor::new(&head[..]))
-        .map_err(|e| RelocateError::Damaged(e.to_string()))?
-        .ok_or(RelocateError::NoGpt(head.len()))?;
-    let h = layout.sector_size as usize;
-    let entries_at = le64(&head[h..], 72) as usize * h;
-    let count = le32(&head[h..], 80) as usize;
-    let entry_size = le32(&head[h..], 84) as usize;
-    if number == 0 || number as usize > count {
+    let (_, t) = table_in(head)?;
+    if number == 0 || number as usize > t.count {
         return Err(RelocateError::Damaged(format!(
             "no partition entry {number}"
         )));
     }
-    let at = entries_at + (number as usize - 1) * entry_size;
+    let at = t.entries_at + (number as usize - 1) * t.entry_size;
     head[at + 16..at + 32].copy_from_slice(&guid.0);
-    let crc = crc32fast::hash(&head[entries_at..entries_at + count * entry_size]);
-    head[h + 88..h + 92].copy_from_slice(&crc.to_le_bytes());
-    let header_size = le32(&head[h..], 12) as usize;
-    head[h + 16..h + 20].fill(0);
-    let crc = crc32fast::hash(&head[h..h + header_size]);
-    head[h + 16..h + 20].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32fast::hash(&head[t.entries_at..t.entries_at + t.entries_len()]);
+    let header = &mut head[t.ss..t.ss * 2];
+    header[H_ENTRIES_CRC..H_ENTRIES_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    seal(header, t.header_size);
     Ok(())
+}
+
+/// Where the primary GPT in an image's head keeps its parts.
+struct Table {
+    /// Sector size: the primary header is at byte `ss`.
+    ss: usize,
+    header_size: usize,
+    entries_at: usize,
+    count: usize,
+    entry_size: usize,
+}
+
+impl Table {
+    fn entries_len(&self) -> usize {
+        self.count * self.entry_size
+    }
+}
+
+/// The GPT in `head` (checked by [`read`]) and where its parts are.
+fn table_in(head: &[u8]) -> Result<(Layout, Table), RelocateError> {
+    let layout = read(&mut io::Cursor::new(head))
+        .map_err(|e| RelocateError::Damaged(e.to_string()))?
+        .ok_or(RelocateError::NoGpt(head.len()))?;
+    let ss = layout.sector_size as usize;
+    let header = &head[ss..];
+    let table = Table {
+        ss,
+        header_size: le32(header, H_SIZE) as usize,
+        entries_at: le64(header, H_ENTRIES_LBA) as usize * ss,
+        count: le32(header, H_ENTRY_COUNT) as usize,
+        entry_size: le32(header, H_ENTRY_SIZE) as usize,
+    };
+    Ok((layout, table))
+}
+
+/// Recomputes a header's own checksum.
+fn seal(header: &mut [u8], header_size: usize) {
+    header[H_CRC..H_CRC + 4].fill(0);
+    let crc = crc32fast::hash(&header[..header_size]);
+    header[H_CRC..H_CRC + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// A partition to add when rewriting a GPT.
@@ -290,17 +339,11 @@ pub fn relocate(
     add: Option<&NewPartition>,
     disk_guid: Option<Guid>,
 ) -> Result<Relocated, RelocateError> {
-    let damaged = |e: GptError| RelocateError::Damaged(e.to_string());
-    let layout = read(&mut io::Cursor::new(&head[..]))
-        .map_err(damaged)?
-        .ok_or(RelocateError::NoGpt(head.len()))?;
-    let ss = layout.sector_size as u64;
-    let h = ss as usize;
-    let entries_lba = le64(&head[h..], 72);
-    let count = le32(&head[h..], 80) as usize;
-    let entry_size = le32(&head[h..], 84) as usize;
-    let entries_at = (entries_lba * ss) as usize;
-    let entries_len = count * entry_size;
+    let (layout, t) = table_in(head)?;
+    let ss = t.ss as u64;
+    let h = t.ss;
+    let (count, entry_size, entries_at) = (t.count, t.entry_size, t.entries_at);
+    let entries_len = t.entries_len();
     let entry_sectors = (entries_len as u64).div_ceil(ss);
     let disk_sectors = disk_size / ss;
     let max_part = layout
@@ -354,29 +397,26 @@ pub fn relocate(
     let entries = head[entries_at..entries_at + entries_len].to_vec();
     let entries_crc = crc32fast::hash(&entries);
 
-    let header_size = le32(&head[h..], 12) as usize;
-    let seal = |hdr: &mut [u8]| {
-        hdr[16..20].fill(0);
-        let crc = crc32fast::hash(&hdr[..header_size]);
-        hdr[16..20].copy_from_slice(&crc.to_le_bytes());
+    let put = |hdr: &mut [u8], at: usize, value: u64| {
+        hdr[at..at + 8].copy_from_slice(&value.to_le_bytes());
     };
     let mut primary = head[h..h * 2].to_vec();
     if let Some(guid) = disk_guid {
-        primary[56..72].copy_from_slice(&guid.0);
+        primary[H_DISK_GUID..H_DISK_GUID + 16].copy_from_slice(&guid.0);
         layout.disk_guid = guid;
     }
-    primary[32..40].copy_from_slice(&(disk_sectors - 1).to_le_bytes());
-    primary[48..56].copy_from_slice(&last_usable.to_le_bytes());
-    primary[88..92].copy_from_slice(&entries_crc.to_le_bytes());
+    put(&mut primary, H_ALTERNATE_LBA, disk_sectors - 1);
+    put(&mut primary, H_LAST_USABLE, last_usable);
+    primary[H_ENTRIES_CRC..H_ENTRIES_CRC + 4].copy_from_slice(&entries_crc.to_le_bytes());
     let mut backup_header = primary.clone();
-    seal(&mut primary);
+    seal(&mut primary, t.header_size);
     head[h..h * 2].copy_from_slice(&primary);
 
     let backup_entries_lba = disk_sectors - 1 - entry_sectors;
-    backup_header[24..32].copy_from_slice(&(disk_sectors - 1).to_le_bytes());
-    backup_header[32..40].copy_from_slice(&1u64.to_le_bytes());
-    backup_header[72..80].copy_from_slice(&backup_entries_lba.to_le_bytes());
-    seal(&mut backup_header);
+    put(&mut backup_header, H_MY_LBA, disk_sectors - 1);
+    put(&mut backup_header, H_ALTERNATE_LBA, 1);
+    put(&mut backup_header, H_ENTRIES_LBA, backup_entries_lba);
+    seal(&mut backup_header, t.header_size);
     let mut backup = entries;
     backup.resize((entry_sectors * ss) as usize, 0);
     backup.extend_from_slice(&backup_header);
@@ -484,13 +524,17 @@ pub(crate) mod tests {
         assert!(read(&mut Cursor::new(truncated)).is_err());
     }
 
-    #[test]
-    fn relocates_to_a_larger_disk_and_adds_a_partition() {
-        let image = image_with(4096, &[(ESP_TYPE, 2048, 4000, "EFI system")]);
-        let disk_size = 16u64 << 20;
-        let mut disk = image.clone();
+    /// `image` on a disk of `disk_size` bytes with a 1 MiB state partition added,
+    /// its head first patched by `patch`, as the install sequence writes it.
+    fn deploy_with_state_partition(
+        image: &[u8],
+        disk_size: u64,
+        patch: impl FnOnce(&mut [u8]),
+    ) -> (Vec<u8>, Relocated) {
+        let mut disk = image.to_vec();
         disk.resize(disk_size as usize, 0);
         let mut head = disk[..64 << 10].to_vec();
+        patch(&mut head);
         let new = NewPartition {
             type_guid: Guid([7; 16]),
             unique_guid: Guid([8; 16]),
@@ -501,6 +545,14 @@ pub(crate) mod tests {
         disk[..head.len()].copy_from_slice(&head);
         disk[r.backup_offset as usize..][..r.backup.len()].copy_from_slice(&r.backup);
         assert_eq!(r.backup_offset + r.backup.len() as u64, disk_size);
+        (disk, r)
+    }
+
+    #[test]
+    fn relocates_to_a_larger_disk_and_adds_a_partition() {
+        let image = image_with(4096, &[(ESP_TYPE, 2048, 4000, "EFI system")]);
+        let disk_size = 16u64 << 20;
+        let (disk, r) = deploy_with_state_partition(&image, disk_size, |_| {});
 
         let layout = read(&mut Cursor::new(&disk)).unwrap().unwrap();
         assert_eq!(layout.last_usable_lba, disk_size / 512 - 34);
@@ -579,20 +631,9 @@ pub(crate) mod tests {
         assert_eq!(layout.partitions[0].first_lba, 256);
 
         let disk_size = 16u64 << 20;
-        let mut disk = image.clone();
-        disk.resize(disk_size as usize, 0);
-        let mut head = disk[..64 << 10].to_vec();
-        renew_partition_guid(&mut head, 1, Guid([5; 16])).unwrap();
-        let new = NewPartition {
-            type_guid: Guid([7; 16]),
-            unique_guid: Guid([8; 16]),
-            name: "imprint-state".into(),
-            size: 1 << 20,
-        };
-        let r = relocate(&mut head, disk_size, Some(&new), Some(Guid([9; 16]))).unwrap();
-        disk[..head.len()].copy_from_slice(&head);
-        disk[r.backup_offset as usize..][..r.backup.len()].copy_from_slice(&r.backup);
-        assert_eq!(r.backup_offset + r.backup.len() as u64, disk_size);
+        let (disk, _) = deploy_with_state_partition(&image, disk_size, |head| {
+            renew_partition_guid(head, 1, Guid([5; 16])).unwrap()
+        });
 
         let sectors = disk_size / ss as u64;
         let layout = read(&mut Cursor::new(&disk)).unwrap().unwrap();
