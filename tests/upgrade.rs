@@ -122,12 +122,9 @@ fn untouchable(disk: &Path) -> Vec<u8> {
     f.seek(SeekFrom::Start(0)).unwrap();
     f.read_to_end(&mut bytes).unwrap();
     bytes[..512].fill(0);
-    let p = layout
-        .partitions
-        .iter()
-        .find(|p| p.type_guid == imprint::statepart::TYPE_GUID)
-        .unwrap();
-    bytes[(p.first_lba * 512) as usize..((p.last_lba + 1) * 512) as usize].fill(0);
+    let p = imprint::statepart::find(&layout).unwrap();
+    let (start, len) = imprint::statepart::byte_range(&layout, p);
+    bytes[start as usize..(start + len) as usize].fill(0);
     bytes
 }
 

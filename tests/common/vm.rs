@@ -3,6 +3,7 @@
 use super::*;
 use imprint::format::gpt;
 use imprint::format::state;
+use imprint::statepart;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -150,12 +151,9 @@ pub fn check_deployed_disk(disk: &Path, image: &[u8], digest: &str, hostname: Op
         "backup GPT header at the last sector"
     );
 
-    let state_part = layout
-        .partitions
-        .iter()
-        .find(|p| p.type_guid == imprint::statepart::TYPE_GUID)
-        .expect("state partition");
-    let (start, end) = (state_part.first_lba * 512, (state_part.last_lba + 1) * 512);
+    let state_part = statepart::find(&layout).expect("state partition");
+    let (start, len) = statepart::byte_range(&layout, state_part);
+    let end = start + len;
     let mut on_disk = vec![0u8; image.len()];
     f.seek(SeekFrom::Start(0)).unwrap();
     f.read_exact(&mut on_disk).unwrap();
@@ -198,17 +196,10 @@ pub fn status_of(url: &str) -> serde_json::Value {
 
 /// The state record on a disk image.
 pub fn read_state(disk: &Path) -> (state::Record, u64) {
-    let mut f = std::fs::File::open(disk).unwrap();
-    let layout = gpt::read(&mut f).unwrap().unwrap();
-    let p = layout
-        .partitions
-        .iter()
-        .find(|p| p.type_guid == imprint::statepart::TYPE_GUID)
-        .unwrap();
-    let mut buf = vec![0u8; ((p.last_lba - p.first_lba + 1) * 512) as usize];
-    f.seek(SeekFrom::Start(p.first_lba * 512)).unwrap();
-    f.read_exact(&mut buf).unwrap();
-    state::read(&mut std::io::Cursor::new(buf)).unwrap()
+    statepart::StateDisk::open(disk.to_str().unwrap())
+        .expect("a state partition")
+        .read_record()
+        .unwrap()
 }
 
 /// A file from the ext4 root (partition "root") of a disk image, read with debugfs.
