@@ -3,7 +3,7 @@
 
 use super::exit::Exit;
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use clap::{ArgGroup, Args, Subcommand};
 use imprint::engine::{self, DeployError, DeployOptions, DiskTarget, Progress, Trust};
 use imprint::format::digest::ImageRef;
 use imprint::format::manifest::{self, BootFacts, ChunkKind, Firmware, Manifest};
@@ -194,7 +194,9 @@ pub struct InitramfsBuildArgs {
 
 /// Where a repository is read from: a directory or a URL.
 #[derive(Args)]
-#[group(required = true, multiple = false)]
+// The group names its members: --timeout goes with either, so it is not one.
+#[group(skip)]
+#[command(group(ArgGroup::new("source").args(["repo", "url"]).required(true)))]
 struct SourceArgs {
     /// Repository directory.
     #[arg(long)]

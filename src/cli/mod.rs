@@ -138,4 +138,14 @@ mod tests {
         };
         assert!(help.to_string().contains(&Exit::help()), "{help}");
     }
+
+    #[test]
+    fn timeout_goes_with_either_source() {
+        for source in [["--repo", "dir"], ["--url", "http://host:8080"]] {
+            let args = ["imprint", "deploy", "--image", "os:1", "--disk", "disk.img"];
+            let timeout = ["--timeout", "5"];
+            let parsed = Cli::try_parse_from(args.iter().chain(&source).chain(&timeout));
+            assert!(parsed.is_ok(), "{source:?}");
+        }
+    }
 }
