@@ -1,0 +1,806 @@
+//! Commands run on a host: image add/ls/inspect, repo check, keygen, serve,
+//! deploy, disk verify and initramfs build.
+
+use super::exit::Exit;
+use anyhow::{Context, Result, bail};
+use clap::{ArgGroup, Args, Subcommand};
+use imprint::engine::{self, DeployError, DeployOptions, DiskTarget, Progress, Trust};
+use imprint::format::digest::ImageRef;
+use imprint::format::manifest::{self, BootFacts, ChunkKind, Firmware, Manifest};
+use imprint::format::signature;
+use imprint::host::initramfs;
+use imprint::host::repo::{self, AddOptions, LocalRepo};
+use imprint::source::{DirSource, HttpSource, RetryPolicy, Source, SystemResolver};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Chunk, compress and store a raw disk image.
+    Add(ImageAddArgs),
+    /// List the tags in a repository.
+    Ls(ImageLsArgs),
+    /// Show what a manifest says.
+    Inspect(ImageInspectArgs),
+}
+
+#[derive(Subcommand)]
+pub enum RepoCommand {
+    /// Check that every chunk every manifest references is present and intact.
+    Check(RepoCheckArgs),
+}
+
+#[derive(Subcommand)]
+pub enum DiskCommand {
+    /// Exit 0 only if the disk holds exactly the image's bytes.
+    Verify(DiskVerifyArgs),
+}
+
+#[derive(Subcommand)]
+pub enum InitramfsCommand {
+    /// Write a zstd-compressed newc archive holding /init and kernel modules.
+    Build(InitramfsBuildArgs),
+}
+
+#[derive(Args)]
+pub struct ImageAddArgs {
+    #[arg(long)]
+    repo: PathBuf,
+    /// NAME:TAG to record the image under.
+    reference: String,
+    /// Raw disk image file.
+    image: PathBuf,
+    /// Chunk size: a power of two from 64K to 64M (suffixes K, M).
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    chunk_size: u64,
+    /// zstd compression level.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=22))]
+    level: i32,
+    /// Secret key file (from `imprint keygen`) to sign the manifest with.
+    #[arg(long)]
+    sign_key: Option<PathBuf>,
+    /// Architecture the image needs (uname -m style).
+    #[arg(long)]
+    arch: Option<String>,
+    /// For kexec hand-off: GPT partition number holding the kernel and initrd.
+    #[arg(long, requires = "kernel")]
+    boot_partition: Option<u32>,
+    /// For kexec hand-off: kernel path inside that partition.
+    #[arg(long, requires = "boot_partition")]
+    kernel: Option<String>,
+    /// For kexec hand-off: initrd path inside that partition.
+    #[arg(long, requires = "boot_partition")]
+    initrd: Option<String>,
+    /// For kexec hand-off: the installed kernel's command line.
+    #[arg(long, requires = "boot_partition", default_value = "")]
+    cmdline: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+impl ImageAddArgs {
+    fn boot_facts(&self) -> Option<BootFacts> {
+        let (Some(partition), Some(kernel)) = (self.boot_partition, &self.kernel) else {
+            return None;
+        };
+        Some(BootFacts {
+            partition,
+            kernel: kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct ImageLsArgs {
+    #[arg(long)]
+    repo: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ImageInspectArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// NAME:TAG or sha256:<hex>.
+    reference: String,
+    #[arg(long)]
+    json: bool,
+    /// Public key (base64) the manifest must be signed with.
+    #[arg(long)]
+    pubkey: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RepoCheckArgs {
+    #[arg(long)]
+    repo: PathBuf,
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct KeygenArgs {
+    /// Secret key file to create (mode 0600); the public key goes to FILE.pub.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[arg(long)]
+    repo: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Threads answering requests.
+    #[arg(long, default_value_t = 8)]
+    threads: usize,
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// NAME:TAG or sha256:<hex> (a digest pins the manifest).
+    #[arg(long)]
+    image: String,
+    /// Block device or file to write.
+    #[arg(long)]
+    disk: PathBuf,
+    /// Chunks fetched and written in parallel.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// Public key (base64) the manifest must be signed with.
+    #[arg(long)]
+    pubkey: Option<String>,
+}
+
+#[derive(Args)]
+pub struct DiskVerifyArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    #[arg(long)]
+    image: String,
+    #[arg(long)]
+    disk: PathBuf,
+    #[arg(long)]
+    pubkey: Option<String>,
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+}
+
+#[derive(Args)]
+pub struct InitramfsBuildArgs {
+    #[arg(long)]
+    out: PathBuf,
+    /// Kernel release whose modules to take (from /lib/modules/RELEASE).
+    #[arg(long, conflicts_with = "modules_dir")]
+    kernel_release: Option<String>,
+    /// Modules directory (default: the newest under /lib/modules).
+    #[arg(long)]
+    modules_dir: Option<PathBuf>,
+    /// Extra module to carry (repeatable); the default set is always included.
+    #[arg(long = "module")]
+    modules: Vec<String>,
+    /// The static imprint binary to run as /init (default: this program).
+    #[arg(long)]
+    init: Option<PathBuf>,
+}
+
+/// Where a repository is read from: a directory or a URL.
+#[derive(Args)]
+// The group names its members: --timeout goes with either, so it is not one.
+#[group(skip)]
+#[command(group(ArgGroup::new("source").args(["repo", "url"]).required(true)))]
+struct SourceArgs {
+    /// Repository directory.
+    #[arg(long)]
+    repo: Option<PathBuf>,
+    /// Repository URL (http://host:port[/path]).
+    #[arg(long)]
+    url: Option<String>,
+    /// Seconds to wait for a connection or for data before retrying.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+}
+
+impl SourceArgs {
+    fn open(&self, connections: usize) -> Result<Box<dyn Source>> {
+        match (&self.repo, &self.url) {
+            (Some(dir), _) => {
+                if !dir.is_dir() {
+                    bail!(
+                        "repository {} is not a directory; pass the folder `imprint image add` wrote",
+                        dir.display()
+                    );
+                }
+                Ok(Box::new(DirSource::new(dir)))
+            }
+            (None, Some(url)) => Ok(Box::new(HttpSource::new(
+                url,
+                Arc::new(SystemResolver),
+                Duration::from_secs(self.timeout.max(1)),
+                connections,
+            )?)),
+            (None, None) => bail!("give --repo DIR or --url URL"),
+        }
+    }
+
+    /// Opens the repository and resolves `image` to a trusted manifest.
+    fn resolve(
+        &self,
+        image: &str,
+        pubkey: Option<&str>,
+        connections: usize,
+    ) -> Result<(Box<dyn Source>, engine::Resolved)> {
+        let image = parse_image_ref(image)?;
+        let pubkey = pubkey.map(signature::parse_public_key).transpose()?;
+        let source = self.open(connections)?;
+        let resolved = engine::resolve(
+            source.as_ref(),
+            &image,
+            pubkey.as_ref(),
+            &RetryPolicy::default(),
+        )?;
+        Ok((source, resolved))
+    }
+}
+
+fn parse_image_ref(text: &str) -> Result<ImageRef> {
+    text.parse::<ImageRef>()
+        .map_err(|e| DeployError::BadRef {
+            image: text.to_string(),
+            reason: e.to_string(),
+        })
+        .map_err(Into::into)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// `65536`, `64K`, `1M`, `1MiB`, `2G` (binary units).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, mult) = match t
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        s if s.ends_with('K') => (s[..s.len() - 1].to_string(), 1u64 << 10),
+        s if s.ends_with('M') => (s[..s.len() - 1].to_string(), 1 << 20),
+        s if s.ends_with('G') => (s[..s.len() - 1].to_string(), 1 << 30),
+        s => (s.to_string(), 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{text:?} is not a size (examples: 65536, 64K, 1M)"))
+}
+
+pub fn image_add(args: &ImageAddArgs) -> Result<Exit> {
+    let reference = &args.reference;
+    let Some((name, tag)) = reference.split_once(':') else {
+        bail!("image reference {reference:?} must be NAME:TAG");
+    };
+    let chunk_size = u32::try_from(args.chunk_size)
+        .ok()
+        .filter(|c| {
+            c.is_power_of_two() && (manifest::MIN_CHUNK_SIZE..=manifest::MAX_CHUNK_SIZE).contains(c)
+        })
+        .with_context(|| {
+            format!(
+                "chunk size {} must be a power of two from 64K to 64M",
+                args.chunk_size
+            )
+        })?;
+    let sign_key = match &args.sign_key {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading secret key {}", path.display()))?;
+            Some(
+                signature::parse_secret_key(&text)
+                    .with_context(|| format!("reading secret key {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let local = LocalRepo::open_or_create(&args.repo)?;
+    let opts = AddOptions {
+        chunk_size,
+        level: args.level,
+        jobs: args.jobs.unwrap_or_else(cores),
+        sign_key,
+        arch: args.arch.clone(),
+        boot: args.boot_facts(),
+    };
+    let report = repo::add_image(&local, name, tag, &args.image, &opts)
+        .with_context(|| format!("adding {} as {reference}", args.image.display()))?;
+    println!("added {reference} {}", report.digest);
+    println!("  logical size  {} bytes", report.size);
+    println!("  chunks        {}", report.chunks);
+    println!("  zero chunks   {}", report.zero_chunks);
+    println!("  new chunks    {}", report.new_chunks);
+    println!("  bytes stored  {}", report.bytes_stored);
+    println!(
+        "  image stored  {} bytes compressed",
+        report.image_stored_bytes
+    );
+    Ok(Exit::Success)
+}
+
+pub fn image_ls(args: &ImageLsArgs) -> Result<Exit> {
+    let local = LocalRepo::open(&args.repo)?;
+    for (name, tag, digest) in local.list_refs()? {
+        match local.load_manifest(&digest) {
+            Ok(m) => println!("{name}:{tag}\t{digest}\t{} bytes", m.size),
+            Err(e) => println!("{name}:{tag}\t{digest}\tunreadable: {e}"),
+        }
+    }
+    Ok(Exit::Success)
+}
+
+pub fn image_inspect(args: &ImageInspectArgs) -> Result<Exit> {
+    let (_, resolved) = args
+        .source
+        .resolve(&args.reference, args.pubkey.as_deref(), 1)?;
+    if args.json {
+        // Through a Value, whose maps keep their keys sorted: the document has
+        // always listed them so.
+        let doc = serde_json::to_value(InspectJson::new(&resolved))?;
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(Exit::Success);
+    }
+    let m = &resolved.manifest;
+    let zero = m
+        .chunks
+        .iter()
+        .filter(|c| c.kind == ChunkKind::Zero)
+        .count();
+    println!("image     {}", m.name);
+    println!("digest    {}", resolved.digest);
+    println!("trust     {}", trust_text(resolved.trust));
+    println!("format    v{}", m.version);
+    println!("size      {} bytes", m.size);
+    println!(
+        "chunks    {} of {} bytes ({} zero)",
+        m.chunks.len(),
+        m.chunk_size,
+        zero
+    );
+    println!("stored    {} bytes compressed", m.stored_bytes());
+    let firmware: Vec<&str> = m.requirements.firmware.iter().map(firmware_name).collect();
+    println!(
+        "needs     arch {}, firmware {}, disk >= {} bytes",
+        m.requirements.arch.as_deref().unwrap_or("any"),
+        if firmware.is_empty() {
+            "unknown".to_string()
+        } else {
+            firmware.join("+")
+        },
+        m.requirements.min_disk_size
+    );
+    match &m.layout {
+        Some(l) => {
+            println!(
+                "layout    GPT, disk {}, {}-byte sectors",
+                l.disk_guid, l.sector_size
+            );
+            for p in &l.partitions {
+                println!(
+                    "  part {:>2}  lba {:>10}-{:<10} type {} uuid {} {:?}",
+                    p.number, p.first_lba, p.last_lba, p.type_guid, p.unique_guid, p.name
+                );
+            }
+        }
+        None => println!("layout    none (no GPT)"),
+    }
+    if let Some(b) = &m.boot {
+        println!(
+            "boot      partition {} kernel {} initrd {} cmdline {:?}",
+            b.partition,
+            b.kernel,
+            b.initrd.as_deref().unwrap_or("-"),
+            b.cmdline
+        );
+    }
+    Ok(Exit::Success)
+}
+
+fn trust_text(trust: Trust) -> &'static str {
+    match trust {
+        Trust::Pinned => "pinned by digest",
+        Trust::Signed => "signed by the given key",
+        Trust::Unverified => "unverified (no digest pin, no public key)",
+    }
+}
+
+fn trust_name(trust: Trust) -> &'static str {
+    match trust {
+        Trust::Pinned => "pinned",
+        Trust::Signed => "signed",
+        Trust::Unverified => "unverified",
+    }
+}
+
+fn firmware_name(firmware: &Firmware) -> &'static str {
+    match firmware {
+        Firmware::Bios => "bios",
+        Firmware::Uefi => "uefi",
+    }
+}
+
+/// `image inspect --json`: the manifest as scripts read it, digests in hex and
+/// GUIDs as text.
+#[derive(Serialize)]
+struct InspectJson<'a> {
+    digest: String,
+    trust: &'static str,
+    version: u32,
+    name: &'a str,
+    size: u64,
+    chunk_size: u32,
+    stored_bytes: u64,
+    requirements: RequirementsJson<'a>,
+    layout: Option<LayoutJson<'a>>,
+    boot: Option<BootJson<'a>>,
+    chunks: Vec<ChunkJson>,
+}
+
+#[derive(Serialize)]
+struct RequirementsJson<'a> {
+    arch: Option<&'a str>,
+    firmware: Vec<&'static str>,
+    min_disk_size: u64,
+}
+
+#[derive(Serialize)]
+struct LayoutJson<'a> {
+    sector_size: u32,
+    disk_guid: String,
+    first_usable_lba: u64,
+    last_usable_lba: u64,
+    partitions: Vec<PartitionJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct PartitionJson<'a> {
+    number: u32,
+    type_guid: String,
+    unique_guid: String,
+    first_lba: u64,
+    last_lba: u64,
+    attributes: u64,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct BootJson<'a> {
+    partition: u32,
+    kernel: &'a str,
+    initrd: Option<&'a str>,
+    cmdline: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum ChunkJson {
+    Data {
+        offset: u64,
+        length: u32,
+        sha256: String,
+        blake3: String,
+        stored_size: u32,
+    },
+    Zero {
+        offset: u64,
+        length: u32,
+    },
+}
+
+impl<'a> InspectJson<'a> {
+    fn new(resolved: &'a engine::Resolved) -> Self {
+        let m: &'a Manifest = &resolved.manifest;
+        InspectJson {
+            digest: resolved.digest.to_string(),
+            trust: trust_name(resolved.trust),
+            version: m.version,
+            name: &m.name,
+            size: m.size,
+            chunk_size: m.chunk_size,
+            stored_bytes: m.stored_bytes(),
+            requirements: RequirementsJson {
+                arch: m.requirements.arch.as_deref(),
+                firmware: m.requirements.firmware.iter().map(firmware_name).collect(),
+                min_disk_size: m.requirements.min_disk_size,
+            },
+            layout: m.layout.as_ref().map(|l| LayoutJson {
+                sector_size: l.sector_size,
+                disk_guid: l.disk_guid.to_string(),
+                first_usable_lba: l.first_usable_lba,
+                last_usable_lba: l.last_usable_lba,
+                partitions: l
+                    .partitions
+                    .iter()
+                    .map(|p| PartitionJson {
+                        number: p.number,
+                        type_guid: p.type_guid.to_string(),
+                        unique_guid: p.unique_guid.to_string(),
+                        first_lba: p.first_lba,
+                        last_lba: p.last_lba,
+                        attributes: p.attributes,
+                        name: &p.name,
+                    })
+                    .collect(),
+            }),
+            boot: m.boot.as_ref().map(|b| BootJson {
+                partition: b.partition,
+                kernel: &b.kernel,
+                initrd: b.initrd.as_deref(),
+                cmdline: &b.cmdline,
+            }),
+            chunks: m
+                .chunks
+                .iter()
+                .map(|c| match c.kind {
+                    ChunkKind::Data {
+                        sha256,
+                        blake3,
+                        stored_size,
+                    } => ChunkJson::Data {
+                        offset: c.offset,
+                        length: c.length,
+                        sha256: sha256.hex(),
+                        blake3: blake3::Hash::from_bytes(blake3).to_hex().to_string(),
+                        stored_size,
+                    },
+                    ChunkKind::Zero => ChunkJson::Zero {
+                        offset: c.offset,
+                        length: c.length,
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+pub fn repo_check(args: &RepoCheckArgs) -> Result<Exit> {
+    let local = LocalRepo::open(&args.repo)?;
+    let report = repo::check(&local, args.jobs.unwrap_or_else(cores))?;
+    for problem in &report.problems {
+        println!("problem: {problem}");
+    }
+    println!(
+        "checked {} manifests, {} chunks: {} problems",
+        report.manifests,
+        report.chunks_checked,
+        report.problems.len()
+    );
+    Ok(if report.problems.is_empty() {
+        Exit::Success
+    } else {
+        Exit::Failure
+    })
+}
+
+pub fn keygen(args: &KeygenArgs) -> Result<Exit> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let out = &args.out;
+    let seed = imprint::sys::random_bytes::<32>().context("reading /dev/urandom")?;
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let public = signature::public_key_text(&key.verifying_key());
+    let mut pub_path = out.as_os_str().to_owned();
+    pub_path.push(".pub");
+    let pub_path = PathBuf::from(pub_path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| {
+            format!(
+                "creating secret key {} (an existing key is never overwritten)",
+                out.display()
+            )
+        })?;
+    file.write_all(signature::secret_key_text(&key).as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing secret key {}", out.display()))?;
+    std::fs::write(&pub_path, format!("{public}\n"))
+        .with_context(|| format!("writing public key {}", pub_path.display()))?;
+    println!("{public}");
+    Ok(Exit::Success)
+}
+
+pub fn serve(args: &ServeArgs) -> Result<Exit> {
+    let server = imprint::host::serve::RepoServer::bind(&args.repo, &args.listen)?;
+    let addr = server
+        .local_addr()
+        .context("the server is not listening on an IP address")?;
+    println!("listening on http://{addr}");
+    // Whoever started the server reads this line to learn the port.
+    std::io::stdout().flush()?;
+    server.run(args.threads);
+    Ok(Exit::Success)
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn progress_line(p: &Progress) -> String {
+    let pct = if p.total_bytes == 0 {
+        100.0
+    } else {
+        p.done_bytes as f64 * 100.0 / p.total_bytes as f64
+    };
+    let eta = p
+        .eta()
+        .map(|d| format!("{}s", d.as_secs()))
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "{pct:5.1}% written {} skipped {} fetched {} {:.1} MB/s eta {eta}",
+        human_bytes(p.written_bytes + p.zeroed_bytes),
+        human_bytes(p.skipped_bytes),
+        human_bytes(p.fetched_bytes),
+        p.rate_mb_s(),
+    )
+}
+
+pub fn deploy(args: &DeployArgs) -> Result<Exit> {
+    let image = &args.image;
+    let disk = &args.disk;
+    let jobs = args.jobs.clamp(1, 64);
+    let (src, resolved) = args.source.resolve(image, args.pubkey.as_deref(), jobs)?;
+    let opts = DeployOptions {
+        jobs,
+        ..DeployOptions::default()
+    };
+    if resolved.trust == Trust::Unverified {
+        log::warn!(
+            "{image} is trusted only because the repository says so; pin a digest or pass --pubkey"
+        );
+    }
+    let m = &resolved.manifest;
+    let target = DiskTarget::open_for_write(disk, m.requirements.min_disk_size.max(m.size))?;
+    log::info!(
+        "deploying {} {} ({}) to {}",
+        m.name,
+        resolved.digest,
+        human_bytes(m.size),
+        disk.display()
+    );
+    let result = engine::deploy(src.as_ref(), m, &target, &opts, &|p| {
+        eprintln!("imprint: {}", progress_line(p));
+    });
+    let p = result.with_context(|| format!("deploying to {}", disk.display()))?;
+    println!(
+        "deploy complete: image={} bytes={} written={} zeroed={} skipped={} fetched={} \
+         chunks={} fetched_chunks={} skipped_chunks={} retries={} seconds={:.2} rate={:.1}MB/s",
+        resolved.digest,
+        p.total_bytes,
+        p.written_bytes,
+        p.zeroed_bytes,
+        p.skipped_bytes,
+        p.fetched_bytes,
+        p.chunks,
+        p.chunks_fetched,
+        p.chunks_skipped,
+        p.retries,
+        p.elapsed.as_secs_f64(),
+        p.rate_mb_s()
+    );
+    Ok(Exit::Success)
+}
+
+pub fn disk_verify(args: &DiskVerifyArgs) -> Result<Exit> {
+    let disk = args.disk.display();
+    let (_, resolved) = args
+        .source
+        .resolve(&args.image, args.pubkey.as_deref(), 1)?;
+    let target = DiskTarget::open_for_read(&args.disk)?;
+    let report = engine::verify(&resolved.manifest, &target, args.jobs.clamp(1, 64));
+    for e in &report.errors {
+        println!("error: {e}");
+    }
+    if report.too_small {
+        println!(
+            "{disk} is smaller than the image ({} bytes)",
+            resolved.manifest.size
+        );
+    }
+    for offset in report.mismatched.iter().take(20) {
+        println!("mismatch: chunk at offset {offset}");
+    }
+    if report.ok() {
+        println!(
+            "{disk} holds {} exactly ({} chunks)",
+            resolved.digest, report.chunks
+        );
+        Ok(Exit::Success)
+    } else {
+        println!(
+            "{disk} does not hold {}: {} of {} chunks differ",
+            resolved.digest,
+            report.mismatched.len(),
+            report.chunks
+        );
+        Ok(Exit::Failure)
+    }
+}
+
+pub fn initramfs_build(args: &InitramfsBuildArgs) -> Result<Exit> {
+    let out = &args.out;
+    let modules_dir = match (&args.modules_dir, &args.kernel_release) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(release)) => Path::new("/lib/modules").join(release),
+        (None, None) => initramfs::newest_modules_dir(Path::new("/lib/modules"))?,
+    };
+    let init = match &args.init {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("finding this program's path")?,
+    };
+    let modules: Vec<String> = initramfs::DEFAULT_MODULES
+        .iter()
+        .map(|s| s.to_string())
+        .chain(args.modules.iter().cloned())
+        .collect();
+    let report = initramfs::build(&initramfs::BuildOptions {
+        init: init.clone(),
+        modules_dir: modules_dir.clone(),
+        modules,
+        level: 19,
+    })
+    .with_context(|| format!("building an initramfs from {}", modules_dir.display()))?;
+    let tmp = out.with_extension("tmp");
+    std::fs::write(&tmp, &report.compressed)
+        .and_then(|()| std::fs::rename(&tmp, out))
+        .with_context(|| format!("writing {}", out.display()))?;
+    let init_size = std::fs::metadata(&init).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {}: {} bytes (zstd; {} bytes uncompressed), kernel {}, /init {} bytes, {} modules",
+        out.display(),
+        report.compressed.len(),
+        report.cpio_bytes,
+        report.kernel_release,
+        init_size,
+        report.modules.len()
+    );
+    if !report.builtin.is_empty() {
+        println!("built into the kernel: {}", report.builtin.join(" "));
+    }
+    Ok(Exit::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2gb"), Ok(2 << 30));
+        assert!(parse_size("1Q").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! Commands of the installed OS: firstboot, status, rollback, prepare-upgrade.
+//! The work and the reports come from [`imprint::installed`]; this prints them.
+
+use super::exit::Exit;
+use anyhow::Result;
+use clap::Args;
+use imprint::installed::firstboot::Event;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct FirstbootArgs {
+    /// Root of the installed OS to apply settings to.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+}
+
+#[derive(Args)]
+pub struct PrepareUpgradeArgs {
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+}
+
+pub fn firstboot(args: &FirstbootArgs) -> Result<Exit> {
+    imprint::installed::firstboot::run(&args.root, &mut print_firstboot)?;
+    Ok(Exit::Success)
+}
+
+/// One or more lines per event, printed as it happens so the console shows how
+/// far an interrupted first boot got.
+fn print_firstboot(event: Event) {
+    let p = "imprint firstboot:";
+    match event {
+        Event::Found {
+            device,
+            generation,
+            record,
+        } => {
+            println!("{p} disk={device} generation={generation}");
+            println!("{p} mode={}", record.mode.as_str());
+            println!("{p} image={} {}", record.image_name, record.image_digest);
+            for (k, v) in &record.settings {
+                println!("{p} setting {k}={v}");
+            }
+        }
+        Event::AbandonedUpgrade { device, record } => println!(
+            "{p} the upgrade to {} {} on {device} never committed; marked rolled-back",
+            record.image_name, record.image_digest
+        ),
+        Event::NothingToDo(mode) => println!("{p} nothing to do ({})", mode.as_str()),
+        Event::NoBundle { device } => println!(
+            "{p} {device} has no configuration bundle (prepare-upgrade was not run); nothing to migrate"
+        ),
+        Event::Migrated {
+            device,
+            restored,
+            total,
+        } => {
+            println!(
+                "{p} migrated {} of {total} entries from {device}",
+                restored.len()
+            );
+            for path in restored {
+                println!("{p} migrated {path}");
+            }
+        }
+        Event::BootOrder(n) => println!("{p} Boot{n:04X} is now first in BootOrder"),
+        Event::Committed => println!("{p} committed"),
+    }
+}
+
+pub fn status() -> Result<Exit> {
+    let r = imprint::installed::status()?;
+    println!("disk        {}", r.device);
+    println!("generation  {}", r.generation);
+    println!("mode        {}", r.record.mode.as_str());
+    println!("deployed as {}", r.record.deployed_mode.as_str());
+    println!(
+        "image       {} {}",
+        r.record.image_name, r.record.image_digest
+    );
+    println!("deployed at {} (Unix time)", r.record.deployed_at);
+    for (k, v) in &r.record.settings {
+        println!("setting     {k}={v}");
+    }
+    if let Some(b) = &r.record.bundle {
+        println!("bundle      slot {} {} bytes {}", b.slot, b.len, b.sha256);
+    }
+    Ok(Exit::Success)
+}
+
+pub fn rollback() -> Result<Exit> {
+    for line in imprint::installed::rollback()? {
+        println!("imprint rollback: {line}");
+    }
+    Ok(Exit::Success)
+}
+
+pub fn prepare_upgrade(args: &PrepareUpgradeArgs) -> Result<Exit> {
+    let r = imprint::installed::prepare_upgrade(&args.root)?;
+    println!(
+        "imprint prepare-upgrade: captured {} entries ({} bytes, {}) into {}",
+        r.entries, r.bundle.len, r.bundle.sha256, r.device
+    );
+    Ok(Exit::Success)
+}

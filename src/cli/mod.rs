@@ -1,0 +1,151 @@
+//! The `imprint` command line: the parser, dispatch to the commands of each role
+//! ([`host`], [`installed`]), logging and error reporting.
+
+mod exit;
+mod host;
+mod installed;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use exit::Exit;
+use host::{DiskCommand, ImageCommand, InitramfsCommand, RepoCommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "imprint",
+    version,
+    about = "Verified, resumable, delta-aware disk imaging",
+    after_help = Exit::help()
+)]
+struct Cli {
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Add, list and inspect images in a repository.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Repository maintenance.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// Create an ed25519 key pair for signing manifests.
+    Keygen(host::KeygenArgs),
+    /// Serve a repository over HTTP, and collect status events.
+    Serve(host::ServeArgs),
+    /// Deploy an image onto a disk or file.
+    #[command(after_help = Exit::help())]
+    Deploy(host::DeployArgs),
+    /// Disk checks.
+    #[command(subcommand)]
+    Disk(DiskCommand),
+    /// In the installed OS: read the state record, apply host settings, commit.
+    Firstboot(installed::FirstbootArgs),
+    /// In the installed OS: print what the state record says.
+    Status,
+    /// Undo an upgrade that has not committed (BIOS: restore the old boot record).
+    Rollback,
+    /// In the installed OS: capture its configuration for the next OS to migrate.
+    PrepareUpgrade(installed::PrepareUpgradeArgs),
+    /// Build the deploy environment's initramfs.
+    #[command(subcommand)]
+    Initramfs(InitramfsCommand),
+}
+
+/// Parses the command line, runs the command and turns its outcome into the
+/// process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    Logger::install(cli.verbose);
+    let exit = run(cli.command).unwrap_or_else(|error| {
+        eprintln!("imprint: error: {}", imprint::error_text(&error));
+        Exit::of(&error)
+    });
+    exit.into()
+}
+
+fn run(command: Command) -> Result<Exit> {
+    match command {
+        Command::Image(ImageCommand::Add(args)) => host::image_add(&args),
+        Command::Image(ImageCommand::Ls(args)) => host::image_ls(&args),
+        Command::Image(ImageCommand::Inspect(args)) => host::image_inspect(&args),
+        Command::Repo(RepoCommand::Check(args)) => host::repo_check(&args),
+        Command::Keygen(args) => host::keygen(&args),
+        Command::Serve(args) => host::serve(&args),
+        Command::Deploy(args) => host::deploy(&args),
+        Command::Disk(DiskCommand::Verify(args)) => host::disk_verify(&args),
+        Command::Initramfs(InitramfsCommand::Build(args)) => host::initramfs_build(&args),
+        Command::Firstboot(args) => installed::firstboot(&args),
+        Command::Status => installed::status(),
+        Command::Rollback => installed::rollback(),
+        Command::PrepareUpgrade(args) => installed::prepare_upgrade(&args),
+    }
+}
+
+/// Log lines go to stderr as `imprint: <level>: <message>`.
+struct Logger {
+    level: log::LevelFilter,
+}
+
+impl Logger {
+    fn install(verbose: u8) {
+        let level = match verbose {
+            0 => log::LevelFilter::Info,
+            1 => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Trace,
+        };
+        let logger = Box::leak(Box::new(Logger { level }));
+        if log::set_logger(logger).is_ok() {
+            log::set_max_level(level);
+        }
+    }
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let level = record.level().as_str().to_lowercase();
+            eprintln!("imprint: {level}: {}", record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn parser_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn deploy_help_lists_exit_codes() {
+        let Err(help) = Cli::try_parse_from(["imprint", "deploy", "--help"]) else {
+            panic!("--help parsed as a command");
+        };
+        assert!(help.to_string().contains(&Exit::help()), "{help}");
+    }
+
+    #[test]
+    fn timeout_goes_with_either_source() {
+        for source in [["--repo", "dir"], ["--url", "http://host:8080"]] {
+            let args = ["imprint", "deploy", "--image", "os:1", "--disk", "disk.img"];
+            let timeout = ["--timeout", "5"];
+            let parsed = Cli::try_parse_from(args.iter().chain(&source).chain(&timeout));
+            assert!(parsed.is_ok(), "{source:?}");
+        }
+    }
+}
