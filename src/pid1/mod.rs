@@ -268,10 +268,7 @@ fn deploy(
             manifest.name
         )));
     };
-    let has_state = layout
-        .partitions
-        .iter()
-        .any(|p| statepart::is_state_partition(p));
+    let has_state = layout.partitions.iter().any(statepart::is_state_partition);
     let mut needed = manifest.requirements.min_disk_size.max(manifest.size);
     if !has_state {
         // Room after the last partition for the state partition, 1 MiB aligned,
