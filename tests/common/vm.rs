@@ -96,17 +96,19 @@ pub fn qemu_available() -> bool {
         .name()
         .unwrap_or("QEMU test")
         .to_string();
-    let why = format!(
-        "{test}: QEMU tier cannot run, missing: {}. `scripts/deps test` installs it; `scripts/test` runs this tier",
-        missing.join(", ")
-    );
+    let missing = missing.join(", ");
     if std::env::var("IMPRINT_QEMU_TESTS").as_deref() == Ok("require") {
-        panic!("{why} (IMPRINT_QEMU_TESTS=require)");
+        panic!(
+            "{test}: IMPRINT_QEMU_TESTS=require, but the QEMU tier lacks {missing}; `scripts/deps test` installs them"
+        );
     }
     // Straight to the stderr handle: the test harness captures eprintln! output
     // of passing tests, and a skip must be seen.
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "skipped {why}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped {test}: the QEMU tier needs {missing}; `scripts/deps test` installs them, `scripts/test` runs the tier"
+    );
     false
 }
 
