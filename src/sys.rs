@@ -92,8 +92,10 @@ pub fn set_tcp_nodelay(socket: impl std::os::fd::AsFd) -> io::Result<()> {
 /// works while the next chunks are fetched and the final fsync has little left.
 pub fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range only reads its integer arguments; an invalid fd or
-    // range makes it return an error, which is ignored because this is a hint.
+    // Neither rustix nor nix wraps sync_file_range; fadvise(DONTNEED), the nearest
+    // wrapped call, also evicts the range from the page cache, a different request.
+    // SAFETY: sync_file_range only reads its integer arguments, no memory; an
+    // invalid fd or range makes it return an error, ignored because this is a hint.
     unsafe {
         libc::sync_file_range(
             file.as_raw_fd(),
@@ -200,21 +202,18 @@ pub fn netlink_request(message: &[u8], seq: u32) -> io::Result<()> {
 /// Asks the kernel to re-read a disk's partition table (BLKRRPART), so the new
 /// partitions appear as devices.
 pub fn reread_partitions(disk: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // BLKRRPART = _IO(0x12, 95)
-    const BLKRRPART: libc::c_ulong = 0x125f;
-    // SAFETY: BLKRRPART takes no argument; the fd is valid for the duration of the
-    // call because `disk` is borrowed.
-    let rc = unsafe { libc::ioctl(disk.as_raw_fd(), BLKRRPART as _) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    use rustix::ioctl::{NoArg, Opcode, ioctl, opcode};
+    // Neither rustix nor nix wraps BLKRRPART; rustix's typed ioctl keeps the raw
+    // part to the opcode.
+    const BLKRRPART: Opcode = opcode::none(0x12, 95);
+    // SAFETY: BLKRRPART is _IO(0x12, 95): it takes no argument and reads or writes
+    // no user memory, which is what NoArg passes; `disk` is a borrowed, open fd.
+    unsafe { ioctl(disk, NoArg::<BLKRRPART>::new()) }.map_err(Into::into)
 }
 
 /// Loads a kernel (and initrd) to boot with kexec (kexec_file_load, so the kernel
-/// checks the image itself).
+/// checks the image itself). No crate wraps this system call; it goes through
+/// libc's syscall().
 pub fn kexec_load(kernel: &File, initrd: Option<&File>, cmdline: &str) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     const KEXEC_FILE_NO_INITRAMFS: libc::c_ulong = 4;

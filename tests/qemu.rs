@@ -107,16 +107,19 @@ fn deploy_then_boot(firmware: &str) {
 
 #[test]
 fn bios_ramdisk_deploy_then_seabios_boots_the_installed_os() {
+    require_qemu!();
     deploy_then_boot("bios");
 }
 
 #[test]
 fn uefi_ramdisk_deploy_then_ovmf_boots_the_installed_os() {
+    require_qemu!();
     deploy_then_boot("uefi");
 }
 
 #[test]
 fn kexec_handoff_boots_the_installed_kernel_without_firmware() {
+    require_qemu!();
     let a = artifacts();
     let repo = Repo::new();
     let cmdline_of_os = std::fs::read_to_string(a.path("os-v1.img.cmdline")).unwrap();
@@ -171,6 +174,7 @@ fn kexec_handoff_boots_the_installed_kernel_without_firmware() {
 
 #[test]
 fn initramfs_is_deterministic_small_and_complete() {
+    require_qemu!();
     let a = artifacts();
     let dir = tempfile::tempdir().unwrap();
     let build = |name: &str| {
@@ -219,6 +223,7 @@ fn initramfs_is_deterministic_small_and_complete() {
 
 #[test]
 fn corrupt_chunk_fails_clearly_and_the_disk_does_not_boot() {
+    require_qemu!();
     let a = artifacts();
     let repo = Repo::new();
     add(&repo, "os:v2", &a.path("os-v2.img"));
@@ -302,6 +307,7 @@ fn corrupt_chunk_fails_clearly_and_the_disk_does_not_boot() {
 
 #[test]
 fn killed_half_way_the_next_boot_resumes() {
+    require_qemu!();
     let a = artifacts();
     let repo = Repo::new();
     let image = read_file(&a.path("os-v1.img"));
@@ -393,6 +399,7 @@ fn killed_half_way_the_next_boot_resumes() {
 
 #[test]
 fn no_dhcp_server_gives_a_clear_message_and_powers_off() {
+    require_qemu!();
     let repo = Repo::new();
     let disk = repo.file("disk.img");
     sparse_disk(&disk, 64 << 20);
@@ -425,6 +432,7 @@ fn no_dhcp_server_gives_a_clear_message_and_powers_off() {
 
 #[test]
 fn bad_command_line_is_reported_by_name_and_nothing_is_written() {
+    require_qemu!();
     let repo = Repo::new();
     let disk = repo.file("disk.img");
     let before = noise(77, 8 << 20);

@@ -180,16 +180,19 @@ fn upgrade_migrates_and_commits(firmware: &'static str) {
 
 #[test]
 fn bios_upgrade_migrates_configuration_and_commits() {
+    require_qemu!();
     upgrade_migrates_and_commits("bios");
 }
 
 #[test]
 fn uefi_upgrade_migrates_configuration_and_commits() {
+    require_qemu!();
     upgrade_migrates_and_commits("uefi");
 }
 
 #[test]
 fn uefi_upgrade_that_never_commits_falls_back_to_v1() {
+    require_qemu!();
     let rig = Rig::new("uefi", &["v1", "v3"]);
     rig.v1_installed();
     let c = rig.upgrade_to("v3");
@@ -208,6 +211,7 @@ fn uefi_upgrade_that_never_commits_falls_back_to_v1() {
 
 #[test]
 fn bios_rollback_restores_the_previous_boot_record() {
+    require_qemu!();
     let rig = Rig::new("bios", &["v1", "v3"]);
     rig.v1_installed();
     let mbr_before = std::fs::read(&rig.disk1).unwrap()[..512].to_vec();
@@ -242,6 +246,7 @@ fn bios_rollback_restores_the_previous_boot_record() {
 
 #[test]
 fn interrupted_first_boot_completes_once() {
+    require_qemu!();
     let rig = Rig::new("bios", &["v1", "v2"]);
     rig.v1_installed();
     rig.upgrade_to("v2");

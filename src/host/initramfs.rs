@@ -46,7 +46,7 @@ pub enum InitramfsError {
     #[error("reading {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error(
-        "{0} is dynamically linked; /init must be a static binary (build it with scripts/build-static)"
+        "{0} is dynamically linked; /init must be a static binary (a build with the project's .cargo/config.toml, e.g. `cargo install --path .`, is one)"
     )]
     NotStatic(PathBuf),
     #[error("{0} is not an x86_64 ELF executable")]

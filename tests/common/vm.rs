@@ -9,6 +9,120 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::OnceLock;
 
+/// What the QEMU tier needs from the host, each with the Debian package that
+/// brings it (`scripts/deps test` installs them all).
+const NEEDED_COMMANDS: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("sfdisk", "fdisk"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("debugfs", "e2fsprogs"),
+    ("mkfs.vfat", "dosfstools"),
+    ("mcopy", "mtools"),
+    ("syslinux", "syslinux"),
+];
+const NEEDED_FILES: &[(&str, &str)] = &[
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
+    ("/usr/share/OVMF/OVMF_VARS_4M.fd", "ovmf"),
+    ("/bin/busybox", "busybox-static"),
+    ("/usr/lib/SYSLINUX/gptmbr.bin", "syslinux"),
+    ("/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi", "syslinux-efi"),
+    (
+        "/usr/lib/syslinux/modules/efi64/ldlinux.e64",
+        "syslinux-common",
+    ),
+];
+
+/// The pieces of the QEMU tier this host lacks, as "what (package)".
+fn qemu_tier_missing() -> Vec<String> {
+    let on_path = |cmd: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(cmd).is_file()))
+    };
+    let mut missing: Vec<String> = NEEDED_COMMANDS
+        .iter()
+        .filter(|(cmd, _)| !on_path(cmd))
+        .map(|(cmd, pkg)| format!("{cmd} ({pkg})"))
+        .collect();
+    missing.extend(
+        NEEDED_FILES
+            .iter()
+            .filter(|(file, _)| !Path::new(file).exists())
+            .map(|(file, pkg)| format!("{file} ({pkg})")),
+    );
+    // The test OS boots Debian's newest kernel with its own initrd and modules.
+    let kernel = std::fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("vmlinuz-").map(str::to_string)
+        })
+        .max_by_key(|release| version_key(release));
+    match kernel {
+        None => missing.push("a kernel /boot/vmlinuz-* (linux-image-amd64)".into()),
+        Some(release) => {
+            for need in [
+                format!("/boot/initrd.img-{release}"),
+                format!("/lib/modules/{release}/modules.dep"),
+            ] {
+                if !Path::new(&need).exists() {
+                    missing.push(format!("{need} (linux-image-amd64)"));
+                }
+            }
+        }
+    }
+    missing
+}
+
+/// Numeric parts of a kernel release, for the same "newest" as `sort -V`.
+fn version_key(release: &str) -> Vec<u64> {
+    release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap_or(0))
+        .collect()
+}
+
+/// True when the QEMU tier can run here. Otherwise a plain `cargo test` skips it,
+/// saying on stderr what is missing, while `IMPRINT_QEMU_TESTS=require` (set by
+/// scripts/test, which installs everything first) makes a missing piece a failure.
+pub fn qemu_available() -> bool {
+    static MISSING: OnceLock<Vec<String>> = OnceLock::new();
+    let missing = MISSING.get_or_init(qemu_tier_missing);
+    if missing.is_empty() {
+        return true;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("QEMU test")
+        .to_string();
+    let missing = missing.join(", ");
+    if std::env::var("IMPRINT_QEMU_TESTS").as_deref() == Ok("require") {
+        panic!(
+            "{test}: IMPRINT_QEMU_TESTS=require, but the QEMU tier lacks {missing}; `scripts/deps test` installs them"
+        );
+    }
+    // Straight to the stderr handle: the test harness captures eprintln! output
+    // of passing tests, and a skip must be seen.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped {test}: the QEMU tier needs {missing}; `scripts/deps test` installs them, `scripts/test` runs the tier"
+    );
+    false
+}
+
+/// At the start of a QEMU test: returns early (a skip) when the tier cannot run.
+#[macro_export]
+macro_rules! require_qemu {
+    () => {
+        if !$crate::common::vm::qemu_available() {
+            return;
+        }
+    };
+}
+
 pub struct Artifacts {
     pub dir: PathBuf,
 }
