@@ -266,21 +266,7 @@ fn cores() -> usize {
 
 /// `65536`, `64K`, `1M`, `1MiB`, `2G` (binary units).
 fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let (digits, mult) = match t
-        .to_ascii_uppercase()
-        .trim_end_matches("IB")
-        .trim_end_matches('B')
-    {
-        s if s.ends_with('K') => (s[..s.len() - 1].to_string(), 1u64 << 10),
-        s if s.ends_with('M') => (s[..s.len() - 1].to_string(), 1 << 20),
-        s if s.ends_with('G') => (s[..s.len() - 1].to_string(), 1 << 30),
-        s => (s.to_string(), 1),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
+    imprint::format::cmdline::parse_size(text)
         .ok_or_else(|| format!("{text:?} is not a size (examples: 65536, 64K, 1M)"))
 }
 
@@ -801,6 +787,8 @@ mod tests {
         assert_eq!(parse_size("1MiB"), Ok(1 << 20));
         assert_eq!(parse_size("2gb"), Ok(2 << 30));
         assert!(parse_size("1Q").is_err());
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        assert!(parse_size("").is_err() && parse_size("B").is_err() && parse_size("K").is_err());
         assert!(parse_size("99999999999G").is_err());
     }
 }

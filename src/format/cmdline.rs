@@ -367,14 +367,20 @@ fn parse_hostname(value: &str) -> Result<String, String> {
     }
 }
 
-/// `1000`, `512M`, `20G`, `2T` (binary units).
+/// A size in bytes: `1000`, `64K`, `512M`, `20G`, `2T` (binary units, any case,
+/// with an optional `B` or `iB`: `1MiB`, `2gb`). Shared by the kernel command line
+/// and the host's command line.
 pub fn parse_size(value: &str) -> Option<u64> {
-    let v = value.trim();
-    let (digits, shift) = match v.chars().last()? {
-        'K' | 'k' => (&v[..v.len() - 1], 10),
-        'M' | 'm' => (&v[..v.len() - 1], 20),
-        'G' | 'g' => (&v[..v.len() - 1], 30),
-        'T' | 't' => (&v[..v.len() - 1], 40),
+    let upper = value.trim().to_ascii_uppercase();
+    let v = upper
+        .strip_suffix("IB")
+        .or_else(|| upper.strip_suffix('B'))
+        .unwrap_or(&upper);
+    let (digits, shift) = match v.as_bytes().last()? {
+        b'K' => (&v[..v.len() - 1], 10),
+        b'M' => (&v[..v.len() - 1], 20),
+        b'G' => (&v[..v.len() - 1], 30),
+        b'T' => (&v[..v.len() - 1], 40),
         _ => (v, 0),
     };
     digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
