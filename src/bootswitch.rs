@@ -1,73 +1,123 @@
 //! Switching boot between the previous OS disk and the upgraded one, per firmware,
-//! and undoing it. Used by the deploy environment (upgrade, rollback) and by the
-//! installed OS (commit, `imprint rollback`).
+//! and undoing it. Used by the deploy environment (upgrade, rollback, redeploy)
+//! and by the installed OS (commit, `imprint rollback`).
 //!
-//! BIOS: the previous disk's first sector is saved in its own state record, then
-//! its boot code is replaced by a stub that boots the disk with the new disk's GUID
-//! (firmware such as SeaBIOS boots only the first disk, so clearing the old disk's
-//! signature would not reach the new one). Writing the saved sector back is the
-//! rollback.
+//! BIOS: firmware such as SeaBIOS boots only the first disk, the *front* disk,
+//! so clearing an old disk's signature would not reach another. The front disk's
+//! boot code is either its own (it boots its own OS) or a stub
+//! (`boot/chainload.S`) that boots the disk with a given GPT disk GUID; there is
+//! at most one stub, always on the front disk, and its original first sector is
+//! kept in the front disk's state record. The front disk is the one carrying the
+//! stub, else the first disk with a state partition in the kernel's order (BIOS
+//! drive 0x80 on the machines imprint has met). An upgrade points the front disk
+//! at the new disk (nothing to write when the new disk is the front disk); a
+//! rollback points it back at the upgrade's previous disk, one step, never
+//! further; a redeployed disk, which gets a fresh GUID, keeps the stub aimed at it.
 //!
 //! UEFI: a `Boot####` entry for the new disk's ESP loader and `BootNext` pointing
 //! at it: a one-time trial boot. `BootOrder` changes only when the new OS commits,
 //! so a new OS that never commits falls back to the old order on the next reset.
 
-use crate::format::efi;
 use crate::format::gpt::{ESP_TYPE, Guid, Layout};
 use crate::format::state::Mode;
+use crate::format::{efi, mbr};
 use crate::statepart::StateDisk;
 use crate::sys;
 use anyhow::{Context, Result, anyhow, bail};
 use std::os::unix::fs::FileExt;
 
-/// BIOS: makes booting `previous` continue into the disk whose GPT disk GUID is
-/// `new_disk`, after saving its first sector in its state record (once: a
-/// repeated upgrade keeps the original).
-pub fn bios_pass_over(previous: &StateDisk, new_disk: Guid) -> Result<()> {
-    let file = previous.open_rw()?;
-    let mut sector = vec![0u8; 512];
-    file.read_exact_at(&mut sector, 0)
-        .with_context(|| format!("reading the boot record of {}", previous.device))?;
-    let (mut record, _) = previous.read_record()?;
-    if record.saved_boot_record.is_none() {
-        if sector[510..512] != [0x55, 0xAA] {
-            bail!(
-                "{} has no boot signature to switch away from",
-                previous.device
-            );
-        }
-        record.saved_boot_record = Some(sector.clone());
-        previous.write_record(&record)?;
-    }
-    let original: [u8; 512] = record
-        .saved_boot_record
-        .as_deref()
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| anyhow!("the boot record saved on {} is damaged", previous.device))?;
-    let chained = crate::format::mbr::chain_sector(&original, new_disk);
-    file.write_all_at(&chained, 0)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing the chain-boot stub to {}", previous.device))?;
-    Ok(())
+/// The GUID a disk's boot code chains to, if its first sector is the stub.
+pub fn chain_target(disk: &StateDisk) -> Result<Option<Guid>> {
+    let sector = first_sector(disk)?;
+    Ok(mbr::chain_target(&sector))
 }
 
-/// BIOS rollback: writes the saved first sector back. Returns false when the
-/// disk has none saved.
-pub fn bios_restore(previous: &StateDisk) -> Result<bool> {
-    let (mut record, _) = previous.read_record()?;
-    let Some(saved) = record.saved_boot_record.clone() else {
-        return Ok(false);
-    };
-    if saved.len() != 512 || saved[510..512] != [0x55, 0xAA] {
-        bail!("the boot record saved on {} is damaged", previous.device);
+fn first_sector(disk: &StateDisk) -> Result<[u8; 512]> {
+    let file =
+        std::fs::File::open(&disk.device).with_context(|| format!("opening {}", disk.device))?;
+    let mut sector = [0u8; 512];
+    file.read_exact_at(&mut sector, 0)
+        .with_context(|| format!("reading the boot record of {}", disk.device))?;
+    Ok(sector)
+}
+
+/// The disk the firmware boots: the one carrying the stub, else the first.
+fn front(disks: &[StateDisk]) -> Result<Option<&StateDisk>> {
+    for d in disks {
+        if chain_target(d)?.is_some() {
+            return Ok(Some(d));
+        }
     }
-    let file = previous.open_rw()?;
-    file.write_all_at(&saved, 0)
+    Ok(disks.first())
+}
+
+fn by_guid(disks: &[StateDisk], guid: Guid) -> Option<&StateDisk> {
+    disks.iter().find(|d| d.layout.disk_guid == guid)
+}
+
+/// Makes the front disk boot the disk with GPT disk GUID `target`: its own boot
+/// code when `target` is the front disk itself, else the stub aimed at `target`
+/// (the front disk's own first sector saved in its record first, once).
+fn aim(front: &StateDisk, target: Guid) -> Result<String> {
+    let sector = first_sector(front)?;
+    let (mut record, _) = front.read_record()?;
+    let own = match (&record.saved_boot_record, mbr::chain_target(&sector)) {
+        (Some(saved), _) => <[u8; 512]>::try_from(saved.as_slice())
+            .map_err(|_| anyhow!("the boot record saved on {} is damaged", front.device))?,
+        (None, None) => sector,
+        (None, Some(_)) => bail!(
+            "{} carries a chain stub but its own boot record is not saved; restore it by redeploying the disk",
+            front.device
+        ),
+    };
+    if own[510..512] != [0x55, 0xAA] {
+        bail!("{} has no boot signature to switch away from", front.device);
+    }
+    let file = front.open_rw()?;
+    if target == front.layout.disk_guid {
+        file.write_all_at(&own, 0)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("restoring the boot record of {}", front.device))?;
+        if record.saved_boot_record.take().is_some() {
+            front.write_record(&record)?;
+        }
+        return Ok(format!("{} boots its own OS", front.device));
+    }
+    if record.saved_boot_record.is_none() {
+        record.saved_boot_record = Some(own.to_vec());
+        front.write_record(&record)?;
+    }
+    file.write_all_at(&mbr::chain_sector(&own, target), 0)
         .and_then(|()| file.sync_all())
-        .with_context(|| format!("restoring the boot record of {}", previous.device))?;
-    record.saved_boot_record = None;
-    previous.write_record(&record)?;
-    Ok(true)
+        .with_context(|| format!("writing the chain-boot stub to {}", front.device))?;
+    Ok(format!(
+        "{} boots the disk with GUID {target}",
+        front.device
+    ))
+}
+
+/// BIOS upgrade from `previous` to the disk with GUID `new_disk`: the front disk
+/// boots the new disk next. Returns what was done.
+pub fn bios_switch(disks: &[StateDisk], previous: &StateDisk, new_disk: Guid) -> Result<String> {
+    let front = front(disks)?.unwrap_or(previous);
+    if front.layout.disk_guid == new_disk && chain_target(front)?.is_none() {
+        return Ok(format!(
+            "{} is the disk the firmware boots: nothing to switch",
+            front.device
+        ));
+    }
+    aim(front, new_disk)
+}
+
+/// BIOS, after a disk was deployed again (and got a fresh GUID): a stub that
+/// booted it keeps booting it. Returns what was done, if anything.
+pub fn bios_rechain(disks: &[StateDisk], old: Guid, new: Guid) -> Result<Option<String>> {
+    for d in disks {
+        if chain_target(d)? == Some(old) {
+            return aim(d, new).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 /// UEFI: a boot entry for the ESP of `layout` (reused if one exists) and BootNext
@@ -149,27 +199,42 @@ pub fn uefi_commit() -> Result<Option<u16>> {
     Ok(Some(current))
 }
 
-/// Rolls an upgrade back: writes saved boot records back (BIOS) and marks every
-/// upgraded disk's record rolled-back. Returns what was done, for the report.
+/// Rolls back the upgrades that never committed: under BIOS the front disk boots
+/// each one's previous disk again (one step: an earlier, committed upgrade
+/// stays), and each is marked rolled back. Returns what was done, for the report.
 pub fn rollback(disks: &[StateDisk]) -> Result<Vec<String>> {
     let mut done = Vec::new();
     for d in disks {
-        if bios_restore(d)? {
-            done.push(format!("restored the boot record of {}", d.device));
-        }
-    }
-    for d in disks {
         let (record, _) = d.read_record()?;
-        if record.mode == Mode::Upgrade {
-            d.mark_rolled_back()?;
-            done.push(format!(
-                "marked the upgrade to {} {} on {} rolled back",
-                record.image_name, record.image_digest, d.device
-            ));
+        if record.mode != Mode::Upgrade {
+            continue;
         }
+        let previous = record
+            .previous
+            .as_ref()
+            .and_then(|p| by_guid(disks, p.disk_guid));
+        if let (Some(front), Some(previous)) = (front(disks)?, previous) {
+            let aimed_here = match chain_target(front)? {
+                Some(target) => target == d.layout.disk_guid,
+                None => front.layout.disk_guid == d.layout.disk_guid,
+            };
+            if aimed_here {
+                let what = aim(front, previous.layout.disk_guid)?;
+                done.push(if front.device == previous.device {
+                    format!("restored the boot record of {}", front.device)
+                } else {
+                    what
+                });
+            }
+        }
+        d.mark_rolled_back()?;
+        done.push(format!(
+            "marked the upgrade to {} {} on {} rolled back",
+            record.image_name, record.image_digest, d.device
+        ));
     }
     if done.is_empty() {
-        bail!("nothing to roll back: no saved boot record and no uncommitted upgrade on any disk");
+        bail!("nothing to roll back: no uncommitted upgrade on any disk");
     }
     Ok(done)
 }

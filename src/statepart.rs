@@ -25,6 +25,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 /// GPT partition type of the state partition.
 pub const TYPE_GUID: Guid = Guid::from_fields(
@@ -306,9 +307,75 @@ pub fn state_disks() -> Vec<StateDisk> {
         .collect()
 }
 
-/// The state disk this system booted from: the one holding the root partition,
-/// or the only one there is.
-pub fn own_disk() -> Result<StateDisk> {
+/// The whole disk under block device `major:minor`, named as in /dev, from sysfs
+/// mounted at `sys`: a partition's disk, a whole disk itself, or for a mapped
+/// device (LVM, dm-crypt, RAID) the disk under its first slave.
+pub fn disk_of_device(sys: &Path, major: u32, minor: u32) -> Option<String> {
+    let mut node = std::fs::canonicalize(sys.join(format!("dev/block/{major}:{minor}"))).ok()?;
+    // Stacks of mapped devices are shallow; the bound only guards against loops.
+    for _ in 0..8 {
+        if node.join("partition").is_file() {
+            return Some(node.parent()?.file_name()?.to_str()?.to_string());
+        }
+        let slave = std::fs::read_dir(node.join("slaves"))
+            .ok()
+            .and_then(|entries| {
+                let mut names: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
+                names.sort();
+                names.into_iter().next()
+            });
+        match slave {
+            Some(name) => node = std::fs::canonicalize(sys.join("class/block").join(name)).ok()?,
+            None => return Some(node.file_name()?.to_str()?.to_string()),
+        }
+    }
+    None
+}
+
+/// The disk holding the file system mounted at `root`, found through sysfs at
+/// `sys`, whatever named the root on the kernel command line (UUID=, LABEL=,
+/// PARTUUID=, or an initrd of its own).
+pub fn disk_of_mount(root: &Path, sys: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(root).ok()?.dev();
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    // Major 0 is an anonymous device (tmpfs, overlay, btrfs subvolumes): no disk.
+    if major == 0 {
+        return None;
+    }
+    disk_of_device(sys, major, minor)
+}
+
+/// How [`own_disk`] found the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FoundBy {
+    /// It holds the mounted root file system.
+    RootMount,
+    /// It holds the partition `root=PARTUUID=` names.
+    RootPartuuid,
+    /// It is the only disk with a state partition.
+    OnlyOne,
+}
+
+impl FoundBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FoundBy::RootMount => "the disk holding /",
+            FoundBy::RootPartuuid => "named by root=PARTUUID=",
+            FoundBy::OnlyOne => "the only disk with a state partition",
+        }
+    }
+}
+
+/// The state disk this system booted from: the disk holding the mounted root
+/// file system; else the one whose partition `root=PARTUUID=` names; else the
+/// only one there is.
+pub fn own_disk() -> Result<(StateDisk, FoundBy)> {
+    if let Some(name) = disk_of_mount(Path::new("/"), Path::new("/sys"))
+        && let Some(disk) = StateDisk::open(&format!("/dev/{name}"))
+    {
+        return Ok((disk, FoundBy::RootMount));
+    }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let root = root_partuuid(&cmdline);
     let mut disks = state_disks();
@@ -320,13 +387,13 @@ pub fn own_disk() -> Result<StateDisk> {
                 .any(|p| p.unique_guid.to_string() == *root)
         })
     {
-        return Ok(disks.swap_remove(i));
+        return Ok((disks.swap_remove(i), FoundBy::RootPartuuid));
     }
     match disks.len() {
         0 => bail!("no disk with an imprint-state partition; was this system deployed by imprint?"),
-        1 => Ok(disks.remove(0)),
+        1 => Ok((disks.remove(0), FoundBy::OnlyOne)),
         _ => Err(anyhow!(
-            "several disks have an imprint-state partition and none holds root={}; boot with root=PARTUUID=",
+            "several disks have an imprint-state partition and the root file system is on none of them (nor is root={}); is / on a disk imprint deployed?",
             root.unwrap_or_else(|| "?".into())
         )),
     }
@@ -395,6 +462,51 @@ pub fn abandoned_upgrades<'a>(disks: &'a [StateDisk], own: &StateDisk) -> Vec<&'
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A sysfs tree: vda with partition vda2 (254:2), and dm-0 (253:0) on vda3.
+    fn fake_sysfs() -> tempfile::TempDir {
+        let sys = tempfile::tempdir().unwrap();
+        let s = sys.path();
+        let disk = s.join("devices/pci0000:00/virtio1/block/vda");
+        for part in ["vda2", "vda3"] {
+            std::fs::create_dir_all(disk.join(part)).unwrap();
+            std::fs::write(disk.join(part).join("partition"), "2\n").unwrap();
+        }
+        let dm = s.join("devices/virtual/block/dm-0");
+        std::fs::create_dir_all(dm.join("slaves")).unwrap();
+        symlink(disk.join("vda3"), dm.join("slaves/vda3")).unwrap();
+        std::fs::create_dir_all(s.join("dev/block")).unwrap();
+        std::fs::create_dir_all(s.join("class/block")).unwrap();
+        for (dev, target) in [
+            ("254:0", disk.clone()),
+            ("254:2", disk.join("vda2")),
+            ("253:0", dm.clone()),
+        ] {
+            symlink(&target, s.join("dev/block").join(dev)).unwrap();
+        }
+        for name in ["vda2", "vda3"] {
+            symlink(disk.join(name), s.join("class/block").join(name)).unwrap();
+        }
+        sys
+    }
+
+    #[test]
+    fn the_disk_under_a_partition_a_whole_disk_and_a_mapped_device() {
+        let sys = fake_sysfs();
+        let s = sys.path();
+        assert_eq!(disk_of_device(s, 254, 2).as_deref(), Some("vda"));
+        assert_eq!(disk_of_device(s, 254, 0).as_deref(), Some("vda"));
+        assert_eq!(disk_of_device(s, 253, 0).as_deref(), Some("vda"));
+        assert_eq!(disk_of_device(s, 8, 1), None);
+    }
+
+    #[test]
+    fn an_anonymous_root_device_names_no_disk() {
+        let sys = fake_sysfs();
+        // procfs, like tmpfs or overlay, has an anonymous device (major 0).
+        assert_eq!(disk_of_mount(Path::new("/proc"), sys.path()), None);
+    }
 
     #[test]
     fn bundle_slots_do_not_overlap_the_records_or_each_other() {

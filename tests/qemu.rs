@@ -76,6 +76,10 @@ fn deploy_then_boot(firmware: &str) {
     );
     assert!(status.success(), "installed OS VM: {status:?}\n{console}");
     assert_has(&console, "test-os: v1 booted");
+    assert_has(
+        &console,
+        "imprint firstboot: disk=/dev/vda generation=1 (the disk holding /)",
+    );
     assert_has(&console, "imprint firstboot: mode=deploy");
     assert_has(&console, &format!("imprint firstboot: image=os {digest}"));
     assert_has(&console, "imprint firstboot: setting hostname=node-1");

@@ -32,10 +32,14 @@ fn print_firstboot(event: Event) {
     match event {
         Event::Found {
             device,
+            found_by,
             generation,
             record,
         } => {
-            println!("{p} disk={device} generation={generation}");
+            println!(
+                "{p} disk={device} generation={generation} ({})",
+                found_by.as_str()
+            );
             println!("{p} mode={}", record.mode.as_str());
             println!("{p} image={} {}", record.image_name, record.image_digest);
             for (k, v) in &record.settings {

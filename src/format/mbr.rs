@@ -32,6 +32,17 @@ pub fn chain_sector(original: &[u8; 512], target: Guid) -> [u8; 512] {
     out
 }
 
+/// The GUID `sector`'s stub boots, if its boot code is the stub.
+pub fn chain_target(sector: &[u8; 512]) -> Option<Guid> {
+    if sector[..CHAIN_STUB.len()] != CHAIN_STUB {
+        return None;
+    }
+    sector[GUID_OFFSET..GUID_OFFSET + 16]
+        .try_into()
+        .ok()
+        .map(Guid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +62,8 @@ mod tests {
         assert_eq!(&out[..CHAIN_STUB.len()], &CHAIN_STUB);
         assert_eq!(&out[GUID_OFFSET..GUID_OFFSET + 16], &[7; 16]);
         assert!(out[CHAIN_STUB.len()..GUID_OFFSET].iter().all(|&b| b == 0));
+        assert_eq!(chain_target(&out), Some(Guid([7; 16])));
+        assert_eq!(chain_target(&mbr), None);
     }
 
     #[test]

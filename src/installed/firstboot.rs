@@ -8,7 +8,7 @@ use super::migrate;
 use crate::bootswitch;
 use crate::format::state::{Mode, Record};
 use crate::format::status::{self, Phase};
-use crate::statepart::{StateDisk, abandoned_upgrades, own_disk, state_disks};
+use crate::statepart::{FoundBy, StateDisk, abandoned_upgrades, own_disk, state_disks};
 use anyhow::{Context, Result, anyhow};
 use std::fs::File;
 use std::io::Write;
@@ -21,6 +21,7 @@ pub enum Event<'a> {
     /// The record on this system's disk.
     Found {
         device: &'a str,
+        found_by: FoundBy,
         generation: u64,
         record: &'a Record,
     },
@@ -94,10 +95,11 @@ pub fn apply_settings(root: &Path, record: &Record, set_kernel_hostname: bool) -
 
 /// First boot of the OS rooted at `root`; `on` hears each step as it happens.
 pub fn run(root: &Path, on: &mut dyn FnMut(Event)) -> Result<()> {
-    let disk = own_disk()?;
+    let (disk, found_by) = own_disk()?;
     let (mut record, generation) = disk.read_record()?;
     on(Event::Found {
         device: &disk.device,
+        found_by,
         generation,
         record: &record,
     });

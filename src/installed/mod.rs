@@ -28,7 +28,7 @@ pub struct StatusReport {
 
 /// `imprint status`: what the state record of this system's disk says.
 pub fn status() -> Result<StatusReport> {
-    let disk = own_disk()?;
+    let (disk, _) = own_disk()?;
     let (record, generation) = disk.read_record()?;
     Ok(StatusReport {
         device: disk.device,
@@ -54,7 +54,7 @@ pub struct CaptureReport {
 /// `imprint prepare-upgrade`: captures this OS's configuration into its state
 /// partition, for the next OS to migrate.
 pub fn prepare_upgrade(root: &Path) -> Result<CaptureReport> {
-    let disk = own_disk()?;
+    let (disk, _) = own_disk()?;
     let list = migrate::read_list(root)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

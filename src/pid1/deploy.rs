@@ -8,7 +8,7 @@ use crate::bootswitch;
 use crate::engine::install::{self, Installed, Plan, Step};
 use crate::engine::{self, DeployOptions, DiskTarget, Progress, Resolved, Target, Trust};
 use crate::format::cmdline::{self, Config};
-use crate::format::gpt::Guid;
+use crate::format::gpt::{self, Guid};
 use crate::format::state::{self, Record};
 use crate::format::status::Phase;
 use crate::source::{DnsResolver, HttpSource, NameResolver, RetryPolicy};
@@ -42,7 +42,7 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
         _ => None,
     };
     let record = state_record(&config, &resolved, previous.as_ref());
-    let installed = install_image(
+    let (installed, replaced) = install_image(
         &config,
         &source,
         &resolved,
@@ -51,8 +51,9 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
         previous.as_ref(),
         &record,
     )?;
-    if let Some(previous) = &previous {
-        switch_boot(previous, &installed, &disk, &manifest.name)?;
+    match &previous {
+        Some(previous) => switch_boot(previous, &installed, &disk, &manifest.name)?,
+        None => keep_chain(replaced, &installed)?,
     }
     status().send(
         Phase::BootRecords,
@@ -247,7 +248,8 @@ fn random_guid() -> Result<Guid> {
 }
 
 /// The engine's install sequence onto `disk`, with progress on the console and
-/// as status events.
+/// as status events. Returns what was installed and the GPT disk GUID the disk
+/// had before, if it had one.
 fn install_image(
     config: &Config,
     source: &HttpSource,
@@ -256,13 +258,17 @@ fn install_image(
     needed: u64,
     previous: Option<&StateDisk>,
     record: &Record,
-) -> Result<Installed> {
+) -> Result<(Installed, Option<Guid>)> {
     let manifest = &resolved.manifest;
     let disk_path = disk.dev_path();
     let seed = previous
         .map(|p| DiskTarget::open_for_read(Path::new(&p.device)))
         .transpose()?;
     let target = DiskTarget::open_for_write(Path::new(&disk_path), needed)?;
+    let replaced = gpt::read(&mut target.file())
+        .ok()
+        .flatten()
+        .map(|l| l.disk_guid);
     let plan = Plan {
         disk_guid: random_guid()?,
         state_guid: random_guid()?,
@@ -348,7 +354,7 @@ fn install_image(
         record.mode.as_str(),
         resolved.digest
     );
-    Ok(installed)
+    Ok((installed, replaced))
 }
 
 fn send_progress(p: &Progress) {
@@ -376,13 +382,28 @@ fn switch_boot(
             disk.dev_path()
         );
     } else {
-        bootswitch::bios_pass_over(previous, installed.layout.disk_guid)
+        let disks = statepart::state_disks();
+        let done = bootswitch::bios_switch(&disks, previous, installed.layout.disk_guid)
             .context("switching the BIOS boot disk")?;
-        log::info!(
-            "BIOS: boot record of {} saved in its state partition and replaced by a stub that boots {}",
-            previous.device,
-            disk.dev_path()
-        );
+        log::info!("BIOS: {done}; the new OS on {} boots next", disk.dev_path());
+    }
+    Ok(())
+}
+
+/// BIOS, after a deploy over a disk that an upgrade's chain stub boots: the stub
+/// follows the disk's fresh GUID, so the machine still boots it.
+fn keep_chain(replaced: Option<Guid>, installed: &Installed) -> Result<()> {
+    let Some(old) = replaced else {
+        return Ok(());
+    };
+    if sys::is_uefi() {
+        return Ok(());
+    }
+    let disks = statepart::state_disks();
+    if let Some(done) = bootswitch::bios_rechain(&disks, old, installed.layout.disk_guid)
+        .context("aiming the BIOS chain stub at the redeployed disk")?
+    {
+        log::info!("BIOS: {done}");
     }
     Ok(())
 }
