@@ -1,7 +1,9 @@
 # BIOS boot sector stub: boots the disk whose GPT disk GUID is embedded at the
-# end of the code area. imprint writes it over an old disk's boot code during a
-# BIOS upgrade (keeping the partition table and signature), so the firmware,
-# which boots the old disk first, ends up in the new disk's own boot code.
+# end of the code area. imprint writes it over the front disk's boot code (the
+# disk the firmware boots, keeping its partition table and signature), so the
+# firmware ends up in the chosen disk's own boot code. When no disk carries that
+# GUID (the disk was removed), it runs the front disk's own boot code instead,
+# which imprint keeps at the LBA embedded before the GUID.
 #
 # Assemble: as --32 -o chainload.o chainload.S && objcopy -O binary -j .text chainload.o chainload.bin
         .code16
@@ -23,6 +25,8 @@ start:
         rep movsw
         ljmp    $0, $(relocated - start + 0x600)
 relocated:
+        # The drive the firmware booted us from, for the fallback.
+        movb    %dl, (front - start + 0x600)
         movb    $0x81, %dl
 next_drive:
         movb    %dl, (drive - start + 0x600)
@@ -55,13 +59,33 @@ try_next:
         incb    %dl
         cmpb    $0x90, %dl
         jb      next_drive
-        # Not found: let the firmware try its next boot device.
+        # Not found: the front disk's own boot sector, by an extended (LBA) read.
+        movb    (front - start + 0x600), %dl
+        movw    $(dap - start + 0x600), %si
+        movb    $0x42, %ah
+        int     $0x13
+        jc      give_up
+        cmpw    $0xaa55, (0x7dfe)
+        jne     give_up
+        movb    (front - start + 0x600), %dl
+        ljmp    $0, $0x7c00
+give_up:
+        # Let the firmware try its next boot device.
         int     $0x18
 halt:
         hlt
         jmp     halt
 drive:
         .byte   0
+front:
+        .byte   0
+        .org    400
+dap:
+        .byte   16, 0
+        .word   1
+        .word   0x7c00, 0
+rescue_lba:
+        .quad   0
         .org    424
 guid:
         .fill   16, 1, 0

@@ -87,7 +87,12 @@ fn aim(front: &StateDisk, target: Guid) -> Result<String> {
         record.saved_boot_record = Some(own.to_vec());
         front.write_record(&record)?;
     }
-    file.write_all_at(&mbr::chain_sector(&own, target), 0)
+    // Where the stub falls back to when no disk has the target GUID.
+    let rescue = front.rescue_offset();
+    file.write_all_at(&own, rescue)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing the rescue boot sector of {}", front.device))?;
+    file.write_all_at(&mbr::chain_sector(&own, target, rescue / 512), 0)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing the chain-boot stub to {}", front.device))?;
     Ok(format!(

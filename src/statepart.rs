@@ -4,12 +4,14 @@
 //! Layout, from the start of the partition:
 //!
 //! ```text
-//! [record slot 0][record slot 1][bundle slot 0][bundle slot 1]
-//!  SLOT_SIZE      SLOT_SIZE      rest / 2, 4 KiB aligned (each)
+//! [record slot 0][record slot 1 ... rescue][bundle slot 0][bundle slot 1]
+//!  SLOT_SIZE      SLOT_SIZE                 rest / 2, 4 KiB aligned (each)
 //! ```
 //!
 //! The record slots hold the double-buffered state record
-//! ([`crate::format::state`]); the bundle slots hold configuration bundles
+//! ([`crate::format::state`]), which never writes the last 4 KiB of a slot; the
+//! last of slot 1 is the rescue area, where a BIOS front disk keeps its own boot
+//! sector for the chain stub to fall back to. The bundle slots hold configuration bundles
 //! ([`crate::format::bundle`]) captured before an upgrade, written so that the
 //! bundle a record names is never the one being overwritten.
 //!
@@ -40,6 +42,8 @@ pub const NAME: &str = "imprint-state";
 pub const CREATE_SIZE: u64 = 8 << 20;
 /// Bytes at the start of the partition taken by the two record slots.
 const RECORDS_LEN: u64 = 2 * SLOT_SIZE;
+/// Offset in the partition of the rescue area: the reserved tail of record slot 1.
+pub const RESCUE_OFFSET: u64 = RECORDS_LEN - state::SLOT_RESERVED;
 
 /// Whether `p` is a state partition (by type, or by name for images made by hand).
 pub fn is_state_partition(p: &Partition) -> bool {
@@ -216,6 +220,11 @@ impl StateDisk {
     /// Byte offset and length of the state partition on the disk.
     pub fn state_range(&self) -> (u64, u64) {
         byte_range(&self.layout, &self.layout.partitions[self.state_index])
+    }
+
+    /// Byte offset on the disk of the rescue area (see the module's layout).
+    pub fn rescue_offset(&self) -> u64 {
+        self.state_range().0 + RESCUE_OFFSET
     }
 
     pub fn open_rw(&self) -> Result<File> {

@@ -97,6 +97,16 @@ fn bios_switch_and_rollback_on_disk_images() {
     );
     assert_eq!(&after[424..440], &new.layout.disk_guid.0);
     assert_eq!(&after[440..512], &before[440..512]);
+    // The stub's fallback: the disk's own first sector, in its rescue area.
+    let rescue = old.rescue_offset();
+    assert_eq!(
+        &after[rescue as usize..rescue as usize + 512],
+        &before[..512]
+    );
+    assert_eq!(
+        &after[mbr::RESCUE_LBA_OFFSET..mbr::RESCUE_LBA_OFFSET + 8],
+        &(rescue / 512).to_le_bytes()
+    );
     assert_eq!(
         old.read_record().unwrap().0.saved_boot_record.as_deref(),
         Some(&before[..512])

@@ -180,6 +180,23 @@ fn upgrade_migrates_and_commits(firmware: &'static str) {
     );
     if firmware == "uefi" {
         assert_has(&c, "is now first in BootOrder");
+    } else {
+        // Disk 2 taken out: disk 1's chain stub finds no disk with its GUID and
+        // runs disk 1's own boot code, kept in its state partition.
+        let (status, c) = boot(
+            rig.repo.dir.path(),
+            "v1-alone",
+            Boot {
+                net: "none",
+                ..Boot::default()
+            },
+            &[&rig.disk1],
+        );
+        assert!(status.success(), "{c}");
+        assert_has(&c, "test-os: v1 booted");
+        // Put back, it boots again.
+        let c = rig.boot("v2-back", None, 240);
+        assert_has(&c, "test-os: v2 booted");
     }
 }
 

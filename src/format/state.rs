@@ -5,7 +5,9 @@
 //! Double-buffered: two slots of [`SLOT_SIZE`] bytes at the start of the partition.
 //! Each slot is `magic | generation | length | crc32 | postcard payload`; the valid
 //! slot with the highest generation wins, and a write always goes to the other
-//! slot, so a power cut at any moment leaves the previous record readable.
+//! slot, so a power cut at any moment leaves the previous record readable. The
+//! last [`SLOT_RESERVED`] bytes of each slot are never written by a record: the
+//! state partition keeps other things there.
 
 use super::digest::Digest;
 use super::gpt::Guid;
@@ -15,7 +17,11 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 
 pub const MAGIC: &[u8; 8] = b"IMPSTATE";
 pub const SLOT_SIZE: u64 = 64 << 10;
+/// The tail of each slot a record never covers.
+pub const SLOT_RESERVED: u64 = 4096;
 const HEADER: usize = 8 + 8 + 4 + 4;
+/// The largest payload a slot holds.
+const MAX_PAYLOAD: usize = (SLOT_SIZE - SLOT_RESERVED) as usize - HEADER;
 pub const RECORD_VERSION: u32 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,7 +103,7 @@ pub enum StateError {
     Empty,
     #[error("state record of format {0} is newer than this imprint understands")]
     UnknownVersion(u32),
-    #[error("state record is {0} bytes; the limit is {max}", max = SLOT_SIZE as usize - HEADER)]
+    #[error("state record is {0} bytes; the limit is {MAX_PAYLOAD}")]
     TooLarge(usize),
 }
 
@@ -170,7 +176,7 @@ pub fn write<D: Read + Write + Seek>(part: &mut D, record: &Record) -> Result<u6
         _ => 0,
     };
     let payload = postcard::to_stdvec(record).map_err(|e| io::Error::other(e.to_string()))?;
-    if payload.len() > SLOT_SIZE as usize - HEADER {
+    if payload.len() > MAX_PAYLOAD {
         return Err(StateError::TooLarge(payload.len()));
     }
     let mut buf = Vec::with_capacity(SLOT_SIZE as usize);
@@ -179,7 +185,7 @@ pub fn write<D: Read + Write + Seek>(part: &mut D, record: &Record) -> Result<u6
     buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     buf.extend_from_slice(&payload);
-    buf.resize(SLOT_SIZE as usize, 0);
+    buf.resize((SLOT_SIZE - SLOT_RESERVED) as usize, 0);
     part.seek(SeekFrom::Start(slot * SLOT_SIZE))?;
     part.write_all(&buf)?;
     part.flush()?;
@@ -219,6 +225,28 @@ mod tests {
         assert_eq!(r.mode, Mode::RolledBack);
         part.get_mut()[SLOT_SIZE as usize + 5] ^= 0xff;
         assert_eq!(read(&mut part).unwrap().0.mode, Mode::Deploy);
+    }
+
+    #[test]
+    fn records_never_touch_the_reserved_tail_of_a_slot() {
+        let mut part = Cursor::new(vec![0xEEu8; 2 * SLOT_SIZE as usize]);
+        for mode in [Mode::Deploy, Mode::Upgrade, Mode::Committed] {
+            write(&mut part, &record(mode)).unwrap();
+        }
+        assert_eq!(read(&mut part).unwrap().0.mode, Mode::Committed);
+        for slot in 0..2 {
+            let end = ((slot + 1) * SLOT_SIZE) as usize;
+            let tail = &part.get_ref()[end - SLOT_RESERVED as usize..end];
+            assert!(tail.iter().all(|&b| b == 0xEE), "slot {slot}");
+        }
+        let huge = Record {
+            saved_boot_record: Some(vec![1; MAX_PAYLOAD]),
+            ..record(Mode::Deploy)
+        };
+        assert!(matches!(
+            write(&mut part, &huge),
+            Err(StateError::TooLarge(_))
+        ));
     }
 
     #[test]
