@@ -309,3 +309,105 @@ pub fn efivar_write(name: &str, data: &[u8]) -> io::Result<()> {
         .open(&path)?;
     f.write_all(&bytes)
 }
+
+/// A directory tree that paths are resolved inside of, as if it were `/`: an
+/// absolute symlink or `..` in the tree never leads out of it (openat2 with
+/// RESOLVE_IN_ROOT). For writing into an installed OS's root from outside it.
+pub struct Root {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Root {
+    pub fn open(path: &Path) -> io::Result<Root> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Root { fd })
+    }
+
+    fn resolve(&self, rel: &str, flags: rustix::fs::OFlags) -> io::Result<std::os::fd::OwnedFd> {
+        use rustix::fs::{Mode, ResolveFlags};
+        let rel = match rel.trim_start_matches('/') {
+            "" => ".",
+            rel => rel,
+        };
+        Ok(rustix::fs::openat2(
+            &self.fd,
+            rel,
+            flags | rustix::fs::OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )?)
+    }
+
+    /// Whether `rel` exists in the tree (symlinks followed inside it).
+    pub fn exists(&self, rel: &str) -> bool {
+        self.resolve(rel, rustix::fs::OFlags::PATH).is_ok()
+    }
+
+    /// Reads the file `rel`, at most `limit` bytes.
+    pub fn read(&self, rel: &str, limit: u64) -> io::Result<Vec<u8>> {
+        let file = File::from(self.resolve(rel, rustix::fs::OFlags::RDONLY)?);
+        let mut out = Vec::new();
+        file.take(limit).read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    /// The directory `rel` and its parents, created as needed with `mode`.
+    pub fn create_dirs(&self, rel: &str, mode: u32) -> io::Result<std::os::fd::OwnedFd> {
+        use rustix::fs::OFlags;
+        let mut dir = self.resolve("/", OFlags::PATH | OFlags::DIRECTORY)?;
+        let mut path = String::new();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            path.push('/');
+            path.push_str(part);
+            dir = match self.resolve(&path, OFlags::PATH | OFlags::DIRECTORY) {
+                Ok(fd) => fd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    rustix::fs::mkdirat(&dir, part, rustix::fs::Mode::from_raw_mode(mode))?;
+                    self.resolve(&path, OFlags::PATH | OFlags::DIRECTORY)?
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(dir)
+    }
+
+    /// Writes `content` to `dir/name` atomically: a new file, synced, renamed over
+    /// whatever was there (a symlink there is replaced, never followed).
+    pub fn write_file(&self, dir: &str, name: &str, content: &[u8], mode: u32) -> io::Result<()> {
+        use rustix::fs::{AtFlags, Mode, OFlags};
+        let parent = self.create_dirs(dir, 0o755)?;
+        let tmp = format!(".{name}.imprint-tmp");
+        let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
+        let fd = rustix::fs::openat(
+            &parent,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+        )?;
+        let mut file = File::from(fd);
+        std::io::Write::write_all(&mut file, content)?;
+        // The mode as asked, whatever the umask made of it.
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))?;
+        file.sync_all()?;
+        rustix::fs::renameat(&parent, tmp.as_str(), &parent, name)?;
+        Ok(())
+    }
+
+    /// Makes `dir/name` a symlink to `target`, replacing what was there.
+    pub fn symlink(&self, dir: &str, name: &str, target: &str) -> io::Result<()> {
+        use rustix::fs::AtFlags;
+        let parent = self.create_dirs(dir, 0o755)?;
+        match rustix::fs::unlinkat(&parent, name, AtFlags::empty()) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::NOENT => {}
+            Err(e) => return Err(e.into()),
+        }
+        rustix::fs::symlinkat(target, &parent, name)?;
+        Ok(())
+    }
+}

@@ -55,6 +55,9 @@ fn deploy_then_boot(firmware: &str) {
         assert_has(&console, &format!("\"phase\":\"{phase}\""));
     }
     assert_has(&console, "handing off (reboot)");
+    // The test OS carries imprint: the deploy environment looks and leaves it.
+    assert_has(&console, "the image carries its own first-boot agent");
+    assert_eq!(read_state(&disk).0.agent, state::Agent::Own);
     assert_eq!(
         status_of(&served.url)[format!("vm-{firmware}")]["phase"],
         Phase::Complete.as_str()
@@ -76,9 +79,9 @@ fn deploy_then_boot(firmware: &str) {
     );
     assert!(status.success(), "installed OS VM: {status:?}\n{console}");
     assert_has(&console, "test-os: v1 booted");
-    assert_has(
+    assert_line(
         &console,
-        "imprint firstboot: disk=/dev/vda generation=1 (the disk holding /)",
+        &["imprint firstboot: disk=/dev/vda ", "(the disk holding /)"],
     );
     assert_has(&console, "imprint firstboot: mode=deploy");
     assert_has(&console, &format!("imprint firstboot: image=os {digest}"));

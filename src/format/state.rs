@@ -22,7 +22,8 @@ pub const SLOT_RESERVED: u64 = 4096;
 const HEADER: usize = 8 + 8 + 4 + 4;
 /// The largest payload a slot holds.
 const MAX_PAYLOAD: usize = (SLOT_SIZE - SLOT_RESERVED) as usize - HEADER;
-pub const RECORD_VERSION: u32 = 1;
+/// Format 2 added [`Record::agent`]; format 1 records are still read.
+pub const RECORD_VERSION: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mode {
@@ -50,6 +51,19 @@ pub struct PreviousOs {
     pub partition_guids: Vec<Guid>,
 }
 
+/// What the deploy environment did about the installed OS's first-boot agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Agent {
+    /// Not looked at (a record from before format 2).
+    NotChecked,
+    /// The image carries its own agent.
+    Own,
+    /// The deploy environment installed itself as the agent, of this format.
+    Installed { format: u32 },
+    /// No agent was installed, for this reason.
+    Skipped(String),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub version: u32,
@@ -72,6 +86,47 @@ pub struct Record {
     /// BIOS upgrades: this disk's first sector as it was before the upgrade made
     /// the firmware pass over it; writing it back is the rollback.
     pub saved_boot_record: Option<Vec<u8>>,
+    pub agent: Agent,
+}
+
+/// A record of format 1: [`Record`] without `agent`.
+#[derive(Deserialize)]
+struct RecordV1 {
+    version: u32,
+    mode: Mode,
+    image_name: String,
+    image_digest: Digest,
+    deployed_at: u64,
+    previous: Option<PreviousOs>,
+    settings: BTreeMap<String, String>,
+    boot_attempts: u32,
+    status_url: Option<String>,
+    target: Option<String>,
+    deployed_mode: Mode,
+    bundle: Option<super::bundle::BundleRef>,
+    saved_boot_record: Option<Vec<u8>>,
+}
+
+impl From<RecordV1> for Record {
+    fn from(v1: RecordV1) -> Record {
+        let _ = v1.version;
+        Record {
+            version: RECORD_VERSION,
+            mode: v1.mode,
+            image_name: v1.image_name,
+            image_digest: v1.image_digest,
+            deployed_at: v1.deployed_at,
+            previous: v1.previous,
+            settings: v1.settings,
+            boot_attempts: v1.boot_attempts,
+            status_url: v1.status_url,
+            target: v1.target,
+            deployed_mode: v1.deployed_mode,
+            bundle: v1.bundle,
+            saved_boot_record: v1.saved_boot_record,
+            agent: Agent::NotChecked,
+        }
+    }
 }
 
 impl Record {
@@ -91,6 +146,7 @@ impl Record {
             target: None,
             bundle: None,
             saved_boot_record: None,
+            agent: Agent::NotChecked,
         }
     }
 }
@@ -125,6 +181,9 @@ fn decode_slot(buf: &[u8]) -> Option<Slot> {
         return None;
     }
     let record = match postcard::take_from_bytes::<u32>(payload) {
+        Ok((1, _)) => postcard::from_bytes::<RecordV1>(payload)
+            .map(Record::from)
+            .map_err(|_| StateError::Empty),
         Ok((v, _)) if v != RECORD_VERSION => Err(StateError::UnknownVersion(v)),
         Ok(_) => postcard::from_bytes::<Record>(payload).map_err(|_| StateError::Empty),
         Err(_) => Err(StateError::Empty),
@@ -247,6 +306,26 @@ mod tests {
             write(&mut part, &huge),
             Err(StateError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn format_1_records_are_still_read() {
+        // A format 1 record is a format 2 one without its last field.
+        let mut v1 = record(Mode::Committed);
+        v1.version = 1;
+        let mut payload = postcard::to_stdvec(&v1).unwrap();
+        let agent = postcard::to_stdvec(&Agent::NotChecked).unwrap();
+        payload.truncate(payload.len() - agent.len());
+        let mut part = vec![0u8; 2 * SLOT_SIZE as usize];
+        part[..8].copy_from_slice(MAGIC);
+        part[8..16].copy_from_slice(&7u64.to_le_bytes());
+        part[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        part[20..24].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        part[HEADER..HEADER + payload.len()].copy_from_slice(&payload);
+        let (read_back, generation) = read(&mut Cursor::new(part)).unwrap();
+        assert_eq!(generation, 7);
+        assert_eq!(read_back, record(Mode::Committed));
+        assert_eq!(read_back.agent, Agent::NotChecked);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! what goes into it (which disk, which previous OS, which record) and what
 //! happens around it (status, the firmware's boot switch, the hand-off).
 
-use super::{Never, disks, drivers, handoff, net, rollback, status, uptime};
+use super::{Never, agent, disks, drivers, handoff, net, rollback, status, uptime};
 use crate::bootswitch;
 use crate::engine::install::{self, Installed, Plan, Step};
 use crate::engine::{self, DeployOptions, DiskTarget, Progress, Resolved, Target, Trust};
@@ -51,13 +51,18 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
         previous.as_ref(),
         &record,
     )?;
+    let agent = give_agent(&disk, &installed);
     match &previous {
         Some(previous) => switch_boot(previous, &installed, &disk, &manifest.name)?,
         None => keep_chain(replaced, &installed)?,
     }
     status().send(
         Phase::BootRecords,
-        serde_json::json!({ "disk": disk.dev_path(), "image": resolved.digest.to_string() }),
+        serde_json::json!({
+            "disk": disk.dev_path(),
+            "image": resolved.digest.to_string(),
+            "agent": agent::describe(&agent),
+        }),
     );
     sys::sync_all();
     handoff::handoff(&config, &disk, manifest.boot.as_ref())
@@ -388,6 +393,30 @@ fn switch_boot(
         log::info!("BIOS: {done}; the new OS on {} boots next", disk.dev_path());
     }
     Ok(())
+}
+
+/// A first-boot agent for an OS that has none, noted in the disk's state record.
+/// What could not be done is reported, never fatal: the disk boots either way.
+fn give_agent(disk: &disks::DiskInfo, installed: &Installed) -> state::Agent {
+    let agent = agent::ensure(disk, &installed.layout);
+    match &agent {
+        state::Agent::Skipped(_) => log::warn!("{}", agent::describe(&agent)),
+        _ => log::info!("{}", agent::describe(&agent)),
+    }
+    let noted = StateDisk::open(&disk.dev_path())
+        .ok_or_else(|| anyhow!("no state partition on {}", disk.dev_path()))
+        .and_then(|d| {
+            let (mut record, _) = d.read_record()?;
+            record.agent = agent.clone();
+            d.write_record(&record)
+        });
+    if let Err(e) = noted {
+        log::warn!(
+            "noting the agent in the state record: {}",
+            crate::error_text(&e)
+        );
+    }
+    agent
 }
 
 /// BIOS, after a deploy over a disk that an upgrade's chain stub boots: the stub

@@ -25,6 +25,27 @@ impl DiskInfo {
         format!("/dev/{}", self.name)
     }
 
+    /// The device node of partition `number`, once the kernel has made it (it
+    /// appears shortly after the partition table is re-read).
+    pub fn wait_for_partition(&self, number: u32) -> Result<String, String> {
+        let separator = if self.name.ends_with(|c: char| c.is_ascii_digit()) {
+            "p"
+        } else {
+            ""
+        };
+        let device = format!("/dev/{}{separator}{number}", self.name);
+        let start = std::time::Instant::now();
+        while !Path::new(&device).exists() {
+            if start.elapsed() > std::time::Duration::from_secs(10) {
+                return Err(format!(
+                    "{device} did not appear after re-reading the partition table"
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(device)
+    }
+
     fn describe(&self) -> String {
         let mut s = format!("{} ({} bytes", self.dev_path(), self.size);
         if !self.model.is_empty() {

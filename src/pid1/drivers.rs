@@ -124,6 +124,21 @@ fn collect_modaliases(dir: &Path, depth: usize, out: &mut Vec<String>) {
 
 /// `/sbin/modprobe` as the kernel calls it: `modprobe -q -- NAME`. Exit status 0
 /// when the module (or one matching the alias) is loaded or built in.
+/// File system drivers, loaded up front rather than on the kernel's request
+/// (which goes through modprobe and may come too late for a mount).
+pub fn load_filesystems() {
+    let modules = [
+        "vfat",
+        "nls_cp437",
+        "nls_ascii",
+        "nls_utf8",
+        "ext4",
+        "crc32c_generic",
+        "isofs",
+    ];
+    Drivers::open().load(&modules.map(String::from));
+}
+
 pub fn modprobe_main(args: &[String]) -> i32 {
     let names: Vec<String> = args
         .iter()

@@ -7,7 +7,6 @@ use crate::format::manifest::BootFacts;
 use crate::format::status::Phase;
 use crate::sys::{self, PowerAction};
 use anyhow::{Context, Result, anyhow};
-use std::time::{Duration, Instant};
 
 pub(super) fn handoff(
     config: &Config,
@@ -59,33 +58,11 @@ pub(super) fn handoff(
 /// Mounts the installed OS's boot partition read-only from the freshly written
 /// disk and loads its kernel, initrd and command line for kexec.
 fn load_installed_kernel(disk: &disks::DiskInfo, boot: &BootFacts) -> Result<()> {
-    let separator = if disk.name.ends_with(|c: char| c.is_ascii_digit()) {
-        "p"
-    } else {
-        ""
-    };
-    let device = format!("/dev/{}{separator}{}", disk.name, boot.partition);
-    let start = Instant::now();
-    while !std::path::Path::new(&device).exists() {
-        if start.elapsed() > Duration::from_secs(10) {
-            return Err(anyhow!(
-                "{device} did not appear after re-reading the partition table"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let device = disk
+        .wait_for_partition(boot.partition)
+        .map_err(|e| anyhow!(e))?;
     let mnt = "/run/imprint/boot";
-    // File system drivers, loaded up front rather than on the kernel's request.
-    let fs_modules = [
-        "vfat",
-        "nls_cp437",
-        "nls_ascii",
-        "nls_utf8",
-        "ext4",
-        "crc32c_generic",
-        "isofs",
-    ];
-    drivers::Drivers::open().load(&fs_modules.map(String::from));
+    drivers::load_filesystems();
     let mut errors = Vec::new();
     let mounted = ["vfat", "ext4", "iso9660"]
         .into_iter()

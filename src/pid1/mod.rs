@@ -7,9 +7,11 @@
 //! - this file: start-up (mounts, logger, panic hook, reaper), the retry loop, and
 //!   the one place that decides whether a failure is worth retrying;
 //! - [`deploy`] — deploy and upgrade, as a list of named steps;
+//! - [`agent`] — the first-boot agent for stock images that carry none;
 //! - [`rollback`] — `imprint.mode=rollback`;
 //! - [`handoff`] — reboot, power off or kexec into the installed OS.
 
+mod agent;
 mod console;
 mod deploy;
 mod disks;

@@ -291,6 +291,14 @@ pub fn check_deployed_disk(disk: &Path, image: &[u8], digest: &str, hostname: Op
     );
 }
 
+/// Some line of the console holds every one of `parts`.
+pub fn assert_line(console: &str, parts: &[&str]) {
+    assert!(
+        console.lines().any(|l| parts.iter().all(|p| l.contains(p))),
+        "no console line holds all of {parts:?}:\n{console}"
+    );
+}
+
 pub fn assert_has(console: &str, needle: &str) {
     assert!(
         console.contains(needle),
