@@ -1,7 +1,9 @@
 //! The first-boot agent for images that carry none: after the deploy, the
 //! deploy environment finds the installed OS's root file system, and when the OS
 //! has no imprint of its own (a stock distribution image), installs itself there
-//! with a systemd unit that runs `imprint firstboot` early in every boot.
+//! with a systemd unit that runs `imprint firstboot` early in every boot. Where
+//! the OS has cloud-init, it also writes a NoCloud seed with the host's settings,
+//! so cloud-init applies them the way the OS expects.
 //!
 //! The root is found by a fixed rule: partitions of the Discoverable Partitions
 //! x86-64 root type first, then Linux file system partitions, in table order; the
@@ -122,34 +124,86 @@ fn install(root: &Root, binary: &[u8]) -> Result<Agent> {
     Ok(Agent::Installed { format: FORMAT })
 }
 
-/// Looks at the root mounted at `path` and installs the agent if it needs one.
-/// `remount_rw` makes it writable first.
+/// The per-host data a NoCloud seed carries.
+pub(super) struct Seed {
+    /// Unique per deploy, so cloud-init runs its first-boot modules again.
+    pub instance_id: String,
+    pub hostname: Option<String>,
+}
+
+const SEED_DIR: &str = "var/lib/cloud/seed/nocloud";
+
+fn has_cloud_init(root: &Root) -> bool {
+    root.exists("usr/bin/cloud-init") || root.exists("etc/cloud/cloud.cfg")
+}
+
+/// Writes the NoCloud seed cloud-init reads on first boot: meta-data with the
+/// instance id and host name, and an empty cloud-config as user-data.
+fn write_seed(root: &Root, seed: &Seed) -> Result<()> {
+    // Both values are plain names (the command line checked the host name), so
+    // they need no YAML quoting; the instance id is made here.
+    let mut meta = format!("instance-id: {}\n", seed.instance_id);
+    if let Some(h) = &seed.hostname {
+        meta.push_str(&format!("local-hostname: {h}\n"));
+    }
+    root.write_file(SEED_DIR, "meta-data", meta.as_bytes(), 0o600)
+        .context("writing the NoCloud meta-data")?;
+    root.write_file(SEED_DIR, "user-data", b"#cloud-config\n{}\n", 0o600)
+        .context("writing the NoCloud user-data")?;
+    Ok(())
+}
+
+/// What was found and done in one root.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Provided {
+    pub agent: Agent,
+    /// A NoCloud seed was written for the OS's cloud-init.
+    pub cloud_init_seed: bool,
+}
+
+/// Looks at the root mounted at `path`, installs the agent if it needs one and
+/// seeds cloud-init if it has it. `remount_rw` makes the root writable first.
 fn provide(
     path: &Path,
+    seed: &Seed,
     binary: &dyn Fn() -> Result<Vec<u8>>,
     remount_rw: &dyn Fn() -> Result<()>,
-) -> Result<Option<Agent>> {
+) -> Result<Option<Provided>> {
     let root = Root::open(path).with_context(|| format!("opening {}", path.display()))?;
     let own = OWN_AGENT_PATHS.iter().any(|p| root.exists(p));
     if !own && !root.exists("etc/os-release") && !root.exists("usr/lib/os-release") {
         return Ok(None);
     }
-    match need(&root) {
-        Need::Nothing(agent) => Ok(Some(agent)),
-        Need::Install => {
-            remount_rw()?;
-            let root = Root::open(path)?;
-            install(&root, &binary()?).map(Some)
-        }
+    let need = need(&root);
+    let cloud = has_cloud_init(&root);
+    if need == Need::Install || cloud {
+        remount_rw()?;
     }
+    let root = Root::open(path)?;
+    if cloud {
+        write_seed(&root, seed)?;
+    }
+    let agent = match need {
+        Need::Nothing(agent) => agent,
+        Need::Install => install(&root, &binary()?)?,
+    };
+    Ok(Some(Provided {
+        agent,
+        cloud_init_seed: cloud,
+    }))
 }
 
 /// Gives the OS just written to `disk` (partition table `layout`) an agent if it
-/// has none. Never fails: what it could not do is the returned reason.
-pub(super) fn ensure(disk: &DiskInfo, layout: &Layout) -> Agent {
+/// has none, and a NoCloud seed if it has cloud-init. Never fails: what it could
+/// not do is the reason in the returned agent.
+pub(super) fn ensure(disk: &DiskInfo, layout: &Layout, seed: &Seed) -> Provided {
+    let skipped = |why: String| Provided {
+        agent: Agent::Skipped(why),
+        cloud_init_seed: false,
+    };
     let candidates = root_candidates(layout);
     if candidates.is_empty() {
-        return Agent::Skipped("no Linux root partition in the image's partition table".into());
+        return skipped("no Linux root partition in the image's partition table".into());
     }
     drivers::load_filesystems();
     let _ = std::fs::create_dir_all(MOUNT_POINT);
@@ -172,22 +226,22 @@ pub(super) fn ensure(disk: &DiskInfo, layout: &Layout) -> Agent {
                 .with_context(|| format!("mounting {device} read-write"))
         };
         let binary = || std::fs::read("/proc/self/exe").context("reading this program");
-        let result = provide(Path::new(MOUNT_POINT), &binary, &remount);
+        let result = provide(Path::new(MOUNT_POINT), seed, &binary, &remount);
         if let Err(e) = sys::unmount(MOUNT_POINT) {
             log::warn!("unmounting {device}: {e}");
         }
         match result {
-            Ok(Some(agent)) => return agent,
+            Ok(Some(provided)) => return provided,
             Ok(None) => seen.push(format!("{device}: no os-release")),
             Err(e) => {
-                return Agent::Skipped(format!(
+                return skipped(format!(
                     "installing the agent on {device} failed: {}",
                     crate::error_text(&e)
                 ));
             }
         }
     }
-    Agent::Skipped(format!("no root file system found ({})", seen.join("; ")))
+    skipped(format!("no root file system found ({})", seen.join("; ")))
 }
 
 /// The line for the console.
@@ -219,8 +273,17 @@ mod tests {
         dir
     }
 
+    fn seed() -> Seed {
+        Seed {
+            instance_id: "imprint-0123456789abcdef-1800000000".into(),
+            hostname: Some("node-1".into()),
+        }
+    }
+
     fn run(root: &Path) -> Option<Agent> {
-        provide(root, &|| Ok(b"BINARY".to_vec()), &|| Ok(())).unwrap()
+        provide(root, &seed(), &|| Ok(b"BINARY".to_vec()), &|| Ok(()))
+            .unwrap()
+            .map(|p| p.agent)
     }
 
     #[test]
@@ -287,7 +350,7 @@ mod tests {
         std::fs::create_dir_all(r.join("usr/lib")).unwrap();
         std::os::unix::fs::symlink("../../../../../../..", r.join("usr/lib/imprint")).unwrap();
         // Dangling inside the root: refused, nothing written outside.
-        let err = provide(r, &|| Ok(b"BINARY".to_vec()), &|| Ok(())).unwrap_err();
+        let err = provide(r, &seed(), &|| Ok(b"BINARY".to_vec()), &|| Ok(())).unwrap_err();
         assert!(crate::error_text(&err).contains("systemd"), "{err:#}");
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
         // Resolving inside the root: written there, still nothing outside.
@@ -298,6 +361,33 @@ mod tests {
         assert!(inside.join(UNIT_NAME).is_file());
         // "..": clamped at the root.
         assert_eq!(std::fs::read(r.join("imprint")).unwrap(), b"BINARY");
+    }
+
+    #[test]
+    fn cloud_init_gets_a_nocloud_seed_with_the_host_name() {
+        let dir = os_root(true);
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("etc/cloud")).unwrap();
+        std::fs::write(r.join("etc/cloud/cloud.cfg"), "").unwrap();
+        let provided = provide(r, &seed(), &|| Ok(b"B".to_vec()), &|| Ok(()))
+            .unwrap()
+            .unwrap();
+        assert!(provided.cloud_init_seed);
+        assert_eq!(provided.agent, Agent::Installed { format: FORMAT });
+        let meta = std::fs::read_to_string(r.join(SEED_DIR).join("meta-data")).unwrap();
+        assert_eq!(
+            meta,
+            "instance-id: imprint-0123456789abcdef-1800000000\nlocal-hostname: node-1\n"
+        );
+        let user = std::fs::read_to_string(r.join(SEED_DIR).join("user-data")).unwrap();
+        assert!(user.starts_with("#cloud-config\n"));
+        // Without cloud-init, no seed.
+        let plain = os_root(true);
+        let p = provide(plain.path(), &seed(), &|| Ok(b"B".to_vec()), &|| Ok(()))
+            .unwrap()
+            .unwrap();
+        assert!(!p.cloud_init_seed);
+        assert!(!plain.path().join(SEED_DIR).exists());
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
         previous.as_ref(),
         &record,
     )?;
-    let agent = give_agent(&disk, &installed);
+    let agent = give_agent(&disk, &installed, &record);
     match &previous {
         Some(previous) => switch_boot(previous, &installed, &disk, &manifest.name)?,
         None => keep_chain(replaced, &installed)?,
@@ -397,8 +397,23 @@ fn switch_boot(
 
 /// A first-boot agent for an OS that has none, noted in the disk's state record.
 /// What could not be done is reported, never fatal: the disk boots either way.
-fn give_agent(disk: &disks::DiskInfo, installed: &Installed) -> state::Agent {
-    let agent = agent::ensure(disk, &installed.layout);
+fn give_agent(disk: &disks::DiskInfo, installed: &Installed, record: &Record) -> state::Agent {
+    let seed = agent::Seed {
+        instance_id: format!(
+            "imprint-{}-{}",
+            &record.image_digest.hex()[..16],
+            record.deployed_at
+        ),
+        hostname: record.settings.get("hostname").cloned(),
+    };
+    let provided = agent::ensure(disk, &installed.layout, &seed);
+    if provided.cloud_init_seed {
+        log::info!(
+            "wrote a NoCloud seed for the OS's cloud-init (instance-id {})",
+            seed.instance_id
+        );
+    }
+    let agent = provided.agent;
     match &agent {
         state::Agent::Skipped(_) => log::warn!("{}", agent::describe(&agent)),
         _ => log::info!("{}", agent::describe(&agent)),
