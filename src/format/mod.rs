@@ -8,6 +8,7 @@ pub mod cpio;
 pub mod digest;
 pub mod dns;
 pub mod efi;
+pub mod ext4;
 pub mod glob;
 pub mod gpt;
 pub mod kmod;
