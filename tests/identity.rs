@@ -11,8 +11,8 @@ fn run(cmd: &str, args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{cmd} (e2fsprogs): {e}"));
-    let text = String::from_utf8_lossy(&out.stdout).to_string()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -20,7 +20,11 @@ fn run(cmd: &str, args: &[&str]) -> (bool, String) {
 fn image(dir: &Path, name: &str, mib: u64, options: &[&str]) -> std::path::PathBuf {
     let content = dir.join(format!("{name}.d"));
     std::fs::create_dir_all(content.join("etc")).unwrap();
-    std::fs::write(content.join("etc/hello"), "hello from the old file system\n").unwrap();
+    std::fs::write(
+        content.join("etc/hello"),
+        "hello from the old file system\n",
+    )
+    .unwrap();
     let path = dir.join(name);
     std::fs::File::create(&path)
         .unwrap()
@@ -36,7 +40,14 @@ fn image(dir: &Path, name: &str, mib: u64, options: &[&str]) -> std::path::PathB
 
 fn uuid_text(u: &[u8; 16]) -> String {
     let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 #[test]
@@ -78,7 +89,12 @@ fn a_new_uuid_leaves_a_clean_file_system_with_its_files() {
 #[test]
 fn group_descriptor_checksums_tied_to_the_uuid_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let path = image(dir.path(), "uninit", 32, &["-O", "^metadata_csum,uninit_bg"]);
+    let path = image(
+        dir.path(),
+        "uninit",
+        32,
+        &["-O", "^metadata_csum,uninit_bg"],
+    );
     let before = std::fs::read(&path).unwrap();
     let mut f = std::fs::OpenOptions::new()
         .read(true)
@@ -88,4 +104,34 @@ fn group_descriptor_checksums_tied_to_the_uuid_are_refused() {
     let err = ext4::set_uuid(&mut f, [1; 16]).unwrap_err();
     assert!(err.to_string().contains("uninit_bg"), "{err}");
     assert!(std::fs::read(&path).unwrap() == before);
+}
+
+#[test]
+fn a_new_fat_volume_id_is_what_blkid_and_fsck_see() {
+    use imprint::format::fat;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, flags) in [("fat32.img", "-F32"), ("fat16.img", "-F16")] {
+        let path = dir.path().join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let p = path.to_str().unwrap();
+        let (ok, text) = run("mkfs.vfat", &[flags, "-i", "5EED0001", p]);
+        assert!(ok, "mkfs.vfat: {text}");
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        assert_eq!(
+            fat::set_volume_id(&mut f, 0x1234_ABCD).unwrap(),
+            0x5EED_0001
+        );
+        drop(f);
+        let (ok, text) = run("fsck.vfat", &["-n", p]);
+        assert!(ok, "{name}: fsck.vfat:\n{text}");
+        let (_, text) = run("blkid", &["-p", "-o", "value", "-s", "UUID", p]);
+        assert_eq!(text.trim(), fat::volume_id_text(0x1234_ABCD), "{name}");
+    }
 }

@@ -9,6 +9,7 @@ pub mod digest;
 pub mod dns;
 pub mod efi;
 pub mod ext4;
+pub mod fat;
 pub mod glob;
 pub mod gpt;
 pub mod kmod;
