@@ -348,6 +348,12 @@ impl Root {
         self.resolve(rel, rustix::fs::OFlags::PATH).is_ok()
     }
 
+    /// The permission bits of `rel`.
+    pub fn mode(&self, rel: &str) -> io::Result<u32> {
+        let fd = self.resolve(rel, rustix::fs::OFlags::PATH)?;
+        Ok(rustix::fs::fstat(&fd)?.st_mode & 0o7777)
+    }
+
     /// Reads the file `rel`, at most `limit` bytes.
     pub fn read(&self, rel: &str, limit: u64) -> io::Result<Vec<u8>> {
         let file = File::from(self.resolve(rel, rustix::fs::OFlags::RDONLY)?);

@@ -128,6 +128,20 @@ fn untouchable(disk: &Path) -> Vec<u8> {
     bytes
 }
 
+/// The FAT volume ID of a disk image's ESP.
+fn esp_volume_id(disk: &Path) -> u32 {
+    let mut f = std::fs::File::open(disk).unwrap();
+    let layout = imprint::format::gpt::read(&mut f).unwrap().unwrap();
+    let esp = layout
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == imprint::format::gpt::ESP_TYPE)
+        .unwrap();
+    let (start, len) = imprint::statepart::byte_range(&layout, esp);
+    let mut part = imprint::statepart::Window::new(&f, start, len);
+    imprint::format::fat::volume_id(&mut part).unwrap()
+}
+
 fn summary_figure(console: &str, key: &str) -> u64 {
     console
         .lines()
@@ -149,6 +163,11 @@ fn upgrade_migrates_and_commits(firmware: &'static str) {
     // Delta upgrade: most bytes come from the previous disk, not the network.
     let (seeded, fetched) = (summary_figure(&c, "seeded"), summary_figure(&c, "fetched"));
     assert!(seeded > 3 * fetched, "seeded {seeded}, fetched {fetched}");
+    // Both images' ESPs carry one FAT volume ID: the new disk's gets a fresh one,
+    // so nothing that finds it by UUID can find the previous disk's.
+    assert_has(&c, "file system 1A2B-3C4D is now ");
+    assert_ne!(esp_volume_id(&rig.disk2), esp_volume_id(&rig.disk1));
+    assert_eq!(esp_volume_id(&rig.disk1), 0x1A2B_3C4D);
     let new = read_state(&rig.disk2).0;
     assert_eq!(new.mode, Mode::Upgrade);
     let prev = new.previous.expect("previous OS recorded");

@@ -14,6 +14,7 @@
 
 use super::disks::DiskInfo;
 use super::drivers;
+use super::identity::{self, Rename};
 use crate::format::gpt::{Guid, Layout, Partition};
 use crate::format::state::Agent;
 use crate::sys::{self, Root};
@@ -159,6 +160,46 @@ pub(super) struct Provided {
     pub agent: Agent,
     /// A NoCloud seed was written for the OS's cloud-init.
     pub cloud_init_seed: bool,
+    /// Files whose references to renamed file systems were rewritten.
+    pub rewritten: Vec<String>,
+}
+
+/// Files in the root that name file systems by identity.
+const REFERENCES: &[&str] = &[
+    "etc/fstab",
+    "boot/grub/grub.cfg",
+    "etc/kernel/cmdline",
+    "etc/crypttab",
+];
+/// Largest reference file rewritten (GRUB configurations run to some 10 KiB).
+const REFERENCE_LIMIT: u64 = 4 << 20;
+
+/// Rewrites references to renamed file systems in the files that hold them.
+fn rewrite_references(root: &Root, renames: &[Rename]) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for rel in REFERENCES {
+        if !root.exists(rel) {
+            continue;
+        }
+        let bytes = root.read(rel, REFERENCE_LIMIT + 1)?;
+        if bytes.len() as u64 > REFERENCE_LIMIT {
+            log::warn!("/{rel} is larger than {REFERENCE_LIMIT} bytes; left as it is");
+            continue;
+        }
+        let Ok(text) = String::from_utf8(bytes) else {
+            log::warn!("/{rel} is not text; left as it is");
+            continue;
+        };
+        let new = identity::rewrite(&text, renames);
+        if new != text {
+            let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+            let mode = root.mode(rel).unwrap_or(0o644);
+            root.write_file(dir, name, new.as_bytes(), mode)
+                .with_context(|| format!("rewriting /{rel}"))?;
+            done.push(format!("/{rel}"));
+        }
+    }
+    Ok(done)
 }
 
 /// Looks at the root mounted at `path`, installs the agent if it needs one and
@@ -166,6 +207,7 @@ pub(super) struct Provided {
 fn provide(
     path: &Path,
     seed: &Seed,
+    renames: &[Rename],
     binary: &dyn Fn() -> Result<Vec<u8>>,
     remount_rw: &dyn Fn() -> Result<()>,
 ) -> Result<Option<Provided>> {
@@ -176,10 +218,11 @@ fn provide(
     }
     let need = need(&root);
     let cloud = has_cloud_init(&root);
-    if need == Need::Install || cloud {
+    if need == Need::Install || cloud || !renames.is_empty() {
         remount_rw()?;
     }
     let root = Root::open(path)?;
+    let rewritten = rewrite_references(&root, renames)?;
     if cloud {
         write_seed(&root, seed)?;
     }
@@ -190,16 +233,94 @@ fn provide(
     Ok(Some(Provided {
         agent,
         cloud_init_seed: cloud,
+        rewritten,
     }))
 }
 
 /// Gives the OS just written to `disk` (partition table `layout`) an agent if it
 /// has none, and a NoCloud seed if it has cloud-init. Never fails: what it could
 /// not do is the reason in the returned agent.
-pub(super) fn ensure(disk: &DiskInfo, layout: &Layout, seed: &Seed) -> Provided {
+pub(super) fn ensure(
+    disk: &DiskInfo,
+    layout: &Layout,
+    seed: &Seed,
+    renames: &[Rename],
+) -> Provided {
+    let mut provided = provide_root(disk, layout, seed, renames);
+    if !renames.is_empty() {
+        match rewrite_esp(disk, layout, renames) {
+            Ok(files) => provided.rewritten.extend(files),
+            Err(e) => log::warn!(
+                "rewriting the boot loader's references on the ESP: {}",
+                crate::error_text(&e)
+            ),
+        }
+    }
+    provided
+}
+
+const ESP_MOUNT_POINT: &str = "/run/imprint/esp";
+
+/// The boot loader's configuration on the ESP names the root by identity too
+/// (Debian's `\EFI\debian\grub.cfg`: `search.fs_uuid`). FAT has no links, so
+/// plain paths under the mount point are safe.
+fn rewrite_esp(disk: &DiskInfo, layout: &Layout, renames: &[Rename]) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for p in layout
+        .partitions
+        .iter()
+        .filter(|p| p.type_guid == crate::format::gpt::ESP_TYPE)
+    {
+        let device = disk
+            .wait_for_partition(p.number)
+            .map_err(anyhow::Error::msg)?;
+        let _ = std::fs::create_dir_all(ESP_MOUNT_POINT);
+        sys::mount(&device, ESP_MOUNT_POINT, "vfat", false)
+            .with_context(|| format!("mounting the ESP {device}"))?;
+        let result = (|| -> Result<()> {
+            let efi = Path::new(ESP_MOUNT_POINT).join("EFI");
+            let Ok(vendors) = std::fs::read_dir(&efi) else {
+                return Ok(());
+            };
+            for vendor in vendors.flatten() {
+                let cfg = vendor.path().join("grub.cfg");
+                let Ok(meta) = std::fs::metadata(&cfg) else {
+                    continue;
+                };
+                if meta.len() > REFERENCE_LIMIT {
+                    continue;
+                }
+                let Ok(text) = std::fs::read_to_string(&cfg) else {
+                    continue;
+                };
+                let new = identity::rewrite(&text, renames);
+                if new != text {
+                    let tmp = cfg.with_extension("imprint-tmp");
+                    std::fs::write(&tmp, &new)
+                        .and_then(|()| std::fs::rename(&tmp, &cfg))
+                        .with_context(|| format!("rewriting {}", cfg.display()))?;
+                    done.push(format!(
+                        "ESP:{}",
+                        cfg.strip_prefix(ESP_MOUNT_POINT).unwrap_or(&cfg).display()
+                    ));
+                }
+            }
+            Ok(())
+        })();
+        sys::sync_all();
+        if let Err(e) = sys::unmount(ESP_MOUNT_POINT) {
+            log::warn!("unmounting {device}: {e}");
+        }
+        result?;
+    }
+    Ok(done)
+}
+
+fn provide_root(disk: &DiskInfo, layout: &Layout, seed: &Seed, renames: &[Rename]) -> Provided {
     let skipped = |why: String| Provided {
         agent: Agent::Skipped(why),
         cloud_init_seed: false,
+        rewritten: Vec::new(),
     };
     let candidates = root_candidates(layout);
     if candidates.is_empty() {
@@ -226,7 +347,7 @@ pub(super) fn ensure(disk: &DiskInfo, layout: &Layout, seed: &Seed) -> Provided 
                 .with_context(|| format!("mounting {device} read-write"))
         };
         let binary = || std::fs::read("/proc/self/exe").context("reading this program");
-        let result = provide(Path::new(MOUNT_POINT), seed, &binary, &remount);
+        let result = provide(Path::new(MOUNT_POINT), seed, renames, &binary, &remount);
         if let Err(e) = sys::unmount(MOUNT_POINT) {
             log::warn!("unmounting {device}: {e}");
         }
@@ -281,7 +402,7 @@ mod tests {
     }
 
     fn run(root: &Path) -> Option<Agent> {
-        provide(root, &seed(), &|| Ok(b"BINARY".to_vec()), &|| Ok(()))
+        provide(root, &seed(), &[], &|| Ok(b"BINARY".to_vec()), &|| Ok(()))
             .unwrap()
             .map(|p| p.agent)
     }
@@ -350,7 +471,7 @@ mod tests {
         std::fs::create_dir_all(r.join("usr/lib")).unwrap();
         std::os::unix::fs::symlink("../../../../../../..", r.join("usr/lib/imprint")).unwrap();
         // Dangling inside the root: refused, nothing written outside.
-        let err = provide(r, &seed(), &|| Ok(b"BINARY".to_vec()), &|| Ok(())).unwrap_err();
+        let err = provide(r, &seed(), &[], &|| Ok(b"BINARY".to_vec()), &|| Ok(())).unwrap_err();
         assert!(crate::error_text(&err).contains("systemd"), "{err:#}");
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
         // Resolving inside the root: written there, still nothing outside.
@@ -369,7 +490,7 @@ mod tests {
         let r = dir.path();
         std::fs::create_dir_all(r.join("etc/cloud")).unwrap();
         std::fs::write(r.join("etc/cloud/cloud.cfg"), "").unwrap();
-        let provided = provide(r, &seed(), &|| Ok(b"B".to_vec()), &|| Ok(()))
+        let provided = provide(r, &seed(), &[], &|| Ok(b"B".to_vec()), &|| Ok(()))
             .unwrap()
             .unwrap();
         assert!(provided.cloud_init_seed);
@@ -383,11 +504,61 @@ mod tests {
         assert!(user.starts_with("#cloud-config\n"));
         // Without cloud-init, no seed.
         let plain = os_root(true);
-        let p = provide(plain.path(), &seed(), &|| Ok(b"B".to_vec()), &|| Ok(()))
-            .unwrap()
-            .unwrap();
+        let p = provide(
+            plain.path(),
+            &seed(),
+            &[],
+            &|| Ok(b"B".to_vec()),
+            &|| Ok(()),
+        )
+        .unwrap()
+        .unwrap();
         assert!(!p.cloud_init_seed);
         assert!(!plain.path().join(SEED_DIR).exists());
+    }
+
+    #[test]
+    fn references_to_renamed_file_systems_are_rewritten_keeping_their_mode() {
+        let dir = os_root(true);
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("boot/grub")).unwrap();
+        let old = "5eed0000-0000-4000-8000-000000000001";
+        std::fs::write(
+            r.join("etc/fstab"),
+            format!("UUID={old} / ext4 defaults 0 1\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            r.join("boot/grub/grub.cfg"),
+            format!("search --fs-uuid --set=root {old}\nlinux /vmlinuz root=UUID={old}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            r.join("boot/grub/grub.cfg"),
+            std::fs::Permissions::from_mode(0o444),
+        )
+        .unwrap();
+        let renames = [Rename {
+            partition: 2,
+            old: old.into(),
+            new: "0badc0de-0000-4000-8000-000000000002".into(),
+        }];
+        let p = provide(r, &seed(), &renames, &|| Ok(b"B".to_vec()), &|| Ok(()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.rewritten, ["/etc/fstab", "/boot/grub/grub.cfg"]);
+        let fstab = std::fs::read_to_string(r.join("etc/fstab")).unwrap();
+        assert_eq!(
+            fstab,
+            "UUID=0badc0de-0000-4000-8000-000000000002 / ext4 defaults 0 1\n"
+        );
+        let grub = std::fs::read_to_string(r.join("boot/grub/grub.cfg")).unwrap();
+        assert!(!grub.contains(old) && grub.matches("0badc0de").count() == 2);
+        let mode = std::fs::metadata(r.join("boot/grub/grub.cfg"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o444);
     }
 
     #[test]

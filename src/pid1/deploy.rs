@@ -3,7 +3,7 @@
 //! what goes into it (which disk, which previous OS, which record) and what
 //! happens around it (status, the firmware's boot switch, the hand-off).
 
-use super::{Never, agent, disks, drivers, handoff, net, rollback, status, uptime};
+use super::{Never, agent, disks, drivers, handoff, identity, net, rollback, status, uptime};
 use crate::bootswitch;
 use crate::engine::install::{self, Installed, Plan, Step};
 use crate::engine::{self, DeployOptions, DiskTarget, Progress, Resolved, Target, Trust};
@@ -51,7 +51,11 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
         previous.as_ref(),
         &record,
     )?;
-    let agent = give_agent(&disk, &installed, &record);
+    let renames = match &previous {
+        Some(previous) => fresh_identities(&disk, &installed, previous),
+        None => Vec::new(),
+    };
+    let agent = finish_os(&disk, &installed, &record, &renames);
     match &previous {
         Some(previous) => switch_boot(previous, &installed, &disk, &manifest.name)?,
         None => keep_chain(replaced, &installed)?,
@@ -395,9 +399,48 @@ fn switch_boot(
     Ok(())
 }
 
-/// A first-boot agent for an OS that has none, noted in the disk's state record.
-/// What could not be done is reported, never fatal: the disk boots either way.
-fn give_agent(disk: &disks::DiskInfo, installed: &Installed, record: &Record) -> state::Agent {
+/// Upgrades: the new disk's file systems that share an identity with the
+/// previous disk's get fresh ones, so nothing that finds them by UUID can find
+/// the previous disk's. A failure is reported; the upgrade goes on.
+fn fresh_identities(
+    disk: &disks::DiskInfo,
+    installed: &Installed,
+    previous: &StateDisk,
+) -> Vec<identity::Rename> {
+    match identity::refresh(&disk.dev_path(), &installed.layout, previous) {
+        Ok(renames) => {
+            for r in &renames {
+                log::info!(
+                    "partition {} of {}: file system {} is now {} (the previous disk has {})",
+                    r.partition,
+                    disk.dev_path(),
+                    r.old,
+                    r.new,
+                    r.old
+                );
+            }
+            renames
+        }
+        Err(e) => {
+            log::warn!(
+                "giving the new disk's file systems fresh identities: {}",
+                crate::error_text(&e)
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// The installed OS made ready to boot on this machine: references to renamed
+/// file systems rewritten, a first-boot agent if it has none (noted in the
+/// state record), a NoCloud seed if it has cloud-init. What could not be done is
+/// reported, never fatal: the disk boots either way.
+fn finish_os(
+    disk: &disks::DiskInfo,
+    installed: &Installed,
+    record: &Record,
+    renames: &[identity::Rename],
+) -> state::Agent {
     let seed = agent::Seed {
         instance_id: format!(
             "imprint-{}-{}",
@@ -406,7 +449,10 @@ fn give_agent(disk: &disks::DiskInfo, installed: &Installed, record: &Record) ->
         ),
         hostname: record.settings.get("hostname").cloned(),
     };
-    let provided = agent::ensure(disk, &installed.layout, &seed);
+    let provided = agent::ensure(disk, &installed.layout, &seed, renames);
+    for file in &provided.rewritten {
+        log::info!("rewrote the file system references in {file}");
+    }
     if provided.cloud_init_seed {
         log::info!(
             "wrote a NoCloud seed for the OS's cloud-init (instance-id {})",

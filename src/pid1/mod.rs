@@ -17,6 +17,7 @@ mod deploy;
 mod disks;
 mod drivers;
 mod handoff;
+mod identity;
 mod net;
 mod rollback;
 
