@@ -4,6 +4,7 @@
 use super::exit::Exit;
 use anyhow::Result;
 use clap::Args;
+use imprint::format::state::Agent;
 use imprint::installed::firstboot::Event;
 use std::path::PathBuf;
 
@@ -89,6 +90,13 @@ pub fn status() -> Result<Exit> {
     if let Some(b) = &r.record.bundle {
         println!("bundle      slot {} {} bytes {}", b.slot, b.len, b.sha256);
     }
+    let agent = match &r.record.agent {
+        Agent::NotChecked => "not checked at deploy".to_string(),
+        Agent::Own => "the image's own".to_string(),
+        Agent::Installed { format } => format!("installed by the deploy (format {format})"),
+        Agent::Skipped(why) => format!("none installed: {why}"),
+    };
+    println!("agent       {agent}");
     Ok(Exit::Success)
 }
 
