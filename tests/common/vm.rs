@@ -89,7 +89,35 @@ fn version_key(release: &str) -> Vec<u64> {
 /// scripts/test, which installs everything first) makes a missing piece a failure.
 pub fn qemu_available() -> bool {
     static MISSING: OnceLock<Vec<String>> = OnceLock::new();
-    let missing = MISSING.get_or_init(qemu_tier_missing);
+    available(MISSING.get_or_init(qemu_tier_missing))
+}
+
+/// What building the stock Debian image (boot/build-debian-os) needs beyond the
+/// QEMU tier: debootstrap, and root for it and chroot.
+fn debian_missing() -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut missing = Vec::new();
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("debootstrap").is_file()));
+    if !on_path {
+        missing.push("debootstrap (debootstrap)".to_string());
+    }
+    // /proc/self belongs to the process's effective user.
+    if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
+        missing.push("root (debootstrap and chroot)".to_string());
+    }
+    missing
+}
+
+/// Like `qemu_available`, for the tests that boot the stock Debian image.
+pub fn debian_available() -> bool {
+    static MISSING: OnceLock<Vec<String>> = OnceLock::new();
+    available(MISSING.get_or_init(debian_missing))
+}
+
+/// True when nothing is missing; otherwise says what is, on stderr (a skip) or,
+/// with IMPRINT_QEMU_TESTS=require, as a failure.
+fn available(missing: &[String]) -> bool {
     if missing.is_empty() {
         return true;
     }
@@ -118,6 +146,17 @@ pub fn qemu_available() -> bool {
 macro_rules! require_qemu {
     () => {
         if !$crate::common::vm::qemu_available() {
+            return;
+        }
+    };
+}
+
+/// After `require_qemu!()` in a test that boots the stock Debian image: returns
+/// early (a skip) when it cannot be built here.
+#[macro_export]
+macro_rules! require_debian {
+    () => {
+        if !$crate::common::vm::debian_available() {
             return;
         }
     };
@@ -152,6 +191,54 @@ pub fn artifacts() -> &'static Artifacts {
     })
 }
 
+/// The stock Debian image VERSION (`qemu/prepare-debian`; with `cloud_init`, the
+/// variant with Debian's cloud-init), built once per test run. Booting writes to
+/// a disk: boot a copy (`copy_sparse`).
+pub fn debian_image(version: &str, cloud_init: bool) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, bool)>> = std::sync::Mutex::new(Vec::new());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let name = if cloud_init {
+        format!("debian-cloud-init-{version}.img")
+    } else {
+        format!("debian-{version}.img")
+    };
+    let image = root.join("target/qemu").join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (version.to_string(), cloud_init);
+    if !built.contains(&key) {
+        let mut cmd = Command::new(root.join("qemu/prepare-debian"));
+        if cloud_init {
+            cmd.arg("--cloud-init");
+        }
+        let out = cmd
+            .arg(version)
+            .output()
+            .expect("running qemu/prepare-debian");
+        assert!(
+            out.status.success(),
+            "qemu/prepare-debian {version} failed (needs root, `scripts/deps debian` and the Debian archive while its cache is cold):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        built.push(key);
+    }
+    image
+}
+
+/// Copies a disk image keeping its holes (std::fs::copy would fill them).
+pub fn copy_sparse(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("--sparse=always")
+        .args([from, to])
+        .status()
+        .expect("running cp");
+    assert!(
+        status.success(),
+        "cp {} {}: {status:?}",
+        from.display(),
+        to.display()
+    );
+}
+
 pub struct Boot<'a> {
     pub firmware: &'a str,
     pub vars: Option<&'a Path>,
@@ -175,7 +262,6 @@ impl Default for Boot<'_> {
 /// Runs a VM to completion (power off, reboot or timeout) and returns its exit
 /// status and console.
 pub fn boot(dir: &Path, name: &str, b: Boot, disks: &[&Path]) -> (ExitStatus, String) {
-    let a = artifacts();
     let serial = dir.join(format!("{name}.console"));
     let mut cmd = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("qemu/run"));
     cmd.args(["--serial", serial.to_str().unwrap()])
@@ -185,6 +271,8 @@ pub fn boot(dir: &Path, name: &str, b: Boot, disks: &[&Path]) -> (ExitStatus, St
         cmd.args(["--vars", v.to_str().unwrap()]);
     }
     if let Some(append) = &b.append {
+        // Only a RAM-disk boot needs the deploy environment built.
+        let a = artifacts();
         cmd.args([
             "--kernel",
             &a.path("vmlinuz"),
