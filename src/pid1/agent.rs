@@ -218,6 +218,8 @@ fn provide(
     }
     let need = need(&root);
     let cloud = has_cloud_init(&root);
+    // An open directory inside the mount would keep it busy.
+    drop(root);
     if need == Need::Install || cloud || !renames.is_empty() {
         remount_rw()?;
     }

@@ -416,7 +416,24 @@ pub fn read_state(disk: &Path) -> (state::Record, u64) {
 pub fn root_file(disk: &Path, path: &str) -> String {
     let mut f = std::fs::File::open(disk).unwrap();
     let layout = gpt::read(&mut f).unwrap().unwrap();
-    let p = layout.partitions.iter().find(|p| p.name == "root").unwrap();
+    let number = layout
+        .partitions
+        .iter()
+        .find(|p| p.name == "root")
+        .unwrap()
+        .number;
+    partition_file(disk, number, path)
+}
+
+/// A file from the ext4 file system in partition `number` of a disk image.
+pub fn partition_file(disk: &Path, number: u32, path: &str) -> String {
+    let mut f = std::fs::File::open(disk).unwrap();
+    let layout = gpt::read(&mut f).unwrap().unwrap();
+    let p = layout
+        .partitions
+        .iter()
+        .find(|p| p.number == number)
+        .unwrap();
     let mut buf = vec![0u8; ((p.last_lba - p.first_lba + 1) * 512) as usize];
     f.seek(SeekFrom::Start(p.first_lba * 512)).unwrap();
     f.read_exact(&mut buf).unwrap();
