@@ -213,6 +213,9 @@ fn stock_upgrade_boots_the_new_os_every_time(firmware: &'static str) {
     assert_eq!(read_state(&m.disks[1]).0.mode, Mode::Committed);
     // The previous disk still has its own identity and boots as it was.
     assert!(partition_file(&m.disks[0], 3, "/etc/fstab").contains(ROOT_UUID));
+    // The previous disk taken out: v2 boots from its own disk alone.
+    let c = m.run("v2-alone", None, &[m.disks[1].as_path()]);
+    came_up(&c, "v2", "/dev/vda3", firmware);
 }
 
 #[test]
@@ -227,4 +230,28 @@ fn stock_debian_upgrade_boots_the_new_os_every_time_uefi() {
     require_qemu!();
     require_debian!();
     stock_upgrade_boots_the_new_os_every_time("uefi");
+}
+
+/// An upgrade that never ran is rolled back (BIOS): v1's kernel command line and
+/// v1's root on every boot after, with v2's disk still attached.
+#[test]
+fn stock_debian_bios_rollback_brings_back_v1() {
+    require_qemu!();
+    require_debian!();
+    let m = Stock::new("bios", &["v1", "v2"], 2);
+    m.ramdisk("deploy-v1", "imprint.image=debian:v1 imprint.disk=/dev/vda");
+    let c = m.boot_disks("v1");
+    assert_has(&c, "imprint firstboot: committed");
+    m.ramdisk(
+        "upgrade-v2",
+        "imprint.mode=upgrade imprint.image=debian:v2 imprint.disk=/dev/vdb",
+    );
+    let c = m.ramdisk("rollback", "imprint.mode=rollback");
+    assert_has(&c, "rollback: restored the boot record of /dev/vda");
+    assert_eq!(read_state(&m.disks[1]).0.mode, Mode::RolledBack);
+    for i in 1..=2 {
+        let c = m.boot_disks(&format!("v1-again-{i}"));
+        came_up(&c, "v1", "/dev/vda3", "bios");
+        assert_has(&c, "imprint firstboot: nothing to do (committed)");
+    }
 }
