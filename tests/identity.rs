@@ -2,7 +2,7 @@
 //! leaves a file system that `e2fsck -f` finds clean, that says the new UUID, and
 //! whose files read back.
 
-use imprint::format::ext4;
+use imprint::format::ext4::{self, uuid_text};
 use std::path::Path;
 use std::process::Command;
 
@@ -36,18 +36,6 @@ fn image(dir: &Path, name: &str, mib: u64, options: &[&str]) -> std::path::PathB
     let (ok, text) = run("mkfs.ext4", &args);
     assert!(ok, "mkfs.ext4: {text}");
     path
-}
-
-fn uuid_text(u: &[u8; 16]) -> String {
-    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
 }
 
 #[test]

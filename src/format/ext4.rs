@@ -156,6 +156,20 @@ impl Superblock {
     }
 }
 
+/// A file system UUID as blkid, fstab and GRUB write it: lower-case hex in the
+/// 8-4-4-4-12 groups, bytes in on-disk order.
+pub fn uuid_text(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 /// Reads the primary superblock of the file system in `part`.
 pub fn read<D: Read + Seek>(part: &mut D) -> Result<Superblock, Ext4Error> {
     let mut sb = vec![0u8; SUPERBLOCK_SIZE];

@@ -1,5 +1,5 @@
 //! The FAT boot sector's volume ID: what `/etc/fstab` and boot loaders call a FAT
-//! file system's UUID (`XXXX-XXXX`), read and changed in place (in the FAT32
+//! file system's UUID (written like `1A2B-3C4D`), read and changed in place (in the FAT32
 //! backup boot sector too).
 
 use std::io::{self, Read, Seek, SeekFrom, Write};

@@ -91,7 +91,8 @@ pub fn newest_modules_dir(root: &Path) -> Result<PathBuf, InitramfsError> {
         .ok_or(InitramfsError::NoModules)
 }
 
-fn version_key(release: &str) -> Vec<u64> {
+/// Numeric parts of a kernel release, so that the newest sorts last (as `sort -V`).
+pub fn version_key(release: &str) -> Vec<u64> {
     release
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())

@@ -36,17 +36,7 @@ enum Identity {
 impl Identity {
     fn text(self) -> String {
         match self {
-            Identity::Ext4(u) => {
-                let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
-                format!(
-                    "{}-{}-{}-{}-{}",
-                    &h[..8],
-                    &h[8..12],
-                    &h[12..16],
-                    &h[16..20],
-                    &h[20..]
-                )
-            }
+            Identity::Ext4(u) => ext4::uuid_text(&u),
             Identity::Fat(id) => fat::volume_id_text(id),
         }
     }

@@ -58,7 +58,7 @@ fn qemu_tier_missing() -> Vec<String> {
             let name = e.file_name().to_string_lossy().into_owned();
             name.strip_prefix("vmlinuz-").map(str::to_string)
         })
-        .max_by_key(|release| version_key(release));
+        .max_by_key(|release| imprint::host::initramfs::version_key(release));
     match kernel {
         None => missing.push("a kernel /boot/vmlinuz-* (linux-image-amd64)".into()),
         Some(release) => {
@@ -73,15 +73,6 @@ fn qemu_tier_missing() -> Vec<String> {
         }
     }
     missing
-}
-
-/// Numeric parts of a kernel release, for the same "newest" as `sort -V`.
-fn version_key(release: &str) -> Vec<u64> {
-    release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap_or(0))
-        .collect()
 }
 
 /// True when the QEMU tier can run here. Otherwise a plain `cargo test` skips it,
