@@ -204,9 +204,40 @@ pub fn uefi_commit() -> Result<Option<u16>> {
     Ok(Some(current))
 }
 
+/// UEFI: cancels a trial boot of the disk with partition table `layout` that has
+/// not happened yet (BootNext still names an entry for its ESP). Returns the
+/// entry it named.
+fn uefi_cancel_trial(layout: &Layout) -> Result<Option<u16>> {
+    sys::mount_efivars().context("mounting efivarfs")?;
+    let name = format!("BootNext-{}", efi::GLOBAL_GUID);
+    let Some(next) = sys::efivar_read(&name)? else {
+        return Ok(None);
+    };
+    let Ok(next) = <[u8; 2]>::try_from(next.as_slice()) else {
+        return Ok(None);
+    };
+    let next = u16::from_le_bytes(next);
+    let Some(option) = sys::efivar_read(&efi::boot_var(next))? else {
+        return Ok(None);
+    };
+    let ours = efi::option_partition(&option).is_some_and(|guid| {
+        layout
+            .partitions
+            .iter()
+            .any(|p| p.type_guid == ESP_TYPE && p.unique_guid == guid)
+    });
+    if !ours {
+        return Ok(None);
+    }
+    sys::efivar_delete(&name).context("deleting EFI variable BootNext")?;
+    Ok(Some(next))
+}
+
 /// Rolls back the upgrades that never committed: under BIOS the front disk boots
 /// each one's previous disk again (one step: an earlier, committed upgrade
-/// stays), and each is marked rolled back. Returns what was done, for the report.
+/// stays); under UEFI a trial boot still pending (BootNext) is cancelled, and
+/// BootOrder, which only a commit changes, already leads to the previous OS.
+/// Each is marked rolled back. Returns what was done, for the report.
 pub fn rollback(disks: &[StateDisk]) -> Result<Vec<String>> {
     let mut done = Vec::new();
     for d in disks {
@@ -231,6 +262,14 @@ pub fn rollback(disks: &[StateDisk]) -> Result<Vec<String>> {
                     what
                 });
             }
+        }
+        if sys::is_uefi()
+            && let Some(n) = uefi_cancel_trial(&d.layout)?
+        {
+            done.push(format!(
+                "cancelled the trial boot of {} (BootNext was Boot{n:04X})",
+                d.device
+            ));
         }
         d.mark_rolled_back()?;
         done.push(format!(

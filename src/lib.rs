@@ -13,13 +13,15 @@
 //!   bundle lifecycle, finding the disks that carry one.
 //! - [`bootswitch`] — switching boot between an old and a new OS disk (BIOS chain
 //!   stub, UEFI trial boot) and undoing it.
+//! - [`migrate`] — configuration bundles: captured from an old OS's root (by the
+//!   OS itself, or by the deploy environment at an upgrade), restored by the new.
 //! - [`parallel`] — the worker pool the engine and the repository tools share.
 //! - [`sys`] — every system call that is not plain std; the only `unsafe` code.
 //!
 //! Roles:
 //! - [`host`] — repositories (add, check), `imprint serve`, the initramfs build.
 //! - [`pid1`] — the deploy environment, running as PID 1 from the initramfs.
-//! - [`installed`] — the agent in the installed OS (first boot, migration, status,
+//! - [`installed`] — the agent in the installed OS (first boot, status,
 //!   prepare-upgrade, rollback).
 //!
 //! The `imprint` binary (`src/main.rs`) picks the role: modprobe by name, PID 1 by
@@ -30,6 +32,7 @@ pub mod engine;
 pub mod format;
 pub mod host;
 pub mod installed;
+pub mod migrate;
 pub mod parallel;
 pub mod pid1;
 pub mod source;

@@ -278,6 +278,11 @@ impl StateDisk {
         Ok(reference)
     }
 
+    /// The most bytes a configuration bundle may take on this disk.
+    pub fn bundle_capacity(&self) -> u64 {
+        bundle_slot(self.state_range().1, 0).1
+    }
+
     /// Reads the bundle `reference` names from this disk's state partition.
     pub fn load_bundle(&self, reference: &BundleRef) -> Result<Bundle> {
         let file = File::open(&self.device).with_context(|| format!("opening {}", self.device))?;

@@ -310,6 +310,48 @@ pub fn efivar_write(name: &str, data: &[u8]) -> io::Result<()> {
     f.write_all(&bytes)
 }
 
+/// Deletes an EFI variable; nothing to do if it is unset. efivarfs may mark
+/// variables immutable; the flag is lifted first.
+pub fn efivar_delete(name: &str) -> io::Result<()> {
+    let path = Path::new(EFIVARS).join(name);
+    match File::open(&path) {
+        Ok(f) => {
+            if let Ok(flags) = rustix::fs::ioctl_getflags(&f)
+                && flags.contains(rustix::fs::IFlags::IMMUTABLE)
+            {
+                rustix::fs::ioctl_setflags(&f, flags - rustix::fs::IFlags::IMMUTABLE)?;
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// What a directory entry is, for [`Root::lstat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryType {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// A directory entry's type and ownership, for [`Root::lstat`].
+#[derive(Debug, Clone, Copy)]
+pub struct EntryInfo {
+    pub kind: EntryType,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Seconds and nanoseconds since the epoch.
+    pub mtime: (i64, u32),
+}
+
 /// A directory tree that paths are resolved inside of, as if it were `/`: an
 /// absolute symlink or `..` in the tree never leads out of it (openat2 with
 /// RESOLVE_IN_ROOT). For writing into an installed OS's root from outside it.
@@ -354,12 +396,79 @@ impl Root {
         Ok(rustix::fs::fstat(&fd)?.st_mode & 0o7777)
     }
 
-    /// Reads the file `rel`, at most `limit` bytes.
+    /// Reads the regular file `rel`, at most `limit` bytes. Anything else (a
+    /// FIFO would block, a device could act on being opened) is refused.
     pub fn read(&self, rel: &str, limit: u64) -> io::Result<Vec<u8>> {
-        let file = File::from(self.resolve(rel, rustix::fs::OFlags::RDONLY)?);
+        use rustix::fs::OFlags;
+        let info = self.lstat(rel)?;
+        if info.kind != EntryType::File {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let fd = self.resolve(rel, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY)?;
+        if !rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode).is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
         let mut out = Vec::new();
-        file.take(limit).read_to_end(&mut out)?;
+        File::from(fd).take(limit).read_to_end(&mut out)?;
         Ok(out)
+    }
+
+    /// What `rel` itself is (a symlink there is not followed).
+    pub fn lstat(&self, rel: &str) -> io::Result<EntryInfo> {
+        use rustix::fs::{FileType, OFlags};
+        let fd = self.resolve(rel, OFlags::PATH | OFlags::NOFOLLOW)?;
+        let st = rustix::fs::fstat(&fd)?;
+        let kind = match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => EntryType::File,
+            FileType::Directory => EntryType::Dir,
+            FileType::Symlink => EntryType::Symlink,
+            _ => EntryType::Other,
+        };
+        Ok(EntryInfo {
+            kind,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: st.st_size.max(0) as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+        })
+    }
+
+    /// The target of the symlink `rel`, as written.
+    pub fn read_link(&self, rel: &str) -> io::Result<String> {
+        use rustix::fs::OFlags;
+        let fd = self.resolve(rel, OFlags::PATH | OFlags::NOFOLLOW)?;
+        let target = rustix::fs::readlinkat(&fd, "", Vec::new())?;
+        Ok(target.to_string_lossy().into_owned())
+    }
+
+    /// The names in the directory `rel`, sorted, at most `limit` of them.
+    pub fn list(&self, rel: &str, limit: usize) -> io::Result<Vec<String>> {
+        use rustix::fs::OFlags;
+        let fd = self.resolve(rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&fd)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy();
+            if name == "." || name == ".." {
+                continue;
+            }
+            if names.len() == limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("more than {limit} entries"),
+                ));
+            }
+            names.push(name.into_owned());
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// The directory `rel` and its parents, created as needed with `mode`.

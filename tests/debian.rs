@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 const ROOT_UUID: &str = "0d5e6b1a-7c3f-4e29-9b8d-4a1f2c3e5d70";
 
 fn boot_stock_debian(firmware: &str) {
-    let image = debian_image("v1", false);
+    let image = debian_image("v1", Debian::Stock);
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("debian.img");
     copy_sparse(&image, &disk);
@@ -73,9 +73,15 @@ struct Stock {
 
 impl Stock {
     fn new(firmware: &'static str, versions: &[&str], disks: usize) -> Stock {
+        let images: Vec<(&str, Debian)> = versions.iter().map(|v| (*v, Debian::Stock)).collect();
+        Stock::of(firmware, &images, disks)
+    }
+
+    /// A repository with `debian:VERSION` for each image given.
+    fn of(firmware: &'static str, images: &[(&str, Debian)], disks: usize) -> Stock {
         let repo = Repo::new();
-        for v in versions {
-            let image = debian_image(v, false);
+        for (v, kind) in images {
+            let image = debian_image(v, *kind);
             add(&repo, &format!("debian:{v}"), image.to_str().unwrap());
         }
         let served = Served::start(&repo.path());
@@ -97,7 +103,18 @@ impl Stock {
     }
 
     fn run(&self, name: &str, append: Option<String>, disks: &[&Path]) -> String {
-        let (status, console) = boot(
+        let (status, console) = self.try_run(name, append, disks);
+        assert!(status.success(), "{name}: {status:?}\n{console}");
+        console
+    }
+
+    fn try_run(
+        &self,
+        name: &str,
+        append: Option<String>,
+        disks: &[&Path],
+    ) -> (std::process::ExitStatus, String) {
+        boot(
             self.repo.dir.path(),
             name,
             Boot {
@@ -108,9 +125,7 @@ impl Stock {
                 timeout: 400,
             },
             disks,
-        );
-        assert!(status.success(), "{name}: {status:?}\n{console}");
-        console
+        )
     }
 
     fn ramdisk(&self, name: &str, extra: &str) -> String {
@@ -131,6 +146,12 @@ fn came_up(console: &str, version: &str, root: &str, firmware: &str) {
         console,
         &format!("debian-os: {version} booted, root={root} marker={version} firmware={firmware}"),
     );
+}
+
+/// What `imprint status` printed in the OS once it was up.
+fn status_says(console: &str, mode: &str) {
+    assert_has(console, &format!("debian-os: status: mode        {mode}"));
+    assert_has(console, "debian-os: status: image       debian sha256:");
 }
 
 fn stock_deploy_gets_the_agent_and_commits(firmware: &'static str) {
@@ -157,6 +178,11 @@ fn stock_deploy_gets_the_agent_and_commits(firmware: &'static str) {
     came_up(&c, "v1", "/dev/vda3", firmware);
     assert_has(&c, "imprint firstboot: mode=deploy");
     assert_has(&c, "imprint firstboot: committed");
+    status_says(&c, "committed");
+    assert_has(
+        &c,
+        "debian-os: status: agent       installed by the deploy (format 1)",
+    );
     let record = read_state(&m.disks[0]).0;
     assert_eq!(record.mode, Mode::Committed);
     assert_eq!(partition_file(&m.disks[0], 3, "/etc/hostname"), "stock-1\n");
@@ -194,6 +220,10 @@ fn stock_upgrade_boots_the_new_os_every_time(firmware: &'static str) {
         "imprint.mode=upgrade imprint.image=debian:v2 imprint.disk=/dev/vdb",
     );
     assert_has(&c, "previous OS on /dev/vda");
+    assert_has(
+        &c,
+        "configuration entries from the previous OS on /dev/vda3",
+    );
     assert_has(&c, &format!("file system {ROOT_UUID} is now "));
     assert_has(&c, "rewrote the file system references in /etc/fstab");
     assert_has(
@@ -207,10 +237,20 @@ fn stock_upgrade_boots_the_new_os_every_time(firmware: &'static str) {
         assert!(!c.contains(&format!("root=UUID={ROOT_UUID}")), "{c}");
         if i == 1 {
             assert_has(&c, "imprint firstboot: mode=upgrade");
+            assert_has(&c, "imprint firstboot: migrated /etc/hostname");
             assert_has(&c, "imprint firstboot: committed");
         }
+        status_says(&c, "committed");
     }
     assert_eq!(read_state(&m.disks[1]).0.mode, Mode::Committed);
+    // The host's files came over from v1 (v2's image says `debian`).
+    assert_eq!(partition_file(&m.disks[1], 3, "/etc/hostname"), "stock-2\n");
+    let machine_id = partition_file(&m.disks[0], 3, "/etc/machine-id");
+    assert_eq!(machine_id.trim().len(), 32, "{machine_id:?}");
+    assert_eq!(
+        partition_file(&m.disks[1], 3, "/etc/machine-id"),
+        machine_id
+    );
     // The previous disk still has its own identity and boots as it was.
     assert!(partition_file(&m.disks[0], 3, "/etc/fstab").contains(ROOT_UUID));
     // The previous disk taken out: v2 boots from its own disk alone.
@@ -232,26 +272,149 @@ fn stock_debian_upgrade_boots_the_new_os_every_time_uefi() {
     stock_upgrade_boots_the_new_os_every_time("uefi");
 }
 
-/// An upgrade that never ran is rolled back (BIOS): v1's kernel command line and
-/// v1's root on every boot after, with v2's disk still attached.
+/// One machine's history, both disks attached throughout: v1 on disk 1; an
+/// upgrade to v2 rolled back before it ran (v1 on every boot after); v2 again,
+/// committed; v3 back onto disk 1, committed; v2 onto disk 2 once more, rolled
+/// back: one step, to v3, not further. Each committed upgrade migrates the
+/// host's files.
+fn stock_upgrades_roll_back_one_step(firmware: &'static str) {
+    let m = Stock::new(firmware, &["v1", "v2", "v3"], 2);
+    let (one, two) = (m.disks[0].as_path(), m.disks[1].as_path());
+    m.ramdisk(
+        "deploy-v1",
+        "imprint.image=debian:v1 imprint.disk=/dev/vda imprint.hostname=history",
+    );
+    let c = m.boot_disks("v1");
+    assert_has(&c, "imprint firstboot: committed");
+
+    let upgrade = |name: &str, version: &str, disk: &str| {
+        m.ramdisk(
+            name,
+            &format!("imprint.mode=upgrade imprint.image=debian:{version} imprint.disk={disk}"),
+        )
+    };
+    upgrade("upgrade-v2", "v2", "/dev/vdb");
+    let c = m.ramdisk("rollback-v2", "imprint.mode=rollback");
+    assert_has(&c, "rollback: marked the upgrade to debian:v2");
+    assert_eq!(read_state(two).0.mode, Mode::RolledBack);
+    for i in 1..=2 {
+        let c = m.boot_disks(&format!("v1-again-{i}"));
+        came_up(&c, "v1", "/dev/vda3", firmware);
+        assert_has(&c, "imprint firstboot: nothing to do (committed)");
+    }
+
+    upgrade("upgrade-v2-again", "v2", "/dev/vdb");
+    let c = m.boot_disks("v2");
+    came_up(&c, "v2", "/dev/vdb3", firmware);
+    assert_has(&c, "imprint firstboot: migrated /etc/hostname");
+    assert_has(&c, "imprint firstboot: committed");
+    assert_eq!(partition_file(two, 3, "/etc/hostname"), "history\n");
+
+    // Back onto disk 1, over v1: v2 on disk 2 is the previous OS now.
+    let c = upgrade("upgrade-v3", "v3", "/dev/vda");
+    assert_has(&c, "previous OS on /dev/vdb");
+    let c = m.boot_disks("v3");
+    came_up(&c, "v3", "/dev/vda3", firmware);
+    assert_has(&c, "entries from /dev/vdb");
+    assert_has(&c, "imprint firstboot: migrated /etc/hostname");
+    assert_has(&c, "imprint firstboot: committed");
+    assert_eq!(partition_file(one, 3, "/etc/hostname"), "history\n");
+
+    // v2 onto disk 2 again, rolled back before it ran: v3, not v1 or v2.
+    upgrade("upgrade-v2-third", "v2", "/dev/vdb");
+    let c = m.ramdisk("rollback-v2-again", "imprint.mode=rollback");
+    assert_has(&c, "rollback: marked the upgrade to debian:v2");
+    assert_eq!(read_state(two).0.mode, Mode::RolledBack);
+    assert_eq!(read_state(one).0.mode, Mode::Committed);
+    for i in 1..=2 {
+        let c = m.boot_disks(&format!("v3-again-{i}"));
+        came_up(&c, "v3", "/dev/vda3", firmware);
+        assert_has(&c, "imprint firstboot: nothing to do (committed)");
+        status_says(&c, "committed");
+    }
+}
+
 #[test]
-fn stock_debian_bios_rollback_brings_back_v1() {
+fn stock_debian_upgrades_roll_back_one_step_bios() {
     require_qemu!();
     require_debian!();
-    let m = Stock::new("bios", &["v1", "v2"], 2);
+    stock_upgrades_roll_back_one_step("bios");
+}
+
+#[test]
+fn stock_debian_upgrades_roll_back_one_step_uefi() {
+    require_qemu!();
+    require_debian!();
+    stock_upgrades_roll_back_one_step("uefi");
+}
+
+/// UEFI: an upgrade whose kernel never finds its root (Debian's initrd gives up
+/// and resets the machine) runs once, through BootNext; the reset after it
+/// comes back to v1, whose agent marks the upgrade rolled back.
+#[test]
+fn stock_debian_uefi_trial_that_never_comes_up_falls_back_to_v1() {
+    require_qemu!();
+    require_debian!();
+    let m = Stock::of(
+        "uefi",
+        &[("v1", Debian::Stock), ("v2", Debian::BrokenRoot)],
+        2,
+    );
     m.ramdisk("deploy-v1", "imprint.image=debian:v1 imprint.disk=/dev/vda");
     let c = m.boot_disks("v1");
     assert_has(&c, "imprint firstboot: committed");
-    m.ramdisk(
+    let c = m.ramdisk(
         "upgrade-v2",
         "imprint.mode=upgrade imprint.image=debian:v2 imprint.disk=/dev/vdb",
     );
-    let c = m.ramdisk("rollback", "imprint.mode=rollback");
-    assert_has(&c, "rollback: restored the boot record of /dev/vda");
-    assert_eq!(read_state(&m.disks[1]).0.mode, Mode::RolledBack);
+    assert_has(&c, "(BootNext)");
+    let disks = [m.disks[0].as_path(), m.disks[1].as_path()];
+    let (_, c) = m.try_run("v2-trial", None, &disks);
+    // v2's own GRUB configuration ran, and its root was not there.
+    assert_has(&c, "testos.marker=v2");
+    assert!(!c.contains("debian-os: "), "v2 came up:\n{c}");
+    assert!(!c.contains("imprint firstboot: committed"), "{c}");
     for i in 1..=2 {
         let c = m.boot_disks(&format!("v1-again-{i}"));
-        came_up(&c, "v1", "/dev/vda3", "bios");
-        assert_has(&c, "imprint firstboot: nothing to do (committed)");
+        came_up(&c, "v1", "/dev/vda3", "uefi");
+        if i == 1 {
+            assert_has(&c, "on /dev/vdb never committed; marked rolled-back");
+        }
     }
+    assert_eq!(read_state(&m.disks[1]).0.mode, Mode::RolledBack);
+    assert_eq!(read_state(&m.disks[0]).0.mode, Mode::Committed);
+}
+
+/// Debian with cloud-init: the deploy writes a NoCloud seed with the host's
+/// name and the user-data the repository holds for it, and cloud-init itself
+/// applies both on the first boot.
+#[test]
+fn stock_debian_cloud_init_applies_the_seed_imprint_wrote() {
+    require_qemu!();
+    require_debian!();
+    let m = Stock::of("bios", &[("v1", Debian::CloudInit)], 1);
+    let hosts = m.repo.path().join("hosts/ci-1");
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(
+        hosts.join("user-data"),
+        "#cloud-config\nwrite_files:\n  - path: /etc/imprint-test/from-user-data\n    content: |\n      applied by cloud-init\n",
+    )
+    .unwrap();
+    let c = m.ramdisk(
+        "deploy-v1",
+        "imprint.image=debian:v1 imprint.disk=/dev/vda imprint.hostname=ci-1 imprint.user-data=hosts/ci-1/user-data",
+    );
+    assert_has(&c, "imprint.user-data: ");
+    assert_has(&c, "wrote a NoCloud seed for the OS's cloud-init");
+    let c = m.boot_disks("v1");
+    came_up(&c, "v1", "/dev/vda3", "bios");
+    assert_has(&c, "imprint firstboot: committed");
+    let disk = &m.disks[0];
+    assert_eq!(
+        partition_file(disk, 3, "/etc/imprint-test/from-user-data"),
+        "applied by cloud-init\n"
+    );
+    // cloud-init's own note of the host name it set.
+    let set = partition_file(disk, 3, "/var/lib/cloud/data/set-hostname");
+    assert!(set.contains("\"ci-1\""), "{set}");
 }

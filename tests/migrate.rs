@@ -2,10 +2,12 @@
 //! root: on real directories and a file standing in for the state partition, with
 //! a write fault injected mid-bundle.
 
+use imprint::format::bundle::{Bundle, EntryKind};
 use imprint::format::digest::Digest;
 use imprint::format::state::{self, Mode, Record};
-use imprint::installed::migrate;
+use imprint::migrate;
 use imprint::statepart;
+use imprint::sys::Root;
 use std::fs;
 use std::io::{self, Cursor, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -24,6 +26,13 @@ fn partition() -> Cursor<Vec<u8>> {
     let mut part = Cursor::new(vec![0u8; PART_LEN as usize]);
     state::write(&mut part, &record()).unwrap();
     part
+}
+
+/// What the OS rooted at `root` captures by its own list, with room to spare.
+fn capture(root: &Path, now: u64) -> Bundle {
+    let root = Root::open(root).unwrap();
+    let list = migrate::read_list_in(&root).unwrap();
+    migrate::capture(&root, &list, now, 64 << 20).unwrap()
 }
 
 fn write(root: &Path, rel: &str, content: &[u8], mode: u32) {
@@ -56,8 +65,7 @@ fn old_os() -> tempfile::TempDir {
 #[test]
 fn captured_configuration_is_restored_as_the_new_list_allows() {
     let old = old_os();
-    let list = migrate::read_list(old.path()).unwrap();
-    let bundle = migrate::capture(old.path(), &list, 5).unwrap();
+    let bundle = capture(old.path(), 5);
     let paths: Vec<&str> = bundle.entries.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         paths,
@@ -154,13 +162,12 @@ impl Seek for Failing {
 #[test]
 fn the_previous_bundle_stays_valid_until_the_new_one_is_whole() {
     let old = old_os();
-    let list = migrate::read_list(old.path()).unwrap();
-    let first = migrate::capture(old.path(), &list, 1).unwrap();
+    let first = capture(old.path(), 1);
     let mut part = partition();
     let (_, first_ref) = statepart::store_bundle(&mut part, PART_LEN, &first).unwrap();
 
     write(old.path(), "etc/hostname", b"renamed\n", 0o644);
-    let second = migrate::capture(old.path(), &list, 2).unwrap();
+    let second = capture(old.path(), 2);
     for budget in [0, 10, 200, 354, 5000, 70_000] {
         let mut failing = Failing {
             inner: Cursor::new(part.get_ref().clone()),
@@ -196,8 +203,7 @@ fn a_bundle_too_large_is_refused_and_nothing_changes() {
         &vec![7u8; 5 << 20],
         0o644,
     );
-    let list = migrate::read_list(old.path()).unwrap();
-    let bundle = migrate::capture(old.path(), &list, 1).unwrap();
+    let bundle = capture(old.path(), 1);
     let mut part = partition();
     let before = part.get_ref().clone();
     let err = statepart::store_bundle(&mut part, PART_LEN, &bundle).unwrap_err();
@@ -208,12 +214,72 @@ fn a_bundle_too_large_is_refused_and_nothing_changes() {
 #[test]
 fn a_damaged_bundle_is_detected_not_restored() {
     let old = old_os();
-    let list = migrate::read_list(old.path()).unwrap();
-    let bundle = migrate::capture(old.path(), &list, 1).unwrap();
+    let bundle = capture(old.path(), 1);
     let mut part = partition();
     let (_, reference) = statepart::store_bundle(&mut part, PART_LEN, &bundle).unwrap();
     let (offset, _) = statepart::bundle_slot(PART_LEN, reference.slot);
     part.get_mut()[offset as usize + 20] ^= 0xff;
     let err = statepart::load_bundle(&mut part, PART_LEN, &reference).unwrap_err();
     assert!(err.to_string().contains("damaged"), "{err}");
+}
+
+/// A previous OS's root is hostile: its links resolve inside it, never out to
+/// the deploy environment's files; FIFOs and devices are not read.
+#[test]
+fn a_capture_never_leaves_the_root_it_reads() {
+    let old = old_os();
+    let outside = tempfile::tempdir().unwrap();
+    write(outside.path(), "ssh_host_rsa_key", b"OUTSIDE", 0o600);
+    let r = old.path();
+    fs::remove_dir_all(r.join("etc/ssh")).unwrap();
+    // /etc/ssh names a directory outside the root by absolute path and by `..`.
+    std::os::unix::fs::symlink(outside.path(), r.join("etc/ssh")).unwrap();
+    let up = format!("../../..{}", outside.path().display());
+    std::os::unix::fs::symlink(&up, r.join("etc/imprint/host.d/up")).unwrap();
+    fs::remove_file(r.join("etc/hostname")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        r.join("etc/hostname"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let bundle = capture(r, 1);
+    for e in &bundle.entries {
+        if let EntryKind::File(data) = &e.kind {
+            assert_ne!(data.as_slice(), b"OUTSIDE", "{}", e.path);
+        }
+        assert_ne!(e.path, "/etc/hostname", "a FIFO was captured");
+    }
+    // The links themselves are configuration, kept as links.
+    let up_entry = bundle
+        .entries
+        .iter()
+        .find(|e| e.path == "/etc/imprint/host.d/up")
+        .expect("the link is captured");
+    assert_eq!(up_entry.kind, EntryKind::Symlink(up));
+    assert!(
+        bundle
+            .entries
+            .iter()
+            .any(|e| e.path == "/etc/imprint/host.d/net.conf")
+    );
+}
+
+#[test]
+fn a_capture_stops_at_the_room_the_state_partition_has() {
+    let old = old_os();
+    write(
+        old.path(),
+        "etc/imprint/host.d/huge.bin",
+        &vec![7u8; 3 << 20],
+        0o644,
+    );
+    let root = Root::open(old.path()).unwrap();
+    let list = migrate::read_list_in(&root).unwrap();
+    let err = migrate::capture(&root, &list, 1, 1 << 20).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("/etc/imprint/host.d/huge.bin"), "{text}");
+    assert!(text.contains("migrate.list"), "{text}");
 }

@@ -112,6 +112,32 @@ fn deploy_then_boot(firmware: &str) {
     }
 }
 
+/// A RAM-disk deploy (BIOS) with `extra` on the command line, reporting its
+/// status events to `served`.
+fn deploy_reporting(
+    repo: &Repo,
+    served: &Served,
+    extra: &str,
+    disk: &std::path::Path,
+) -> (std::process::ExitStatus, String) {
+    let append = cmdline(
+        &served.url,
+        &format!(
+            "{extra} imprint.status={}/status",
+            served.url.replace("127.0.0.1", "10.0.2.2")
+        ),
+    );
+    boot(
+        repo.dir.path(),
+        "deploy",
+        Boot {
+            append: Some(append),
+            ..Boot::default()
+        },
+        &[disk],
+    )
+}
+
 #[test]
 fn bios_ramdisk_deploy_then_seabios_boots_the_installed_os() {
     require_qemu!();
@@ -260,21 +286,11 @@ fn corrupt_chunk_fails_clearly_and_the_disk_does_not_boot() {
         .set_len(200 << 20)
         .unwrap();
     let served = Served::start(&repo.path());
-    let append = cmdline(
-        &served.url,
-        &format!(
-            "imprint.image=os:v1 imprint.target=corrupt imprint.status={}/status",
-            served.url.replace("127.0.0.1", "10.0.2.2")
-        ),
-    );
-    let (status, console) = boot(
-        repo.dir.path(),
-        "deploy",
-        Boot {
-            append: Some(append),
-            ..Boot::default()
-        },
-        &[&disk],
+    let (status, console) = deploy_reporting(
+        &repo,
+        &served,
+        "imprint.image=os:v1 imprint.target=corrupt",
+        &disk,
     );
     assert!(
         status.success(),
@@ -467,4 +483,52 @@ fn bad_command_line_is_reported_by_name_and_nothing_is_written() {
         "it went on despite the errors"
     );
     assert_eq!(std::fs::read(&disk).unwrap(), before);
+}
+
+/// An image whose root the deploy environment cannot mount (btrfs; it carries
+/// ext4 only): the deploy completes and says what it skipped and why, on the
+/// console and in its status; the disk boots, and its own imprint commits.
+#[test]
+fn a_root_the_deploy_environment_cannot_mount_is_skipped_and_the_disk_boots() {
+    require_qemu!();
+    let a = artifacts();
+    let repo = Repo::new();
+    add(&repo, "os:btrfs", &a.path("os-btrfs.img"));
+    let served = Served::start(&repo.path());
+    let disk = repo.file("disk.img");
+    sparse_disk(&disk, 300 << 20);
+    let (status, console) = deploy_reporting(
+        &repo,
+        &served,
+        "imprint.image=os:btrfs imprint.hostname=node-b imprint.target=btrfs",
+        &disk,
+    );
+    assert!(status.success(), "deploy VM: {status:?}\n{console}");
+    let why = "no first-boot agent installed: no root file system found (/dev/vda2 holds btrfs; the deploy environment reads ext4 roots only)";
+    assert_has(&console, why);
+    // The same words in the boot-records status event.
+    assert_has(&console, &format!("\"agent\":\"{why}\""));
+    assert_has(&console, "handing off (reboot)");
+    assert_eq!(
+        status_of(&served.url)["btrfs"]["phase"],
+        Phase::Complete.as_str()
+    );
+    match read_state(&disk).0.agent {
+        state::Agent::Skipped(reason) => assert!(reason.contains("btrfs"), "{reason}"),
+        other => panic!("agent {other:?}"),
+    }
+
+    let (status, console) = boot(
+        repo.dir.path(),
+        "installed",
+        Boot {
+            net: "none",
+            ..Boot::default()
+        },
+        &[&disk],
+    );
+    assert!(status.success(), "installed OS VM: {status:?}\n{console}");
+    assert_has(&console, "test-os: btrfs booted");
+    assert_has(&console, "imprint firstboot: committed");
+    assert_eq!(read_state(&disk).0.mode, state::Mode::Committed);
 }

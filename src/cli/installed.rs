@@ -53,7 +53,7 @@ fn print_firstboot(event: Event) {
         ),
         Event::NothingToDo(mode) => println!("{p} nothing to do ({})", mode.as_str()),
         Event::NoBundle { device } => println!(
-            "{p} {device} has no configuration bundle (prepare-upgrade was not run); nothing to migrate"
+            "{p} {device} has no configuration bundle (none captured at the upgrade, prepare-upgrade not run); nothing to migrate"
         ),
         Event::Migrated {
             device,

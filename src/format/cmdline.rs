@@ -27,6 +27,10 @@ pub struct Config {
     pub hostname: Option<String>,
     /// Name under which this machine reports status (default: its MAC address).
     pub target: Option<String>,
+    /// cloud-init user-data for this host: a file in the repository.
+    pub user_data: Option<String>,
+    /// cloud-init network-config for this host: a file in the repository.
+    pub network_config: Option<String>,
     pub jobs: usize,
     /// How long DHCP may take before the error policy runs.
     pub dhcp_timeout: Duration,
@@ -120,6 +124,8 @@ const KNOWN: &[&str] = &[
     "imprint.on-error",
     "imprint.hostname",
     "imprint.target",
+    "imprint.user-data",
+    "imprint.network-config",
     "imprint.jobs",
     "imprint.dhcp-timeout",
     "imprint.debug",
@@ -174,6 +180,8 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
         on_error: ErrorPolicy::Poweroff,
         hostname: None,
         target: None,
+        user_data: None,
+        network_config: None,
         jobs: 4,
         dhcp_timeout: Duration::from_secs(60),
         ip: IpConfig::Dhcp,
@@ -252,6 +260,10 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                 } else {
                     Err("must be up to 128 printable characters".into())
                 }
+            }
+            "imprint.user-data" => parse_repo_path(&value).map(|v| cfg.user_data = Some(v)),
+            "imprint.network-config" => {
+                parse_repo_path(&value).map(|v| cfg.network_config = Some(v))
             }
             "imprint.jobs" => match value.parse::<usize>() {
                 Ok(n) if (1..=64).contains(&n) => {
@@ -347,6 +359,26 @@ fn parse_url(value: &str) -> Result<String, String> {
         return Err(format!("{value:?} has a bad port"));
     }
     Ok(value.to_string())
+}
+
+/// A file in the repository: a relative path of plain names.
+fn parse_repo_path(value: &str) -> Result<String, String> {
+    let ok = value.len() <= 255
+        && value.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{value:?} is not a path in the repository (names of letters, digits, . _ - joined by /, e.g. hosts/node-1/user-data)"
+        ))
+    }
 }
 
 fn parse_hostname(value: &str) -> Result<String, String> {
@@ -614,6 +646,23 @@ mod tests {
             problems(&format!("{BASE} imprint.hostname=-bad-")),
             ["imprint.hostname"]
         );
+        for bad in ["../etc/passwd", "/abs", "a//b", "a/./b", "a b", "x/.."] {
+            assert_eq!(
+                problems(&format!("{BASE} \"imprint.user-data={bad}\"")),
+                ["imprint.user-data"],
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            problems(&format!("{BASE} imprint.network-config=a/../b")),
+            ["imprint.network-config"]
+        );
+        let cfg = parse(&format!(
+            "{BASE} imprint.user-data=hosts/node-1/user-data imprint.network-config=hosts/node-1/net.yaml"
+        ))
+        .unwrap();
+        assert_eq!(cfg.user_data.as_deref(), Some("hosts/node-1/user-data"));
+        assert_eq!(cfg.network_config.as_deref(), Some("hosts/node-1/net.yaml"));
         assert_eq!(
             problems(&format!("{BASE} imprint.status=ftp://x")),
             ["imprint.status"]

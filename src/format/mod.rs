@@ -10,6 +10,7 @@ pub mod dns;
 pub mod efi;
 pub mod ext4;
 pub mod fat;
+pub mod fstype;
 pub mod glob;
 pub mod gpt;
 pub mod kmod;
@@ -20,6 +21,7 @@ pub mod repository;
 pub mod signature;
 pub mod state;
 pub mod status;
+pub mod swap;
 
 /// Whether every byte of `buf` is zero. Folds 64-byte blocks with OR so the compiler
 /// emits wide vector loads; stops early at the first non-zero block.

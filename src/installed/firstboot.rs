@@ -4,10 +4,10 @@
 //! the previous OS's configuration (upgrade), and commits. Run again, it ends the
 //! same.
 
-use super::migrate;
 use crate::bootswitch;
 use crate::format::state::{Mode, Record};
 use crate::format::status::{self, Phase};
+use crate::migrate;
 use crate::statepart::{FoundBy, StateDisk, abandoned_upgrades, own_disk, state_disks};
 use anyhow::{Context, Result, anyhow};
 use std::fs::File;

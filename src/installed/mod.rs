@@ -3,20 +3,18 @@
 //! - [`firstboot`] — early in boot, reads the state record; after a deploy applies
 //!   the per-host settings, after an upgrade migrates the previous OS's
 //!   configuration; then commits and reports.
-//! - [`migrate`] — configuration bundles, captured by `prepare-upgrade` on the old
-//!   OS and restored by the new one.
 //! - [`status`], [`rollback`], [`prepare_upgrade`] — the other installed-OS commands.
 //!
 //! Each returns what it found or did; the command line prints it.
 
 pub mod firstboot;
-pub mod migrate;
 
 use crate::bootswitch;
 use crate::format::bundle::BundleRef;
 use crate::format::state::Record;
+use crate::migrate;
 use crate::statepart::{own_disk, state_disks};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::Path;
 
 /// What `imprint status` shows: the record of this system's disk.
@@ -55,11 +53,13 @@ pub struct CaptureReport {
 /// partition, for the next OS to migrate.
 pub fn prepare_upgrade(root: &Path) -> Result<CaptureReport> {
     let (disk, _) = own_disk()?;
-    let list = migrate::read_list(root)?;
+    let root =
+        crate::sys::Root::open(root).with_context(|| format!("opening {}", root.display()))?;
+    let list = migrate::read_list_in(&root)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let bundle = migrate::capture(root, &list, now)?;
+    let bundle = migrate::capture(&root, &list, now, disk.bundle_capacity())?;
     let reference = disk.store_bundle(&bundle)?;
     Ok(CaptureReport {
         device: disk.device,

@@ -12,13 +12,17 @@
 //! done, or why not, goes into the state record. A failure here never fails the
 //! deploy: the disk boots either way.
 
-use super::disks::DiskInfo;
+use super::disks::{self, DiskInfo};
 use super::drivers;
 use super::identity::{self, Rename};
+use crate::format::fstype;
+use crate::format::glob::glob_match;
 use crate::format::gpt::{Guid, Layout, Partition};
 use crate::format::state::Agent;
+use crate::migrate;
+use crate::statepart::StateDisk;
 use crate::sys::{self, Root};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use std::path::Path;
 
 /// The agent layout this build installs: the binary and unit below. An image
@@ -34,7 +38,7 @@ Description=imprint first boot: host settings, migration from the previous OS, c
 DefaultDependencies=no
 Wants=network-pre.target
 After=local-fs.target systemd-remount-fs.service
-Before=network-pre.target sysinit.target shutdown.target
+Before=network-pre.target sysinit.target shutdown.target systemd-machine-id-commit.service
 Conflicts=shutdown.target
 
 [Service]
@@ -125,11 +129,19 @@ fn install(root: &Root, binary: &[u8]) -> Result<Agent> {
     Ok(Agent::Installed { format: FORMAT })
 }
 
+/// The host's own cloud-init files, as the repository serves them.
+#[derive(Default)]
+pub(super) struct HostData {
+    pub user_data: Option<Vec<u8>>,
+    pub network_config: Option<Vec<u8>>,
+}
+
 /// The per-host data a NoCloud seed carries.
 pub(super) struct Seed {
     /// Unique per deploy, so cloud-init runs its first-boot modules again.
     pub instance_id: String,
     pub hostname: Option<String>,
+    pub data: HostData,
 }
 
 const SEED_DIR: &str = "var/lib/cloud/seed/nocloud";
@@ -139,7 +151,8 @@ fn has_cloud_init(root: &Root) -> bool {
 }
 
 /// Writes the NoCloud seed cloud-init reads on first boot: meta-data with the
-/// instance id and host name, and an empty cloud-config as user-data.
+/// instance id and host name; the host's user-data (else an empty cloud-config)
+/// and network-config, as given. Mode 0600: user-data may hold secrets.
 fn write_seed(root: &Root, seed: &Seed) -> Result<()> {
     // Both values are plain names (the command line checked the host name), so
     // they need no YAML quoting; the instance id is made here.
@@ -149,8 +162,17 @@ fn write_seed(root: &Root, seed: &Seed) -> Result<()> {
     }
     root.write_file(SEED_DIR, "meta-data", meta.as_bytes(), 0o600)
         .context("writing the NoCloud meta-data")?;
-    root.write_file(SEED_DIR, "user-data", b"#cloud-config\n{}\n", 0o600)
+    let user_data = seed
+        .data
+        .user_data
+        .as_deref()
+        .unwrap_or(b"#cloud-config\n{}\n");
+    root.write_file(SEED_DIR, "user-data", user_data, 0o600)
         .context("writing the NoCloud user-data")?;
+    if let Some(network) = &seed.data.network_config {
+        root.write_file(SEED_DIR, "network-config", network, 0o600)
+            .context("writing the NoCloud network-config")?;
+    }
     Ok(())
 }
 
@@ -164,24 +186,72 @@ pub(super) struct Provided {
     pub rewritten: Vec<String>,
 }
 
-/// Files in the root that name file systems by identity.
-const REFERENCES: &[&str] = &[
+/// Files in an OS's root that name file systems by identity; `*` matches within
+/// one path component.
+const ROOT_REFERENCES: &[&str] = &[
     "etc/fstab",
-    "boot/grub/grub.cfg",
-    "etc/kernel/cmdline",
     "etc/crypttab",
+    "etc/kernel/cmdline",
+    "etc/default/grub",
+    "etc/initramfs-tools/conf.d/resume",
+    "boot/grub/grub.cfg",
+    "boot/grub2/grub.cfg",
+    "boot/loader/entries/*.conf",
+];
+/// The same files on a separate `/boot` file system or on the ESP.
+const BOOT_REFERENCES: &[&str] = &[
+    "grub/grub.cfg",
+    "grub2/grub.cfg",
+    "loader/entries/*.conf",
+    "EFI/*/grub.cfg",
 ];
 /// Largest reference file rewritten (GRUB configurations run to some 10 KiB).
 const REFERENCE_LIMIT: u64 = 4 << 20;
+/// Most names a pattern's directory is read for.
+const LIST_LIMIT: usize = 10_000;
 
-/// Rewrites references to renamed file systems in the files that hold them.
-fn rewrite_references(root: &Root, renames: &[Rename]) -> Result<Vec<String>> {
-    let mut done = Vec::new();
-    for rel in REFERENCES {
-        if !root.exists(rel) {
-            continue;
+/// The files in `root` that `pattern` names.
+fn expand(root: &Root, pattern: &str) -> Vec<String> {
+    let mut found = vec![String::new()];
+    for part in pattern.split('/') {
+        let mut next = Vec::new();
+        for dir in &found {
+            let join = |name: &str| {
+                if dir.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{dir}/{name}")
+                }
+            };
+            if part.contains('*') {
+                let listed = root.list(if dir.is_empty() { "/" } else { dir }, LIST_LIMIT);
+                for name in listed.unwrap_or_default() {
+                    if glob_match(part.as_bytes(), name.as_bytes()) {
+                        next.push(join(&name));
+                    }
+                }
+            } else {
+                next.push(join(part));
+            }
         }
-        let bytes = root.read(rel, REFERENCE_LIMIT + 1)?;
+        found = next;
+    }
+    found.retain(|rel| root.exists(rel));
+    found
+}
+
+/// Rewrites references to renamed file systems in the files `patterns` name.
+/// Returns the files rewritten.
+fn rewrite_references(root: &Root, patterns: &[&str], renames: &[Rename]) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for rel in patterns.iter().flat_map(|p| expand(root, p)) {
+        let bytes = match root.read(&rel, REFERENCE_LIMIT + 1) {
+            Ok(b) => b,
+            Err(e) => {
+                log::warn!("/{rel}: {e}; left as it is");
+                continue;
+            }
+        };
         if bytes.len() as u64 > REFERENCE_LIMIT {
             log::warn!("/{rel} is larger than {REFERENCE_LIMIT} bytes; left as it is");
             continue;
@@ -192,8 +262,8 @@ fn rewrite_references(root: &Root, renames: &[Rename]) -> Result<Vec<String>> {
         };
         let new = identity::rewrite(&text, renames);
         if new != text {
-            let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-            let mode = root.mode(rel).unwrap_or(0o644);
+            let (dir, name) = rel.rsplit_once('/').unwrap_or(("", &rel));
+            let mode = root.mode(&rel).unwrap_or(0o644);
             root.write_file(dir, name, new.as_bytes(), mode)
                 .with_context(|| format!("rewriting /{rel}"))?;
             done.push(format!("/{rel}"));
@@ -224,7 +294,7 @@ fn provide(
         remount_rw()?;
     }
     let root = Root::open(path)?;
-    let rewritten = rewrite_references(&root, renames)?;
+    let rewritten = rewrite_references(&root, ROOT_REFERENCES, renames)?;
     if cloud {
         write_seed(&root, seed)?;
     }
@@ -240,20 +310,29 @@ fn provide(
 }
 
 /// Gives the OS just written to `disk` (partition table `layout`) an agent if it
-/// has none, and a NoCloud seed if it has cloud-init. Never fails: what it could
-/// not do is the reason in the returned agent.
+/// has none, and a NoCloud seed if it has cloud-init; rewrites references to
+/// renamed file systems in its root, its ESP and a separate `/boot`. Never
+/// fails: what it could not do is the reason in the returned agent, or a warning.
 pub(super) fn ensure(
     disk: &DiskInfo,
     layout: &Layout,
     seed: &Seed,
     renames: &[Rename],
 ) -> Provided {
-    let mut provided = provide_root(disk, layout, seed, renames);
-    if !renames.is_empty() {
-        match rewrite_esp(disk, layout, renames) {
+    let (mut provided, root_partition) = provide_root(disk, layout, seed, renames);
+    if renames.is_empty() {
+        return provided;
+    }
+    for p in &layout.partitions {
+        let esp = p.type_guid == crate::format::gpt::ESP_TYPE;
+        if Some(p.number) == root_partition || !(esp || is_boot_candidate(p)) {
+            continue;
+        }
+        match rewrite_boot_partition(disk, p.number, esp, renames) {
             Ok(files) => provided.rewritten.extend(files),
             Err(e) => log::warn!(
-                "rewriting the boot loader's references on the ESP: {}",
+                "rewriting the boot loader's references on partition {}: {}",
+                p.number,
                 crate::error_text(&e)
             ),
         }
@@ -261,110 +340,202 @@ pub(super) fn ensure(
     provided
 }
 
-const ESP_MOUNT_POINT: &str = "/run/imprint/esp";
+/// Extended Boot Loader partition (a separate `/boot`, Discoverable Partitions).
+const XBOOTLDR: Guid = Guid::from_fields(
+    0xBC13C2FF,
+    0x59E6,
+    0x4262,
+    [0xA3, 0x52, 0xB2, 0x75, 0xFD, 0x6F, 0x71, 0x72],
+);
 
-/// The boot loader's configuration on the ESP names the root by identity too
-/// (Debian's `\EFI\debian\grub.cfg`: `search.fs_uuid`). FAT has no links, so
-/// plain paths under the mount point are safe.
-fn rewrite_esp(disk: &DiskInfo, layout: &Layout, renames: &[Rename]) -> Result<Vec<String>> {
-    let mut done = Vec::new();
-    for p in layout
-        .partitions
-        .iter()
-        .filter(|p| p.type_guid == crate::format::gpt::ESP_TYPE)
-    {
-        let device = disk
-            .wait_for_partition(p.number)
-            .map_err(anyhow::Error::msg)?;
-        let _ = std::fs::create_dir_all(ESP_MOUNT_POINT);
-        sys::mount(&device, ESP_MOUNT_POINT, "vfat", false)
-            .with_context(|| format!("mounting the ESP {device}"))?;
-        let result = (|| -> Result<()> {
-            let efi = Path::new(ESP_MOUNT_POINT).join("EFI");
-            let Ok(vendors) = std::fs::read_dir(&efi) else {
-                return Ok(());
-            };
-            for vendor in vendors.flatten() {
-                let cfg = vendor.path().join("grub.cfg");
-                let Ok(meta) = std::fs::metadata(&cfg) else {
-                    continue;
-                };
-                if meta.len() > REFERENCE_LIMIT {
-                    continue;
-                }
-                let Ok(text) = std::fs::read_to_string(&cfg) else {
-                    continue;
-                };
-                let new = identity::rewrite(&text, renames);
-                if new != text {
-                    let tmp = cfg.with_extension("imprint-tmp");
-                    std::fs::write(&tmp, &new)
-                        .and_then(|()| std::fs::rename(&tmp, &cfg))
-                        .with_context(|| format!("rewriting {}", cfg.display()))?;
-                    done.push(format!(
-                        "ESP:{}",
-                        cfg.strip_prefix(ESP_MOUNT_POINT).unwrap_or(&cfg).display()
-                    ));
-                }
-            }
-            Ok(())
-        })();
-        sys::sync_all();
-        if let Err(e) = sys::unmount(ESP_MOUNT_POINT) {
-            log::warn!("unmounting {device}: {e}");
-        }
-        result?;
-    }
-    Ok(done)
+/// A partition that may be a separate `/boot`.
+fn is_boot_candidate(p: &Partition) -> bool {
+    p.type_guid == XBOOTLDR || p.type_guid == LINUX_DATA
 }
 
-fn provide_root(disk: &DiskInfo, layout: &Layout, seed: &Seed, renames: &[Rename]) -> Provided {
-    let skipped = |why: String| Provided {
-        agent: Agent::Skipped(why),
-        cloud_init_seed: false,
-        rewritten: Vec::new(),
+const BOOT_MOUNT_POINT: &str = "/run/imprint/boot";
+
+/// The boot loader's configuration on the ESP or a separate `/boot` names the
+/// root by identity too (Debian's `\EFI\debian\grub.cfg`: `search.fs_uuid`;
+/// `/boot/grub/grub.cfg`: `root=UUID=`). Returns the files rewritten.
+fn rewrite_boot_partition(
+    disk: &DiskInfo,
+    number: u32,
+    esp: bool,
+    renames: &[Rename],
+) -> Result<Vec<String>> {
+    let device = disk
+        .wait_for_partition(number)
+        .map_err(anyhow::Error::msg)?;
+    let fstype = if esp {
+        "vfat"
+    } else if content_of(&device) == Some("ext2/3/4") {
+        "ext4"
+    } else {
+        return Ok(Vec::new());
     };
+    let _ = std::fs::create_dir_all(BOOT_MOUNT_POINT);
+    sys::mount(&device, BOOT_MOUNT_POINT, fstype, false)
+        .with_context(|| format!("mounting {device}"))?;
+    let mounted = Mounted {
+        device: device.clone(),
+        number,
+        at: BOOT_MOUNT_POINT,
+    };
+    let root =
+        Root::open(Path::new(BOOT_MOUNT_POINT)).with_context(|| format!("opening {device}"))?;
+    let files = rewrite_references(&root, BOOT_REFERENCES, renames);
+    drop(root);
+    sys::sync_all();
+    drop(mounted);
+    let label = if esp {
+        "ESP:".to_string()
+    } else {
+        format!("partition {number}:")
+    };
+    Ok(files?.into_iter().map(|f| format!("{label}{f}")).collect())
+}
+
+/// A root file system mounted for a while; unmounted when dropped.
+struct Mounted {
+    device: String,
+    number: u32,
+    at: &'static str,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(e) = sys::unmount(self.at) {
+            log::warn!("unmounting {}: {e}", self.device);
+        }
+    }
+}
+
+/// Mounts, read-only at `at`, the root file system of the OS whose partition
+/// table is `layout`, by the rule in the module's doc; `partition` names a
+/// partition's device node. Says why when there is none.
+fn mount_root(
+    layout: &Layout,
+    partition: &dyn Fn(u32) -> Result<String, String>,
+    at: &'static str,
+) -> Result<Mounted, String> {
     let candidates = root_candidates(layout);
     if candidates.is_empty() {
-        return skipped("no Linux root partition in the image's partition table".into());
+        return Err("no Linux root partition in the partition table".into());
     }
     drivers::load_filesystems();
-    let _ = std::fs::create_dir_all(MOUNT_POINT);
+    let _ = std::fs::create_dir_all(at);
     let mut seen = Vec::new();
     for p in candidates {
-        let device = match disk.wait_for_partition(p.number) {
+        let device = match partition(p.number) {
             Ok(d) => d,
             Err(e) => {
                 seen.push(e);
                 continue;
             }
         };
-        if let Err(e) = sys::mount(&device, MOUNT_POINT, "ext4", true) {
-            seen.push(format!("{device}: not mountable as ext4 ({e})"));
+        if let Err(e) = sys::mount(&device, at, "ext4", true) {
+            seen.push(match content_of(&device) {
+                Some(kind) if kind != "ext2/3/4" => {
+                    format!("{device} holds {kind}; the deploy environment reads ext4 roots only")
+                }
+                _ => format!("{device}: not mountable as ext4 ({e})"),
+            });
             continue;
         }
-        let remount = || {
-            sys::unmount(MOUNT_POINT)
-                .and_then(|()| sys::mount(&device, MOUNT_POINT, "ext4", false))
-                .with_context(|| format!("mounting {device} read-write"))
+        let mounted = Mounted {
+            device,
+            number: p.number,
+            at,
         };
-        let binary = || std::fs::read("/proc/self/exe").context("reading this program");
-        let result = provide(Path::new(MOUNT_POINT), seed, renames, &binary, &remount);
-        if let Err(e) = sys::unmount(MOUNT_POINT) {
-            log::warn!("unmounting {device}: {e}");
+        let is_root = Root::open(Path::new(at)).is_ok_and(|root| {
+            ["etc/os-release", "usr/lib/os-release"]
+                .iter()
+                .chain(OWN_AGENT_PATHS)
+                .any(|p| root.exists(p))
+        });
+        if is_root {
+            return Ok(mounted);
         }
-        match result {
-            Ok(Some(provided)) => return provided,
-            Ok(None) => seen.push(format!("{device}: no os-release")),
-            Err(e) => {
-                return skipped(format!(
-                    "installing the agent on {device} failed: {}",
-                    crate::error_text(&e)
-                ));
-            }
-        }
+        seen.push(format!("{}: no os-release", mounted.device));
     }
-    skipped(format!("no root file system found ({})", seen.join("; ")))
+    Err(format!("no root file system found ({})", seen.join("; ")))
+}
+
+/// What a partition holds, by its signature, for the report.
+fn content_of(device: &str) -> Option<&'static str> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(fstype::HEAD_LEN);
+    std::fs::File::open(device)
+        .and_then(|f| f.take(fstype::HEAD_LEN as u64).read_to_end(&mut head))
+        .ok()?;
+    fstype::identify(&head)
+}
+
+/// The root's agent and seed (see [`provide`]), and which partition the root is.
+fn provide_root(
+    disk: &DiskInfo,
+    layout: &Layout,
+    seed: &Seed,
+    renames: &[Rename],
+) -> (Provided, Option<u32>) {
+    let skipped = |why: String| Provided {
+        agent: Agent::Skipped(why),
+        cloud_init_seed: false,
+        rewritten: Vec::new(),
+    };
+    let mounted = match mount_root(layout, &|n| disk.wait_for_partition(n), MOUNT_POINT) {
+        Ok(m) => m,
+        Err(why) => return (skipped(why), None),
+    };
+    let (device, number) = (mounted.device.clone(), mounted.number);
+    let remount = || {
+        sys::unmount(MOUNT_POINT)
+            .and_then(|()| sys::mount(&device, MOUNT_POINT, "ext4", false))
+            .with_context(|| format!("mounting {device} read-write"))
+    };
+    let binary = || std::fs::read("/proc/self/exe").context("reading this program");
+    let result = provide(Path::new(MOUNT_POINT), seed, renames, &binary, &remount);
+    drop(mounted);
+    let provided = match result {
+        Ok(Some(provided)) => provided,
+        Ok(None) => skipped(format!("{device}: no os-release")),
+        Err(e) => skipped(format!(
+            "installing the agent on {device} failed: {}",
+            crate::error_text(&e)
+        )),
+    };
+    (provided, Some(number))
+}
+
+const PREVIOUS_MOUNT_POINT: &str = "/run/imprint/previous";
+
+/// Upgrades: captures the previous OS's configuration, as its own migration
+/// list names it, from its root into its state partition, for the new OS's
+/// agent to migrate. A stock OS never ran `imprint prepare-upgrade`, and the
+/// files on the disk now are at least as new as any bundle made while it ran.
+/// Returns the root's device and the number of entries.
+pub(super) fn capture_previous(previous: &StateDisk) -> Result<(String, usize)> {
+    let mounted = mount_root(
+        &previous.layout,
+        &|n| Ok(disks::partition_path(&previous.device, n)),
+        PREVIOUS_MOUNT_POINT,
+    )
+    .map_err(|why| anyhow!("{why}"))?;
+    let root = Root::open(Path::new(PREVIOUS_MOUNT_POINT))
+        .with_context(|| format!("opening the root on {}", mounted.device))?;
+    let list = migrate::read_list_in(&root)
+        .with_context(|| format!("reading the migration list on {}", mounted.device))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let bundle = migrate::capture(&root, &list, now, previous.bundle_capacity())
+        .with_context(|| format!("capturing from {}", mounted.device))?;
+    drop(root);
+    let device = mounted.device.clone();
+    drop(mounted);
+    previous.store_bundle(&bundle)?;
+    Ok((device, bundle.entries.len()))
 }
 
 /// The line for the console.
@@ -400,6 +571,7 @@ mod tests {
         Seed {
             instance_id: "imprint-0123456789abcdef-1800000000".into(),
             hostname: Some("node-1".into()),
+            data: HostData::default(),
         }
     }
 
@@ -520,6 +692,36 @@ mod tests {
     }
 
     #[test]
+    fn the_hosts_user_data_and_network_config_go_into_the_seed_as_given() {
+        let dir = os_root(true);
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("usr/bin")).unwrap();
+        std::fs::write(r.join("usr/bin/cloud-init"), "").unwrap();
+        let user = b"#cloud-config\nwrite_files:\n  - path: /x\n".to_vec();
+        let net = b"version: 2\nethernets: {}\n".to_vec();
+        let seed = Seed {
+            data: HostData {
+                user_data: Some(user.clone()),
+                network_config: Some(net.clone()),
+            },
+            ..seed()
+        };
+        provide(r, &seed, &[], &|| Ok(b"B".to_vec()), &|| Ok(()))
+            .unwrap()
+            .unwrap();
+        let dir = r.join(SEED_DIR);
+        assert_eq!(std::fs::read(dir.join("user-data")).unwrap(), user);
+        assert_eq!(std::fs::read(dir.join("network-config")).unwrap(), net);
+        for name in ["meta-data", "user-data", "network-config"] {
+            let mode = std::fs::metadata(dir.join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+    }
+
+    #[test]
     fn references_to_renamed_file_systems_are_rewritten_keeping_their_mode() {
         let dir = os_root(true);
         let r = dir.path();
@@ -561,6 +763,82 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o444);
+    }
+
+    /// Boot loader entries, the resume device, and a separate /boot or ESP: every
+    /// place a stock OS names a file system by identity.
+    #[test]
+    fn references_in_boot_entries_resume_and_boot_partitions_are_rewritten() {
+        let old = "5eed0000-0000-4000-8000-000000000001";
+        let swap = "5eed0000-0000-4000-8000-0000000000aa";
+        let renames = [
+            Rename {
+                partition: 2,
+                old: old.into(),
+                new: "0badc0de-0000-4000-8000-000000000002".into(),
+            },
+            Rename {
+                partition: 3,
+                old: swap.into(),
+                new: "0badc0de-0000-4000-8000-0000000000bb".into(),
+            },
+        ];
+        let put = |root: &Path, rel: &str, text: String| {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        put(
+            r,
+            "boot/loader/entries/a.conf",
+            format!("options root=UUID={old} resume=UUID={swap}\n"),
+        );
+        put(
+            r,
+            "boot/loader/entries/b.conf",
+            format!("options root=UUID={old}\n"),
+        );
+        put(r, "boot/loader/entries/notes.txt", format!("{old}\n"));
+        put(
+            r,
+            "etc/initramfs-tools/conf.d/resume",
+            format!("RESUME=UUID={swap}\n"),
+        );
+        put(r, "etc/fstab", format!("UUID={swap} none swap sw 0 0\n"));
+        let done = rewrite_references(&Root::open(r).unwrap(), ROOT_REFERENCES, &renames).unwrap();
+        assert_eq!(
+            done,
+            [
+                "/etc/fstab",
+                "/etc/initramfs-tools/conf.d/resume",
+                "/boot/loader/entries/a.conf",
+                "/boot/loader/entries/b.conf"
+            ]
+        );
+        // Only the listed patterns: other files are not touched.
+        let notes = std::fs::read_to_string(r.join("boot/loader/entries/notes.txt")).unwrap();
+        assert!(notes.contains(old));
+        let a = std::fs::read_to_string(r.join("boot/loader/entries/a.conf")).unwrap();
+        assert!(!a.contains(old) && !a.contains(swap), "{a}");
+
+        // A separate /boot and an ESP.
+        let boot = tempfile::tempdir().unwrap();
+        let b = boot.path();
+        put(
+            b,
+            "grub/grub.cfg",
+            format!("search --fs-uuid --set=root {old}\n"),
+        );
+        put(
+            b,
+            "EFI/debian/grub.cfg",
+            format!("search.fs_uuid {old} root\n"),
+        );
+        put(b, "EFI/BOOT/BOOTX64.CSV", format!("{old}\n"));
+        let done = rewrite_references(&Root::open(b).unwrap(), BOOT_REFERENCES, &renames).unwrap();
+        assert_eq!(done, ["/grub/grub.cfg", "/EFI/debian/grub.cfg"]);
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
     }
     let resolver = bring_up_network(&config)?;
     let (source, resolved) = fetch_manifest(&config, resolver)?;
+    let host_data = fetch_host_data(&config, &source)?;
     let manifest = &resolved.manifest;
     let needed = install::required_size(manifest)?;
     let disk = wait_for_disk(&config, needed)?;
@@ -41,6 +42,9 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
         cmdline::Mode::Upgrade => Some(previous_os(&config, &disk.dev_path())?),
         _ => None,
     };
+    if let Some(previous) = &previous {
+        capture_previous(previous);
+    }
     let record = state_record(&config, &resolved, previous.as_ref());
     let (installed, replaced) = install_image(
         &config,
@@ -55,7 +59,7 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
         Some(previous) => fresh_identities(&disk, &installed, previous),
         None => Vec::new(),
     };
-    let agent = finish_os(&disk, &installed, &record, &renames);
+    let agent = finish_os(&disk, &installed, &record, &renames, host_data);
     match &previous {
         Some(previous) => switch_boot(previous, &installed, &disk, &manifest.name)?,
         None => keep_chain(replaced, &installed)?,
@@ -169,6 +173,26 @@ fn fetch_manifest(
     Ok((source, resolved))
 }
 
+/// The host's cloud-init data the command line names, fetched before anything is
+/// written: a host that asked for its configuration must not come up without it.
+fn fetch_host_data(config: &Config, source: &HttpSource) -> Result<agent::HostData> {
+    /// cloud-init's own files run to a few KiB; this leaves room for scripts.
+    const LIMIT: u64 = 1 << 20;
+    let fetch = |key: &str, path: &Option<String>| -> Result<Option<Vec<u8>>> {
+        let Some(path) = path else { return Ok(None) };
+        let mut buf = Vec::new();
+        crate::source::Source::fetch(source, path, LIMIT, &mut buf).with_context(|| {
+            format!("fetching {key}={path} from the repository; nothing was written")
+        })?;
+        log::info!("{key}: {} bytes from {path}", buf.len());
+        Ok(Some(buf))
+    };
+    Ok(agent::HostData {
+        user_data: fetch("imprint.user-data", &config.user_data)?,
+        network_config: fetch("imprint.network-config", &config.network_config)?,
+    })
+}
+
 /// The target disk: named on the command line, or the one fixed, unused disk
 /// large enough. Disks may appear a little after their drivers load.
 fn wait_for_disk(config: &Config, needed: u64) -> Result<disks::DiskInfo> {
@@ -220,6 +244,27 @@ fn previous_os(config: &Config, new_disk: &str) -> Result<StateDisk> {
         found.device
     );
     Ok(found.clone())
+}
+
+/// Upgrades: the previous OS's configuration captured for the new OS to
+/// migrate. When that fails, a bundle `prepare-upgrade` made stays in use.
+fn capture_previous(previous: &StateDisk) {
+    match agent::capture_previous(previous) {
+        Ok((device, entries)) => log::info!(
+            "captured {entries} configuration entries from the previous OS on {device}, for the new OS to migrate"
+        ),
+        Err(e) => {
+            let fallback = match previous.read_record() {
+                Ok((r, _)) if r.bundle.is_some() => "the bundle prepare-upgrade made",
+                _ => "nothing",
+            };
+            log::warn!(
+                "capturing the previous OS's configuration on {}: {}; the new OS migrates {fallback}",
+                previous.device,
+                crate::error_text(&e)
+            );
+        }
+    }
 }
 
 /// The record the installed OS's first boot reads.
@@ -440,6 +485,7 @@ fn finish_os(
     installed: &Installed,
     record: &Record,
     renames: &[identity::Rename],
+    host_data: agent::HostData,
 ) -> state::Agent {
     let seed = agent::Seed {
         instance_id: format!(
@@ -448,6 +494,7 @@ fn finish_os(
             record.deployed_at
         ),
         hostname: record.settings.get("hostname").cloned(),
+        data: host_data,
     };
     let provided = agent::ensure(disk, &installed.layout, &seed, renames);
     for file in &provided.rewritten {
@@ -457,6 +504,10 @@ fn finish_os(
         log::info!(
             "wrote a NoCloud seed for the OS's cloud-init (instance-id {})",
             seed.instance_id
+        );
+    } else if seed.data.user_data.is_some() || seed.data.network_config.is_some() {
+        log::warn!(
+            "the installed OS has no cloud-init: imprint.user-data and imprint.network-config are not applied"
         );
     }
     let agent = provided.agent;

@@ -28,12 +28,7 @@ impl DiskInfo {
     /// The device node of partition `number`, once the kernel has made it (it
     /// appears shortly after the partition table is re-read).
     pub fn wait_for_partition(&self, number: u32) -> Result<String, String> {
-        let separator = if self.name.ends_with(|c: char| c.is_ascii_digit()) {
-            "p"
-        } else {
-            ""
-        };
-        let device = format!("/dev/{}{separator}{number}", self.name);
+        let device = partition_path(&self.dev_path(), number);
         let start = std::time::Instant::now();
         while !Path::new(&device).exists() {
             if start.elapsed() > std::time::Duration::from_secs(10) {
@@ -86,6 +81,17 @@ pub enum DiskError {
 }
 
 /// Block devices that can be disks (not loop, RAM, optical, or mapper devices).
+/// The device node of partition `number` of the disk `device` (`/dev/vda` →
+/// `/dev/vda3`, `/dev/nvme0n1` → `/dev/nvme0n1p3`).
+pub fn partition_path(device: &str, number: u32) -> String {
+    let separator = if device.ends_with(|c: char| c.is_ascii_digit()) {
+        "p"
+    } else {
+        ""
+    };
+    format!("{device}{separator}{number}")
+}
+
 pub fn scan() -> Vec<DiskInfo> {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let mut disks = Vec::new();

@@ -5,7 +5,7 @@
 //! system by UUID (the kernel's `root=UUID=`, fstab, GRUB's `search --fs-uuid`)
 //! may find the previous disk's. So after the new disk is written, each of its
 //! file systems whose identity the previous disk also has gets a fresh one (ext4:
-//! the UUID, with `metadata_csum_seed`; FAT: the volume ID), and the new OS's
+//! the UUID, with `metadata_csum_seed`; FAT: the volume ID; swap: its UUID), and the new OS's
 //! references to the old identity are rewritten (see [`super::agent`]). The
 //! previous disk is never touched, so it boots as before after a rollback. Only
 //! superblocks change, so the seeded delta stays what it was.
@@ -13,6 +13,7 @@
 use crate::format::ext4;
 use crate::format::fat;
 use crate::format::gpt::Layout;
+use crate::format::swap;
 use crate::statepart::{self, StateDisk, Window};
 use crate::sys;
 use anyhow::{Context, Result};
@@ -31,12 +32,14 @@ pub(super) struct Rename {
 enum Identity {
     Ext4([u8; 16]),
     Fat(u32),
+    /// A swap area, which fstab and `resume=` name by UUID too.
+    Swap([u8; 16]),
 }
 
 impl Identity {
     fn text(self) -> String {
         match self {
-            Identity::Ext4(u) => ext4::uuid_text(&u),
+            Identity::Ext4(u) | Identity::Swap(u) => ext4::uuid_text(&u),
             Identity::Fat(id) => fat::volume_id_text(id),
         }
     }
@@ -54,6 +57,9 @@ fn identities(file: &File, layout: &Layout) -> Vec<(u32, Identity)> {
             if let Ok(sb) = ext4::read(&mut part) {
                 return Some((p.number, Identity::Ext4(sb.uuid)));
             }
+            if let Ok(u) = swap::uuid(&mut part) {
+                return Some((p.number, Identity::Swap(u)));
+            }
             fat::volume_id(&mut part)
                 .ok()
                 .map(|id| (p.number, Identity::Fat(id)))
@@ -64,11 +70,15 @@ fn identities(file: &File, layout: &Layout) -> Vec<(u32, Identity)> {
 fn fresh(like: Identity) -> Result<Identity> {
     let bytes = sys::random_bytes::<16>().context("reading /dev/urandom")?;
     Ok(match like {
-        Identity::Ext4(_) => {
+        Identity::Ext4(_) | Identity::Swap(_) => {
             let mut u = bytes;
             u[6] = (u[6] & 0x0f) | 0x40;
             u[8] = (u[8] & 0x3f) | 0x80;
-            Identity::Ext4(u)
+            if matches!(like, Identity::Swap(_)) {
+                Identity::Swap(u)
+            } else {
+                Identity::Ext4(u)
+            }
         }
         Identity::Fat(_) => {
             Identity::Fat(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
@@ -106,6 +116,9 @@ pub(super) fn refresh(device: &str, layout: &Layout, previous: &StateDisk) -> Re
                 .map(|_| ())
                 .map_err(anyhow::Error::from),
             Identity::Fat(v) => fat::set_volume_id(&mut part, v)
+                .map(|_| ())
+                .map_err(anyhow::Error::from),
+            Identity::Swap(u) => swap::set_uuid(&mut part, u)
                 .map(|_| ())
                 .map_err(anyhow::Error::from),
         };

@@ -182,25 +182,35 @@ pub fn artifacts() -> &'static Artifacts {
     })
 }
 
-/// The stock Debian image VERSION (`qemu/prepare-debian`; with `cloud_init`, the
-/// variant with Debian's cloud-init), built once per test run. Booting writes to
+/// Kinds of stock Debian image (boot/build-debian-os).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Debian {
+    Stock,
+    /// With Debian's cloud-init.
+    CloudInit,
+    /// Its kernel command line names a root that is not there: it never comes up.
+    BrokenRoot,
+}
+
+/// The Debian image VERSION of `kind` (`qemu/prepare-debian`), built once per
+/// test run. Booting writes to
 /// a disk: boot a copy (`copy_sparse`).
-pub fn debian_image(version: &str, cloud_init: bool) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<(String, bool)>> = std::sync::Mutex::new(Vec::new());
+pub fn debian_image(version: &str, kind: Debian) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, Debian)>> = std::sync::Mutex::new(Vec::new());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let name = if cloud_init {
-        format!("debian-cloud-init-{version}.img")
-    } else {
-        format!("debian-{version}.img")
+    let (flag, prefix) = match kind {
+        Debian::Stock => (None, "debian"),
+        Debian::CloudInit => (Some("--cloud-init"), "debian-cloud-init"),
+        Debian::BrokenRoot => (Some("--broken-root"), "debian-broken-root"),
     };
-    let image = root.join("target/qemu").join(name);
+    let image = root
+        .join("target/qemu")
+        .join(format!("{prefix}-{version}.img"));
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    let key = (version.to_string(), cloud_init);
+    let key = (version.to_string(), kind);
     if !built.contains(&key) {
         let mut cmd = Command::new(root.join("qemu/prepare-debian"));
-        if cloud_init {
-            cmd.arg("--cloud-init");
-        }
+        cmd.args(flag);
         let out = cmd
             .arg(version)
             .output()

@@ -1,6 +1,8 @@
-//! Configuration migration across an upgrade: the old OS captures the files its
-//! migration list names into a bundle in its own state partition
-//! (`imprint prepare-upgrade`); the new OS restores the ones its own list accepts.
+//! Configuration migration across an upgrade: the files the old OS's migration
+//! list names are captured into a bundle in its own state partition (by
+//! `imprint prepare-upgrade` in the old OS, or by the deploy environment from the
+//! old OS's root at the upgrade); the new OS restores the ones its own list
+//! accepts.
 //!
 //! Lists (`/etc/imprint/migrate.list`) hold one path a line: an exact path, a
 //! directory ending in `/` (taken recursively), or a pattern with `*`, `?` or `[...]`
@@ -8,9 +10,10 @@
 
 use crate::format::bundle::{self, Bundle, BundleError, Entry, EntryKind};
 use crate::format::glob::glob_match;
+use crate::sys::{EntryType, Root};
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub const LIST_PATH: &str = "/etc/imprint/migrate.list";
@@ -30,6 +33,10 @@ pub enum MigrateError {
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    #[error(
+        "capturing {path} would make the configuration bundle larger than the {max} bytes the state partition holds; shorten /etc/imprint/migrate.list"
+    )]
+    TooLarge { path: String, max: u64 },
     #[error("migration list line {line}: {text:?} must be an absolute path")]
     BadList { line: usize, text: String },
 }
@@ -63,14 +70,7 @@ pub fn parse_list(text: &str) -> Result<Vec<String>, MigrateError> {
 
 /// Reads the migration list of the OS rooted at `root`, or the default one.
 pub fn read_list(root: &Path) -> Result<Vec<String>, MigrateError> {
-    let path = root.join(LIST_PATH.trim_start_matches('/'));
-    match fs::read_to_string(&path) {
-        Ok(text) => parse_list(&text),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            Ok(DEFAULT_LIST.iter().map(|s| s.to_string()).collect())
-        }
-        Err(e) => Err(io_err(&path)(e)),
-    }
+    read_list_in(&Root::open(root).map_err(io_err(root))?)
 }
 
 /// Does the list accept `path` (an absolute path in the OS)?
@@ -84,80 +84,114 @@ pub fn accepts(list: &[String], path: &str) -> bool {
     })
 }
 
-fn entry_for(root: &Path, abs: &str) -> Result<Option<Entry>, MigrateError> {
-    let full = root.join(abs.trim_start_matches('/'));
-    let meta = match fs::symlink_metadata(&full) {
-        Ok(m) => m,
+/// Most names read from one directory while capturing.
+const DIR_LIMIT: usize = 100_000;
+
+/// Bounds what a capture may read: the bundle's room in the state partition.
+struct Budget {
+    left: u64,
+    max: u64,
+}
+
+impl Budget {
+    fn take(&mut self, path: &str, bytes: u64) -> Result<(), MigrateError> {
+        // Each entry costs its path and a fixed header in the bundle too.
+        let cost = bytes + path.len() as u64 + 64;
+        self.left = self.left.checked_sub(cost).ok_or(MigrateError::TooLarge {
+            path: path.to_string(),
+            max: self.max,
+        })?;
+        Ok(())
+    }
+}
+
+fn entry_for(root: &Root, abs: &str, budget: &mut Budget) -> Result<Option<Entry>, MigrateError> {
+    let at = Path::new(abs);
+    let info = match root.lstat(abs) {
+        Ok(i) => i,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(&full)(e)),
+        Err(e) => return Err(io_err(at)(e)),
     };
-    let kind = if meta.file_type().is_symlink() {
-        let target = fs::read_link(&full).map_err(io_err(&full))?;
-        EntryKind::Symlink(target.to_string_lossy().into_owned())
-    } else if meta.is_dir() {
-        EntryKind::Dir
-    } else if meta.is_file() {
-        EntryKind::File(fs::read(&full).map_err(io_err(&full))?)
-    } else {
-        return Ok(None); // devices, sockets, fifos are not configuration
+    let kind = match info.kind {
+        EntryType::Symlink => EntryKind::Symlink(root.read_link(abs).map_err(io_err(at))?),
+        EntryType::Dir => EntryKind::Dir,
+        EntryType::File => {
+            budget.take(abs, info.size)?;
+            // Read one byte past the budget: a file that grew is caught too.
+            let data = root.read(abs, info.size + 1).map_err(io_err(at))?;
+            if data.len() as u64 > info.size {
+                budget.take(abs, data.len() as u64)?;
+            }
+            EntryKind::File(data)
+        }
+        EntryType::Other => return Ok(None), // devices, sockets, fifos are not configuration
     };
+    budget.take(abs, 0)?;
     Ok(Some(Entry {
         path: abs.to_string(),
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mtime: (meta.mtime(), meta.mtime_nsec() as u32),
+        mode: info.mode,
+        uid: info.uid,
+        gid: info.gid,
+        mtime: info.mtime,
         kind,
     }))
 }
 
-fn walk(root: &Path, abs: &str, out: &mut Vec<Entry>) -> Result<(), MigrateError> {
-    let Some(entry) = entry_for(root, abs)? else {
+fn walk(
+    root: &Root,
+    abs: &str,
+    out: &mut Vec<Entry>,
+    budget: &mut Budget,
+) -> Result<(), MigrateError> {
+    let Some(entry) = entry_for(root, abs, budget)? else {
         return Ok(());
     };
     let is_dir = entry.kind == EntryKind::Dir;
     out.push(entry);
     if is_dir {
-        let full = root.join(abs.trim_start_matches('/'));
-        let mut names: Vec<String> = fs::read_dir(&full)
-            .map_err(io_err(&full))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
+        let names = root.list(abs, DIR_LIMIT).map_err(io_err(Path::new(abs)))?;
         for name in names {
-            walk(root, &format!("{abs}/{name}"), out)?;
+            walk(root, &format!("{abs}/{name}"), out, budget)?;
         }
     }
     Ok(())
 }
 
-/// Captures what `list` names in the OS rooted at `root` (usually `/`).
-pub fn capture(root: &Path, list: &[String], now: u64) -> Result<Bundle, MigrateError> {
+/// Captures what `list` names in the OS whose root is `root`: the running OS's
+/// `/`, or a previous OS's root mounted in the deploy environment. Paths resolve
+/// inside that root (its links never lead out of it); at most `max_bytes` are
+/// read.
+pub fn capture(
+    root: &Root,
+    list: &[String],
+    now: u64,
+    max_bytes: u64,
+) -> Result<Bundle, MigrateError> {
+    let mut budget = Budget {
+        left: max_bytes,
+        max: max_bytes,
+    };
     let mut entries = Vec::new();
     for pattern in list {
         if let Some(dir) = pattern.strip_suffix('/') {
-            walk(root, dir, &mut entries)?;
+            walk(root, dir, &mut entries, &mut budget)?;
             continue;
         }
         let (parent, last) = pattern.rsplit_once('/').unwrap_or(("", pattern));
         if last.contains(['*', '?', '[']) {
-            let dir = root.join(parent.trim_start_matches('/'));
-            let Ok(read) = fs::read_dir(&dir) else {
+            let parent_dir = if parent.is_empty() { "/" } else { parent };
+            let Ok(names) = root.list(parent_dir, DIR_LIMIT) else {
                 continue;
             };
-            let mut names: Vec<String> = read
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
+            for name in names
+                .iter()
                 .filter(|n| glob_match(last.as_bytes(), n.as_bytes()))
-                .collect();
-            names.sort();
-            for name in names {
-                if let Some(e) = entry_for(root, &format!("{parent}/{name}"))? {
+            {
+                if let Some(e) = entry_for(root, &format!("{parent}/{name}"), &mut budget)? {
                     entries.push(e);
                 }
             }
-        } else if let Some(e) = entry_for(root, pattern)? {
+        } else if let Some(e) = entry_for(root, pattern, &mut budget)? {
             entries.push(e);
         }
     }
@@ -167,6 +201,18 @@ pub fn capture(root: &Path, list: &[String], now: u64) -> Result<Bundle, Migrate
         created_at: now,
         entries,
     })
+}
+
+/// Reads the migration list of the OS whose root is `root` (resolved inside
+/// it), or the default one.
+pub fn read_list_in(root: &Root) -> Result<Vec<String>, MigrateError> {
+    match root.read(LIST_PATH, 1 << 20) {
+        Ok(bytes) => parse_list(&String::from_utf8_lossy(&bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Ok(DEFAULT_LIST.iter().map(|s| s.to_string()).collect())
+        }
+        Err(e) => Err(io_err(Path::new(LIST_PATH))(e)),
+    }
 }
 
 /// Restores the entries of `bundle` that `accept` allows into the OS rooted at
@@ -213,7 +259,19 @@ pub fn restore(
                     + std::time::Duration::new(entry.mtime.0.max(0) as u64, entry.mtime.1);
                 let _ = f.set_modified(mtime);
                 f.sync_all().map_err(io_err(&tmp))?;
-                replace(&tmp, &full)?;
+                drop(f);
+                match replace(&tmp, &full) {
+                    // A file mounted over (systemd's transient /etc/machine-id
+                    // until it commits one) takes the content in place.
+                    Err(MigrateError::Io { source, .. })
+                        if source.raw_os_error()
+                            == Some(rustix::io::Errno::BUSY.raw_os_error()) =>
+                    {
+                        let _ = fs::remove_file(&tmp);
+                        fs::write(&full, data).map_err(io_err(&full))?;
+                    }
+                    result => result?,
+                }
             }
             EntryKind::Symlink(target) => {
                 std::os::unix::fs::symlink(target, &tmp).map_err(io_err(&tmp))?;
