@@ -261,14 +261,15 @@ pub fn restore(
                 f.sync_all().map_err(io_err(&tmp))?;
                 drop(f);
                 match replace(&tmp, &full) {
-                    // A file mounted over (systemd's transient /etc/machine-id
-                    // until it commits one) takes the content in place.
+                    // A file mounted over (systemd's read-only transient
+                    // /etc/machine-id until it commits one): the mount goes, as
+                    // systemd's own commit does it, and the file is replaced.
                     Err(MigrateError::Io { source, .. })
                         if source.raw_os_error()
                             == Some(rustix::io::Errno::BUSY.raw_os_error()) =>
                     {
-                        let _ = fs::remove_file(&tmp);
-                        fs::write(&full, data).map_err(io_err(&full))?;
+                        crate::sys::unmount(&full.to_string_lossy()).map_err(io_err(&full))?;
+                        replace(&tmp, &full)?;
                     }
                     result => result?,
                 }
