@@ -310,6 +310,25 @@ pub fn efivar_write(name: &str, data: &[u8]) -> io::Result<()> {
     f.write_all(&bytes)
 }
 
+/// Raises this process's open-file limit to its hard limit; returns the limit
+/// now in force (1024 if it cannot be read).
+pub fn raise_open_file_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum
+        && limit.current != Some(hard)
+    {
+        let raised = rustix::process::Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return hard;
+        }
+    }
+    limit.current.unwrap_or(1024)
+}
+
 /// Deletes an EFI variable; nothing to do if it is unset. efivarfs may mark
 /// variables immutable; the flag is lifted first.
 pub fn efivar_delete(name: &str) -> io::Result<()> {

@@ -244,3 +244,352 @@ fn status_events_keep_the_latest_per_target() {
     assert_eq!(doc["m2"]["phase"], "failed");
     assert_eq!(doc["127.0.0.1"]["phase"], "anonymous");
 }
+
+/// Reads whatever a server sends until it closes or `wait` passes; the status
+/// code of the first response, if one came.
+fn answer_within(stream: &mut TcpStream, wait: std::time::Duration) -> (Option<u16>, bool) {
+    use std::io::Read;
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    let status = String::from_utf8_lossy(&got)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok());
+    (status, closed)
+}
+
+fn get_ok(addr: &str, path: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    answer_within(&mut s, std::time::Duration::from_secs(10)).0 == Some(200)
+}
+
+/// A declared length is never what decides an allocation: huge declared bodies
+/// that never come are refused, the server stays small and keeps serving.
+#[test]
+fn a_huge_declared_body_does_not_kill_or_bloat_the_server() {
+    let (_repo, mut served, digest) = setup();
+    let addr = served.addr();
+    let manifest = format!("/manifests/sha256/{}", digest.trim_start_matches("sha256:"));
+    for request in [
+        format!("GET {manifest} HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999999\r\n\r\n"),
+        "POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999999\r\n\r\n".to_string(),
+        "POST /status HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_string(),
+    ] {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let (status, closed) = answer_within(&mut s, std::time::Duration::from_secs(10));
+        assert!(
+            matches!(status, Some(413) | Some(501)),
+            "{request}: {status:?}"
+        );
+        assert!(closed, "{request}: connection left open");
+    }
+    assert!(served.alive());
+    assert!(served.rss_kib() < 64 << 10, "rss {} KiB", served.rss_kib());
+    assert!(get_ok(&addr, &manifest));
+}
+
+/// Header lines and counts are bounded: a 1 MiB header line is refused with 431
+/// and not buffered.
+#[test]
+fn an_endless_header_is_refused() {
+    let (_repo, mut served, _) = setup();
+    let addr = served.addr();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    let mut line = b"GET / HTTP/1.1\r\nX-Long: ".to_vec();
+    line.extend(std::iter::repeat_n(b'a', 1 << 20));
+    // The server closes once it has seen enough; the rest of the send may fail.
+    let _ = s.write_all(&line);
+    let (status, closed) = answer_within(&mut s, std::time::Duration::from_secs(10));
+    assert_eq!(status, Some(431));
+    assert!(closed);
+    assert!(served.alive());
+    assert!(served.rss_kib() < 64 << 10, "rss {} KiB", served.rss_kib());
+}
+
+/// More idle connections than the server has descriptors for: accepting fails
+/// for a while, the server rides it out, and once the idle ones time out it
+/// serves again. (Before: ~600 idle connections ended the accept loop for good.)
+#[test]
+fn idle_connections_beyond_the_descriptor_limit_do_not_stop_the_server() {
+    let repo = Repo::new();
+    let digest = repo.add("os:v1", &mixed_image(4, 4), &[]);
+    let manifest = format!("/manifests/sha256/{}", digest.trim_start_matches("sha256:"));
+    let mut served = Served::start_with(
+        &repo.path(),
+        &[
+            "--max-connections",
+            "1000",
+            "--header-timeout",
+            "2",
+            "--idle-timeout",
+            "2",
+        ],
+        Some("--nofile=128:128"),
+        std::process::Stdio::null(),
+    );
+    let addr = served.addr();
+    let idle: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .collect();
+    assert!(idle.len() > 128, "only {} connections", idle.len());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(served.alive());
+    // The idle connections time out; what waited in the backlog is then
+    // accepted and times out in turn. Service comes back.
+    let start = std::time::Instant::now();
+    while !get_ok(&addr, &manifest) {
+        assert!(served.alive());
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "not serving again after idle connections timed out"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    drop(idle);
+    assert!(get_ok(&addr, &manifest));
+}
+
+/// At the connection limit, new connections get 503 at once instead of
+/// waiting; below it again, they are served.
+#[test]
+fn connections_beyond_the_limit_are_told_to_come_back() {
+    let (repo, _, digest) = setup();
+    let manifest = format!("/manifests/sha256/{}", digest.trim_start_matches("sha256:"));
+    let served = Served::start_with(
+        &repo.path(),
+        &["--max-connections", "4"],
+        None,
+        std::process::Stdio::null(),
+    );
+    let addr = served.addr();
+    let held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut extra = TcpStream::connect(&addr).unwrap();
+    let (status, closed) = answer_within(&mut extra, std::time::Duration::from_secs(5));
+    assert_eq!(status, Some(503));
+    assert!(closed);
+    drop(held);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(get_ok(&addr, &manifest));
+}
+
+/// Slow clients (a header byte now and then) hold only their own connection,
+/// and only until the header timeout; everyone else is served meanwhile.
+/// (Before: eight slow clients stopped all service.)
+#[test]
+fn slow_clients_do_not_stop_service() {
+    let (repo, _, digest) = setup();
+    let manifest = format!("/manifests/sha256/{}", digest.trim_start_matches("sha256:"));
+    let served = Served::start_with(
+        &repo.path(),
+        &["--header-timeout", "3"],
+        None,
+        std::process::Stdio::null(),
+    );
+    let addr = served.addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow: Vec<_> = (0..32)
+        .map(|_| {
+            let addr = addr.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(&addr).unwrap();
+                let _ = s.write_all(b"GET / HTTP/1.1\r\n");
+                let start = std::time::Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if s.write_all(b"X").is_err() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                let (status, closed) = answer_within(&mut s, std::time::Duration::from_secs(1));
+                (status, closed, start.elapsed())
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for _ in 0..5 {
+        assert!(
+            get_ok(&addr, &manifest),
+            "not served while slow clients wait"
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in slow {
+        let (status, closed, _) = t.join().unwrap();
+        // Cut off at the header timeout, with 408 when it could still be said.
+        assert!(closed || status == Some(408), "{status:?} {closed}");
+    }
+}
+
+/// A FIFO in the repository does not hold a connection: it is not a file.
+#[test]
+fn a_fifo_in_the_repository_is_not_served() {
+    let (repo, served, _) = setup();
+    let fifo = repo.path().join("refs/fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let mut s = TcpStream::connect(served.addr()).unwrap();
+    write!(
+        s,
+        "GET /refs/fifo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let (status, _) = answer_within(&mut s, std::time::Duration::from_secs(5));
+    assert_eq!(status, Some(404));
+}
+
+fn post_status(addr: &str, path: &str, extra_headers: &str, body: &str) -> u16 {
+    raw_request(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .0
+}
+
+/// A connection from another loopback address (127.0.0.2), as another machine.
+fn post_from(source: [u8; 4], addr: &str, body: &str) -> u16 {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    bind(&fd, &std::net::SocketAddr::from((source, 0))).unwrap();
+    connect(&fd, &addr.parse::<std::net::SocketAddr>().unwrap()).unwrap();
+    let mut s = TcpStream::from(fd);
+    write!(
+        s,
+        "POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    answer_within(&mut s, std::time::Duration::from_secs(5))
+        .0
+        .unwrap()
+}
+
+/// The status table: bounded in machines and event size, names checked,
+/// nothing raw in the log, one machine cannot overwrite another's progress.
+#[test]
+fn the_status_table_is_bounded_checked_and_owned() {
+    let repo = Repo::new();
+    repo.add("os:v1", &mixed_image(2, 2), &[]);
+    let log = repo.file("serve.log");
+    let mut served = Served::start_with(
+        &repo.path(),
+        &["--status-machines", "50"],
+        None,
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    let addr = served.addr();
+    let pad = "x".repeat(8000);
+    for i in 0..500 {
+        let body = format!(r#"{{"target":"m{i}","phase":"writing","pad":"{pad}"}}"#);
+        assert_eq!(post_status(&addr, "/status", "", &body), 204);
+    }
+    let big = format!(r#"{{"target":"big","pad":"{}"}}"#, "x".repeat(60_000));
+    assert_eq!(post_status(&addr, "/status", "", &big), 413);
+    let (_, _, body) = raw_request(
+        &addr,
+        "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let machines = doc.as_object().unwrap();
+    assert_eq!(machines.len(), 50);
+    assert!(machines.contains_key("m499") && !machines.contains_key("m0"));
+
+    // Names that would forge log lines or drive a terminal are refused; other
+    // strings reach the log escaped.
+    let forged = r#"{"target":"evil\nimprint: error: forged","phase":"x"}"#;
+    assert_eq!(post_status(&addr, "/status", "", forged), 400);
+    let escape = r#"{"target":"m-esc","phase":"\u001b[2J\u001b]0;owned\u0007"}"#;
+    assert_eq!(post_status(&addr, "/status", "", escape), 204);
+
+    // m-esc reports from 127.0.0.1; 127.0.0.2 cannot overwrite it.
+    assert_eq!(
+        post_from(
+            [127, 0, 0, 2],
+            &addr,
+            r#"{"target":"m-esc","phase":"failed"}"#
+        ),
+        409
+    );
+    let (_, _, body) = raw_request(
+        &addr,
+        "GET /status?target=m-esc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let history: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 1);
+    assert!(served.alive());
+    drop(served);
+    let text = std::fs::read(&log).unwrap();
+    assert!(!text.contains(&0x1b), "raw escape in the log");
+    assert!(!text.contains(&0x07));
+    assert!(
+        !String::from_utf8_lossy(&text)
+            .lines()
+            .any(|l| l.starts_with("imprint: error: forged")),
+        "a forged log line"
+    );
+}
+
+/// With a token configured, status events need it (header or query), and with
+/// it may report for any machine.
+#[test]
+fn a_status_token_is_required_when_configured() {
+    let (repo, _, _) = setup();
+    let served = Served::start_with(
+        &repo.path(),
+        &["--status-token", "s3cret"],
+        None,
+        std::process::Stdio::null(),
+    );
+    let addr = served.addr();
+    let body = r#"{"target":"m1","phase":"booted"}"#;
+    assert_eq!(post_status(&addr, "/status", "", body), 401);
+    assert_eq!(post_status(&addr, "/status?token=wrong", "", body), 401);
+    assert_eq!(post_status(&addr, "/status?token=s3cret", "", body), 204);
+    assert_eq!(
+        post_status(&addr, "/status", "Authorization: Bearer s3cret\r\n", body),
+        204
+    );
+}
+
+/// The server keeps serving after whoever reads its log goes away.
+#[test]
+fn a_closed_log_pipe_does_not_stop_the_server() {
+    let (repo, _, digest) = setup();
+    let manifest = format!("/manifests/sha256/{}", digest.trim_start_matches("sha256:"));
+    let mut served = Served::start_with(&repo.path(), &[], None, std::process::Stdio::piped());
+    // The pipe's read end closes: every log line now meets EPIPE.
+    drop(served.take_stderr());
+    let addr = served.addr();
+    for i in 0..5 {
+        let body = format!(r#"{{"target":"m{i}","phase":"booted"}}"#);
+        assert_eq!(post_status(&addr, "/status", "", &body), 204);
+    }
+    assert!(served.alive());
+    assert!(get_ok(&addr, &manifest));
+}

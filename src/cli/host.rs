@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args, Subcommand};
 use imprint::engine::{self, DeployError, DeployOptions, DiskTarget, Progress, Trust};
 use imprint::format::digest::ImageRef;
+use imprint::format::http::printable;
 use imprint::format::manifest::{self, BootFacts, ChunkKind, Firmware, Manifest};
 use imprint::format::signature;
 use imprint::host::initramfs;
@@ -137,9 +138,28 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
-    /// Threads answering requests.
-    #[arg(long, default_value_t = 8)]
-    threads: usize,
+    /// Connections open at once (one thread each); more are refused with 503.
+    /// Default: 1024, or fewer when the open-file limit is lower.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Seconds a client has to send a request head.
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds a kept-alive connection may sit idle between requests.
+    #[arg(long, default_value_t = 30)]
+    idle_timeout: u64,
+    /// Seconds a body read or a response write may stall.
+    #[arg(long, default_value_t = 30)]
+    io_timeout: u64,
+    /// Status events must carry this token (`Authorization: Bearer TOKEN`, or
+    /// `?token=TOKEN` in the imprint.status= URL). Without it, a machine's
+    /// status takes events only from the address that first reported it, until
+    /// it has been quiet for 10 minutes.
+    #[arg(long, env = "IMPRINT_STATUS_TOKEN")]
+    status_token: Option<String>,
+    /// Machines the status table keeps (the least recently heard go first).
+    #[arg(long, default_value_t = 4096)]
+    status_machines: usize,
 }
 
 #[derive(Args)]
@@ -325,8 +345,18 @@ pub fn image_ls(args: &ImageLsArgs) -> Result<Exit> {
     let local = LocalRepo::open(&args.repo)?;
     for (name, tag, digest) in local.list_refs()? {
         match local.load_manifest(&digest) {
-            Ok(m) => println!("{name}:{tag}\t{digest}\t{} bytes", m.size),
-            Err(e) => println!("{name}:{tag}\t{digest}\tunreadable: {e}"),
+            Ok(m) => println!(
+                "{}:{}\t{digest}\t{} bytes",
+                printable(&name),
+                printable(&tag),
+                m.size
+            ),
+            Err(e) => println!(
+                "{}:{}\t{digest}\tunreadable: {}",
+                printable(&name),
+                printable(&tag),
+                printable(&e.to_string())
+            ),
         }
     }
     Ok(Exit::Success)
@@ -349,7 +379,8 @@ pub fn image_inspect(args: &ImageInspectArgs) -> Result<Exit> {
         .iter()
         .filter(|c| c.kind == ChunkKind::Zero)
         .count();
-    println!("image     {}", m.name);
+    // Manifest strings come from the repository: shown escaped.
+    println!("image     {}", printable(&m.name));
     println!("digest    {}", resolved.digest);
     println!("trust     {}", trust_text(resolved.trust));
     println!("format    v{}", m.version);
@@ -364,7 +395,7 @@ pub fn image_inspect(args: &ImageInspectArgs) -> Result<Exit> {
     let firmware: Vec<&str> = m.requirements.firmware.iter().map(firmware_name).collect();
     println!(
         "needs     arch {}, firmware {}, disk >= {} bytes",
-        m.requirements.arch.as_deref().unwrap_or("any"),
+        printable(m.requirements.arch.as_deref().unwrap_or("any")),
         if firmware.is_empty() {
             "unknown".to_string()
         } else {
@@ -391,8 +422,8 @@ pub fn image_inspect(args: &ImageInspectArgs) -> Result<Exit> {
         println!(
             "boot      partition {} kernel {} initrd {} cmdline {:?}",
             b.partition,
-            b.kernel,
-            b.initrd.as_deref().unwrap_or("-"),
+            printable(&b.kernel),
+            printable(b.initrd.as_deref().unwrap_or("-")),
             b.cmdline
         );
     }
@@ -605,14 +636,31 @@ pub fn keygen(args: &KeygenArgs) -> Result<Exit> {
 }
 
 pub fn serve(args: &ServeArgs) -> Result<Exit> {
-    let server = imprint::host::serve::RepoServer::bind(&args.repo, &args.listen)?;
+    // Two descriptors per connection at most (the socket and a file).
+    let files = imprint::sys::raise_open_file_limit();
+    let max_connections = args
+        .max_connections
+        .unwrap_or_else(|| 1024.min((files.saturating_sub(64) / 2) as usize))
+        .max(1);
+    let limits = imprint::host::serve::Limits {
+        max_connections,
+        header_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        io_timeout: Duration::from_secs(args.io_timeout.max(1)),
+        status_token: args.status_token.clone().filter(|t| !t.is_empty()),
+        status_machines: args.status_machines,
+        ..Default::default()
+    };
+    let server = imprint::host::serve::RepoServer::bind(&args.repo, &args.listen, limits)?;
     let addr = server
         .local_addr()
         .context("the server is not listening on an IP address")?;
-    println!("listening on http://{addr}");
     // Whoever started the server reads this line to learn the port.
-    std::io::stdout().flush()?;
-    server.run(args.threads);
+    let mut out = std::io::stdout();
+    writeln!(out, "listening on http://{addr}")?;
+    out.flush()?;
+    log::info!("serving up to {max_connections} connections at once");
+    server.run();
     Ok(Exit::Success)
 }
 

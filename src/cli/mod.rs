@@ -9,6 +9,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use exit::Exit;
 use host::{DiskCommand, ImageCommand, InitramfsCommand, RepoCommand};
+use std::io::Write as _;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -114,7 +115,12 @@ impl log::Log for Logger {
     fn log(&self, record: &log::Record) {
         if self.enabled(record.metadata()) {
             let level = record.level().as_str().to_lowercase();
-            eprintln!("imprint: {level}: {}", record.args());
+            // A closed stderr must not stop a server: the line is dropped.
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "imprint: {level}: {}",
+                record.args()
+            );
         }
     }
 

@@ -13,6 +13,7 @@ pub mod fat;
 pub mod fstype;
 pub mod glob;
 pub mod gpt;
+pub mod http;
 pub mod kmod;
 pub mod manifest;
 pub mod mbr;

@@ -4,3 +4,4 @@
 pub mod initramfs;
 pub mod repo;
 pub mod serve;
+pub mod statuses;

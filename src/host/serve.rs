@@ -1,23 +1,32 @@
 //! `imprint serve`: a small HTTP/1.1 server for a repository directory, plus the
 //! status endpoint deploy environments report to.
 //!
-//! Any static web server can serve a repository; this one exists so a single binary
-//! is enough on the host, and so status events have somewhere to go. It serves
-//! regular files below the root only: path segments are restricted to the
-//! repository's own character set (no `..`, no escapes), and the resolved path must
-//! still lie inside the root, so a symlink cannot lead out of it.
+//! Any static web server can serve a repository; this one exists so a single
+//! binary is enough on the host, and so status events have somewhere to go. It is
+//! built to stay up in front of a rack: one thread per connection up to a cap
+//! (beyond it new connections are closed at once), a deadline for each request
+//! head and an idle timeout between requests, bounded heads and bodies (a
+//! declared length is never what decides an allocation), accept errors such as
+//! running out of descriptors survived, and nothing from a client logged raw.
+//!
+//! It serves regular files below the root only: path segments are restricted to
+//! the repository's own character set (no `..`, no escapes), and the resolved
+//! path must still lie inside the root, so a symlink cannot lead out of it.
 
-use std::collections::BTreeMap;
+use super::statuses::{self, StatusTable};
+use crate::format::http::{self, Method, RangeRequest, RequestHead};
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::net::SocketAddr;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
-use tiny_http::{Header, Method, Request, Response, StatusCode};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Largest status event accepted.
-const MAX_STATUS_BYTES: usize = 64 << 10;
+/// Largest body accepted on a request that does not use one (it is drained).
+const MAX_IGNORED_BODY: u64 = 64 << 10;
+const THREAD_STACK: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -27,15 +36,120 @@ pub enum ServeError {
     Listen { addr: String, reason: String },
 }
 
+/// What one server allows its clients.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// Time a client has to send a whole request head.
+    pub header_timeout: Duration,
+    /// Time a kept-alive connection may sit between requests.
+    pub idle_timeout: Duration,
+    /// Time one read of a body or one write of a response may stall.
+    pub io_timeout: Duration,
+    /// When set, status events must carry it (`Authorization: Bearer TOKEN` or
+    /// `?token=TOKEN`) and may then report for any machine.
+    pub status_token: Option<String>,
+    /// Machines the status table keeps.
+    pub status_machines: usize,
+    /// Bytes of events the status table keeps.
+    pub status_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            io_timeout: Duration::from_secs(30),
+            status_token: None,
+            status_machines: 4096,
+            status_bytes: 64 << 20,
+        }
+    }
+}
+
 pub struct RepoServer {
-    http: tiny_http::Server,
+    listener: TcpListener,
     root: PathBuf,
-    statuses: Mutex<BTreeMap<String, serde_json::Value>>,
+    limits: Limits,
+    statuses: Mutex<StatusTable>,
+    open: AtomicUsize,
+    stopping: AtomicBool,
+}
+
+/// A response about to be written.
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Body,
+    /// Close the connection after it (the request could not be read whole).
+    close: bool,
+}
+
+enum Body {
+    Bytes(Vec<u8>),
+    File { file: File, len: u64 },
+}
+
+impl Reply {
+    fn text(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
+            body: Body::Bytes(body.as_bytes().to_vec()),
+            close: false,
+        }
+    }
+
+    fn closing(mut self) -> Reply {
+        self.close = true;
+        self
+    }
+
+    fn len(&self) -> u64 {
+        match &self.body {
+            Body::Bytes(b) => b.len() as u64,
+            Body::File { len, .. } => *len,
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        206 => "Partial Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        416 => "Range Not Satisfiable",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Status",
+    }
+}
+
+/// Why reading a request ended.
+enum ReadEnd {
+    /// The client closed, or sent nothing before the idle timeout: just close.
+    Quiet,
+    /// Tell the client, then close.
+    Reply(Reply),
 }
 
 impl RepoServer {
     /// Binds `listen` (`host:port`, port 0 picks a free one) for the repository at `root`.
-    pub fn bind(root: &Path, listen: &str) -> Result<Arc<RepoServer>, ServeError> {
+    pub fn bind(root: &Path, listen: &str, limits: Limits) -> Result<Arc<RepoServer>, ServeError> {
         let root = root.canonicalize().map_err(|source| ServeError::Root {
             path: root.to_path_buf(),
             source,
@@ -50,200 +164,437 @@ impl RepoServer {
             addr: listen.to_string(),
             reason,
         };
-        let listener =
-            std::net::TcpListener::bind(listen).map_err(|e| listen_err(e.to_string()))?;
+        let listener = TcpListener::bind(listen).map_err(|e| listen_err(e.to_string()))?;
         crate::sys::set_tcp_nodelay(&listener).map_err(|e| listen_err(e.to_string()))?;
-        let http = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| listen_err(e.to_string()))?;
+        let statuses = StatusTable::new(limits.status_machines, limits.status_bytes);
         Ok(Arc::new(RepoServer {
-            http,
+            listener,
             root,
-            statuses: Mutex::new(BTreeMap::new()),
+            limits,
+            statuses: Mutex::new(statuses),
+            open: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
         }))
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.http.server_addr().to_ip()
+        self.listener.local_addr().ok()
     }
 
-    /// Answers requests on `threads` threads until the process ends. tiny_http reads
-    /// requests off each keep-alive connection on its own threads; these threads
-    /// produce the responses.
-    pub fn run(self: &Arc<Self>, threads: usize) {
-        let workers: Vec<_> = (0..threads.max(1))
-            .map(|_| {
-                let server = Arc::clone(self);
-                std::thread::spawn(move || {
-                    while let Ok(request) = server.http.recv() {
-                        server.handle(request);
+    /// Accepts connections until [`RepoServer::shutdown`]; each is served on its
+    /// own thread while fewer than the limit are open.
+    pub fn run(self: &Arc<Self>) {
+        let mut last_complaint: Option<Instant> = None;
+        while !self.stopping.load(Ordering::Relaxed) {
+            let (stream, peer) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of descriptors or memory: wait for connections to
+                    // close rather than end the loop, and say so now and then.
+                    if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        log::warn!("accepting a connection: {e}; retrying");
+                        last_complaint = Some(Instant::now());
                     }
-                })
-            })
-            .collect();
-        for w in workers {
-            let _ = w.join();
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            if self.stopping.load(Ordering::Relaxed) {
+                break;
+            }
+            if self.open.fetch_add(1, Ordering::AcqRel) >= self.limits.max_connections {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                refuse_busy(stream);
+                continue;
+            }
+            let server = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .stack_size(THREAD_STACK)
+                .spawn(move || {
+                    server.serve_connection(stream, peer.ip());
+                    server.open.fetch_sub(1, Ordering::AcqRel);
+                });
+            if let Err(e) = spawned {
+                // The stream went down with the closure; the slot is ours to free.
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                log::warn!("starting a connection thread: {e}");
+            }
         }
     }
 
-    fn handle(&self, mut request: Request) {
-        let path = request
-            .url()
-            .split(['?', '#'])
-            .next()
-            .unwrap_or("")
-            .to_string();
-        let method = request.method().clone();
-        let response = match (&method, path.as_str()) {
-            (Method::Post, "/status") => self.post_status(&mut request),
-            (Method::Get | Method::Head, "/status") => self.get_status(),
-            (Method::Get | Method::Head, _) => self.file(&request, &path),
-            _ => text(
+    /// Stops accepting; connections already open finish their current request.
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        // Wake the accept call.
+        if let Some(addr) = self.local_addr() {
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        }
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    fn serve_connection(&self, mut stream: TcpStream, peer: IpAddr) {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(self.limits.io_timeout));
+        let mut buf = Vec::with_capacity(4096);
+        let mut first = true;
+        loop {
+            let head = match self.read_head(&mut stream, &mut buf, first) {
+                Ok(head) => head,
+                Err(ReadEnd::Quiet) => break,
+                Err(ReadEnd::Reply(reply)) => {
+                    let _ = write_reply(&mut stream, reply, false, false);
+                    break;
+                }
+            };
+            first = false;
+            let reply = self.answer(&head, &mut stream, &mut buf, peer);
+            let keep = head.keep_alive() && !reply.close;
+            log::debug!(
+                "{peer} {:?} {} -> {}",
+                head.method,
+                http::printable(head.path()),
+                reply.status
+            );
+            if write_reply(&mut stream, reply, head.method == Method::Head, keep).is_err() || !keep
+            {
+                break;
+            }
+        }
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+
+    /// Reads one request head into `buf` (which may already hold the start of
+    /// it, pipelined). The first byte may take the idle timeout (the header
+    /// timeout on a new connection); the whole head, the header timeout.
+    fn read_head(
+        &self,
+        stream: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        first: bool,
+    ) -> Result<RequestHead, ReadEnd> {
+        let limits = &self.limits;
+        let mut deadline = if buf.is_empty() {
+            Instant::now()
+                + if first {
+                    limits.header_timeout
+                } else {
+                    limits.idle_timeout
+                }
+        } else {
+            Instant::now() + limits.header_timeout
+        };
+        let mut started = !buf.is_empty();
+        loop {
+            if let Some(end) = http::head_end(buf) {
+                let parsed = http::parse_head(&buf[..end]);
+                buf.drain(..end);
+                return parsed.map_err(|e| {
+                    let status = match e {
+                        http::HttpError::HeadTooLarge | http::HttpError::TooManyHeaders => 431,
+                        http::HttpError::Version => 505,
+                        http::HttpError::Chunked => 501,
+                        _ => 400,
+                    };
+                    ReadEnd::Reply(Reply::text(status, &format!("{e}\n")).closing())
+                });
+            }
+            if buf.len() >= http::MAX_HEAD {
+                return Err(ReadEnd::Reply(
+                    Reply::text(431, "request head too large\n").closing(),
+                ));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(if started {
+                    ReadEnd::Reply(Reply::text(408, "request head too slow\n").closing())
+                } else {
+                    ReadEnd::Quiet
+                });
+            }
+            let _ = stream.set_read_timeout(Some(left));
+            let mut chunk = [0u8; 4096];
+            let want = chunk.len().min(http::MAX_HEAD + 4 - buf.len());
+            match stream.read(&mut chunk[..want]) {
+                Ok(0) => return Err(ReadEnd::Quiet),
+                Ok(n) => {
+                    if !started {
+                        started = true;
+                        deadline = Instant::now() + limits.header_timeout;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return Err(ReadEnd::Quiet),
+            }
+        }
+    }
+
+    /// Reads a body of the declared length, at most `limit` bytes: the length is
+    /// checked before anything is read or allocated.
+    fn read_body(
+        &self,
+        stream: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        len: u64,
+        limit: u64,
+    ) -> Result<Vec<u8>, Reply> {
+        if len > limit {
+            return Err(Reply::text(413, &format!("body larger than {limit} bytes\n")).closing());
+        }
+        let len = len as usize;
+        let mut body = Vec::with_capacity(len);
+        let take = len.min(buf.len());
+        body.extend(buf.drain(..take));
+        let deadline = Instant::now() + self.limits.io_timeout;
+        while body.len() < len {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Reply::text(408, "request body too slow\n").closing());
+            }
+            let _ = stream.set_read_timeout(Some(left));
+            let mut chunk = [0u8; 4096];
+            let want = chunk.len().min(len - body.len());
+            match stream.read(&mut chunk[..want]) {
+                Ok(0) => return Err(Reply::text(400, "request body cut short\n").closing()),
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return Err(Reply::text(400, "request body unreadable\n").closing()),
+            }
+        }
+        Ok(body)
+    }
+
+    fn answer(
+        &self,
+        head: &RequestHead,
+        stream: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        peer: IpAddr,
+    ) -> Reply {
+        let path = head.path();
+        if head.method == Method::Post && path == "/status" {
+            return match self.read_body(
+                stream,
+                buf,
+                head.content_length,
+                statuses::MAX_EVENT as u64,
+            ) {
+                Ok(body) => self.post_status(head, &body, peer),
+                Err(reply) => reply,
+            };
+        }
+        // Other requests carry no body worth keeping: drain a small one, close
+        // on a large one.
+        if head.content_length > 0
+            && let Err(reply) = self.read_body(stream, buf, head.content_length, MAX_IGNORED_BODY)
+        {
+            return reply;
+        }
+        match (head.method, path) {
+            (Method::Get | Method::Head, "/status") => self.get_status(head),
+            (Method::Get | Method::Head, _) => self.file(head, path),
+            _ => Reply::text(
                 405,
                 "only GET and HEAD on repository files, POST on /status\n",
             ),
-        };
-        log::debug!(
-            "{} {} {} -> {}",
-            request
-                .remote_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            method,
-            path,
-            response.status_code().0
-        );
-        if let Err(e) = request.respond(response) {
-            log::debug!("responding to {path}: {e}");
         }
     }
 
-    fn file(&self, request: &Request, url_path: &str) -> Response<Box<dyn Read + Send>> {
+    fn file(&self, head: &RequestHead, url_path: &str) -> Reply {
         let Some(rel) = safe_relative(url_path) else {
-            return text(403, "forbidden path\n");
+            return Reply::text(403, "forbidden path\n");
         };
         let full = self.root.join(&rel);
         // Canonicalizing resolves symlinks: whatever they point at must still be
         // inside the repository.
         let real = match full.canonicalize() {
             Ok(p) => p,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return text(404, "not found\n"),
-            Err(_) => return text(403, "forbidden path\n"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Reply::text(404, "not found\n");
+            }
+            Err(_) => return Reply::text(403, "forbidden path\n"),
         };
         if !real.starts_with(&self.root) {
-            return text(403, "forbidden path\n");
+            return Reply::text(403, "forbidden path\n");
         }
-        let mut file = match File::open(&real) {
+        // Non-blocking, so a FIFO in the repository cannot hold this thread;
+        // only regular files are served.
+        let mut file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&real)
+        {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return text(404, "not found\n"),
-            Err(_) => return text(403, "forbidden\n"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Reply::text(404, "not found\n");
+            }
+            Err(_) => return Reply::text(403, "forbidden\n"),
         };
         let size = match file.metadata() {
             Ok(m) if m.is_file() => m.len(),
-            Ok(_) => return text(404, "not a file\n"),
-            Err(_) => return text(500, "cannot stat file\n"),
+            Ok(_) => return Reply::text(404, "not a file\n"),
+            Err(_) => return Reply::text(500, "cannot stat file\n"),
         };
         let mut headers = vec![
-            header("Accept-Ranges", "bytes"),
-            header("Content-Type", content_type(&rel)),
+            ("Accept-Ranges", "bytes".to_string()),
+            ("Content-Type", content_type(&rel).to_string()),
+            ("Cache-Control", cache_control(&rel).to_string()),
         ];
-        // Chunks and manifests are named by their content and never change; refs move.
-        if rel.starts_with("refs/") {
-            headers.push(header("Cache-Control", "no-cache"));
-        } else {
-            headers.push(header(
-                "Cache-Control",
-                "public, max-age=31536000, immutable",
-            ));
-        }
-        let range = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Range"))
-            .map(|h| h.value.as_str().to_string());
-        let (status, start, len) = match range.as_deref().map(|r| parse_range(r, size)) {
+        let (status, start, len) = match head.header("range").map(|r| http::parse_range(r, size)) {
             None | Some(RangeRequest::Ignore) => (200, 0, size),
             Some(RangeRequest::Unsatisfiable) => {
-                let mut r = text(416, "range not satisfiable\n");
-                r.add_header(header("Content-Range", &format!("bytes */{size}")));
+                let mut r = Reply::text(416, "range not satisfiable\n");
+                r.headers.push(("Content-Range", format!("bytes */{size}")));
                 return r;
             }
             Some(RangeRequest::Range { start, len }) => {
-                headers.push(header(
+                headers.push((
                     "Content-Range",
-                    &format!("bytes {start}-{}/{size}", start + len - 1),
+                    format!("bytes {start}-{}/{size}", start + len - 1),
                 ));
                 (206, start, len)
             }
         };
         if start > 0 && file.seek(SeekFrom::Start(start)).is_err() {
-            return text(500, "cannot seek\n");
+            return Reply::text(500, "cannot seek\n");
         }
-        let body: Box<dyn Read + Send> = Box::new(file.take(len));
-        Response::new(StatusCode(status), headers, body, Some(len as usize), None)
-            // tiny_http switches to chunked encoding above 32 KiB by default; clients
-            // (and Range semantics) want an exact Content-Length.
-            .with_chunked_threshold(usize::MAX)
+        Reply {
+            status,
+            headers,
+            body: Body::File { file, len },
+            close: false,
+        }
     }
 
-    fn post_status(&self, request: &mut Request) -> Response<Box<dyn Read + Send>> {
-        let mut body = Vec::new();
-        let read = request
-            .as_reader()
-            .take(MAX_STATUS_BYTES as u64 + 1)
-            .read_to_end(&mut body);
-        if read.is_err() {
-            return text(400, "could not read the request body\n");
-        }
-        if body.len() > MAX_STATUS_BYTES {
-            return text(413, "status event larger than 64 KiB\n");
-        }
-        let mut event: serde_json::Value = match serde_json::from_slice(&body) {
-            Ok(serde_json::Value::Object(map)) => serde_json::Value::Object(map),
-            Ok(_) => return text(400, "status event must be a JSON object\n"),
-            Err(e) => return text(400, &format!("status event is not JSON: {e}\n")),
+    fn token_ok(&self, head: &RequestHead) -> bool {
+        let Some(token) = &self.limits.status_token else {
+            return false;
         };
-        let client = request
-            .remote_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|| "unknown".into());
-        let target = match event.get("target").and_then(|t| t.as_str()) {
-            Some(t) if !t.is_empty() => t.to_string(),
-            _ => client.clone(),
-        };
-        let received = SystemTime::now()
+        let bearer = head
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        [bearer, head.query("token")]
+            .into_iter()
+            .flatten()
+            .any(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+    }
+
+    fn post_status(&self, head: &RequestHead, body: &[u8], peer: IpAddr) -> Reply {
+        let trusted = self.token_ok(head);
+        if self.limits.status_token.is_some() && !trusted {
+            return Reply::text(401, "this server takes status events with its token only\n");
+        }
+        let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        if let Some(map) = event.as_object_mut() {
-            map.insert("received".into(), received.into());
-            map.insert("from".into(), client.into());
+        let result = match self.statuses.lock() {
+            Ok(mut table) => table.post(body, peer, now, trusted),
+            Err(_) => return Reply::text(500, "status table unavailable\n"),
+        };
+        match result {
+            Ok(name) => {
+                log::info!(
+                    "status {}: {}",
+                    http::printable(&name),
+                    http::printable(&String::from_utf8_lossy(body))
+                );
+                Reply::text(204, "")
+            }
+            Err(e @ statuses::StatusError::NotOwner { .. }) => {
+                Reply::text(409, &format!("{}\n", http::printable(&e.to_string())))
+            }
+            Err(e @ statuses::StatusError::TooLarge) => Reply::text(413, &format!("{e}\n")),
+            Err(e) => Reply::text(400, &format!("{}\n", http::printable(&e.to_string()))),
         }
-        log::info!("status {target}: {event}");
-        if let Ok(mut statuses) = self.statuses.lock() {
-            statuses.insert(target, event);
-        }
-        text(204, "")
     }
 
-    fn get_status(&self) -> Response<Box<dyn Read + Send>> {
+    fn get_status(&self, head: &RequestHead) -> Reply {
         let body = match self.statuses.lock() {
-            Ok(statuses) => serde_json::to_vec(&*statuses).unwrap_or_default(),
-            Err(_) => return text(500, "status table unavailable\n"),
+            Ok(table) => match head.query("target") {
+                Some(name) => match table.history(name) {
+                    Some(h) => h.to_string(),
+                    None => return Reply::text(404, "no such machine\n"),
+                },
+                None => table.latest().to_string(),
+            },
+            Err(_) => return Reply::text(500, "status table unavailable\n"),
         };
-        let len = body.len();
-        let reader: Box<dyn Read + Send> = Box::new(io::Cursor::new(body));
-        Response::new(
-            StatusCode(200),
-            vec![
-                header("Content-Type", "application/json"),
-                header("Cache-Control", "no-store"),
+        Reply {
+            status: 200,
+            headers: vec![
+                ("Content-Type", "application/json".into()),
+                ("Cache-Control", "no-store".into()),
             ],
-            reader,
-            Some(len),
-            None,
-        )
-        .with_chunked_threshold(usize::MAX)
+            body: Body::Bytes(body.into_bytes()),
+            close: false,
+        }
     }
+}
+
+/// Over the connection limit: a short answer, never waited on, then close.
+fn refuse_busy(stream: TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    let _ = (&stream).write(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
+    );
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+fn write_reply(
+    stream: &mut TcpStream,
+    reply: Reply,
+    head_only: bool,
+    keep: bool,
+) -> io::Result<()> {
+    let len = reply.len();
+    let mut out = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
+    for (name, value) in &reply.headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if reply.status != 204 {
+        out.push_str(&format!("Content-Length: {len}\r\n"));
+    }
+    out.push_str(if keep {
+        "Connection: keep-alive\r\n\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
+    stream.write_all(out.as_bytes())?;
+    if head_only || reply.status == 204 {
+        return stream.flush();
+    }
+    match reply.body {
+        Body::Bytes(bytes) => stream.write_all(&bytes)?,
+        Body::File { file, len } => {
+            let copied = io::copy(&mut file.take(len), stream)?;
+            if copied != len {
+                // The file shrank under us: the length promised cannot be kept.
+                return Err(io::Error::other("file shorter than announced"));
+            }
+        }
+    }
+    stream.flush()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Turns a URL path into a relative path inside the repository, or `None` when any
@@ -264,69 +615,6 @@ pub fn safe_relative(url_path: &str) -> Option<String> {
     ok.then(|| trimmed.to_string())
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum RangeRequest {
-    /// Serve the whole file (no usable single range; several ranges are allowed to
-    /// be answered in full).
-    Ignore,
-    Unsatisfiable,
-    Range {
-        start: u64,
-        len: u64,
-    },
-}
-
-/// Parses a `Range` header against a file of `size` bytes.
-pub fn parse_range(value: &str, size: u64) -> RangeRequest {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
-        return RangeRequest::Ignore;
-    };
-    if spec.contains(',') {
-        return RangeRequest::Ignore;
-    }
-    let Some((first, last)) = spec.trim().split_once('-') else {
-        return RangeRequest::Ignore;
-    };
-    let parse = |s: &str| s.trim().parse::<u64>().ok();
-    match (first.trim().is_empty(), last.trim().is_empty()) {
-        // bytes=-N: the last N bytes.
-        (true, false) => match parse(last) {
-            Some(0) => RangeRequest::Unsatisfiable,
-            Some(n) if size > 0 => {
-                let len = n.min(size);
-                RangeRequest::Range {
-                    start: size - len,
-                    len,
-                }
-            }
-            Some(_) => RangeRequest::Unsatisfiable,
-            None => RangeRequest::Ignore,
-        },
-        (false, true) => match parse(first) {
-            Some(start) if start < size => RangeRequest::Range {
-                start,
-                len: size - start,
-            },
-            Some(_) => RangeRequest::Unsatisfiable,
-            None => RangeRequest::Ignore,
-        },
-        (false, false) => match (parse(first), parse(last)) {
-            (Some(start), Some(end)) if start <= end => {
-                if start >= size {
-                    RangeRequest::Unsatisfiable
-                } else {
-                    RangeRequest::Range {
-                        start,
-                        len: end.min(size - 1) - start + 1,
-                    }
-                }
-            }
-            _ => RangeRequest::Ignore,
-        },
-        (true, true) => RangeRequest::Ignore,
-    }
-}
-
 fn content_type(rel: &str) -> &'static str {
     if rel.starts_with("refs/") || rel.ends_with(".sig") {
         "text/plain; charset=utf-8"
@@ -335,25 +623,14 @@ fn content_type(rel: &str) -> &'static str {
     }
 }
 
-fn header(name: &str, value: &str) -> Header {
-    // Names and values here are ASCII built by this module.
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|_| {
-        Header::from_bytes(&b"X-Invalid"[..], &b"1"[..]).expect("static header")
-    })
-}
-
-fn text(status: u16, body: &str) -> Response<Box<dyn Read + Send>> {
-    let bytes = body.as_bytes().to_vec();
-    let len = bytes.len();
-    let reader: Box<dyn Read + Send> = Box::new(io::Cursor::new(bytes));
-    Response::new(
-        StatusCode(status),
-        vec![header("Content-Type", "text/plain; charset=utf-8")],
-        reader,
-        Some(len),
-        None,
-    )
-    .with_chunked_threshold(usize::MAX)
+/// Chunks and manifests are named by their content and never change; refs move,
+/// and signature files grow when a signer is added.
+fn cache_control(rel: &str) -> &'static str {
+    if rel.starts_with("refs/") || rel.ends_with(".sig") {
+        "no-cache"
+    } else {
+        "public, max-age=31536000, immutable"
+    }
 }
 
 #[cfg(test)]
@@ -384,25 +661,10 @@ mod tests {
     }
 
     #[test]
-    fn ranges() {
-        use RangeRequest::*;
-        assert_eq!(parse_range("bytes=0-9", 100), Range { start: 0, len: 10 });
-        assert_eq!(parse_range("bytes=90-", 100), Range { start: 90, len: 10 });
-        assert_eq!(parse_range("bytes=-10", 100), Range { start: 90, len: 10 });
-        assert_eq!(
-            parse_range("bytes=-1000", 100),
-            Range { start: 0, len: 100 }
-        );
-        assert_eq!(
-            parse_range("bytes=50-1000", 100),
-            Range { start: 50, len: 50 }
-        );
-        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
-        assert_eq!(parse_range("bytes=100-200", 100), Unsatisfiable);
-        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), Ignore);
-        assert_eq!(parse_range("bytes=9-1", 100), Ignore);
-        assert_eq!(parse_range("items=0-1", 100), Ignore);
-        assert_eq!(parse_range("bytes=x-y", 100), Ignore);
+    fn signatures_and_refs_are_revalidated_content_is_immutable() {
+        assert_eq!(cache_control("refs/os/v1"), "no-cache");
+        assert_eq!(cache_control("manifests/sha256/ab.sig"), "no-cache");
+        assert!(cache_control("manifests/sha256/ab").contains("immutable"));
+        assert!(cache_control("chunks/sha256/ab/abcd").contains("immutable"));
     }
 }

@@ -140,7 +140,26 @@ pub struct Served {
 
 impl Served {
     pub fn start(repo: &Path) -> Served {
-        let mut child = Command::new(BIN)
+        Served::start_with(repo, &[], None, Stdio::null())
+    }
+
+    /// With more `serve` options, optionally under `prlimit` (e.g.
+    /// `--nofile=256:256`), its log going to `stderr`.
+    pub fn start_with(
+        repo: &Path,
+        options: &[&str],
+        prlimit: Option<&str>,
+        stderr: Stdio,
+    ) -> Served {
+        let mut cmd = match prlimit {
+            Some(limit) => {
+                let mut c = Command::new("prlimit");
+                c.arg(limit).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
             .args([
                 "serve",
                 "--repo",
@@ -148,8 +167,9 @@ impl Served {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .args(options)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawning imprint serve");
         let mut line = String::new();
@@ -166,6 +186,27 @@ impl Served {
 
     pub fn addr(&self) -> String {
         self.url.trim_start_matches("http://").to_string()
+    }
+
+    /// The read end of the server's log pipe, when started with one.
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.stderr.take()
+    }
+
+    /// Whether the server process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The server's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
     }
 }
 
