@@ -310,6 +310,20 @@ pub fn efivar_write(name: &str, data: &[u8]) -> io::Result<()> {
     f.write_all(&bytes)
 }
 
+/// Memory the kernel says is available for new allocations (`MemAvailable`),
+/// in bytes.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Raises this process's open-file limit to its hard limit; returns the limit
 /// now in force (1024 if it cannot be read).
 pub fn raise_open_file_limit() -> u64 {

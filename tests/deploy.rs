@@ -253,9 +253,16 @@ fn signed_images_verify_with_the_right_key_only() {
     );
     assert!(!disk.exists(), "target untouched");
 
+    // Same content, so the same manifest; but the signature is for os:signed,
+    // and a signature binds the tag it was made for.
     let unsigned = deploy(&served.url, "os:unsigned", &disk, &["--pubkey", &public]);
-    // Same content, so same manifest digest: signing one tag signs the manifest.
-    assert_success(&unsigned);
+    assert_eq!(unsigned.status.code(), Some(3), "{}", stderr_of(&unsigned));
+    assert!(
+        stderr_of(&unsigned).contains("not as os:unsigned"),
+        "{}",
+        stderr_of(&unsigned)
+    );
+    assert!(!disk.exists(), "target untouched");
 
     let good = deploy(&served.url, "os:signed", &disk, &["--pubkey", &public]);
     assert_success(&good);
@@ -269,6 +276,92 @@ fn signed_images_verify_with_the_right_key_only() {
     );
     assert_eq!(bad_key.status.code(), Some(3));
     assert!(stderr_of(&bad_key).contains("not-base64!"));
+}
+
+/// Pointing `refs/web/v2` at web:v1's signed manifest (a rollback to an old,
+/// vulnerable release by anyone on the plain-HTTP path) is refused under a key;
+/// a ref that leads to another image's manifest is refused even without one.
+/// Signatures in the first format are refused with the command that re-signs
+/// them, and re-signed they verify.
+#[test]
+fn a_signature_binds_the_name_and_tag_it_was_made_for() {
+    let repo = Repo::new();
+    let key = repo.file("key");
+    let public =
+        String::from_utf8_lossy(&imprint(&["keygen", "--out", key.to_str().unwrap()]).stdout)
+            .trim()
+            .to_string();
+    let sign = ["--sign-key", key.to_str().unwrap()];
+    let v1 = repo.add("web:v1", &mixed_image(1, 8), &sign);
+    let v2 = repo.add("web:v2", &mixed_image(2, 8), &sign);
+    repo.add("db:v1", &mixed_image(3, 8), &sign);
+    let r = repo.path();
+    let served = Served::start(&r);
+    let disk = repo.file("disk");
+
+    let good = deploy(&served.url, "web:v2", &disk, &["--pubkey", &public]);
+    assert_success(&good);
+    std::fs::remove_file(&disk).unwrap();
+
+    // refs/web/v2 now names web:v1's manifest.
+    std::fs::write(r.join("refs/web/v2"), format!("{v1}\n")).unwrap();
+    let replayed = deploy(&served.url, "web:v2", &disk, &["--pubkey", &public]);
+    assert_eq!(replayed.status.code(), Some(3), "{}", stderr_of(&replayed));
+    assert!(
+        stderr_of(&replayed).contains("not as web:v2"),
+        "{}",
+        stderr_of(&replayed)
+    );
+    assert!(!disk.exists(), "target untouched");
+
+    // refs/web/v2 names db's manifest: another image, refused with or without a key.
+    let db = std::fs::read_to_string(r.join("refs/db/v1")).unwrap();
+    std::fs::write(r.join("refs/web/v2"), &db).unwrap();
+    let other = deploy(&served.url, "web:v2", &disk, &[]);
+    assert_eq!(other.status.code(), Some(3), "{}", stderr_of(&other));
+    assert!(
+        stderr_of(&other).contains("is the image \"db\", not \"web\""),
+        "{}",
+        stderr_of(&other)
+    );
+    assert!(!disk.exists(), "target untouched");
+
+    // A signature file of the first format: refused, with the way out.
+    std::fs::write(r.join("refs/web/v2"), format!("{v2}\n")).unwrap();
+    let sig = r.join(format!(
+        "manifests/sha256/{}.sig",
+        v2.trim_start_matches("sha256:")
+    ));
+    std::fs::write(
+        &sig,
+        format!("ed25519 {public} {}\n", "A".repeat(86) + "=="),
+    )
+    .unwrap();
+    let old = deploy(&served.url, "web:v2", &disk, &["--pubkey", &public]);
+    assert_eq!(old.status.code(), Some(3), "{}", stderr_of(&old));
+    assert!(
+        stderr_of(&old).contains("imprint image sign --repo DIR NAME:TAG --sign-key FILE"),
+        "{}",
+        stderr_of(&old)
+    );
+    let resign = imprint(&[
+        "image",
+        "sign",
+        "--repo",
+        r.to_str().unwrap(),
+        "web:v2",
+        "--sign-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_success(&resign);
+    let text = std::fs::read_to_string(&sig).unwrap();
+    assert_eq!(text.lines().count(), 1, "the old line is replaced: {text}");
+    assert_success(&deploy(
+        &served.url,
+        "web:v2",
+        &disk,
+        &["--pubkey", &public],
+    ));
 }
 
 #[test]
@@ -571,4 +664,58 @@ fn deploy_from_a_local_directory() {
     ]);
     assert_success(&out);
     assert_eq!(std::fs::read(&disk).unwrap(), image);
+}
+
+/// Under a key, nothing is fetched or decoded before a signature vouches for it:
+/// a huge unsigned manifest behind a ref costs its reader no memory. (Before, it
+/// was fetched and decoded first: 247 MiB cost 2.5 GB before "not signed".)
+#[test]
+fn an_unsigned_manifest_is_not_fetched_under_a_key() {
+    let repo = Repo::new();
+    let key = repo.file("key");
+    let public =
+        String::from_utf8_lossy(&imprint(&["keygen", "--out", key.to_str().unwrap()]).stdout)
+            .trim()
+            .to_string();
+    let r = repo.path();
+    repo.add(
+        "web:v1",
+        &mixed_image(1, 4),
+        &["--sign-key", key.to_str().unwrap()],
+    );
+    // 96 MiB that hash to the name a ref gives them.
+    let junk: Vec<u8> = (0..96u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let digest = imprint::format::digest::Digest::of(&junk);
+    std::fs::write(r.join(format!("manifests/sha256/{}", digest.hex())), &junk).unwrap();
+    drop(junk);
+    std::fs::create_dir_all(r.join("refs/web")).unwrap();
+    std::fs::write(r.join("refs/web/huge"), format!("{digest}\n")).unwrap();
+    let served = Served::start(&r);
+    let disk = repo.file("disk");
+    let out = std::process::Command::new("/usr/bin/time")
+        .args([
+            "-f",
+            "max-rss-kib %M",
+            BIN,
+            "deploy",
+            "--url",
+            &served.url,
+            "--image",
+            "web:huge",
+        ])
+        .args(["--disk", disk.to_str().unwrap(), "--pubkey", &public])
+        .output()
+        .expect("/usr/bin/time (package time)");
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("is not signed"), "{err}");
+    let rss: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("max-rss-kib "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no figure from time: {err}"));
+    assert!(rss < 32 << 10, "the reader grew to {rss} KiB");
+    assert!(!disk.exists(), "target untouched");
 }

@@ -26,6 +26,9 @@ pub enum ImageCommand {
     Ls(ImageLsArgs),
     /// Show what a manifest says.
     Inspect(ImageInspectArgs),
+    /// Sign a tag's manifest as that release (or sign it again in the current
+    /// format), keeping other signers' signatures.
+    Sign(ImageSignArgs),
 }
 
 #[derive(Subcommand)]
@@ -47,6 +50,20 @@ pub enum InitramfsCommand {
 }
 
 #[derive(Args)]
+pub struct ImageSignArgs {
+    #[arg(long)]
+    repo: PathBuf,
+    /// NAME:TAG whose manifest to sign.
+    reference: String,
+    /// Secret key file (from `imprint keygen`).
+    #[arg(long)]
+    sign_key: PathBuf,
+    /// When the release is issued, in Unix seconds (default: now).
+    #[arg(long)]
+    issued: Option<u64>,
+}
+
+#[derive(Args)]
 pub struct ImageAddArgs {
     #[arg(long)]
     repo: PathBuf,
@@ -63,6 +80,10 @@ pub struct ImageAddArgs {
     /// Secret key file (from `imprint keygen`) to sign the manifest with.
     #[arg(long)]
     sign_key: Option<PathBuf>,
+    /// When the signed release is issued, in Unix seconds (default: now).
+    /// Deploy environments refuse to go back to an earlier one.
+    #[arg(long, requires = "sign_key")]
+    issued: Option<u64>,
     /// Architecture the image needs (uname -m style).
     #[arg(long)]
     arch: Option<String>,
@@ -290,11 +311,15 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is not a size (examples: 65536, 64K, 1M)"))
 }
 
+fn split_reference(reference: &str) -> Result<(&str, &str)> {
+    reference
+        .split_once(':')
+        .with_context(|| format!("image reference {reference:?} must be NAME:TAG"))
+}
+
 pub fn image_add(args: &ImageAddArgs) -> Result<Exit> {
     let reference = &args.reference;
-    let Some((name, tag)) = reference.split_once(':') else {
-        bail!("image reference {reference:?} must be NAME:TAG");
-    };
+    let (name, tag) = split_reference(reference)?;
     let chunk_size = u32::try_from(args.chunk_size)
         .ok()
         .filter(|c| {
@@ -306,17 +331,7 @@ pub fn image_add(args: &ImageAddArgs) -> Result<Exit> {
                 args.chunk_size
             )
         })?;
-    let sign_key = match &args.sign_key {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading secret key {}", path.display()))?;
-            Some(
-                signature::parse_secret_key(&text)
-                    .with_context(|| format!("reading secret key {}", path.display()))?,
-            )
-        }
-        None => None,
-    };
+    let sign_key = args.sign_key.as_deref().map(read_secret_key).transpose()?;
     let local = LocalRepo::open_or_create(&args.repo)?;
     let opts = AddOptions {
         chunk_size,
@@ -325,6 +340,7 @@ pub fn image_add(args: &ImageAddArgs) -> Result<Exit> {
         sign_key,
         arch: args.arch.clone(),
         boot: args.boot_facts(),
+        issued: args.issued.unwrap_or_else(unix_now),
     };
     let report = repo::add_image(&local, name, tag, &args.image, &opts)
         .with_context(|| format!("adding {} as {reference}", args.image.display()))?;
@@ -359,6 +375,41 @@ pub fn image_ls(args: &ImageLsArgs) -> Result<Exit> {
             ),
         }
     }
+    Ok(Exit::Success)
+}
+
+fn read_secret_key(path: &Path) -> Result<ed25519_dalek::SigningKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading secret key {}", path.display()))?;
+    signature::parse_secret_key(&text)
+        .with_context(|| format!("reading secret key {}", path.display()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn image_sign(args: &ImageSignArgs) -> Result<Exit> {
+    let (name, tag) = split_reference(&args.reference)?;
+    let key = read_secret_key(&args.sign_key)?;
+    let local = LocalRepo::open(&args.repo)?;
+    let digest = local.resolve_ref(name, tag)?;
+    let release = local
+        .sign(
+            &key,
+            name,
+            tag,
+            &digest,
+            args.issued.unwrap_or_else(unix_now),
+        )
+        .with_context(|| format!("signing {}", args.reference))?;
+    local.sync_dir("manifests/sha256")?;
+    println!(
+        "signed {name}:{tag} {digest} ({} bytes, issued {})",
+        release.size, release.issued
+    );
     Ok(Exit::Success)
 }
 

@@ -75,6 +75,7 @@ fn run(command: Command) -> Result<Exit> {
         Command::Image(ImageCommand::Add(args)) => host::image_add(&args),
         Command::Image(ImageCommand::Ls(args)) => host::image_ls(&args),
         Command::Image(ImageCommand::Inspect(args)) => host::image_inspect(&args),
+        Command::Image(ImageCommand::Sign(args)) => host::image_sign(&args),
         Command::Repo(RepoCommand::Check(args)) => host::repo_check(&args),
         Command::Keygen(args) => host::keygen(&args),
         Command::Serve(args) => host::serve(&args),

@@ -17,7 +17,7 @@ use crate::format::digest::{Digest, ImageRef};
 use crate::format::is_zero;
 use crate::format::manifest::{ChunkKind, MAX_MANIFEST_BYTES, Manifest, ManifestError};
 use crate::format::repository::{chunk_path, manifest_path, ref_path, signature_path};
-use crate::format::signature::{self, SignatureError};
+use crate::format::signature::{self, Release, SignatureError, Wanted};
 use crate::source::{FetchError, RetryCounter, RetryPolicy, Source, fetch_checked};
 use ed25519_dalek::VerifyingKey;
 use std::ops::Range;
@@ -44,6 +44,22 @@ pub enum DeployError {
     Signature(#[from] SignatureError),
     #[error("manifest {0} is not signed (no .sig file) but a public key was given")]
     Unsigned(Digest),
+    #[error(
+        "manifest {digest} is the image {found:?}, not {asked:?}: the ref points at another image's manifest"
+    )]
+    NameMismatch {
+        digest: Digest,
+        asked: String,
+        found: String,
+    },
+    #[error(
+        "the signed manifest {digest} is {size} bytes, more than this reader accepts ({limit}); nothing was fetched"
+    )]
+    ManifestTooLarge {
+        digest: Digest,
+        size: u64,
+        limit: u64,
+    },
     #[error(transparent)]
     Target(#[from] TargetError),
     #[error("{what} {target} at offset {offset}: {source}")]
@@ -70,6 +86,16 @@ pub struct Resolved {
     pub digest: Digest,
     pub manifest: Manifest,
     pub trust: Trust,
+    /// The signed release statement, when a key vouched for it.
+    pub release: Option<Release>,
+}
+
+/// The most manifest bytes a reader takes without a signature stating the size:
+/// the format's limit, or an eighth of the memory available (decoding needs a
+/// few times the encoded size), whichever is less, but never below 16 MiB.
+fn manifest_limit() -> u64 {
+    let by_memory = crate::sys::available_memory().map_or(u64::MAX, |m| (m / 8).max(16 << 20));
+    MAX_MANIFEST_BYTES.min(by_memory)
 }
 
 /// Finds, checks and decodes the manifest `image` names. Nothing is trusted that a
@@ -108,11 +134,53 @@ pub fn resolve(
             (digest, false)
         }
     };
+    // The signature first: it covers the digest (known from the ref or the pin),
+    // so nothing the key did not vouch for is fetched, let alone decoded.
+    let release = match pubkey {
+        Some(key) => {
+            let mut sig = Vec::new();
+            match fetch_checked(
+                source,
+                &signature_path(&digest),
+                64 << 10,
+                &mut sig,
+                policy,
+                &retries,
+                |_| Ok(()),
+            ) {
+                Err(FetchError::NotFound { .. }) => return Err(DeployError::Unsigned(digest)),
+                other => other?,
+            }
+            let wanted = match image {
+                ImageRef::Tag { name, tag } => Wanted::Tag { name, tag },
+                ImageRef::Digest(_) => Wanted::Any,
+            };
+            Some(signature::verify(
+                &String::from_utf8_lossy(&sig),
+                &digest,
+                key,
+                wanted,
+            )?)
+        }
+        None => None,
+    };
+    let limit = manifest_limit();
+    let fetch_limit = match &release {
+        Some(r) if r.size > limit => {
+            return Err(DeployError::ManifestTooLarge {
+                digest,
+                size: r.size,
+                limit,
+            });
+        }
+        Some(r) => r.size,
+        None => limit,
+    };
     let mut actual = digest;
     let fetched = fetch_checked(
         source,
         &manifest_path(&digest),
-        MAX_MANIFEST_BYTES,
+        fetch_limit,
         &mut buf,
         &meta_policy,
         &retries,
@@ -136,31 +204,31 @@ pub fn resolve(
     }
     let manifest =
         Manifest::decode(&buf).map_err(|source| DeployError::Manifest { digest, source })?;
-    let trust = match pubkey {
-        Some(key) => {
-            let mut sig = Vec::new();
-            match fetch_checked(
-                source,
-                &signature_path(&digest),
-                64 << 10,
-                &mut sig,
-                policy,
-                &retries,
-                |_| Ok(()),
-            ) {
-                Err(FetchError::NotFound { .. }) => return Err(DeployError::Unsigned(digest)),
-                other => other?,
-            }
-            signature::verify(&String::from_utf8_lossy(&sig), &digest, key)?;
-            Trust::Signed
-        }
-        None if pinned => Trust::Pinned,
-        None => Trust::Unverified,
+    // The image asked for, not another one a ref or a signature leads to.
+    let asked = match (image, &release) {
+        (ImageRef::Tag { name, .. }, _) => Some(name.as_str()),
+        (ImageRef::Digest(_), Some(r)) => Some(r.name.as_str()),
+        (ImageRef::Digest(_), None) => None,
+    };
+    if let Some(asked) = asked
+        && manifest.name != asked
+    {
+        return Err(DeployError::NameMismatch {
+            digest,
+            asked: asked.to_string(),
+            found: manifest.name.clone(),
+        });
+    }
+    let trust = match (&release, pinned) {
+        (Some(_), _) => Trust::Signed,
+        (None, true) => Trust::Pinned,
+        (None, false) => Trust::Unverified,
     };
     Ok(Resolved {
         digest,
         manifest,
         trust,
+        release,
     })
 }
 

@@ -1,9 +1,27 @@
-//! Ed25519 keys and manifest signatures.
+//! Ed25519 keys and release signatures.
 //!
-//! A signature covers the ASCII text `imprint-manifest-v1 sha256:<hex>` built from
-//! the manifest digest, so it pins the exact manifest bytes and cannot be replayed
-//! as a signature of anything else. The `.sig` file holds one line per signature:
-//! `ed25519 <public key, base64> <signature, base64>`.
+//! A signature covers a *release statement*: the image name, the tag, the
+//! manifest digest, the manifest's size in bytes and the time the release was
+//! issued, as the text
+//!
+//! ```text
+//! imprint-release-v2
+//! name=<name>
+//! tag=<tag>
+//! digest=sha256:<hex>
+//! size=<bytes>
+//! issued=<unix seconds>
+//! ```
+//!
+//! (each line ending in `\n`). So a signature pins the exact manifest bytes,
+//! binds them to the name and tag the operator asked for (pointing `refs/web/v2`
+//! at web:v1's manifest does not verify), bounds what a reader fetches before it
+//! has checked anything, and orders releases in time (a deploy can refuse to go
+//! back to an older one). The `.sig` file next to the manifest holds one line per
+//! signature: `ed25519-v2 <public key> <name> <tag> <size> <issued> <signature>`,
+//! keys and signatures in base64. Lines of the first format (`ed25519 <key>
+//! <signature>`, over the digest alone) are recognised only to say how to
+//! re-sign.
 
 use super::digest::Digest;
 use base64::Engine as _;
@@ -20,18 +38,60 @@ pub enum SignatureError {
         "secret key file is not an imprint ed25519 secret key (make one with `imprint keygen`)"
     )]
     BadSecretKey,
-    #[error("signature file line {0} is malformed (want: ed25519 <key> <signature>)")]
+    #[error(
+        "signature file line {0} is malformed (want: ed25519-v2 <key> <name> <tag> <size> <issued> <signature>)"
+    )]
     BadLine(usize),
     #[error("manifest {0} has no signature by the trusted key")]
     NoSignatureByKey(Digest),
+    #[error(
+        "manifest {0} is signed by the trusted key in the old format, which does not bind the image name and tag; re-sign it: imprint image sign --repo DIR NAME:TAG --sign-key FILE"
+    )]
+    OldFormat(Digest),
+    #[error(
+        "manifest {digest} is signed by the trusted key, but not as {name}:{tag}; a ref that points at another release's manifest is not trusted"
+    )]
+    NotThisRelease {
+        digest: Digest,
+        name: String,
+        tag: String,
+    },
     #[error(
         "manifest {0} signature by the trusted key does not verify: the manifest or signature was tampered with"
     )]
     Invalid(Digest),
 }
 
-fn message(digest: &Digest) -> Vec<u8> {
-    format!("imprint-manifest-v1 {digest}").into_bytes()
+/// What a signature says: this manifest is release `name:tag`, issued then.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Release {
+    pub name: String,
+    pub tag: String,
+    pub digest: Digest,
+    /// The manifest's length in bytes.
+    pub size: u64,
+    /// Unix seconds; later releases have later times.
+    pub issued: u64,
+}
+
+impl Release {
+    fn statement(&self) -> Vec<u8> {
+        format!(
+            "imprint-release-v2\nname={}\ntag={}\ndigest={}\nsize={}\nissued={}\n",
+            self.name, self.tag, self.digest, self.size, self.issued
+        )
+        .into_bytes()
+    }
+}
+
+/// Which release a reader wants a signature for.
+#[derive(Clone, Copy, Debug)]
+pub enum Wanted<'a> {
+    /// `name:tag`, as the operator asked.
+    Tag { name: &'a str, tag: &'a str },
+    /// A manifest pinned by digest: any release of it the key signed (the
+    /// latest issued).
+    Any,
 }
 
 pub fn parse_public_key(text: &str) -> Result<VerifyingKey, SignatureError> {
@@ -62,44 +122,107 @@ pub fn parse_secret_key(text: &str) -> Result<SigningKey, SignatureError> {
 }
 
 /// One line of a `.sig` file.
-pub fn sign_line(key: &SigningKey, digest: &Digest) -> String {
-    let sig = key.sign(&message(digest));
+pub fn sign_line(key: &SigningKey, release: &Release) -> String {
+    let sig = key.sign(&release.statement());
     format!(
-        "ed25519 {} {}\n",
+        "ed25519-v2 {} {} {} {} {} {}\n",
         public_key_text(&key.verifying_key()),
+        release.name,
+        release.tag,
+        release.size,
+        release.issued,
         B64.encode(sig.to_bytes())
     )
 }
 
-/// Checks that `sig_file` holds a valid signature of `digest` by `key`. Lines by
-/// other keys are ignored, so a manifest may carry several signatures.
-pub fn verify(sig_file: &str, digest: &Digest, key: &VerifyingKey) -> Result<(), SignatureError> {
+/// A `.sig` file's lines without the line for (`key`, `tag`), if there was one:
+/// what to keep when that key signs that tag again.
+pub fn without(sig_file: &str, key: &VerifyingKey, tag: &str) -> String {
+    let ours = public_key_text(key);
+    sig_file
+        .lines()
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f[..] {
+                ["ed25519-v2", pk, _, t, ..] => !(pk == ours && t == tag),
+                // The old format's line by this key is replaced too.
+                ["ed25519", pk, _] => pk != ours,
+                _ => !line.trim().is_empty(),
+            }
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Finds, in the `.sig` file of manifest `digest`, a valid signature by `key` of
+/// the release `wanted`, and returns the release it states. Lines by other keys
+/// are ignored, so a manifest may carry several signatures.
+pub fn verify(
+    sig_file: &str,
+    digest: &Digest,
+    key: &VerifyingKey,
+    wanted: Wanted,
+) -> Result<Release, SignatureError> {
+    let mut old_format = false;
+    let mut other_release = false;
+    let mut best: Option<Release> = None;
     for (i, line) in sig_file.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let [alg, pk, sig] = fields[..] else {
-            return Err(SignatureError::BadLine(i + 1));
-        };
-        if alg != "ed25519" {
-            continue;
+        match fields[..] {
+            ["ed25519-v2", pk, name, tag, size, issued, sig] => {
+                let bad = || SignatureError::BadLine(i + 1);
+                if parse_public_key(pk).map_err(|_| bad())? != *key {
+                    continue;
+                }
+                let release = Release {
+                    name: name.to_string(),
+                    tag: tag.to_string(),
+                    digest: *digest,
+                    size: size.parse().map_err(|_| bad())?,
+                    issued: issued.parse().map_err(|_| bad())?,
+                };
+                let sig = B64
+                    .decode(sig)
+                    .ok()
+                    .and_then(|b| <[u8; 64]>::try_from(b).ok())
+                    .ok_or_else(bad)?;
+                key.verify_strict(&release.statement(), &Signature::from_bytes(&sig))
+                    .map_err(|_| SignatureError::Invalid(*digest))?;
+                let matches = match wanted {
+                    Wanted::Tag { name, tag } => release.name == name && release.tag == tag,
+                    Wanted::Any => true,
+                };
+                if !matches {
+                    other_release = true;
+                } else if best.as_ref().is_none_or(|b| release.issued > b.issued) {
+                    best = Some(release);
+                }
+            }
+            ["ed25519", pk, _] if parse_public_key(pk).is_ok_and(|pk| pk == *key) => {
+                old_format = true;
+            }
+            ["ed25519", _, _] => {}
+            [alg, ..] if alg.starts_with("ed25519") => {
+                return Err(SignatureError::BadLine(i + 1));
+            }
+            // Other algorithms, for other readers.
+            _ => {}
         }
-        let pk = parse_public_key(pk).map_err(|_| SignatureError::BadLine(i + 1))?;
-        if pk != *key {
-            continue;
-        }
-        let sig = B64
-            .decode(sig)
-            .ok()
-            .and_then(|b| <[u8; 64]>::try_from(b).ok())
-            .ok_or(SignatureError::BadLine(i + 1))?;
-        return key
-            .verify_strict(&message(digest), &Signature::from_bytes(&sig))
-            .map_err(|_| SignatureError::Invalid(*digest));
     }
-    Err(SignatureError::NoSignatureByKey(*digest))
+    match (best, wanted) {
+        (Some(release), _) => Ok(release),
+        (None, Wanted::Tag { name, tag }) if other_release => Err(SignatureError::NotThisRelease {
+            digest: *digest,
+            name: name.to_string(),
+            tag: tag.to_string(),
+        }),
+        _ if old_format => Err(SignatureError::OldFormat(*digest)),
+        _ => Err(SignatureError::NoSignatureByKey(*digest)),
+    }
 }
 
 #[cfg(test)]
@@ -110,54 +233,141 @@ mod tests {
         SigningKey::from_bytes(&[seed; 32])
     }
 
+    fn release(name: &str, tag: &str, manifest: &[u8], issued: u64) -> Release {
+        Release {
+            name: name.into(),
+            tag: tag.into(),
+            digest: Digest::of(manifest),
+            size: manifest.len() as u64,
+            issued,
+        }
+    }
+
+    fn web(tag: &str) -> Wanted<'_> {
+        Wanted::Tag { name: "web", tag }
+    }
+
     #[test]
-    fn good_signature_verifies() {
-        let d = Digest::of(b"manifest");
-        let line = sign_line(&key(1), &d);
-        verify(&line, &d, &key(1).verifying_key()).unwrap();
+    fn good_signature_verifies_and_states_the_release() {
+        let r = release("web", "v1", b"manifest", 1000);
+        let line = sign_line(&key(1), &r);
+        assert_eq!(
+            verify(&line, &r.digest, &key(1).verifying_key(), web("v1")),
+            Ok(r.clone())
+        );
         // Several signers: the trusted one is found among them.
-        let both = format!("{}{}", sign_line(&key(2), &d), line);
-        verify(&both, &d, &key(1).verifying_key()).unwrap();
+        let both = format!("{}{}", sign_line(&key(2), &r), line);
+        assert_eq!(
+            verify(&both, &r.digest, &key(1).verifying_key(), web("v1")),
+            Ok(r.clone())
+        );
+        // Pinned by digest: any release of it, the latest issued.
+        let later = release("web", "stable", b"manifest", 2000);
+        let two = format!("{line}{}", sign_line(&key(1), &later));
+        assert_eq!(
+            verify(&two, &r.digest, &key(1).verifying_key(), Wanted::Any),
+            Ok(later)
+        );
+    }
+
+    #[test]
+    fn a_signature_binds_name_and_tag() {
+        // web:v1's manifest, signed as web:v1, offered as web:v2 or as db:v1.
+        let r = release("web", "v1", b"manifest", 1000);
+        let line = sign_line(&key(1), &r);
+        let k = key(1).verifying_key();
+        assert!(matches!(
+            verify(&line, &r.digest, &k, web("v2")),
+            Err(SignatureError::NotThisRelease { .. })
+        ));
+        assert!(matches!(
+            verify(
+                &line,
+                &r.digest,
+                &k,
+                Wanted::Tag {
+                    name: "db",
+                    tag: "v1"
+                }
+            ),
+            Err(SignatureError::NotThisRelease { .. })
+        ));
+        // Rewriting the line's tag breaks the signature.
+        let forged = line.replace(" web v1 ", " web v2 ");
+        assert_eq!(
+            verify(&forged, &r.digest, &k, web("v2")),
+            Err(SignatureError::Invalid(r.digest))
+        );
+        let backdated = line.replace(" 1000 ", " 9999 ");
+        assert_eq!(
+            verify(&backdated, &r.digest, &k, web("v1")),
+            Err(SignatureError::Invalid(r.digest))
+        );
     }
 
     #[test]
     fn tampered_manifest_or_signature_fails() {
-        let d = Digest::of(b"manifest");
-        let line = sign_line(&key(1), &d);
+        let r = release("web", "v1", b"manifest", 1);
+        let line = sign_line(&key(1), &r);
         let other = Digest::of(b"manifest!");
         assert_eq!(
-            verify(&line, &other, &key(1).verifying_key()),
+            verify(&line, &other, &key(1).verifying_key(), web("v1")),
             Err(SignatureError::Invalid(other))
         );
         let mut sig: Vec<&str> = line.split_whitespace().collect();
         let flipped = {
-            let mut raw = B64.decode(sig[2]).unwrap();
+            let mut raw = B64.decode(sig[6]).unwrap();
             raw[5] ^= 1;
             B64.encode(raw)
         };
-        sig[2] = &flipped;
+        sig[6] = &flipped;
         assert_eq!(
-            verify(&sig.join(" "), &d, &key(1).verifying_key()),
-            Err(SignatureError::Invalid(d))
+            verify(
+                &sig.join(" "),
+                &r.digest,
+                &key(1).verifying_key(),
+                web("v1")
+            ),
+            Err(SignatureError::Invalid(r.digest))
         );
     }
 
     #[test]
-    fn wrong_key_is_refused() {
-        let d = Digest::of(b"manifest");
-        let line = sign_line(&key(1), &d);
+    fn wrong_key_old_format_and_bad_lines() {
+        let r = release("web", "v1", b"manifest", 1);
+        let line = sign_line(&key(1), &r);
+        let k2 = key(2).verifying_key();
         assert_eq!(
-            verify(&line, &d, &key(2).verifying_key()),
-            Err(SignatureError::NoSignatureByKey(d))
+            verify(&line, &r.digest, &k2, web("v1")),
+            Err(SignatureError::NoSignatureByKey(r.digest))
         );
         assert_eq!(
-            verify("", &d, &key(2).verifying_key()),
-            Err(SignatureError::NoSignatureByKey(d))
+            verify("", &r.digest, &k2, web("v1")),
+            Err(SignatureError::NoSignatureByKey(r.digest))
         );
         assert_eq!(
-            verify("ed25519 x", &d, &key(2).verifying_key()),
+            verify("ed25519-v2 x", &r.digest, &k2, web("v1")),
             Err(SignatureError::BadLine(1))
         );
+        // The first format, by the trusted key: say how to re-sign.
+        let old = format!(
+            "ed25519 {} {}\n",
+            public_key_text(&k2),
+            B64.encode([0u8; 64])
+        );
+        let err = verify(&old, &r.digest, &k2, web("v1")).unwrap_err();
+        assert_eq!(err, SignatureError::OldFormat(r.digest));
+        assert!(err.to_string().contains("imprint image sign"), "{err}");
+    }
+
+    #[test]
+    fn signing_a_tag_again_replaces_only_that_line() {
+        let k = key(1);
+        let a = sign_line(&k, &release("web", "v1", b"m", 1));
+        let b = sign_line(&k, &release("web", "stable", b"m", 1));
+        let other = sign_line(&key(2), &release("web", "v1", b"m", 1));
+        let kept = without(&format!("{a}{b}{other}"), &k.verifying_key(), "v1");
+        assert_eq!(kept, format!("{b}{other}"));
     }
 
     #[test]

@@ -4,15 +4,13 @@
 //! buffers; worker threads hash and compress in parallel. Memory stays bounded by
 //! the pool (about 2 × jobs chunks) whatever the image size.
 
-use super::{
-    LocalRepo, RepoError, chunk_path, io_err, manifest_path, ref_path, ref_text, signature_path,
-};
+use super::{LocalRepo, RepoError, chunk_path, io_err, manifest_path, ref_path, ref_text};
 use crate::format::digest::{Digest, check_name};
 use crate::format::gpt::{self, BIOS_BOOT_TYPE, ESP_TYPE, Layout};
+use crate::format::is_zero;
 use crate::format::manifest::{
     BootFacts, Chunk, ChunkKind, FORMAT_VERSION, Firmware, Manifest, Requirements,
 };
-use crate::format::{is_zero, signature};
 use crate::sys;
 use ed25519_dalek::SigningKey;
 use std::collections::HashSet;
@@ -30,6 +28,8 @@ pub struct AddOptions {
     pub arch: Option<String>,
     /// Where the image's kernel lives, for a kexec hand-off.
     pub boot: Option<BootFacts>,
+    /// When the signed release is issued (Unix seconds).
+    pub issued: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,19 +212,7 @@ pub fn add_image(
     report.digest = digest;
     repo.write_atomic(&manifest_path(&digest), &bytes)?;
     if let Some(key) = &opts.sign_key {
-        let sig_rel = signature_path(&digest);
-        let ours = signature::public_key_text(&key.verifying_key());
-        // Keep other signers' lines; replace our own.
-        let mut text: String = match repo.read(&sig_rel) {
-            Ok(old) => String::from_utf8_lossy(&old)
-                .lines()
-                .filter(|l| !l.contains(&ours))
-                .map(|l| format!("{l}\n"))
-                .collect(),
-            Err(_) => String::new(),
-        };
-        text.push_str(&signature::sign_line(key, &digest));
-        repo.write_atomic(&sig_rel, text.as_bytes())?;
+        repo.sign(key, name, tag, &digest, opts.issued)?;
     }
     repo.sync_dir("manifests/sha256")?;
     repo.write_atomic(&ref_path(name, tag), ref_text(&digest).as_bytes())?;
@@ -304,6 +292,7 @@ mod tests {
             sign_key: None,
             arch: None,
             boot: None,
+            issued: 0,
         }
     }
 

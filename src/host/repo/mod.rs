@@ -13,6 +13,8 @@ pub use check::{CheckReport, check};
 use crate::format::digest::{Digest, check_name};
 use crate::format::manifest::Manifest;
 use crate::format::repository::{chunk_path, manifest_path, ref_path, ref_text, signature_path};
+use crate::format::signature::{self, Release};
+use ed25519_dalek::SigningKey;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -119,6 +121,39 @@ impl LocalRepo {
         File::open(&path)
             .and_then(|d| d.sync_all())
             .map_err(io_err(&path))
+    }
+
+    /// Signs the manifest `digest` as release `name:tag`, issued at `issued`
+    /// (Unix seconds): its line in the `.sig` file replaces this key's earlier
+    /// line for the tag; other signers' lines stay. The caller syncs the
+    /// directory.
+    pub fn sign(
+        &self,
+        key: &SigningKey,
+        name: &str,
+        tag: &str,
+        digest: &Digest,
+        issued: u64,
+    ) -> Result<Release, RepoError> {
+        let size = fs::metadata(self.path(&manifest_path(digest)))
+            .map_err(io_err(&self.path(&manifest_path(digest))))?
+            .len();
+        let release = Release {
+            name: name.to_string(),
+            tag: tag.to_string(),
+            digest: *digest,
+            size,
+            issued,
+        };
+        let sig_rel = signature_path(digest);
+        let old = match self.read(&sig_rel) {
+            Ok(old) => String::from_utf8_lossy(&old).into_owned(),
+            Err(_) => String::new(),
+        };
+        let mut text = signature::without(&old, &key.verifying_key(), tag);
+        text.push_str(&signature::sign_line(key, &release));
+        self.write_atomic(&sig_rel, text.as_bytes())?;
+        Ok(release)
     }
 
     pub fn resolve_ref(&self, name: &str, tag: &str) -> Result<Digest, RepoError> {
