@@ -22,6 +22,14 @@ fn deploy(url: &str, image: &str, disk: &std::path::Path, extra: &[&str]) -> std
     imprint(&args)
 }
 
+/// A signing key in the repository's directory: its file and public key.
+fn keygen(repo: &Repo) -> (std::path::PathBuf, String) {
+    let key = repo.file("key");
+    let out = imprint(&["keygen", "--out", key.to_str().unwrap()]);
+    assert_success(&out);
+    (key, String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 fn disk_verify(url: &str, image: &str, disk: &std::path::Path) -> std::process::Output {
     imprint(&[
         "disk",
@@ -286,11 +294,7 @@ fn signed_images_verify_with_the_right_key_only() {
 #[test]
 fn a_signature_binds_the_name_and_tag_it_was_made_for() {
     let repo = Repo::new();
-    let key = repo.file("key");
-    let public =
-        String::from_utf8_lossy(&imprint(&["keygen", "--out", key.to_str().unwrap()]).stdout)
-            .trim()
-            .to_string();
+    let (key, public) = keygen(&repo);
     let sign = ["--sign-key", key.to_str().unwrap()];
     let v1 = repo.add("web:v1", &mixed_image(1, 8), &sign);
     let v2 = repo.add("web:v2", &mixed_image(2, 8), &sign);
@@ -367,11 +371,7 @@ fn a_signature_binds_the_name_and_tag_it_was_made_for() {
 #[test]
 fn unsigned_manifest_is_refused_when_a_key_is_required() {
     let repo = Repo::new();
-    let key = repo.file("key");
-    let public =
-        String::from_utf8_lossy(&imprint(&["keygen", "--out", key.to_str().unwrap()]).stdout)
-            .trim()
-            .to_string();
+    let (key, public) = keygen(&repo);
     repo.add("os:v1", &mixed_image(6, 10), &[]);
     let served = Served::start(&repo.path());
     let disk = repo.file("disk");
@@ -672,11 +672,7 @@ fn deploy_from_a_local_directory() {
 #[test]
 fn an_unsigned_manifest_is_not_fetched_under_a_key() {
     let repo = Repo::new();
-    let key = repo.file("key");
-    let public =
-        String::from_utf8_lossy(&imprint(&["keygen", "--out", key.to_str().unwrap()]).stdout)
-            .trim()
-            .to_string();
+    let (key, public) = keygen(&repo);
     let r = repo.path();
     repo.add(
         "web:v1",
