@@ -9,11 +9,10 @@
 //! in its last component. `#` starts a comment.
 
 use crate::format::bundle::{self, Bundle, BundleError, Entry, EntryKind};
-use crate::format::glob::glob_match;
-use crate::sys::{EntryType, Root};
-use std::fs;
+use crate::format::glob::{glob_match, glob_match_path};
+use crate::sys::{EntryType, Root, RootDir};
+use std::collections::HashSet;
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub const LIST_PATH: &str = "/etc/imprint/migrate.list";
@@ -39,6 +38,22 @@ pub enum MigrateError {
     TooLarge { path: String, max: u64 },
     #[error("migration list line {line}: {text:?} must be an absolute path")]
     BadList { line: usize, text: String },
+    #[error(
+        "bundle entry {path} lies beneath {parent}, which the bundle restores as a link or a file, not a directory; the bundle is refused and nothing was restored"
+    )]
+    BeneathBundleEntry { path: String, parent: String },
+    #[error(
+        "{path}: {link} is a symbolic link in the target root, and restoring never follows links; make {link} a real directory or remove {path} from /etc/imprint/migrate.list (nothing was restored)"
+    )]
+    LinkInTarget { path: String, link: String },
+    #[error(
+        "{path}: {parent} in the target root is not a directory; remove it or remove {path} from /etc/imprint/migrate.list (nothing was restored)"
+    )]
+    NotADirectory { path: String, parent: String },
+    #[error(
+        "{path} is a directory with contents in the target root, where the bundle holds a file or a link; it is not removed: empty it or remove {path} from /etc/imprint/migrate.list (nothing was restored)"
+    )]
+    DirectoryInTheWay { path: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MigrateError + '_ {
@@ -73,15 +88,17 @@ pub fn read_list(root: &Path) -> Result<Vec<String>, MigrateError> {
     read_list_in(&Root::open(root).map_err(io_err(root))?)
 }
 
-/// Does the list accept `path` (an absolute path in the OS)?
+/// Does the list accept `path` (a clean absolute path in the OS)? A pattern's
+/// wildcards match within one path component, never across a `/`.
 pub fn accepts(list: &[String], path: &str) -> bool {
-    list.iter().any(|pattern| {
-        if let Some(dir) = pattern.strip_suffix('/') {
-            path == dir || path.starts_with(pattern.as_str())
-        } else {
-            glob_match(pattern.as_bytes(), path.as_bytes())
-        }
-    })
+    bundle::clean_path(path)
+        && list.iter().any(|pattern| {
+            if let Some(dir) = pattern.strip_suffix('/') {
+                path == dir || path.starts_with(pattern.as_str())
+            } else {
+                glob_match_path(pattern, path)
+            }
+        })
 }
 
 /// Most names read from one directory while capturing.
@@ -216,80 +233,205 @@ pub fn read_list_in(root: &Root) -> Result<Vec<String>, MigrateError> {
 }
 
 /// Restores the entries of `bundle` that `accept` allows into the OS rooted at
-/// `root`. Files are written to a temporary name and renamed, so each is either
-/// old or new, and running this again gives the same result.
+/// `root`, and returns their paths in the order restored (parents first).
+///
+/// Every path is resolved beneath `root` without following any symlink: a link
+/// in the target root, or one the bundle itself restores, never redirects a
+/// write, a change of mode or owner, or a removal. Links the bundle holds are
+/// restored as links; their targets are data. Files get their owner and mode
+/// before their content, are written to a temporary name and renamed, so each
+/// is either old or new, and running this again gives the same result.
 pub fn restore(
     root: &Path,
     bundle: &Bundle,
     accept: &[String],
 ) -> Result<Vec<String>, MigrateError> {
+    if let Some(bad) = bundle.entries.iter().find(|e| !bundle::clean_path(&e.path)) {
+        return Err(BundleError::BadPath(bad.path.clone()).into());
+    }
+    let target = Root::open(root).map_err(io_err(root))?;
+    let mut entries: Vec<&Entry> = bundle
+        .entries
+        .iter()
+        .filter(|e| accepts(accept, &e.path))
+        .collect();
+    // A path sorts before every path beneath it: each directory is in place
+    // before what it holds. Entries of one path keep the bundle's order.
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    // All entries are checked before the first is written: an entry that
+    // cannot be restored safely refuses the whole bundle rather than being
+    // skipped, because a configuration restored in part (host keys without the
+    // host name, say) is worse than none, and the error names what to change.
+    check(&target, &entries)?;
     let mut restored = Vec::new();
-    for entry in &bundle.entries {
-        if !accepts(accept, &entry.path) {
-            continue;
-        }
-        let full = root.join(entry.path.trim_start_matches('/'));
-        if let Some(parent) = full.parent() {
-            fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
-        let tmp = full.with_file_name(format!(
-            ".{}.imprint-tmp",
-            full.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default()
-        ));
-        let _ = fs::remove_file(&tmp);
-        match &entry.kind {
-            EntryKind::Dir => {
-                if !full.is_dir() {
-                    let _ = fs::remove_file(&full);
-                    fs::create_dir_all(&full).map_err(io_err(&full))?;
-                }
-                fs::set_permissions(&full, fs::Permissions::from_mode(entry.mode))
-                    .map_err(io_err(&full))?;
-                let _ = std::os::unix::fs::lchown(&full, Some(entry.uid), Some(entry.gid));
-            }
-            EntryKind::File(data) => {
-                let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-                f.write_all(data).map_err(io_err(&tmp))?;
-                f.set_permissions(fs::Permissions::from_mode(entry.mode))
-                    .map_err(io_err(&tmp))?;
-                let _ = std::os::unix::fs::fchown(&f, Some(entry.uid), Some(entry.gid));
-                let mtime = std::time::UNIX_EPOCH
-                    + std::time::Duration::new(entry.mtime.0.max(0) as u64, entry.mtime.1);
-                let _ = f.set_modified(mtime);
-                f.sync_all().map_err(io_err(&tmp))?;
-                drop(f);
-                match replace(&tmp, &full) {
-                    // A file mounted over (systemd's read-only transient
-                    // /etc/machine-id until it commits one): the mount goes, as
-                    // systemd's own commit does it, and the file is replaced.
-                    Err(MigrateError::Io { source, .. })
-                        if source.raw_os_error()
-                            == Some(rustix::io::Errno::BUSY.raw_os_error()) =>
-                    {
-                        crate::sys::unmount(&full.to_string_lossy()).map_err(io_err(&full))?;
-                        replace(&tmp, &full)?;
-                    }
-                    result => result?,
-                }
-            }
-            EntryKind::Symlink(target) => {
-                std::os::unix::fs::symlink(target, &tmp).map_err(io_err(&tmp))?;
-                let _ = std::os::unix::fs::lchown(&tmp, Some(entry.uid), Some(entry.gid));
-                replace(&tmp, &full)?;
-            }
-        }
+    for entry in entries {
+        restore_entry(&target, entry)?;
         restored.push(entry.path.clone());
     }
     Ok(restored)
 }
 
-fn replace(tmp: &Path, full: &Path) -> Result<(), MigrateError> {
-    if full.is_dir() && !full.is_symlink() {
-        fs::remove_dir_all(full).map_err(io_err(full))?;
+/// Whether each entry (clean, sorted parents first) can be restored into
+/// `target` without following a link and without removing anything that has
+/// contents.
+fn check(target: &Root, entries: &[&Entry]) -> Result<(), MigrateError> {
+    let dirs: HashSet<&str> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Dir)
+        .map(|e| e.path.as_str())
+        .collect();
+    let not_dirs: HashSet<&str> = entries
+        .iter()
+        .filter(|e| e.kind != EntryKind::Dir)
+        .map(|e| e.path.as_str())
+        .collect();
+    for entry in entries {
+        let path = &entry.path;
+        let parts: Vec<&str> = path[1..].split('/').collect();
+        let mut at = String::new();
+        // Whether `at` may still exist in the target root: not once a part of
+        // it is missing or is replaced by one of the bundle's directories.
+        let mut present = true;
+        for (i, part) in parts.iter().enumerate() {
+            at.push('/');
+            at.push_str(part);
+            let last = i + 1 == parts.len();
+            if !last && not_dirs.contains(at.as_str()) {
+                return Err(MigrateError::BeneathBundleEntry {
+                    path: path.clone(),
+                    parent: at,
+                });
+            }
+            if !present {
+                continue;
+            }
+            let info = match target.lstat_nofollow(&at) {
+                Ok(info) => info,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    present = false;
+                    continue;
+                }
+                Err(e) => return Err(io_err(Path::new(&at))(e)),
+            };
+            match info.kind {
+                EntryType::Symlink if !last || entry.kind == EntryKind::Dir => {
+                    return Err(MigrateError::LinkInTarget {
+                        path: path.clone(),
+                        link: at,
+                    });
+                }
+                EntryType::Dir if last && entry.kind != EntryKind::Dir => {
+                    if !target.is_empty_dir(&at).map_err(io_err(Path::new(&at)))? {
+                        return Err(MigrateError::DirectoryInTheWay { path: path.clone() });
+                    }
+                }
+                EntryType::Dir => {}
+                // Replaced: a file or link by the rename, anything else (not a
+                // directory) by the bundle's directory.
+                _ if last => {}
+                _ if dirs.contains(at.as_str()) => present = false,
+                _ => {
+                    return Err(MigrateError::NotADirectory {
+                        path: path.clone(),
+                        parent: at,
+                    });
+                }
+            }
+        }
     }
-    fs::rename(tmp, full).map_err(io_err(full))
+    Ok(())
+}
+
+/// Restores one entry checked by [`check`]. Everything goes through the parent
+/// directory's descriptor by name, so a link put in place since the check is
+/// refused, not followed.
+fn restore_entry(target: &Root, entry: &Entry) -> Result<(), MigrateError> {
+    let at = Path::new(&entry.path);
+    let (parent, name) = entry.path.rsplit_once('/').unwrap_or(("", &entry.path));
+    let dir = target
+        .create_dirs_nofollow(parent, 0o755)
+        .map_err(io_err(at))?;
+    let owner = Some((entry.uid, entry.gid));
+    match &entry.kind {
+        EntryKind::Dir => {
+            match dir.lstat(name) {
+                Ok(info) if info.kind == EntryType::Dir => {}
+                Ok(info) if info.kind == EntryType::Symlink => {
+                    return Err(MigrateError::LinkInTarget {
+                        path: entry.path.clone(),
+                        link: entry.path.clone(),
+                    });
+                }
+                // A file or anything else not a directory: the bundle's
+                // directory takes its place.
+                Ok(_) => {
+                    dir.remove_file(name).map_err(io_err(at))?;
+                    dir.make_dir(name, entry.mode & 0o777).map_err(io_err(at))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    dir.make_dir(name, entry.mode & 0o777).map_err(io_err(at))?;
+                }
+                Err(e) => return Err(io_err(at)(e)),
+            }
+            dir.set_dir_mode(name, entry.mode, owner)
+                .map_err(io_err(at))?;
+        }
+        EntryKind::File(data) => {
+            let tmp = temporary_name(name);
+            // A leftover of an interrupted run.
+            dir.remove_file(&tmp).map_err(io_err(at))?;
+            let mut file = dir
+                .create_file(&tmp, entry.mode, owner)
+                .map_err(io_err(at))?;
+            let mtime = std::time::UNIX_EPOCH
+                + std::time::Duration::new(entry.mtime.0.max(0) as u64, entry.mtime.1);
+            let written = file.write_all(data).and_then(|()| {
+                // Best effort, as the owner: the content is what matters.
+                let _ = file.set_modified(mtime);
+                file.sync_all()
+            });
+            drop(file);
+            if let Err(e) = written {
+                let _ = dir.remove_file(&tmp);
+                return Err(io_err(at)(e));
+            }
+            put_in_place(&dir, &tmp, name).map_err(io_err(at))?;
+        }
+        EntryKind::Symlink(link_target) => {
+            let tmp = temporary_name(name);
+            dir.remove_file(&tmp).map_err(io_err(at))?;
+            dir.symlink(link_target, &tmp).map_err(io_err(at))?;
+            let _ = dir.set_owner(&tmp, entry.uid, entry.gid);
+            let _ = dir.set_mtime(&tmp, entry.mtime);
+            put_in_place(&dir, &tmp, name).map_err(io_err(at))?;
+        }
+    }
+    Ok(())
+}
+
+fn temporary_name(name: &str) -> String {
+    format!(".{name}.imprint-tmp")
+}
+
+/// Renames `tmp` over `name` in `dir`. An empty directory there makes room (one
+/// with contents stays, and the rename fails). A file mounted over (systemd's
+/// read-only transient /etc/machine-id until it commits one) is unmounted, as
+/// systemd's own commit does it, and replaced. If `tmp` cannot take the place,
+/// it is removed.
+fn put_in_place(dir: &RootDir, tmp: &str, name: &str) -> io::Result<()> {
+    let placed = match dir.rename(tmp, name) {
+        Err(e) if e.kind() == io::ErrorKind::IsADirectory => dir
+            .remove_empty_dir(name)
+            .and_then(|()| dir.rename(tmp, name)),
+        Err(e) if e.kind() == io::ErrorKind::ResourceBusy => {
+            dir.unmount(name).and_then(|()| dir.rename(tmp, name))
+        }
+        placed => placed,
+    };
+    if placed.is_err() {
+        let _ = dir.remove_file(tmp);
+    }
+    placed
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! root: on real directories and a file standing in for the state partition, with
 //! a write fault injected mid-bundle.
 
-use imprint::format::bundle::{Bundle, EntryKind};
+use imprint::format::bundle::{BUNDLE_VERSION, Bundle, Entry, EntryKind};
 use imprint::format::digest::Digest;
 use imprint::format::state::{self, Mode, Record};
 use imprint::migrate;
@@ -282,4 +282,312 @@ fn a_capture_stops_at_the_room_the_state_partition_has() {
     let text = err.to_string();
     assert!(text.contains("/etc/imprint/host.d/huge.bin"), "{text}");
     assert!(text.contains("migrate.list"), "{text}");
+}
+
+fn entry(path: &str, mode: u32, kind: EntryKind) -> Entry {
+    Entry {
+        path: path.to_string(),
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime: (1_700_000_000, 0),
+        kind,
+    }
+}
+
+fn bundle_of(entries: Vec<Entry>) -> Bundle {
+    Bundle {
+        version: BUNDLE_VERSION,
+        created_at: 1,
+        entries,
+    }
+}
+
+/// Everything under `dir` (itself included): each path with its mode and its
+/// content or link target, links not followed.
+fn tree(dir: &Path) -> Vec<(String, String, String)> {
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, String, String)>) {
+        let at = dir.join(rel);
+        let meta = fs::symlink_metadata(&at).unwrap();
+        let content = if meta.file_type().is_symlink() {
+            fs::read_link(&at).unwrap().display().to_string()
+        } else if meta.is_file() {
+            String::from_utf8_lossy(&fs::read(&at).unwrap()).into_owned()
+        } else {
+            String::new()
+        };
+        out.push((rel.to_string(), format!("{:o}", meta.mode()), content));
+        if meta.is_dir() {
+            let mut names: Vec<String> = fs::read_dir(&at)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            for name in names {
+                walk(dir, &format!("{rel}/{name}"), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, ".", &mut out);
+    out
+}
+
+/// A directory outside the root a restore writes into, with something to lose.
+fn victim() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    write(dir.path(), "etc/shadow", b"root:*:19000::::::\n", 0o640);
+    write(dir.path(), "net.conf/keep", b"kept\n", 0o644);
+    dir
+}
+
+const HOST_LIST: &str = "/etc/hostname\n/etc/imprint/host.d/\n";
+
+/// A link the bundle itself restores is data: a later entry beneath it would be
+/// written wherever it points, so the bundle is refused before anything is written.
+#[test]
+fn an_entry_beneath_a_link_the_bundle_restores_is_refused() {
+    let outside = victim();
+    let before = tree(outside.path());
+    let up = format!("{}{}", "../".repeat(16), outside.path().display());
+    for target in [outside.path().display().to_string(), up] {
+        let new = tempfile::tempdir().unwrap();
+        let bundle = bundle_of(vec![
+            entry("/etc/hostname", 0o644, EntryKind::File(b"node\n".to_vec())),
+            entry("/etc/imprint/host.d", 0o755, EntryKind::Dir),
+            entry("/etc/imprint/host.d/x", 0o777, EntryKind::Symlink(target)),
+            entry(
+                "/etc/imprint/host.d/x/etc/shadow",
+                0o640,
+                EntryKind::File(b"root::0::::::\n".to_vec()),
+            ),
+        ]);
+        let accept = migrate::parse_list(HOST_LIST).unwrap();
+        let result = migrate::restore(new.path(), &bundle, &accept);
+        assert_eq!(tree(outside.path()), before, "nothing changed outside");
+        assert!(
+            !new.path().join("etc").exists(),
+            "nothing is restored from a refused bundle"
+        );
+        let text = result
+            .expect_err("an entry beneath a restored link is refused")
+            .to_string();
+        assert!(text.contains("/etc/imprint/host.d/x/etc/shadow"), "{text}");
+        assert!(text.contains("/etc/imprint/host.d/x,"), "{text}");
+    }
+}
+
+/// A link the target root already has on an entry's way (absolute, or relative
+/// with enough `..` to reach `/`) is never followed: the restore is refused, and
+/// neither the directory it points at nor the link changes.
+#[test]
+fn links_in_the_target_root_are_not_followed() {
+    let outside = victim();
+    let before = tree(outside.path());
+    let up = format!("{}{}", "../".repeat(16), outside.path().display());
+    for target in [outside.path().display().to_string(), up] {
+        let new = tempfile::tempdir().unwrap();
+        fs::create_dir_all(new.path().join("etc/imprint")).unwrap();
+        std::os::unix::fs::symlink(&target, new.path().join("etc/imprint/host.d")).unwrap();
+        let bundle = bundle_of(vec![entry(
+            "/etc/imprint/host.d/net.conf",
+            0o600,
+            EntryKind::File(b"addr=10.9.9.9\n".to_vec()),
+        )]);
+        let accept = migrate::parse_list(HOST_LIST).unwrap();
+        let result = migrate::restore(new.path(), &bundle, &accept);
+        assert_eq!(
+            tree(outside.path()),
+            before,
+            "{target}: nothing changed outside"
+        );
+        assert_eq!(
+            fs::read_link(new.path().join("etc/imprint/host.d")).unwrap(),
+            Path::new(&target)
+        );
+        let text = result
+            .expect_err("an entry beneath a link is refused")
+            .to_string();
+        assert!(text.contains("/etc/imprint/host.d/net.conf"), "{text}");
+        assert!(text.contains("link"), "{text}");
+    }
+}
+
+/// A directory entry where the target root has a link to a directory: neither
+/// the mode, the owner nor the contents of the directory behind it change.
+#[test]
+fn a_directory_entry_over_a_link_leaves_the_directory_behind_it_alone() {
+    let outside = victim();
+    let before = tree(outside.path());
+    let new = tempfile::tempdir().unwrap();
+    fs::create_dir_all(new.path().join("etc/imprint")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), new.path().join("etc/imprint/host.d")).unwrap();
+    let bundle = bundle_of(vec![
+        Entry {
+            uid: 4321,
+            ..entry("/etc/imprint/host.d", 0o700, EntryKind::Dir)
+        },
+        entry("/etc/imprint/host.d/net.conf", 0o600, EntryKind::Dir),
+    ]);
+    let accept = migrate::parse_list(HOST_LIST).unwrap();
+    let result = migrate::restore(new.path(), &bundle, &accept);
+    assert_eq!(tree(outside.path()), before);
+    assert_eq!(fs::metadata(outside.path()).unwrap().uid(), 0);
+    assert!(new.path().join("etc/imprint/host.d").is_symlink());
+    let err = result.expect_err("refused");
+    assert!(err.to_string().contains("/etc/imprint/host.d"), "{err}");
+}
+
+/// A file never takes the place of a directory that has contents; an empty one
+/// makes room.
+#[test]
+fn a_file_does_not_replace_a_directory_with_contents() {
+    let new = tempfile::tempdir().unwrap();
+    write(new.path(), "etc/hostname/keep", b"kept\n", 0o644);
+    fs::create_dir_all(new.path().join("etc/hosts")).unwrap();
+    let before = tree(&new.path().join("etc/hostname"));
+    let accept = migrate::parse_list("/etc/hostname\n/etc/hosts\n").unwrap();
+    let file = |path: &str| entry(path, 0o644, EntryKind::File(b"x\n".to_vec()));
+
+    let result = migrate::restore(new.path(), &bundle_of(vec![file("/etc/hostname")]), &accept);
+    assert!(new.path().join("etc/hostname/keep").is_file());
+    assert_eq!(tree(&new.path().join("etc/hostname")), before);
+    let err = result.expect_err("a directory with contents stays");
+    assert!(err.to_string().contains("/etc/hostname"), "{err}");
+
+    migrate::restore(new.path(), &bundle_of(vec![file("/etc/hosts")]), &accept).unwrap();
+    assert_eq!(fs::read(new.path().join("etc/hosts")).unwrap(), b"x\n");
+}
+
+/// A bundle built by hand (not decoded) may carry any path: one with `..` is
+/// refused whatever the list says.
+#[test]
+fn an_entry_path_with_dot_dot_is_refused() {
+    let outside = victim();
+    let before = tree(outside.path());
+    let new = tempfile::tempdir().unwrap();
+    let path = format!(
+        "/etc/imprint/host.d/{}{}/planted",
+        "../".repeat(16),
+        outside.path().display().to_string().trim_start_matches('/')
+    );
+    let bundle = bundle_of(vec![entry(&path, 0o644, EntryKind::File(b"x".to_vec()))]);
+    let accept = migrate::parse_list(HOST_LIST).unwrap();
+    let result = migrate::restore(new.path(), &bundle, &accept);
+    assert_eq!(tree(outside.path()), before);
+    let err = result.expect_err("refused");
+    assert!(err.to_string().contains("planted"), "{err}");
+}
+
+#[test]
+fn a_pattern_names_files_in_its_own_directory_only() {
+    let list = migrate::parse_list("/etc/ssh/ssh_host_*\n/etc/ssh/ssh_host_?\n").unwrap();
+    assert!(migrate::accepts(&list, "/etc/ssh/ssh_host_ed25519_key"));
+    assert!(!migrate::accepts(&list, "/etc/ssh/ssh_host_a/b"));
+    assert!(!migrate::accepts(&list, "/etc/ssh/ssh_host_x/../../shadow"));
+    assert!(!migrate::accepts(&list, "/etc/ssh/ssh_host_/"));
+    let dirs = migrate::parse_list("/etc/imprint/host.d/\n").unwrap();
+    assert!(!migrate::accepts(&dirs, "/etc/imprint/host.d/../../shadow"));
+}
+
+/// Unmounts on drop, so a failed test leaves no mount behind.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// Mounts `fstype` (or binds `source`) at `target`; `None` where this process
+/// may not mount (the tests that need it then have nothing to check).
+fn mount(source: &Path, target: &Path, fstype: &str, data: &std::ffi::CStr) -> Option<Mounted> {
+    use rustix::mount::MountFlags;
+    let flags = if fstype.is_empty() {
+        MountFlags::BIND
+    } else {
+        MountFlags::empty()
+    };
+    match rustix::mount::mount(source, target, fstype, flags, data) {
+        Ok(()) => Some(Mounted(target.to_path_buf())),
+        Err(rustix::io::Errno::PERM) => {
+            eprintln!("mounting is not permitted here; skipped");
+            None
+        }
+        Err(e) => panic!("mounting {}: {e}", target.display()),
+    }
+}
+
+/// A private key is never readable by others, not even while it is written: the
+/// file is created with its final mode before any content goes in. A file system
+/// too small for the key stops the write half way, and what is left shows the
+/// mode the file had while it was written.
+#[test]
+fn a_private_key_is_never_readable_by_others() {
+    let new = tempfile::tempdir().unwrap();
+    let ssh = new.path().join("etc/ssh");
+    fs::create_dir_all(&ssh).unwrap();
+    let Some(_small) = mount(Path::new("tmpfs"), &ssh, "tmpfs", c"size=64k,mode=755") else {
+        return;
+    };
+    let accept = migrate::parse_list("/etc/ssh/ssh_host_*\n").unwrap();
+    let key = |data: Vec<u8>| {
+        bundle_of(vec![Entry {
+            uid: 1234,
+            gid: 5678,
+            ..entry(
+                "/etc/ssh/ssh_host_ed25519_key",
+                0o600,
+                EntryKind::File(data),
+            )
+        }])
+    };
+
+    migrate::restore(new.path(), &key(vec![b'k'; 1 << 20]), &accept)
+        .expect_err("a key larger than the file system fails");
+    for e in fs::read_dir(&ssh).unwrap() {
+        let e = e.unwrap();
+        let mode = e.metadata().unwrap().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{:?} was written with mode {:o}",
+            e.file_name(),
+            mode & 0o7777
+        );
+    }
+
+    migrate::restore(new.path(), &key(b"SECRET".to_vec()), &accept).unwrap();
+    let written = fs::metadata(ssh.join("ssh_host_ed25519_key")).unwrap();
+    assert_eq!(written.mode() & 0o7777, 0o600);
+    assert_eq!((written.uid(), written.gid()), (1234, 5678));
+    assert_eq!(
+        fs::read_dir(&ssh).unwrap().count(),
+        1,
+        "no temporary file is left"
+    );
+}
+
+/// A file something is mounted over (systemd's transient /etc/machine-id) is
+/// unmounted and replaced.
+#[test]
+fn a_file_mounted_over_is_unmounted_and_replaced() {
+    let new = tempfile::tempdir().unwrap();
+    write(new.path(), "etc/machine-id", b"\n", 0o444);
+    let transient = tempfile::NamedTempFile::new().unwrap();
+    fs::write(transient.path(), b"transient\n").unwrap();
+    let target = new.path().join("etc/machine-id");
+    let Some(_bound) = mount(transient.path(), &target, "", c"") else {
+        return;
+    };
+    let bundle = bundle_of(vec![entry(
+        "/etc/machine-id",
+        0o444,
+        EntryKind::File(b"0123456789abcdef\n".to_vec()),
+    )]);
+    let accept = migrate::parse_list("/etc/machine-id\n").unwrap();
+    migrate::restore(new.path(), &bundle, &accept).unwrap();
+    assert_eq!(fs::read(&target).unwrap(), b"0123456789abcdef\n");
+    assert_eq!(fs::read(transient.path()).unwrap(), b"transient\n");
 }

@@ -47,6 +47,17 @@ pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     pattern[p..].iter().all(|&c| c == b'*')
 }
 
+/// Matches a path as fnmatch does with FNM_PATHNAME: component by component, so
+/// no `*`, `?` or class ever matches a `/` and a pattern names entries of its own
+/// directories only. (A `/` inside a class therefore never matches.)
+pub fn glob_match_path(pattern: &str, path: &str) -> bool {
+    pattern.split('/').count() == path.split('/').count()
+        && pattern
+            .split('/')
+            .zip(path.split('/'))
+            .all(|(p, t)| glob_match(p.as_bytes(), t.as_bytes()))
+}
+
 /// Matches one byte against a `[...]` class at the start of `pattern`; returns
 /// whether it matched and the class's length, or `None` if the class is unclosed.
 fn class_match(pattern: &[u8], c: u8) -> Option<(bool, usize)> {
@@ -96,5 +107,24 @@ mod tests {
             "usb:v*p*d*dc*dsc*dp*ic08isc06ip50in*",
             "usb:v0781p5567d0100dc00dsc00dp00ic08isc06ip50in00"
         ));
+    }
+
+    #[test]
+    fn path_globs_stay_in_their_directory() {
+        assert!(glob_match_path(
+            "/etc/ssh/ssh_host_*",
+            "/etc/ssh/ssh_host_rsa_key"
+        ));
+        assert!(glob_match_path("/etc/*/a?c", "/etc/x/abc"));
+        for path in [
+            "/etc/ssh/ssh_host_a/b",
+            "/etc/ssh/ssh_host_x/../../shadow",
+            "/etc/ssh/ssh_host_/",
+        ] {
+            assert!(!glob_match_path("/etc/ssh/ssh_host_*", path), "{path}");
+        }
+        assert!(!glob_match_path("/etc/a?b", "/etc/a/b"));
+        assert!(!glob_match_path("/etc/a[/]b", "/etc/a/b"));
+        assert!(!glob_match_path("/etc/*", "/etc"));
     }
 }
