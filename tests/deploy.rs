@@ -371,7 +371,7 @@ fn a_signature_binds_the_name_and_tag_it_was_made_for() {
 #[test]
 fn unsigned_manifest_is_refused_when_a_key_is_required() {
     let repo = Repo::new();
-    let (key, public) = keygen(&repo);
+    let (_, public) = keygen(&repo);
     repo.add("os:v1", &mixed_image(6, 10), &[]);
     let served = Served::start(&repo.path());
     let disk = repo.file("disk");
