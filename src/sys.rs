@@ -164,11 +164,31 @@ pub fn power(action: PowerAction) -> io::Error {
     }
 }
 
-/// Reaps one exited child, blocking; `None` when there are no children.
-pub fn reap_child() -> Option<u32> {
-    match rustix::process::wait(rustix::process::WaitOptions::empty()) {
-        Ok(Some((pid, _))) => Some(pid.as_raw_nonzero().get() as u32),
-        _ => None,
+/// How a child process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildEnd {
+    Exited(i32),
+    Killed(i32),
+}
+
+/// Waits for any child to end: its process id and how it ended (`None` when
+/// there are no children).
+pub fn wait_any_child() -> Option<(u32, ChildEnd)> {
+    loop {
+        match rustix::process::wait(rustix::process::WaitOptions::empty()) {
+            Ok(Some((pid, status))) => {
+                let pid = pid.as_raw_nonzero().get() as u32;
+                if let Some(code) = status.exit_status() {
+                    return Some((pid, ChildEnd::Exited(code)));
+                }
+                if let Some(signal) = status.terminating_signal() {
+                    return Some((pid, ChildEnd::Killed(signal)));
+                }
+                // Stopped or continued: still alive.
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            _ => return None,
+        }
     }
 }
 

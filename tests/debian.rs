@@ -123,6 +123,7 @@ impl Stock {
                 net: if append.is_some() { "user" } else { "none" },
                 append,
                 timeout: 400,
+                ..Boot::default()
             },
             disks,
         )

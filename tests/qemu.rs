@@ -532,3 +532,60 @@ fn a_root_the_deploy_environment_cannot_mount_is_skipped_and_the_disk_boots() {
     assert_has(&console, "imprint firstboot: committed");
     assert_eq!(read_state(&disk).0.mode, state::Mode::Committed);
 }
+
+/// The deploy runs in a process PID 1 supervises: when the kernel kills it for
+/// want of memory (an image of 64 MiB chunks, four at a time, on a 192 MiB
+/// machine), PID 1 reports the failure as a status event and follows the
+/// policy (power off). Before, PID 1 itself died and the kernel panicked.
+#[test]
+fn a_deploy_killed_for_memory_is_reported_and_the_policy_followed() {
+    require_qemu!();
+    let a = artifacts();
+    let repo = Repo::new();
+    let out = imprint(&[
+        "image",
+        "add",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--chunk-size",
+        "64M",
+        "os:big-chunks",
+        &a.path("os-v1.img"),
+    ]);
+    assert_success(&out);
+    let served = Served::start(&repo.path());
+    let disk = repo.file("disk.img");
+    sparse_disk(&disk, 300 << 20);
+    let append = cmdline(
+        &served.url,
+        &format!(
+            "imprint.image=os:big-chunks imprint.jobs=4 imprint.target=small imprint.status={}/status",
+            served.url.replace("127.0.0.1", "10.0.2.2")
+        ),
+    );
+    let (status, console) = boot(
+        repo.dir.path(),
+        "deploy",
+        Boot {
+            append: Some(append),
+            memory: 192,
+            ..Boot::default()
+        },
+        &[&disk],
+    );
+    assert!(
+        status.success(),
+        "deploy VM should power off: {status:?}\n{console}"
+    );
+    assert_has(&console, "deploy failed: the deploy process ");
+    assert_has(&console, "powering off");
+    let events = status_of(&served.url);
+    assert_eq!(events["small"]["phase"], Phase::Failed.as_str(), "{events}");
+    assert!(
+        events["small"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("the deploy process"),
+        "{events}"
+    );
+}

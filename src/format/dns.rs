@@ -11,6 +11,8 @@ pub enum DnsError {
     Malformed(&'static str),
     #[error("DNS answer is for another query")]
     WrongId,
+    #[error("DNS answer is for another question")]
+    WrongQuestion,
     #[error("the name server says {0:?} does not exist")]
     NoSuchName(String),
     #[error("the name server failed (rcode {0})")]
@@ -83,10 +85,17 @@ pub fn parse_answer(msg: &[u8], id: u16, name: &str) -> Result<Vec<Ipv4Addr>, Dn
         rcode => return Err(DnsError::ServerFailure(rcode)),
     }
     let (questions, answers) = (be16(4)?, be16(6)?);
-    let mut at = 12;
-    for _ in 0..questions {
-        at = skip_name(msg, at)? + 4;
+    // The answer must repeat our one question exactly (names compare without
+    // case), so a reply to some other query cannot be taken for ours.
+    let asked = query(id, name)?;
+    let question = &asked[12..];
+    let echoed = msg
+        .get(12..12 + question.len())
+        .ok_or(DnsError::WrongQuestion)?;
+    if questions != 1 || !echoed.eq_ignore_ascii_case(question) {
+        return Err(DnsError::WrongQuestion);
     }
+    let mut at = 12 + question.len();
     let mut out = Vec::new();
     for _ in 0..answers {
         at = skip_name(msg, at)?;
@@ -138,6 +147,13 @@ mod tests {
             [Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 2, 3)]
         );
         assert_eq!(parse_answer(&a, 8, "x"), Err(DnsError::WrongId));
+        // The right id, another question.
+        assert_eq!(
+            parse_answer(&a, 9, "other.example"),
+            Err(DnsError::WrongQuestion)
+        );
+        // Names compare without case.
+        assert_eq!(parse_answer(&a, 9, "REPO.example").unwrap().len(), 2);
         assert!(matches!(
             parse_answer(&answer(9, 3, &[]), 9, "repo.example"),
             Err(DnsError::NoSuchName(_))

@@ -53,6 +53,8 @@ pub fn init_logger(verbose: bool) {
     }
 }
 
+const ENDPOINT_FILE: &str = "/run/imprint/status-endpoint.json";
+
 /// Sends status events. Every event is echoed on the console; it is POSTed too
 /// once a URL and a working network are known. A failed POST is logged and
 /// dropped: reporting must never stop a deploy.
@@ -79,6 +81,39 @@ impl Status {
 
     pub fn target(&self) -> String {
         self.target.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Writes where events go (target, URL, name servers) for the supervising
+    /// PID 1, which reports for a deploy process that died.
+    pub fn remember(&self, dns: &[std::net::SocketAddr]) {
+        let url = self.url.lock().ok().and_then(|u| u.clone());
+        let saved = serde_json::json!({
+            "target": self.target(),
+            "url": url,
+            "dns": dns.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        });
+        let _ = std::fs::create_dir_all("/run/imprint");
+        let _ = std::fs::write(ENDPOINT_FILE, saved.to_string());
+    }
+
+    /// A sender as the deploy process left it (see [`Status::remember`]), or one
+    /// that only writes to the console.
+    pub fn remembered() -> Status {
+        let saved: serde_json::Value = std::fs::read(ENDPOINT_FILE)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let status = Status::new(saved["target"].as_str().unwrap_or("unknown"));
+        if let Some(url) = saved["url"].as_str() {
+            let servers = saved["dns"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str()?.parse().ok())
+                .collect();
+            status.connect(url, Arc::new(crate::source::DnsResolver { servers }));
+        }
+        status
     }
 
     /// Starts POSTing events to `url` (after the network is up).

@@ -118,16 +118,18 @@ fn bring_up_network(config: &Config) -> Result<Arc<dyn NameResolver>> {
                 .join(":")
         });
     status().set_target(&target_name);
+    let servers: Vec<std::net::SocketAddr> = lease
+        .dns
+        .iter()
+        .map(|ip| std::net::SocketAddr::from((*ip, 53)))
+        .collect();
     let resolver: Arc<dyn NameResolver> = Arc::new(DnsResolver {
-        servers: lease
-            .dns
-            .iter()
-            .map(|ip| std::net::SocketAddr::from((*ip, 53)))
-            .collect(),
+        servers: servers.clone(),
     });
     if let Some(url) = &config.status {
         status().connect(url, resolver.clone());
     }
+    status().remember(&servers);
     log::info!(
         "network up on {}: {}/{} via {}",
         lease.nic.name,

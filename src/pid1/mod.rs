@@ -4,8 +4,16 @@
 //! as a `failed` status event and in the kernel log, the disks are synced, and the
 //! `imprint.on-error=` policy runs (power off by default, reboot, or retry).
 //!
-//! - this file: start-up (mounts, logger, panic hook, reaper), the retry loop, and
-//!   the one place that decides whether a failure is worth retrying;
+//! PID 1 itself only supervises: the deploy runs in a child process (this same
+//! binary, called `imprint-deploy`), so whatever happens to the deploy (the
+//! kernel's out-of-memory killer, an allocation failure, which aborts a Rust
+//! process without its panic hook, a crash), PID 1 is still there to report it
+//! and follow the policy. The child reports its own failures and tells PID 1 by
+//! its exit code whether retrying could help.
+//!
+//! - this file: start-up (mounts, logger, panic hook), the supervisor and its
+//!   retry loop, the deploy process's entry, and the one place that decides
+//!   whether a failure is worth retrying;
 //! - [`deploy`] — deploy and upgrade, as a list of named steps;
 //! - [`agent`] — the first-boot agent for stock images that carry none;
 //! - [`rollback`] — `imprint.mode=rollback`;
@@ -53,6 +61,14 @@ fn uptime() -> f64 {
 /// A run of the deploy environment never returns normally: it hands off.
 enum Never {}
 
+/// The name the deploy process runs under (argv[0]), which `main.rs` dispatches on.
+pub const DEPLOY_PROCESS: &str = "imprint-deploy";
+/// Exit codes of the deploy process: it failed and reported it; retrying could
+/// help, or could not.
+const EXIT_RETRYABLE: i32 = 70;
+const EXIT_FINAL: i32 = 71;
+
+/// PID 1: starts the deploy process and follows the policy when it fails.
 pub fn main() -> ! {
     let _ = BOOTED.set(Instant::now());
     let cmdline_text = start();
@@ -65,30 +81,109 @@ pub fn main() -> ! {
     let policy = cmdline::error_policy(&cmdline_text);
     let mut delay = Duration::from_secs(10);
     loop {
-        let error = match deploy::run(&cmdline_text) {
-            Ok(never) => match never {},
-            Err(e) => e,
+        let retryable = match run_deploy_process(&cmdline_text) {
+            Ok(retryable) => retryable,
+            Err(error) => {
+                // Nobody reported this one: the process died or never started.
+                let status = console::Status::remembered();
+                let text = crate::error_text(&error);
+                log::error!("deploy failed: {text}");
+                status.send(Phase::Failed, serde_json::json!({ "error": text }));
+                sys::sync_all();
+                false
+            }
         };
-        let retryable = is_retryable(&error);
         if policy == ErrorPolicy::Retry && retryable {
-            report_failure(&error);
             log::error!("retrying in {} s (imprint.on-error=retry)", delay.as_secs());
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(300));
             continue;
         }
-        let policy = if policy == ErrorPolicy::Retry {
+        if policy == ErrorPolicy::Retry {
             log::error!("this error does not go away by retrying; powering off instead");
+        }
+        follow_policy(if policy == ErrorPolicy::Retry {
             ErrorPolicy::Poweroff
         } else {
             policy
-        };
-        give_up(&error, policy);
+        });
     }
 }
 
-/// Mounts the basics, starts the logger, the panic hook and the reaper of
-/// orphans. Returns the kernel command line.
+/// Runs one deploy process to its end, reaping orphans meanwhile. A deploy that
+/// succeeds hands off from inside it and never ends here. Returns whether its
+/// reported failure is worth retrying, or an error when it ended unreported.
+fn run_deploy_process(cmdline_text: &str) -> anyhow::Result<bool> {
+    use std::os::unix::process::CommandExt;
+    let child = std::process::Command::new("/proc/self/exe")
+        .arg0(DEPLOY_PROCESS)
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            // Still deploy, in this process, rather than not at all.
+            log::warn!("starting the deploy process: {e}; deploying within PID 1");
+            let error = match deploy::run(cmdline_text) {
+                Ok(never) => match never {},
+                Err(error) => error,
+            };
+            report_failure(&error);
+            return Ok(is_retryable(&error));
+        }
+    };
+    let pid = child.id();
+    loop {
+        match sys::wait_any_child() {
+            Some((p, end)) if p == pid => {
+                return match end {
+                    sys::ChildEnd::Exited(EXIT_RETRYABLE) => Ok(true),
+                    sys::ChildEnd::Exited(EXIT_FINAL) => Ok(false),
+                    sys::ChildEnd::Exited(code) => Err(anyhow!(
+                        "the deploy process ended with exit code {code} without saying why"
+                    )),
+                    sys::ChildEnd::Killed(9) => Err(anyhow!(
+                        "the deploy process was killed (signal 9), most likely by the kernel for want of memory: give the machine more memory, or lower imprint.jobs="
+                    )),
+                    sys::ChildEnd::Killed(signal) => Err(anyhow!(
+                        "the deploy process died of signal {signal} (6 is an abort, such as a failed allocation)"
+                    )),
+                };
+            }
+            Some(_) => {} // an orphan, reaped
+            None => return Err(anyhow!("the deploy process vanished")),
+        }
+    }
+}
+
+/// The deploy process (a child of PID 1): deploys, hands off from here on
+/// success; on failure reports and exits with a code that says whether
+/// retrying could help.
+pub fn deploy_process_main() -> ! {
+    let _ = BOOTED.set(Instant::now());
+    let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    console::init_logger(
+        cmdline_text
+            .split_whitespace()
+            .any(|w| w == "imprint.debug"),
+    );
+    std::panic::set_hook(Box::new(|info| {
+        report_failure(&anyhow!("internal error: {info}"));
+        std::process::exit(EXIT_FINAL);
+    }));
+    let error = match deploy::run(&cmdline_text) {
+        Ok(never) => match never {},
+        Err(error) => error,
+    };
+    report_failure(&error);
+    std::process::exit(if is_retryable(&error) {
+        EXIT_RETRYABLE
+    } else {
+        EXIT_FINAL
+    });
+}
+
+/// Mounts the basics, starts the logger and the panic hook. Returns the kernel
+/// command line.
 fn start() -> String {
     for (source, target, fstype) in [
         ("proc", "/proc", "proc"),
@@ -110,15 +205,9 @@ fn start() -> String {
         // Runs before the abort: report and follow the policy from here.
         let policy =
             cmdline::error_policy(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
-        give_up(&anyhow!("internal error: {info}"), policy)
+        report_failure(&anyhow!("internal error: {info}"));
+        follow_policy(policy)
     }));
-    std::thread::spawn(|| {
-        loop {
-            if sys::reap_child().is_none() {
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
-    });
     cmdline_text
 }
 
@@ -165,9 +254,10 @@ fn report_failure(error: &anyhow::Error) {
     sys::sync_all();
 }
 
-/// Reports, syncs and powers off or reboots. Never returns.
-fn give_up(error: &anyhow::Error, policy: ErrorPolicy) -> ! {
-    report_failure(error);
+/// Powers off or reboots, as the policy says, after a failure was reported.
+/// Never returns.
+fn follow_policy(policy: ErrorPolicy) -> ! {
+    sys::sync_all();
     let action = match policy {
         ErrorPolicy::Reboot => PowerAction::Reboot,
         _ => PowerAction::Poweroff,

@@ -246,6 +246,8 @@ pub struct Boot<'a> {
     pub append: Option<String>,
     pub net: &'a str,
     pub timeout: u64,
+    /// Guest memory in MiB.
+    pub memory: u32,
 }
 
 impl Default for Boot<'_> {
@@ -256,6 +258,7 @@ impl Default for Boot<'_> {
             append: None,
             net: "user",
             timeout: 240,
+            memory: 1024,
         }
     }
 }
@@ -267,7 +270,8 @@ pub fn boot(dir: &Path, name: &str, b: Boot, disks: &[&Path]) -> (ExitStatus, St
     let mut cmd = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("qemu/run"));
     cmd.args(["--serial", serial.to_str().unwrap()])
         .args(["--timeout", &b.timeout.to_string()])
-        .args(["--firmware", b.firmware, "--net", b.net]);
+        .args(["--firmware", b.firmware, "--net", b.net])
+        .args(["--memory", &b.memory.to_string()]);
     if let Some(v) = b.vars {
         cmd.args(["--vars", v.to_str().unwrap()]);
     }
