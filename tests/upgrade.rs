@@ -53,6 +53,7 @@ impl Rig {
                 net: if append.is_some() { "user" } else { "none" },
                 append,
                 timeout,
+                ..Boot::default()
             },
             &[&self.disk1, &self.disk2],
         );

@@ -160,12 +160,7 @@ fn run_deploy_process(cmdline_text: &str) -> anyhow::Result<bool> {
 /// retrying could help.
 pub fn deploy_process_main() -> ! {
     let _ = BOOTED.set(Instant::now());
-    let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    console::init_logger(
-        cmdline_text
-            .split_whitespace()
-            .any(|w| w == "imprint.debug"),
-    );
+    let cmdline_text = read_cmdline_and_log();
     std::panic::set_hook(Box::new(|info| {
         report_failure(&anyhow!("internal error: {info}"));
         std::process::exit(EXIT_FINAL);
@@ -182,6 +177,18 @@ pub fn deploy_process_main() -> ! {
     });
 }
 
+/// The kernel command line, and the console logger started (verbose with
+/// `imprint.debug`).
+fn read_cmdline_and_log() -> String {
+    let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    console::init_logger(
+        cmdline_text
+            .split_whitespace()
+            .any(|w| w == "imprint.debug"),
+    );
+    cmdline_text
+}
+
 /// Mounts the basics, starts the logger and the panic hook. Returns the kernel
 /// command line.
 fn start() -> String {
@@ -195,12 +202,7 @@ fn start() -> String {
             eprintln!("imprint: mounting {target}: {e}");
         }
     }
-    let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    console::init_logger(
-        cmdline_text
-            .split_whitespace()
-            .any(|w| w == "imprint.debug"),
-    );
+    let cmdline_text = read_cmdline_and_log();
     std::panic::set_hook(Box::new(|info| {
         // Runs before the abort: report and follow the policy from here.
         let policy =
