@@ -591,3 +591,68 @@ fn a_file_mounted_over_is_unmounted_and_replaced() {
     assert_eq!(fs::read(&target).unwrap(), b"0123456789abcdef\n");
     assert_eq!(fs::read(transient.path()).unwrap(), b"transient\n");
 }
+
+/// A state partition whose slot 0 holds `slot` (a record's header and payload).
+fn partition_holding(slot: &[u8]) -> Cursor<Vec<u8>> {
+    let mut part = vec![0u8; PART_LEN as usize];
+    part[..slot.len()].copy_from_slice(slot);
+    Cursor::new(part)
+}
+
+#[test]
+fn a_bundle_is_stored_under_a_record_an_earlier_build_wrote() {
+    // Format 1 as it began (no bundle field), as its build wrote it at generation 3.
+    let fixture =
+        fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state/v1-base.bin"))
+            .unwrap();
+    let mut part = partition_holding(&fixture);
+    let (old, generation) = state::read(&mut part).unwrap();
+    assert_eq!((old.image_name.as_str(), generation), ("fleet-os", 3));
+    assert_eq!(old.bundle, None);
+
+    let bundle = capture(old_os().path(), 1);
+    let (rec, reference) = statepart::store_bundle(&mut part, PART_LEN, &bundle).unwrap();
+    let (back, generation) = state::read(&mut part).unwrap();
+    assert_eq!(generation, 4);
+    assert_eq!(back, rec);
+    assert_eq!(back.version, state::RECORD_VERSION);
+    assert_eq!(
+        Record {
+            bundle: None,
+            ..back.clone()
+        },
+        old
+    );
+    assert_eq!(
+        statepart::load_bundle(&mut part, PART_LEN, &reference).unwrap(),
+        bundle
+    );
+    // The old record is still there, in the other slot.
+    assert_eq!(&part.get_ref()[..fixture.len()], &fixture[..]);
+}
+
+#[test]
+fn a_record_from_a_newer_imprint_is_not_written_over() {
+    let mut part = partition();
+    // Generation 2 in slot 1, of format 3: what a newer imprint might write.
+    let payload = [3u8, 0xde, 0xad, 0xbe, 0xef];
+    let slot = state::SLOT_SIZE as usize;
+    let bytes = part.get_mut();
+    bytes[slot..slot + 8].copy_from_slice(state::MAGIC);
+    bytes[slot + 8..slot + 16].copy_from_slice(&2u64.to_le_bytes());
+    bytes[slot + 16..slot + 20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes[slot + 20..slot + 24].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    bytes[slot + 24..slot + 24 + payload.len()].copy_from_slice(&payload);
+    let before = part.get_ref().clone();
+
+    let err = state::read(&mut part).unwrap_err().to_string();
+    assert!(err.contains("newer imprint"), "{err}");
+    let bundle = capture(old_os().path(), 1);
+    let err = statepart::store_bundle(&mut part, PART_LEN, &bundle)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("upgrade imprint"), "{err}");
+    let err = state::write(&mut part, &record()).unwrap_err().to_string();
+    assert!(err.contains("newer imprint"), "{err}");
+    assert!(*part.get_ref() == before, "the partition changed");
+}

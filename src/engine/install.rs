@@ -303,7 +303,9 @@ fn rewrite_partition_table(
     Ok((relocated, installed))
 }
 
-/// Writes `record` into the state partition of `layout` and syncs.
+/// Writes `record` into the state partition of `layout` and syncs. Whatever
+/// record the partition held (the replaced OS's, of any format, or the image's
+/// own) gives way to it: this is the disk's first record, not an update.
 fn write_state_record(
     disk: &DiskTarget,
     layout: &Layout,
@@ -312,12 +314,12 @@ fn write_state_record(
     let part =
         statepart::find(layout).ok_or_else(|| InstallError::NoStatePartition(disk.describe()))?;
     let file = disk.file();
-    state::write(&mut Window::of_partition(file, layout, part), record).map_err(|source| {
-        InstallError::StateRecord {
+    state::write_fresh(&mut Window::of_partition(file, layout, part), record).map_err(
+        |source| InstallError::StateRecord {
             disk: disk.describe(),
             source,
-        }
-    })?;
+        },
+    )?;
     file.sync_all().map_err(io_error(disk, "syncing"))
 }
 
@@ -639,6 +641,32 @@ mod tests {
             let disk = std::fs::read(&path).unwrap();
             assert_same_install(&disk, &reference, &format!("rerun after {budget} chunks"));
         }
+    }
+
+    #[test]
+    fn a_record_left_by_a_newer_imprint_gives_way_to_the_deploys_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let (manifest, source) = manifest_and_source(&image(5), "new");
+        run(&path, &manifest, &source, &record("old"), None).unwrap();
+        // A newer imprint updated the record since: generation 2, format 3.
+        let mut disk = std::fs::read(&path).unwrap();
+        let layout = gpt::read(&mut Cursor::new(&disk)).unwrap().unwrap();
+        let (start, _) = statepart::byte_range(&layout, statepart::find(&layout).unwrap());
+        let payload = [3u8, 1, 2, 3];
+        let slot = &mut disk[(start + state::SLOT_SIZE) as usize..];
+        slot[..8].copy_from_slice(state::MAGIC);
+        slot[8..16].copy_from_slice(&2u64.to_le_bytes());
+        slot[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        slot[20..24].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        slot[24..28].copy_from_slice(&payload);
+        std::fs::write(&path, &disk).unwrap();
+        assert!(read_record(&disk, &disk).is_none());
+
+        let r = record("new");
+        run(&path, &manifest, &source, &r, None).unwrap();
+        let disk = std::fs::read(&path).unwrap();
+        assert_eq!(read_record(&disk, &disk), Some(r));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::format::manifest::{
 };
 use crate::sys;
 use ed25519_dalek::SigningKey;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -210,6 +210,7 @@ pub fn add_image(
     let bytes = manifest.encode();
     let digest = Digest::of(&bytes);
     report.digest = digest;
+    make_chunks_durable(repo, name, &manifest, jobs)?;
     repo.write_atomic(&manifest_path(&digest), &bytes)?;
     if let Some(key) = &opts.sign_key {
         repo.sign(key, name, tag, &digest, opts.issued)?;
@@ -218,6 +219,47 @@ pub fn add_image(
     repo.write_atomic(&ref_path(name, tag), ref_text(&digest).as_bytes())?;
     repo.sync_dir(&format!("refs/{name}"))?;
     Ok(report)
+}
+
+/// Syncs every directory the manifest about to be written depends on, each once
+/// and in parallel: the shard directory of each of its chunks, and every directory
+/// on the way to the chunks, the manifest and the ref.
+///
+/// Why the order matters: a chunk's content is synced before its rename, but the
+/// rename itself (its directory entry) is durable only once the directory is. A
+/// power cut could otherwise keep the later ref and manifest (synced on their own)
+/// and lose chunk entries they name: a ref to an image that cannot be deployed. So:
+/// chunks and their directories, then the manifest and its directory, then the
+/// ref (renamed over the old one in one step) and its directory. The chunks found
+/// already stored count too: the run that stored them may have been cut short
+/// before it synced their directory.
+fn make_chunks_durable(
+    repo: &LocalRepo,
+    name: &str,
+    manifest: &Manifest,
+    jobs: usize,
+) -> Result<(), RepoError> {
+    let refs = format!("refs/{name}");
+    for dir in ["chunks/sha256", "manifests/sha256", &refs] {
+        repo.create_dir(dir)?;
+    }
+    let mut dirs: BTreeSet<String> = manifest
+        .chunks
+        .iter()
+        .filter_map(|c| match c.kind {
+            ChunkKind::Data { sha256, .. } => Some(parent(&chunk_path(&sha256)).to_string()),
+            ChunkKind::Zero => None,
+        })
+        .collect();
+    // The manifest's and the ref's own directories come later, after their files.
+    dirs.extend(["chunks/sha256", "chunks", "manifests", "refs", ""].map(String::from));
+    let dirs: Vec<String> = dirs.into_iter().collect();
+    crate::parallel::for_each_index(0..dirs.len(), jobs, || (), |_, i| repo.sync_dir(&dirs[i]))
+}
+
+/// The directory part of a repository path.
+fn parent(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or("", |(dir, _)| dir)
 }
 
 fn store_chunk(
@@ -283,6 +325,7 @@ fn detect_firmware(file: &mut File, layout: Option<&Layout>) -> std::io::Result<
 mod tests {
     use super::*;
     use crate::format::manifest::{MIN_CHUNK_SIZE, max_stored_size};
+    use crate::host::repo::Durable;
 
     fn options() -> AddOptions {
         AddOptions {
@@ -380,6 +423,76 @@ mod tests {
         assert_eq!((again.new_chunks, again.bytes_stored), (0, 0));
         assert_eq!(again.digest, report.digest);
         assert_eq!(repo.resolve_ref("demo", "v2").unwrap(), report.digest);
+    }
+
+    #[test]
+    fn what_a_ref_names_is_durable_before_the_ref() {
+        let cs = MIN_CHUNK_SIZE as usize;
+        // Many distinct chunks (so several shard directories), a repeat, a zero.
+        let mut img = pattern(40 * cs);
+        for (i, c) in img.chunks_mut(cs).enumerate() {
+            c[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        }
+        img[3 * cs..4 * cs].fill(0);
+        img.copy_within(..cs, 10 * cs);
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image.raw");
+        std::fs::write(&image, &img).unwrap();
+        let root = dir.path().join("repo");
+        std::fs::create_dir(&root).unwrap();
+
+        for (tag, stores) in [("v1", true), ("v2", false)] {
+            let repo = LocalRepo::open_watched(&root).unwrap();
+            let report = add_image(&repo, "demo", tag, &image, &options()).unwrap();
+            assert_eq!(report.new_chunks > 0, stores);
+            let journal = repo.journal();
+            let at = |step: &Durable| {
+                let found: Vec<usize> = (0..journal.len())
+                    .filter(|&i| journal[i] == *step)
+                    .collect();
+                assert_eq!(found.len(), 1, "{step:?} once in {journal:#?}");
+                found[0]
+            };
+            let manifest = repo.load_manifest(&report.digest).unwrap();
+            let manifest_rel = manifest_path(&report.digest);
+            let ref_rel = ref_path("demo", tag);
+            let written = at(&Durable::Rename(manifest_rel.clone()));
+            assert!(at(&Durable::File(manifest_rel)) < written);
+            let mut shards = BTreeSet::new();
+            for c in &manifest.chunks {
+                let ChunkKind::Data { sha256, .. } = c.kind else {
+                    continue;
+                };
+                let rel = chunk_path(&sha256);
+                let shard = at(&Durable::Dir(parent(&rel).to_string()));
+                shards.insert(shard);
+                // Each chunk stored now: content synced, renamed, its directory
+                // synced, and all of it before the manifest.
+                if let Some(renamed) = journal
+                    .iter()
+                    .position(|s| *s == Durable::Rename(rel.clone()))
+                {
+                    assert!(at(&Durable::File(rel.clone())) < renamed);
+                    assert!(renamed < shard, "{rel} renamed after its directory's sync");
+                }
+                assert!(
+                    shard < written,
+                    "{rel}'s directory synced after the manifest"
+                );
+            }
+            assert!(shards.len() > 10, "{} shard directories", shards.len());
+            for dir in ["chunks/sha256", "chunks", "manifests", "refs", ""] {
+                assert!(at(&Durable::Dir(dir.into())) < written, "{dir}");
+            }
+            let manifest_dir = at(&Durable::Dir("manifests/sha256".into()));
+            let referred = at(&Durable::Rename(ref_rel.clone()));
+            assert!(written < manifest_dir && manifest_dir < referred);
+            assert!(at(&Durable::File(ref_rel)) < referred);
+            assert!(referred < at(&Durable::Dir("refs/demo".into())));
+            let checked = crate::host::repo::check(&repo, 2).unwrap();
+            assert!(checked.problems.is_empty(), "{:?}", checked.problems);
+            assert_eq!(checked.manifests, 1);
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! laid out as [`crate::format::repository`] says.
 //!
 //! Every file is written under a temporary name in its final directory, synced, and
-//! renamed into place, so a crash never exposes a partial file.
+//! renamed into place, so a crash never exposes a partial file. A rename is durable
+//! only once its directory is synced too; `image add` orders those syncs so that
+//! what a ref names is on disk before the ref is (see [`add_image`]).
 
 mod add;
 mod check;
@@ -18,6 +20,7 @@ use ed25519_dalek::SigningKey;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,19 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RepoError + '_ {
 /// A repository directory on a local filesystem.
 pub struct LocalRepo {
     root: PathBuf,
+    /// The durability steps taken, in order, when a test watches them.
+    journal: Option<Mutex<Vec<Durable>>>,
+}
+
+/// A step that makes a write durable, as a test watching the repository sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Durable {
+    /// The file (by its final name) had its content synced, under its temporary name.
+    File(String),
+    /// The file was renamed to its final name.
+    Rename(String),
+    /// The directory was synced: the renames and creations in it are durable.
+    Dir(String),
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -63,7 +79,32 @@ impl LocalRepo {
         }
         Ok(LocalRepo {
             root: root.to_path_buf(),
+            journal: None,
         })
+    }
+
+    /// Like [`LocalRepo::open`], noting every durability step for [`Self::journal`].
+    #[cfg(test)]
+    pub(crate) fn open_watched(root: &Path) -> Result<LocalRepo, RepoError> {
+        Ok(LocalRepo {
+            journal: Some(Mutex::new(Vec::new())),
+            ..LocalRepo::open(root)?
+        })
+    }
+
+    /// The durability steps taken so far, in order (empty unless opened watched).
+    #[cfg(test)]
+    pub(crate) fn journal(&self) -> Vec<Durable> {
+        self.journal
+            .as_ref()
+            .and_then(|j| j.lock().ok().map(|j| j.clone()))
+            .unwrap_or_default()
+    }
+
+    fn note(&self, step: impl FnOnce() -> Durable) {
+        if let Some(Ok(mut journal)) = self.journal.as_ref().map(|j| j.lock()) {
+            journal.push(step());
+        }
     }
 
     /// Like [`LocalRepo::open`], creating the directory first if it is missing.
@@ -92,7 +133,9 @@ impl LocalRepo {
         fs::read(&path).map_err(io_err(&path))
     }
 
-    /// Writes `bytes` to `rel` atomically: temporary file, fsync, rename.
+    /// Writes `bytes` to `rel` atomically: temporary file, fsync, rename. The
+    /// rename is durable once `rel`'s directory is synced ([`Self::sync_dir`]),
+    /// which is left to the caller so that many files share one directory sync.
     pub fn write_atomic(&self, rel: &str, bytes: &[u8]) -> Result<(), RepoError> {
         let path = self.path(rel);
         let dir = path.parent().unwrap_or(&self.root);
@@ -107,7 +150,10 @@ impl LocalRepo {
             let mut f = File::create(&tmp)?;
             f.write_all(bytes)?;
             f.sync_all()?;
-            fs::rename(&tmp, &path)
+            self.note(|| Durable::File(rel.to_string()));
+            fs::rename(&tmp, &path)?;
+            self.note(|| Durable::Rename(rel.to_string()));
+            Ok(())
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -115,12 +161,21 @@ impl LocalRepo {
         result.map_err(io_err(&path))
     }
 
-    /// Makes renames in `rel_dir` durable.
+    /// Creates `rel_dir` and its missing parents (their entries become durable
+    /// when their parents are synced).
+    pub fn create_dir(&self, rel_dir: &str) -> Result<(), RepoError> {
+        let path = self.path(rel_dir);
+        fs::create_dir_all(&path).map_err(io_err(&path))
+    }
+
+    /// Makes renames and creations in `rel_dir` durable.
     pub fn sync_dir(&self, rel_dir: &str) -> Result<(), RepoError> {
         let path = self.path(rel_dir);
         File::open(&path)
             .and_then(|d| d.sync_all())
-            .map_err(io_err(&path))
+            .map_err(io_err(&path))?;
+        self.note(|| Durable::Dir(rel_dir.to_string()));
+        Ok(())
     }
 
     /// Signs the manifest `digest` as release `name:tag`, issued at `issued`
