@@ -589,3 +589,81 @@ fn a_deploy_killed_for_memory_is_reported_and_the_policy_followed() {
         "{events}"
     );
 }
+
+/// A replayed signature cannot take a machine back: `os:stable` was signed for
+/// v1 (issued 2000) and then for v2 (issued 3000); v2 is on the disk; the ref
+/// pointed back at v1's manifest (whose old `stable` signature still verifies)
+/// is refused and nothing is written, unless the operator allows a downgrade.
+#[test]
+fn an_older_signed_release_does_not_replace_a_newer_one() {
+    require_qemu!();
+    let a = artifacts();
+    let repo = Repo::new();
+    let r = repo.path();
+    let key = repo.file("key");
+    let out = imprint(&["keygen", "--out", key.to_str().unwrap()]);
+    assert_success(&out);
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let add = |image: &str, issued: &str| {
+        let out = imprint(&[
+            "image",
+            "add",
+            "--repo",
+            r.to_str().unwrap(),
+            "os:stable",
+            image,
+            "--sign-key",
+            key.to_str().unwrap(),
+            "--issued",
+            issued,
+        ]);
+        assert_success(&out);
+        std::fs::read_to_string(r.join("refs/os/stable")).unwrap()
+    };
+    let v1 = add(&a.path("os-v1.img"), "2000");
+    let v2 = add(&a.path("os-v2.img"), "3000");
+    let served = Served::start(&r);
+    let disk = repo.file("disk.img");
+    sparse_disk(&disk, 300 << 20);
+    let deploy = |name: &str, extra: &str| {
+        let append = cmdline(
+            &served.url,
+            &format!("imprint.image=os:stable imprint.pubkey={public} {extra}"),
+        );
+        let (status, console) = boot(
+            repo.dir.path(),
+            name,
+            Boot {
+                append: Some(append),
+                ..Boot::default()
+            },
+            &[&disk],
+        );
+        assert!(status.success(), "{name}: {status:?}\n{console}");
+        console
+    };
+    let c = deploy("deploy-v2", "");
+    assert_has(&c, "handing off (reboot)");
+    let record = read_state(&disk).0;
+    assert_eq!(record.image_digest.to_string(), v2.trim());
+    assert_eq!(record.release.as_ref().map(|r| r.issued), Some(3000));
+
+    std::fs::write(r.join("refs/os/stable"), &v1).unwrap();
+    let before = std::fs::read(&disk).unwrap();
+    let c = deploy("replayed-v1", "");
+    assert_has(
+        &c,
+        "refusing to go back to an older release; nothing was written",
+    );
+    assert!(std::fs::read(&disk).unwrap() == before, "the disk changed");
+
+    let c = deploy("downgrade-v1", "imprint.allow-downgrade");
+    assert_has(
+        &c,
+        "going back to the older release (imprint.allow-downgrade)",
+    );
+    assert_has(&c, "handing off (reboot)");
+    let record = read_state(&disk).0;
+    assert_eq!(record.image_digest.to_string(), v1.trim());
+    assert_eq!(record.release.map(|r| r.issued), Some(2000));
+}

@@ -87,6 +87,12 @@ pub fn status() -> Result<Exit> {
     for (k, v) in &r.record.settings {
         println!("setting     {k}={v}");
     }
+    if let Some(release) = &r.record.release {
+        println!(
+            "release     {}:{} signed, issued at {} (Unix time)",
+            r.record.image_name, release.tag, release.issued
+        );
+    }
     if let Some(b) = &r.record.bundle {
         println!("bundle      slot {} {} bytes {}", b.slot, b.len, b.sha256);
     }

@@ -31,6 +31,8 @@ pub struct Config {
     pub user_data: Option<String>,
     /// cloud-init network-config for this host: a file in the repository.
     pub network_config: Option<String>,
+    /// Deploy a signed release older than the one the disk holds.
+    pub allow_downgrade: bool,
     pub jobs: usize,
     /// How long DHCP may take before the error policy runs.
     pub dhcp_timeout: Duration,
@@ -126,6 +128,7 @@ const KNOWN: &[&str] = &[
     "imprint.target",
     "imprint.user-data",
     "imprint.network-config",
+    "imprint.allow-downgrade",
     "imprint.jobs",
     "imprint.dhcp-timeout",
     "imprint.debug",
@@ -182,6 +185,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
         target: None,
         user_data: None,
         network_config: None,
+        allow_downgrade: false,
         jobs: 4,
         dhcp_timeout: Duration::from_secs(60),
         ip: IpConfig::Dhcp,
@@ -208,7 +212,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                 );
                 continue;
             }
-            if value.is_empty() && key != "imprint.debug" {
+            if value.is_empty() && key != "imprint.debug" && key != "imprint.allow-downgrade" {
                 problem(&mut problems, &key, "needs a value (key=value)".into());
                 continue;
             }
@@ -282,6 +286,13 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                 )),
             },
             "imprint.debug" => Ok(()),
+            "imprint.allow-downgrade" => match value.as_str() {
+                "" | "1" | "yes" | "true" => {
+                    cfg.allow_downgrade = true;
+                    Ok(())
+                }
+                _ => Err(format!("{value:?}: give it bare, or as 1, yes or true")),
+            },
             "ip" => parse_ip(&value).map(|v| cfg.ip = v),
             "BOOTIF" => parse_bootif(&value).map(|v| cfg.bootif = Some(v)),
             _ => Ok(()),

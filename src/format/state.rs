@@ -13,7 +13,8 @@
 //! there.
 //!
 //! Formats: the payload starts with its format number. Format 1 records (in the
-//! three shapes format 1 had) are read and brought to format 2 in memory; a record
+//! three shapes format 1 had) and format 2 records are read and brought to
+//! format 3 in memory; a record
 //! of a newer format is reported as such, and [`write`] refuses to replace it
 //! (only [`write_fresh`], for a deploy's new record, does). The bytes earlier builds
 //! wrote are kept in `tests/fixtures/state/`.
@@ -31,8 +32,9 @@ pub const SLOT_RESERVED: u64 = 4096;
 const HEADER: usize = 8 + 8 + 4 + 4;
 /// The largest payload a slot holds.
 const MAX_PAYLOAD: usize = (SLOT_SIZE - SLOT_RESERVED) as usize - HEADER;
-/// Format 2 added [`Record::agent`]; format 1 records are still read.
-pub const RECORD_VERSION: u32 = 2;
+/// Format 2 added [`Record::agent`], format 3 [`Record::release`]; earlier
+/// formats are still read.
+pub const RECORD_VERSION: u32 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mode {
@@ -96,6 +98,36 @@ pub struct Record {
     /// the firmware pass over it; writing it back is the rollback.
     pub saved_boot_record: Option<Vec<u8>>,
     pub agent: Agent,
+    /// The signed release deployed, when a key vouched for it: a later deploy
+    /// of the same image refuses an earlier release.
+    pub release: Option<ReleaseStamp>,
+}
+
+/// What a release signature said about the image deployed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseStamp {
+    pub tag: String,
+    /// Unix seconds, as signed.
+    pub issued: u64,
+}
+
+/// Format 2: the record before [`Record::release`].
+#[derive(Deserialize)]
+struct RecordV2 {
+    version: u32,
+    mode: Mode,
+    image_name: String,
+    image_digest: Digest,
+    deployed_at: u64,
+    previous: Option<PreviousOs>,
+    settings: BTreeMap<String, String>,
+    boot_attempts: u32,
+    status_url: Option<String>,
+    target: Option<String>,
+    deployed_mode: Mode,
+    bundle: Option<super::bundle::BundleRef>,
+    saved_boot_record: Option<Vec<u8>>,
+    agent: Agent,
 }
 
 /// The fields of format 1 as it began. Format 1 then grew twice while keeping its
@@ -134,6 +166,7 @@ impl Record {
             bundle: None,
             saved_boot_record: None,
             agent: Agent::NotChecked,
+            release: None,
         }
     }
 }
@@ -210,6 +243,26 @@ fn decode_payload(payload: &[u8], generation: u64) -> Result<Record, StateError>
     };
     let decoded = match version {
         1 => decode_v1(payload),
+        2 => take_whole::<RecordV2>(payload).map(|v2| {
+            let _ = v2.version;
+            Record {
+                version: RECORD_VERSION,
+                mode: v2.mode,
+                image_name: v2.image_name,
+                image_digest: v2.image_digest,
+                deployed_at: v2.deployed_at,
+                previous: v2.previous,
+                settings: v2.settings,
+                boot_attempts: v2.boot_attempts,
+                status_url: v2.status_url,
+                target: v2.target,
+                deployed_mode: v2.deployed_mode,
+                bundle: v2.bundle,
+                saved_boot_record: v2.saved_boot_record,
+                agent: v2.agent,
+                release: None,
+            }
+        }),
         RECORD_VERSION => take_whole::<Record>(payload),
         v if v > RECORD_VERSION => return Err(StateError::Newer(v)),
         v => return Err(undecodable(v, "no imprint wrote this format".into())),
@@ -256,6 +309,7 @@ fn decode_v1(payload: &[u8]) -> Result<Record, String> {
         bundle,
         saved_boot_record,
         agent: Agent::NotChecked,
+        release: None,
     })
 }
 
@@ -467,12 +521,12 @@ mod tests {
 
     #[test]
     fn format_1_records_are_still_read() {
-        // A format 1 record is a format 2 one without its last field.
+        // A format 1 record is a format 3 one without its last two fields.
         let mut v1 = record(Mode::Committed);
         v1.version = 1;
         let mut payload = postcard::to_stdvec(&v1).unwrap();
-        let agent = postcard::to_stdvec(&Agent::NotChecked).unwrap();
-        payload.truncate(payload.len() - agent.len());
+        let tail = postcard::to_stdvec(&(Agent::NotChecked, None::<ReleaseStamp>)).unwrap();
+        payload.truncate(payload.len() - tail.len());
         let mut part = vec![0u8; 2 * SLOT_SIZE as usize];
         part[..8].copy_from_slice(MAGIC);
         part[8..16].copy_from_slice(&7u64.to_le_bytes());
@@ -488,7 +542,7 @@ mod tests {
     /// The shapes the record has had on disk, oldest first, with the bytes a build
     /// of each wrote (slot 0's header and payload, generation 3): see
     /// tests/fixtures/state/README.md for the builds.
-    const FIXTURES: [(&str, &[u8]); 4] = [
+    const FIXTURES: [(&str, &[u8]); 5] = [
         (
             "format 1 as it began",
             include_bytes!("../../tests/fixtures/state/v1-base.bin"),
@@ -504,6 +558,10 @@ mod tests {
         (
             "format 2",
             include_bytes!("../../tests/fixtures/state/v2.bin"),
+        ),
+        (
+            "format 3",
+            include_bytes!("../../tests/fixtures/state/v3.bin"),
         ),
     ];
 
@@ -541,6 +599,10 @@ mod tests {
             } else {
                 Agent::NotChecked
             },
+            release: (shape >= 4).then(|| ReleaseStamp {
+                tag: "stable".into(),
+                issued: 1_799_990_000,
+            }),
         }
     }
 
@@ -571,6 +633,7 @@ mod tests {
             assert_eq!(record.bundle, want.bundle, "{name}");
             assert_eq!(record.saved_boot_record, want.saved_boot_record, "{name}");
             assert_eq!(record.agent, want.agent, "{name}");
+            assert_eq!(record.release, want.release, "{name}");
             assert_eq!(record, want, "{name}");
         }
     }
@@ -599,7 +662,7 @@ mod tests {
     }
 
     #[test]
-    fn this_build_writes_format_2_as_the_fixture_has_it() {
+    fn this_build_writes_format_3_as_the_fixture_has_it() {
         // The current format, byte for byte: a change to the record's fields shows
         // up here, and needs a new format number and a new fixture.
         let mut part = Cursor::new(vec![0u8; 2 * SLOT_SIZE as usize]);
@@ -608,14 +671,24 @@ mod tests {
                 &mut part,
                 &Record {
                     mode,
-                    ..fixture_record(3)
+                    ..fixture_record(4)
                 },
             )
             .unwrap();
         }
-        assert_eq!(write(&mut part, &fixture_record(3)).unwrap(), 3);
-        let v2 = FIXTURES[3].1;
-        assert_eq!(&part.get_ref()[..v2.len()], v2);
+        assert_eq!(write(&mut part, &fixture_record(4)).unwrap(), 3);
+        let v3 = FIXTURES[4].1;
+        if std::env::var_os("IMPRINT_WRITE_STATE_FIXTURE").is_some() {
+            // Made once, when the format was new: see tests/fixtures/state/README.md.
+            let len =
+                HEADER + u32::from_le_bytes(part.get_ref()[16..20].try_into().unwrap()) as usize;
+            std::fs::write(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state/v3.bin"),
+                &part.get_ref()[..len],
+            )
+            .unwrap();
+        }
+        assert_eq!(&part.get_ref()[..v3.len()], v3);
     }
 
     /// An intact slot whose payload is of format `version`, as a newer build might
@@ -630,9 +703,9 @@ mod tests {
     fn a_record_of_a_newer_format_is_named_and_kept() {
         let mut part = Cursor::new(vec![0u8; 2 * SLOT_SIZE as usize]);
         write(&mut part, &record(Mode::Deploy)).unwrap();
-        raw_slot(part.get_mut(), 1, 2, &newer_payload(3));
+        raw_slot(part.get_mut(), 1, 2, &newer_payload(4));
         let err = read(&mut part).unwrap_err();
-        assert!(matches!(err, StateError::Newer(3)), "{err:?}");
+        assert!(matches!(err, StateError::Newer(4)), "{err:?}");
         let text = err.to_string();
         assert!(
             text.contains("written by a newer imprint") && text.contains("upgrade imprint"),
@@ -641,13 +714,13 @@ mod tests {
         // An update refuses and changes nothing, not even the older slot.
         let before = part.get_ref().clone();
         let refused = write(&mut part, &record(Mode::Committed)).unwrap_err();
-        assert!(matches!(refused, StateError::Newer(3)), "{refused:?}");
+        assert!(matches!(refused, StateError::Newer(4)), "{refused:?}");
         assert!(*part.get_ref() == before);
         // A fresh deploy's record replaces it, as the next generation, in the other
         // slot.
         assert_eq!(write_fresh(&mut part, &record(Mode::Deploy)).unwrap(), 3);
         assert_eq!(read(&mut part).unwrap(), (record(Mode::Deploy), 3));
-        assert_eq!(&part.get_ref()[SLOT_SIZE as usize + HEADER], &3);
+        assert_eq!(&part.get_ref()[SLOT_SIZE as usize + HEADER], &4);
         // The newer record was only the older slot: updates go ahead again.
         assert_eq!(write(&mut part, &record(Mode::Committed)).unwrap(), 4);
     }
@@ -706,7 +779,8 @@ mod tests {
             ..record(Mode::Deploy)
         })
         .unwrap();
-        let tail = postcard::to_stdvec(&(None::<Vec<u8>>, Agent::Own)).unwrap();
+        let tail =
+            postcard::to_stdvec(&(None::<Vec<u8>>, Agent::Own, None::<ReleaseStamp>)).unwrap();
         payload.truncate(payload.len() - tail.len());
         payload.push(1); // Some(
         payload.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
@@ -714,7 +788,7 @@ mod tests {
         raw_slot(&mut part, 0, 5, &payload);
         let err = read(&mut Cursor::new(part)).unwrap_err();
         assert!(
-            matches!(err, StateError::Undecodable { version: 2, .. }),
+            matches!(err, StateError::Undecodable { version: 3, .. }),
             "{err:?}"
         );
         // And the slots are read a slot at a time, never by a length from the disk.
@@ -775,7 +849,7 @@ mod tests {
         raw_slot(&mut part, 0, 1, &payload);
         assert!(matches!(
             read(&mut Cursor::new(part)),
-            Err(StateError::Undecodable { version: 2, .. })
+            Err(StateError::Undecodable { version: 3, .. })
         ));
     }
 

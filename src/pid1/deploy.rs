@@ -42,6 +42,7 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
         cmdline::Mode::Upgrade => Some(previous_os(&config, &disk.dev_path())?),
         _ => None,
     };
+    refuse_downgrade(&config, &resolved, &disk, previous.as_ref())?;
     if let Some(previous) = &previous {
         capture_previous(previous);
     }
@@ -248,6 +249,48 @@ fn previous_os(config: &Config, new_disk: &str) -> Result<StateDisk> {
     Ok(found.clone())
 }
 
+/// A signed release never replaces a later release of the same image: not on
+/// the target disk, and (upgrades) not the previous OS's. A replayed old
+/// signature (an older `NAME:stable`, say) cannot take a machine back to a
+/// release it has moved on from, unless the operator says
+/// `imprint.allow-downgrade`.
+fn refuse_downgrade(
+    config: &Config,
+    resolved: &Resolved,
+    disk: &disks::DiskInfo,
+    previous: Option<&StateDisk>,
+) -> Result<()> {
+    let Some(new) = &resolved.release else {
+        return Ok(());
+    };
+    let holders = StateDisk::open(&disk.dev_path())
+        .into_iter()
+        .chain(previous.cloned());
+    for holder in holders {
+        let Ok((record, _)) = holder.read_record() else {
+            continue;
+        };
+        let Some(held) = record.release.filter(|_| record.image_name == new.name) else {
+            continue;
+        };
+        if held.issued <= new.issued {
+            continue;
+        }
+        let what = format!(
+            "{} holds {}:{} issued at {}, later than {}:{} (issued at {})",
+            holder.device, new.name, held.tag, held.issued, new.name, new.tag, new.issued
+        );
+        if config.allow_downgrade {
+            log::warn!("{what}: going back to the older release (imprint.allow-downgrade)");
+        } else {
+            bail!(
+                "{what}: refusing to go back to an older release; nothing was written. Boot with imprint.allow-downgrade to do it anyway"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Upgrades: the previous OS's configuration captured for the new OS to
 /// migrate. When that fails, a bundle `prepare-upgrade` made stays in use.
 fn capture_previous(previous: &StateDisk) {
@@ -291,6 +334,10 @@ fn state_record(config: &Config, resolved: &Resolved, previous: Option<&StateDis
         settings,
         status_url: config.status.clone(),
         target: Some(status().target()),
+        release: resolved.release.as_ref().map(|r| state::ReleaseStamp {
+            tag: r.tag.clone(),
+            issued: r.issued,
+        }),
         ..Record::new(mode, &resolved.manifest.name, resolved.digest)
     }
 }
