@@ -715,3 +715,80 @@ fn an_unsigned_manifest_is_not_fetched_under_a_key() {
     assert!(rss < 32 << 10, "the reader grew to {rss} KiB");
     assert!(!disk.exists(), "target untouched");
 }
+
+/// `mixed_image` made a bootable GPT disk by sfdisk: protective MBR with its boot
+/// signature, primary GPT, backup GPT in the last sector, a fresh disk GUID.
+fn bootable_image(repo: &Repo, seed: u64, chunks: usize) -> Vec<u8> {
+    let mut img = mixed_image(seed, chunks);
+    img.resize(img.len().div_ceil(512) * 512, 0);
+    let path = repo.file(&format!("gpt-{seed}.img"));
+    std::fs::write(&path, &img).unwrap();
+    let mut child = Command::new("sfdisk")
+        .args(["-q", path.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sfdisk (fdisk)");
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        b"label: gpt\nsize=4MiB, type=L, name=root\n",
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    std::fs::read(&path).unwrap()
+}
+
+/// What firmware would take for a bootable disk: a boot signature, a primary GPT
+/// header, or a backup GPT header in the last sector.
+fn looks_bootable(disk: &[u8]) -> bool {
+    disk[510..512] == [0x55, 0xAA]
+        || &disk[512..520] == b"EFI PART"
+        || &disk[disk.len() - 512..disk.len() - 504] == b"EFI PART"
+}
+
+#[test]
+fn an_interrupted_deploy_leaves_a_disk_that_does_not_boot_and_a_rerun_completes() {
+    let repo = Repo::new();
+    let old = bootable_image(&repo, 21, 120);
+    let new = bootable_image(&repo, 22, 120);
+    repo.add("os:old", &old, &[]);
+    repo.add("os:new", &new, &[]);
+    let served = Served::start(&repo.path());
+    let disk = repo.file("disk");
+    assert_success(&deploy(&served.url, "os:old", &disk, &[]));
+    assert_eq!(std::fs::read(&disk).unwrap(), old);
+    assert!(looks_bootable(&old) && looks_bootable(&new));
+
+    // One of the new image's chunks goes missing from the repository: the deploy
+    // fails there, after writing much of the rest. Early, in the middle, and the
+    // last, which holds the backup GPT.
+    let stored = |index: usize| {
+        let hex = sha256_hex(&new[index * CHUNK..((index + 1) * CHUNK).min(new.len())]);
+        repo.path()
+            .join(format!("chunks/sha256/{}/{hex}", &hex[..2]))
+    };
+    let last = new.len().div_ceil(CHUNK) - 1;
+    for missing in [1, 60, 113, last] {
+        std::fs::write(&disk, &old).unwrap();
+        let chunk = stored(missing);
+        let kept = repo.file("kept-chunk");
+        std::fs::rename(&chunk, &kept).unwrap();
+        let failed = deploy(&served.url, "os:new", &disk, &["--jobs", "2"]);
+        assert!(!failed.status.success(), "chunk {missing} was missing");
+        let partial = std::fs::read(&disk).unwrap();
+        assert_ne!(partial, old, "chunk {missing}: nothing was written");
+        assert!(
+            !looks_bootable(&partial),
+            "chunk {missing} missing: the half-written disk looks bootable"
+        );
+        std::fs::rename(&kept, &chunk).unwrap();
+    }
+
+    let rerun = deploy(&served.url, "os:new", &disk, &[]);
+    assert_success(&rerun);
+    assert_eq!(std::fs::read(&disk).unwrap(), new);
+    assert_success(&disk_verify(&served.url, "os:new", &disk));
+    // Deployed again: nothing to write, and the head is never taken down.
+    let again = deploy(&served.url, "os:new", &disk, &[]);
+    assert_eq!(figure(&summary(&again), "written"), 0);
+    assert_eq!(std::fs::read(&disk).unwrap(), new);
+}

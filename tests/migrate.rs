@@ -634,8 +634,9 @@ fn a_bundle_is_stored_under_a_record_an_earlier_build_wrote() {
 #[test]
 fn a_record_from_a_newer_imprint_is_not_written_over() {
     let mut part = partition();
-    // Generation 2 in slot 1, of format 3: what a newer imprint might write.
-    let payload = [3u8, 0xde, 0xad, 0xbe, 0xef];
+    // Generation 2 in slot 1, of the format after this build's: what a newer
+    // imprint might write.
+    let payload = [state::RECORD_VERSION as u8 + 1, 0xde, 0xad, 0xbe, 0xef];
     let slot = state::SLOT_SIZE as usize;
     let bytes = part.get_mut();
     bytes[slot..slot + 8].copy_from_slice(state::MAGIC);

@@ -7,16 +7,24 @@
 //! disk's real end, and finally the head (boot code, protective MBR, primary GPT).
 //! Interrupted anywhere, the disk either does not look bootable or holds the
 //! whole image; run again, the sequence skips what is already in place.
+//!
+//! The host's `imprint deploy` writes an image as it is, with no state record or
+//! GPT of its own, but in the same order for what makes a disk look bootable:
+//! [`write_image`].
 
 use super::{DeployError, DeployOptions, DiskTarget, Progress, Target, deploy_chunks, fetch_chunk};
+use crate::format::digest::Digest;
 use crate::format::gpt::{self, Guid, Layout, Partition, RelocateError};
-use crate::format::manifest::Manifest;
+use crate::format::is_zero;
+use crate::format::manifest::{ChunkKind, Manifest};
 use crate::format::state::{self, Record, StateError};
 use crate::source::Source;
 use crate::statepart::{self, Window};
 use crate::sys;
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
 
 /// Bytes cleared at each end of the disk before anything else is written: the
 /// boot code, protective MBR and primary GPT at the start, the backup GPT at the
@@ -152,9 +160,17 @@ pub fn install(
     }
     invalidate_boot_records(disk, manifest)?;
     done(Step::InvalidateBootRecords)?;
-    let progress = write_data(source, manifest, disk, plan, on_progress)?;
+    let progress = write_data(
+        source,
+        manifest,
+        disk,
+        plan.seed,
+        &plan.opts,
+        on_progress,
+        &|_| Ok(()),
+    )?;
     done(Step::WriteData)?;
-    let mut head = fetch_chunk(source, manifest, 0, &plan.opts.retry)?;
+    let (mut head, _) = fetch_chunk(source, manifest, 0, &plan.opts.retry)?;
     let (relocated, mut installed) = rewrite_partition_table(&mut head, disk, manifest, plan)?;
     installed.progress = progress;
     done(Step::RewritePartitionTable)?;
@@ -191,60 +207,82 @@ fn write_synced(
         .map_err(io_error(disk, what))
 }
 
-/// Zeroes the old boot code, protective MBR and primary GPT (within the image's
-/// first chunk, which is written last) and the old backup GPT at the disk's end.
-fn invalidate_boot_records(disk: &DiskTarget, manifest: &Manifest) -> Result<(), InstallError> {
+/// The boot regions of a disk of `disk_size` bytes taking `manifest`'s image: the
+/// start, where the boot code, protective MBR and primary GPT are (within the
+/// image's first chunk, which is written last), and the disk's last
+/// [`BOOT_RECORD_SPAN`] bytes, where the backup GPT is.
+fn boot_regions(manifest: &Manifest, disk_size: u64) -> [Range<u64>; 2] {
+    let head = (manifest.chunks[0].length as u64).min(BOOT_RECORD_SPAN);
+    [
+        0..head,
+        disk_size.saturating_sub(BOOT_RECORD_SPAN)..disk_size,
+    ]
+}
+
+/// Zeroes `regions` of `target` and syncs.
+fn zero_synced(target: &dyn Target, regions: &[Range<u64>]) -> io::Result<()> {
     let zeros = vec![0u8; BOOT_RECORD_SPAN as usize];
-    let head_len = (manifest.chunks[0].length as u64).min(BOOT_RECORD_SPAN) as usize;
-    let file = disk.file();
-    let end = disk.size().saturating_sub(BOOT_RECORD_SPAN);
-    file.write_all_at(&zeros[..head_len], 0)
-        .and_then(|()| file.write_all_at(&zeros, end))
-        .and_then(|()| file.sync_all())
+    for region in regions {
+        let mut at = region.start;
+        while at < region.end {
+            let n = (region.end - at).min(zeros.len() as u64);
+            target.write_at(&zeros[..n as usize], at)?;
+            at += n;
+        }
+    }
+    target.sync()
+}
+
+/// Zeroes the old boot code, protective MBR and primary GPT and the old backup GPT
+/// at the disk's end.
+fn invalidate_boot_records(disk: &DiskTarget, manifest: &Manifest) -> Result<(), InstallError> {
+    zero_synced(disk, &boot_regions(manifest, disk.size()))
         .map_err(io_error(disk, "invalidating the old boot records of"))
 }
 
 /// Every chunk but the first. Chunks that reach into the disk's last
-/// [`BOOT_RECORD_SPAN`] bytes go after all the others: on a disk no larger than
-/// the image they hold the image's own backup GPT, which must not be found at the
-/// disk's end while data is still missing.
+/// [`BOOT_RECORD_SPAN`] bytes go after all the others, one at a time in order
+/// (`before_tail_chunk` runs before each): on a disk no larger than the image they
+/// hold the image's own backup GPT, which must not be found at the disk's end while
+/// data is still missing.
 fn write_data(
     source: &dyn Source,
     manifest: &Manifest,
-    disk: &DiskTarget,
-    plan: &Plan,
+    target: &dyn Target,
+    seed: Option<&dyn Target>,
+    opts: &DeployOptions,
     on_progress: &(dyn Fn(&Progress) + Sync),
+    before_tail_chunk: &dyn Fn(usize) -> Result<(), DeployError>,
 ) -> Result<Progress, DeployError> {
-    let tail_start = disk.size().saturating_sub(BOOT_RECORD_SPAN);
-    let count = manifest.chunks.len();
-    let tail = manifest
+    let tail = tail_index(manifest, target.size());
+    let mut done = deploy_chunks(source, manifest, target, seed, 1..tail, opts, on_progress)?;
+    for index in tail..manifest.chunks.len() {
+        before_tail_chunk(index)?;
+        let so_far = done.clone();
+        let chunk = deploy_chunks(
+            source,
+            manifest,
+            target,
+            seed,
+            index..index + 1,
+            opts,
+            &|p| on_progress(&so_far.merge(p)),
+        )?;
+        done = done.merge(&chunk);
+    }
+    Ok(done)
+}
+
+/// The first chunk (never chunk 0) that reaches into the last [`BOOT_RECORD_SPAN`]
+/// bytes of a disk of `disk_size` bytes; the chunk count if none does.
+fn tail_index(manifest: &Manifest, disk_size: u64) -> usize {
+    let tail_start = disk_size.saturating_sub(BOOT_RECORD_SPAN);
+    manifest
         .chunks
         .iter()
         .position(|c| c.offset + c.length as u64 > tail_start)
-        .unwrap_or(count)
-        .max(1);
-    let body = deploy_chunks(
-        source,
-        manifest,
-        disk,
-        plan.seed,
-        1..tail,
-        &plan.opts,
-        on_progress,
-    )?;
-    if tail == count {
-        return Ok(body);
-    }
-    let end = deploy_chunks(
-        source,
-        manifest,
-        disk,
-        plan.seed,
-        tail..count,
-        &plan.opts,
-        &|p| on_progress(&body.merge(p)),
-    )?;
-    Ok(body.merge(&end))
+        .unwrap_or(manifest.chunks.len())
+        .max(1)
 }
 
 /// Patches the GPT in `head` (the image's first chunk) for this disk: a fresh
@@ -327,12 +365,248 @@ fn write_state_record(
 /// asked to read the new partition table.
 fn write_head(disk: &DiskTarget, head: &[u8]) -> Result<(), InstallError> {
     write_synced(disk, head, 0, "writing the boot record and GPT of")?;
+    reread_partitions(disk);
+    Ok(())
+}
+
+/// The host's deploy: `manifest`'s image onto `disk` as it is, byte for byte, in
+/// the install sequence's order for what makes a disk look bootable. The boot
+/// regions (the head, and the disk's last bytes where the image reaches them) are
+/// zeroed and synced before any other byte changes; then the data, the chunks at
+/// the disk's end last and one at a time; then, with all of it synced, the head.
+/// Interrupted, the disk does not look bootable, unless it already held the whole
+/// image; run again, everything in place is skipped. A disk that holds the image
+/// already is only read, and bytes past the image are never touched (so on a
+/// larger disk an old backup GPT at its very end stays, as it always did).
+pub fn write_image(
+    source: &dyn Source,
+    manifest: &Manifest,
+    disk: &DiskTarget,
+    opts: &DeployOptions,
+    on_progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Progress, DeployError> {
+    let started = std::time::Instant::now();
+    let needed = manifest.requirements.min_disk_size.max(manifest.size);
+    if disk.size() < needed {
+        return Err(super::TargetError::TooSmall {
+            path: disk.describe().into(),
+            size: disk.size(),
+            needed,
+        }
+        .into());
+    }
+    let [head, end] = boot_regions(manifest, disk.size());
+    // Only what is the image's own: the disk's end is left alone when the image
+    // does not reach it.
+    let regions = [head, end.start..end.end.min(manifest.size)];
+    let tail = tail_index(manifest, disk.size());
+    // What of the boot regions is in place already, verified, so that taking them
+    // down costs no fetch: a delta or a redeploy fetches only what changed.
+    let kept = keep_in_place(manifest, disk, &regions, tail)?;
+    let in_place = |chunk: usize| kept.iter().any(|k| k.chunk == chunk);
+    let target = TakeDownFirst {
+        inner: disk,
+        regions: &regions,
+        taken_down: Mutex::new(false),
+    };
+    let io = |what: &'static str, offset: u64| {
+        move |source| DeployError::TargetIo {
+            what,
+            target: disk.describe(),
+            offset,
+            source,
+        }
+    };
+    let take_down = || {
+        target
+            .take_down()
+            .map_err(io("invalidating the boot records of", 0))
+    };
+    let put_back = |chunk: usize| -> Result<(), DeployError> {
+        if !target.is_taken_down() {
+            return Ok(());
+        }
+        for k in kept.iter().filter(|k| k.chunk == chunk) {
+            disk.write_at(&k.bytes, k.offset)
+                .map_err(io("writing", k.offset))?;
+        }
+        Ok(())
+    };
+    // A head that is not the image's goes first, whatever else is in place (the
+    // old head must not boot over new data), once the new one is in hand.
+    let fetched_head = if in_place(0) {
+        None
+    } else {
+        let fetched = fetch_chunk(source, manifest, 0, &opts.retry)?;
+        take_down()?;
+        Some(fetched)
+    };
+    let count = manifest.chunks.len();
+    let data = write_data(
+        source,
+        manifest,
+        &target,
+        None,
+        opts,
+        on_progress,
+        &|index| {
+            // Every tail chunk reaches the disk's last bytes. The regions come down
+            // before the first if any is to change, so never under one already found
+            // in place; each in place is put back just before its turn.
+            if index == tail && (tail..count).any(|i| !in_place(i)) {
+                take_down()?;
+            }
+            put_back(index)
+        },
+    )?;
+    disk.sync().map_err(io("syncing", 0))?;
+    let len = manifest.chunks[0].length as u64;
+    let mut first = Progress {
+        total_bytes: len,
+        done_bytes: len,
+        chunks: 1,
+        ..Progress::default()
+    };
+    match fetched_head {
+        None => {
+            put_back(0)?;
+            first.skipped_bytes = len;
+            first.chunks_skipped = 1;
+        }
+        Some((bytes, fetched)) => {
+            disk.write_at(&bytes, 0).map_err(io("writing", 0))?;
+            first = first.merge(&fetched);
+            first.chunks = 1;
+            match manifest.chunks[0].kind {
+                ChunkKind::Zero => first.zeroed_bytes = len,
+                ChunkKind::Data { .. } => first.written_bytes = len,
+            }
+        }
+    }
+    disk.sync().map_err(io("syncing", 0))?;
+    reread_partitions(disk);
+    let mut progress = data.merge(&first);
+    progress.elapsed = started.elapsed();
+    Ok(progress)
+}
+
+/// Bytes of a boot region that belong to a chunk found in place.
+struct Kept {
+    chunk: usize,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+/// For chunk 0 and the tail chunks (from `tail`), each that `disk` holds already
+/// (checked against the manifest's blake3 and sha256), its bytes within `regions`.
+fn keep_in_place(
+    manifest: &Manifest,
+    disk: &DiskTarget,
+    regions: &[Range<u64>],
+    tail: usize,
+) -> Result<Vec<Kept>, DeployError> {
+    let mut kept = Vec::new();
+    let mut content = Vec::new();
+    for index in std::iter::once(0).chain(tail..manifest.chunks.len()) {
+        let chunk = &manifest.chunks[index];
+        let span = chunk.offset..chunk.offset + chunk.length as u64;
+        if !regions
+            .iter()
+            .any(|r| r.start < span.end && span.start < r.end)
+        {
+            continue;
+        }
+        content.resize(chunk.length as usize, 0);
+        disk.read_at(&mut content, chunk.offset)
+            .map_err(|source| DeployError::TargetIo {
+                what: "reading",
+                target: disk.describe(),
+                offset: chunk.offset,
+                source,
+            })?;
+        let in_place = match chunk.kind {
+            ChunkKind::Zero => is_zero(&content),
+            ChunkKind::Data { sha256, blake3, .. } => {
+                blake3::hash(&content).as_bytes() == &blake3 && Digest::of(&content) == sha256
+            }
+        };
+        if !in_place {
+            continue;
+        }
+        for r in regions {
+            let (start, end) = (r.start.max(span.start), r.end.min(span.end));
+            if start < end {
+                let at = (start - span.start) as usize..(end - span.start) as usize;
+                kept.push(Kept {
+                    chunk: index,
+                    offset: start,
+                    bytes: content[at].to_vec(),
+                });
+            }
+        }
+    }
+    Ok(kept)
+}
+
+/// A target whose boot regions are zeroed, and synced, before the first write
+/// reaches it: a disk that already holds every chunk is only read.
+struct TakeDownFirst<'a> {
+    inner: &'a DiskTarget,
+    regions: &'a [Range<u64>],
+    taken_down: Mutex<bool>,
+}
+
+impl TakeDownFirst<'_> {
+    fn take_down(&self) -> io::Result<()> {
+        let mut done = self
+            .taken_down
+            .lock()
+            .map_err(|_| io::Error::other("a writer panicked"))?;
+        if !*done {
+            zero_synced(self.inner, self.regions)?;
+            *done = true;
+        }
+        Ok(())
+    }
+
+    fn is_taken_down(&self) -> bool {
+        self.taken_down.lock().map_or(true, |done| *done)
+    }
+}
+
+impl Target for TakeDownFirst<'_> {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.take_down()?;
+        self.inner.write_at(buf, offset)
+    }
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.take_down()?;
+        self.inner.zero_range(offset, len)
+    }
+    fn known_zero(&self, offset: u64, len: u64) -> bool {
+        self.inner.known_zero(offset, len)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.inner.sync()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// Asks the kernel to read a block device's new partition table.
+fn reread_partitions(disk: &DiskTarget) {
     if disk.is_block_device()
         && let Err(e) = sys::reread_partitions(disk.file())
     {
         log::warn!("re-reading the partition table of {}: {e}", disk.describe());
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -716,6 +990,94 @@ mod tests {
         run(&path, &manifest, &source, &r, None).unwrap();
         let disk = std::fs::read(&path).unwrap();
         assert_eq!(read_record(&disk, &disk), Some(r));
+    }
+
+    /// The host's deploy of `manifest` onto the file at `path`, with `jobs` workers.
+    fn write_image_to(
+        path: &std::path::Path,
+        manifest: &Manifest,
+        source: &MemorySource,
+        jobs: usize,
+    ) -> Result<Progress, DeployError> {
+        let disk = DiskTarget::open_for_write(path, manifest.size).unwrap();
+        let opts = DeployOptions {
+            jobs,
+            ..plan(&record("x")).opts
+        };
+        write_image(source, manifest, &disk, &opts, &|_| {})
+    }
+
+    /// `image(seed)` cut to end half-way through a chunk, with a backup GPT header
+    /// in its last sector: two chunks then reach into the disk's last 64 KiB.
+    fn uneven_image(seed: u8) -> Vec<u8> {
+        let mut img = image(seed);
+        img.truncate(img.len() - CHUNK / 2);
+        let header = img[512..1024].to_vec();
+        let len = img.len();
+        img[len - 512..].copy_from_slice(&header);
+        img
+    }
+
+    #[test]
+    fn the_host_deploy_takes_the_head_down_first_and_puts_it_back_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let (old, new) = (uneven_image(1), uneven_image(2));
+        let (old_manifest, old_source) = manifest_and_source(&old, "old");
+        let (manifest, source) = manifest_and_source(&new, "new");
+        assert_eq!(
+            tail_index(&manifest, new.len() as u64),
+            manifest.chunks.len() - 2
+        );
+        write_image_to(&path, &old_manifest, &old_source, 3).unwrap();
+        let old_disk = std::fs::read(&path).unwrap();
+        assert_eq!(old_disk, old);
+        assert!(looks_bootable(&old_disk) && looks_bootable(&new));
+
+        // Failed part-way: the source gives out after some chunks, up to the last
+        // one a whole deploy over the old image fetches.
+        let whole = write_image_to(&path, &manifest, &source, 3).unwrap();
+        let fetches = whole.chunks_fetched as usize;
+        assert!(fetches > 20, "{whole:?}");
+        for budget in [0, 1, 5, 17, fetches - 2, fetches - 1] {
+            std::fs::write(&path, &old_disk).unwrap();
+            source.budget.store(budget, Ordering::SeqCst);
+            let failed = write_image_to(&path, &manifest, &source, 3);
+            assert!(failed.is_err(), "budget {budget}");
+            // Untouched (the head could not be fetched: nothing was written) or
+            // not bootable.
+            let disk = std::fs::read(&path).unwrap();
+            assert!(
+                disk == old_disk || !looks_bootable(&disk),
+                "failed after {budget} chunks"
+            );
+            assert_eq!(disk == old_disk, budget == 0);
+            source.budget.store(usize::MAX, Ordering::SeqCst);
+            write_image_to(&path, &manifest, &source, 3).unwrap();
+            assert!(std::fs::read(&path).unwrap() == new, "rerun after {budget}");
+        }
+
+        // Deployed again: only read.
+        let again = write_image_to(&path, &manifest, &source, 3).unwrap();
+        assert_eq!(again.written_bytes + again.zeroed_bytes, 0, "{again:?}");
+        assert_eq!(again.chunks_fetched, 0);
+        assert_eq!(again.skipped_bytes, new.len() as u64);
+        assert_eq!(again.total_bytes, new.len() as u64);
+
+        // Changes in one place each: only that chunk is fetched, the head and the
+        // tail chunks in place are put back from what was read. One worker, so the
+        // first tail chunk is found in place before the second one takes the
+        // regions down under it.
+        let last = new.len() - 1;
+        let mut changed = new.clone();
+        for at in [last - 600, 2 * CHUNK + 9, 100] {
+            changed[at] ^= 0x5A;
+            let (manifest, source) = manifest_and_source(&changed, "changed");
+            let p = write_image_to(&path, &manifest, &source, 1).unwrap();
+            assert!(std::fs::read(&path).unwrap() == changed, "change at {at}");
+            assert_eq!(p.chunks_fetched, 1, "change at {at}: {p:?}");
+            assert!(p.fetched_bytes > 0);
+        }
     }
 
     #[test]

@@ -349,7 +349,9 @@ impl Counters {
 }
 
 /// Writes the image `manifest` describes onto `target`, fetching from `source` only
-/// what the target lacks. The target has been checked to be large enough.
+/// what the target lacks. The target has been checked to be large enough. Chunks
+/// land in no particular order; a disk meant to boot is written with
+/// [`install::write_image`], which orders its boot records.
 pub fn deploy(
     source: &dyn Source,
     manifest: &Manifest,
@@ -437,16 +439,17 @@ fn deploy_chunks(
     Ok(counters.snapshot(manifest, &range, started))
 }
 
-/// Fetches chunk `index` and returns its verified content (zeros for a zero chunk).
+/// Fetches chunk `index` and returns its verified content (zeros for a zero chunk),
+/// with what the fetch took (bytes received, retries).
 fn fetch_chunk(
     source: &dyn Source,
     manifest: &Manifest,
     index: usize,
     retry: &RetryPolicy,
-) -> Result<Vec<u8>, DeployError> {
+) -> Result<(Vec<u8>, Progress), DeployError> {
     let chunk = &manifest.chunks[index];
     match chunk.kind {
-        ChunkKind::Zero => Ok(vec![0; chunk.length as usize]),
+        ChunkKind::Zero => Ok((vec![0; chunk.length as usize], Progress::default())),
         ChunkKind::Data {
             sha256,
             stored_size,
@@ -457,15 +460,22 @@ fn fetch_chunk(
                 retry: retry.clone(),
                 ..DeployOptions::default()
             };
+            let counters = Counters::default();
             worker.fetch_verified(
                 source,
                 sha256,
                 stored_size,
                 chunk.length as usize,
                 &opts,
-                &Counters::default(),
+                &counters,
             )?;
-            Ok(std::mem::take(&mut worker.content))
+            let taken = Progress {
+                fetched_bytes: counters.fetched.load(Ordering::Relaxed),
+                chunks_fetched: 1,
+                retries: counters.retries.0.load(Ordering::Relaxed),
+                ..Progress::default()
+            };
+            Ok((std::mem::take(&mut worker.content), taken))
         }
     }
 }
