@@ -9,6 +9,7 @@ mod common;
 use common::vm::*;
 use common::*;
 use imprint::format::state::{Agent, Mode};
+use imprint::statepart::StateDisk;
 use std::path::{Path, PathBuf};
 
 /// Identities every version of the image shares (boot/build-debian-os).
@@ -216,6 +217,16 @@ fn stock_upgrade_boots_the_new_os_every_time(firmware: &'static str) {
     came_up(&c, "v1", "/dev/vda3", firmware);
     assert_has(&c, "imprint firstboot: committed");
 
+    // As if v1 had never shut down cleanly: no configuration bundle. The deploy
+    // environment captures from v1's root itself, without writing v1's disk.
+    let v1 = StateDisk::open(m.disks[0].to_str().unwrap()).unwrap();
+    let (mut record, _) = v1.read_record().unwrap();
+    assert!(
+        record.bundle.take().is_some(),
+        "v1 captured nothing at shutdown"
+    );
+    v1.write_record(&record).unwrap();
+    let before = untouchable_digest(&m.disks[0]);
     let c = m.ramdisk(
         "upgrade-v2",
         "imprint.mode=upgrade imprint.image=debian:v2 imprint.disk=/dev/vdb",
@@ -224,6 +235,10 @@ fn stock_upgrade_boots_the_new_os_every_time(firmware: &'static str) {
     assert_has(
         &c,
         "configuration entries from the previous OS on /dev/vda3",
+    );
+    assert!(
+        untouchable_digest(&m.disks[0]) == before,
+        "the upgrade wrote to v1's file systems"
     );
     assert_has(&c, &format!("file system {ROOT_UUID} is now "));
     assert_has(&c, "rewrote the file system references in /etc/fstab");
@@ -287,6 +302,8 @@ fn stock_upgrades_roll_back_one_step(firmware: &'static str) {
     );
     let c = m.boot_disks("v1");
     assert_has(&c, "imprint firstboot: committed");
+    // At shutdown the agent captured v1's configuration itself.
+    assert_has(&c, "imprint prepare-upgrade: captured ");
 
     let upgrade = |name: &str, version: &str, disk: &str| {
         m.ramdisk(
@@ -294,7 +311,13 @@ fn stock_upgrades_roll_back_one_step(firmware: &'static str) {
             &format!("imprint.mode=upgrade imprint.image=debian:{version} imprint.disk={disk}"),
         )
     };
-    upgrade("upgrade-v2", "v2", "/dev/vdb");
+    let before = untouchable_digest(one);
+    let c = upgrade("upgrade-v2", "v2", "/dev/vdb");
+    assert_has(&c, "the previous OS on /dev/vda captured its configuration");
+    assert!(
+        untouchable_digest(one) == before,
+        "the upgrade wrote to v1's disk"
+    );
     let c = m.ramdisk("rollback-v2", "imprint.mode=rollback");
     assert_has(&c, "rollback: marked the upgrade to debian sha256:");
     assert_eq!(read_state(two).0.mode, Mode::RolledBack);

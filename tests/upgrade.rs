@@ -8,7 +8,6 @@ mod common;
 use common::vm::*;
 use common::*;
 use imprint::format::state::Mode;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 struct Rig {
@@ -114,21 +113,6 @@ impl Rig {
     }
 }
 
-/// Disk 1's bytes, less its first sector and its state partition: what an upgrade
-/// must leave alone.
-fn untouchable(disk: &Path) -> Vec<u8> {
-    let mut f = std::fs::File::open(disk).unwrap();
-    let layout = imprint::format::gpt::read(&mut f).unwrap().unwrap();
-    let mut bytes = Vec::new();
-    f.seek(SeekFrom::Start(0)).unwrap();
-    f.read_to_end(&mut bytes).unwrap();
-    bytes[..512].fill(0);
-    let p = imprint::statepart::find(&layout).unwrap();
-    let (start, len) = imprint::statepart::byte_range(&layout, p);
-    bytes[start as usize..(start + len) as usize].fill(0);
-    bytes
-}
-
 /// The FAT volume ID of a disk image's ESP.
 fn esp_volume_id(disk: &Path) -> u32 {
     let mut f = std::fs::File::open(disk).unwrap();
@@ -158,7 +142,7 @@ fn summary_figure(console: &str, key: &str) -> u64 {
 fn upgrade_migrates_and_commits(firmware: &'static str) {
     let rig = Rig::new(firmware, &["v1", "v2"]);
     rig.v1_installed();
-    let before = untouchable(&rig.disk1);
+    let before = untouchable_digest(&rig.disk1);
 
     let c = rig.upgrade_to("v2");
     // Delta upgrade: most bytes come from the previous disk, not the network.
@@ -195,7 +179,7 @@ fn upgrade_migrates_and_commits(firmware: &'static str) {
     rig.assert_migrated_and_committed();
     // Disk 1: only its boot record and state record may have changed.
     assert!(
-        untouchable(&rig.disk1) == before,
+        untouchable_digest(&rig.disk1) == before,
         "the previous disk's data changed"
     );
     if firmware == "uefi" {

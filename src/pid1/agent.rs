@@ -45,6 +45,10 @@ Conflicts=shutdown.target
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/lib/imprint/imprint firstboot
+# At every shutdown, while the root is still mounted: the configuration the next
+# upgrade migrates, captured by the OS itself.
+ExecStop=/usr/lib/imprint/imprint prepare-upgrade
+TimeoutStopSec=60
 StandardOutput=journal+console
 
 [Install]
@@ -411,6 +415,15 @@ impl Drop for Mounted {
     }
 }
 
+/// How [`mount_root`] mounts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MountAs {
+    /// Read-only; a journal is replayed as the OS's own mount would.
+    ReadOnly,
+    /// Read-only and the device never written: no journal replay.
+    Untouched,
+}
+
 /// Mounts, read-only at `at`, the root file system of the OS whose partition
 /// table is `layout`, by the rule in the module's doc; `partition` names a
 /// partition's device node. Says why when there is none.
@@ -418,6 +431,7 @@ fn mount_root(
     layout: &Layout,
     partition: &dyn Fn(u32) -> Result<String, String>,
     at: &'static str,
+    how: MountAs,
 ) -> Result<Mounted, String> {
     let candidates = root_candidates(layout);
     if candidates.is_empty() {
@@ -434,7 +448,11 @@ fn mount_root(
                 continue;
             }
         };
-        if let Err(e) = sys::mount(&device, at, "ext4", true) {
+        let mounted = match how {
+            MountAs::ReadOnly => sys::mount(&device, at, "ext4", true),
+            MountAs::Untouched => sys::mount_ext4_untouched(&device, at),
+        };
+        if let Err(e) = mounted {
             seen.push(match content_of(&device) {
                 Some(kind) if kind != "ext2/3/4" => {
                     format!("{device} holds {kind}; the deploy environment reads ext4 roots only")
@@ -484,7 +502,12 @@ fn provide_root(
         cloud_init_seed: false,
         rewritten: Vec::new(),
     };
-    let mounted = match mount_root(layout, &|n| disk.wait_for_partition(n), MOUNT_POINT) {
+    let mounted = match mount_root(
+        layout,
+        &|n| disk.wait_for_partition(n),
+        MOUNT_POINT,
+        MountAs::ReadOnly,
+    ) {
         Ok(m) => m,
         Err(why) => return (skipped(why), None),
     };
@@ -510,16 +533,20 @@ fn provide_root(
 
 const PREVIOUS_MOUNT_POINT: &str = "/run/imprint/previous";
 
-/// Upgrades: captures the previous OS's configuration, as its own migration
-/// list names it, from its root into its state partition, for the new OS's
-/// agent to migrate. A stock OS never ran `imprint prepare-upgrade`, and the
-/// files on the disk now are at least as new as any bundle made while it ran.
-/// Returns the root's device and the number of entries.
+/// Upgrades, when the previous OS left no configuration bundle (the agent this
+/// environment installs captures one at every shutdown; an OS with its own
+/// agent runs `imprint prepare-upgrade`): captures it from the previous OS's
+/// root, as its own migration list names it, into its state partition, for
+/// the new OS's agent to migrate. The root is mounted without replaying its
+/// journal, so the previous disk's file systems are not written; what only its
+/// journal held is not seen. Returns the root's device and the number of
+/// entries.
 pub(super) fn capture_previous(previous: &StateDisk) -> Result<(String, usize)> {
     let mounted = mount_root(
         &previous.layout,
         &|n| Ok(disks::partition_path(&previous.device, n)),
         PREVIOUS_MOUNT_POINT,
+        MountAs::Untouched,
     )
     .map_err(|why| anyhow!("{why}"))?;
     let root = Root::open(Path::new(PREVIOUS_MOUNT_POINT))

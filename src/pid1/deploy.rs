@@ -291,24 +291,29 @@ fn refuse_downgrade(
     Ok(())
 }
 
-/// Upgrades: the previous OS's configuration captured for the new OS to
-/// migrate. When that fails, a bundle `prepare-upgrade` made stays in use.
+/// Upgrades: the previous OS's configuration for the new OS to migrate: the
+/// bundle the previous OS captured itself, or else one captured here from its
+/// root.
 fn capture_previous(previous: &StateDisk) {
+    if let Ok((record, _)) = previous.read_record()
+        && let Some(bundle) = &record.bundle
+    {
+        log::info!(
+            "the previous OS on {} captured its configuration ({} bytes); the new OS migrates it",
+            previous.device,
+            bundle.len
+        );
+        return;
+    }
     match agent::capture_previous(previous) {
         Ok((device, entries)) => log::info!(
             "captured {entries} configuration entries from the previous OS on {device}, for the new OS to migrate"
         ),
-        Err(e) => {
-            let fallback = match previous.read_record() {
-                Ok((r, _)) if r.bundle.is_some() => "the bundle prepare-upgrade made",
-                _ => "nothing",
-            };
-            log::warn!(
-                "capturing the previous OS's configuration on {}: {}; the new OS migrates {fallback}",
-                previous.device,
-                crate::error_text(&e)
-            );
-        }
+        Err(e) => log::warn!(
+            "capturing the previous OS's configuration on {}: {}; the new OS migrates nothing",
+            previous.device,
+            crate::error_text(&e)
+        ),
     }
 }
 

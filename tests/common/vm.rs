@@ -451,3 +451,34 @@ pub fn partition_file(disk: &Path, number: u32, path: &str) -> String {
         .expect("debugfs (e2fsprogs)");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A digest of a disk image's bytes except its first sector (the boot record)
+/// and its state partition: what an upgrade must leave as it was on the
+/// previous disk. Streams, holes and all, so multi-GiB images are fine.
+pub fn untouchable_digest(disk: &Path) -> [u8; 32] {
+    use sha2::Digest as _;
+    use std::io::Read;
+    let mut f = std::fs::File::open(disk).unwrap();
+    let layout = gpt::read(&mut f).unwrap().unwrap();
+    let p = statepart::find(&layout).unwrap();
+    let (start, len) = statepart::byte_range(&layout, p);
+    let mut hash = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    f.seek(std::io::SeekFrom::Start(0)).unwrap();
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        for (from, to) in [(0, 512), (start, start + len)] {
+            let (a, b) = (from.max(at), to.min(at + n as u64));
+            if a < b {
+                buf[(a - at) as usize..(b - at) as usize].fill(0);
+            }
+        }
+        hash.update(&buf[..n]);
+        at += n as u64;
+    }
+    hash.finalize().into()
+}
