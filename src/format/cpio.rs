@@ -29,7 +29,7 @@ struct Entry {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CpioError {
-    #[error("archive path {0:?} must be relative, without empty, . or .. segments")]
+    #[error("archive path {0:?} must be relative, without empty, . or .. segments or NUL bytes")]
     BadPath(String),
     #[error("archive path {0:?} is added twice with different content")]
     Conflict(String),
@@ -87,8 +87,10 @@ impl Archive {
     }
 
     fn insert(&mut self, path: &str, mode: u32, body: Body) -> Result<(), CpioError> {
+        // The kernel reads names as C strings: a NUL would end one early.
         let bad = path.is_empty()
             || path.starts_with('/')
+            || path.contains('\0')
             || path
                 .split('/')
                 .any(|s| s.is_empty() || s == "." || s == "..");
@@ -300,6 +302,19 @@ mod tests {
             a.add_file("x/y", 0o644, vec![]),
             Err(CpioError::NotADirectory(..))
         ));
+    }
+
+    #[test]
+    fn a_nul_in_a_path_is_refused() {
+        // The kernel reads names as C strings: "a\0b" would unpack as "a".
+        let mut a = Archive::new();
+        for bad in ["\0", "a\0b", "dir/\0"] {
+            assert_eq!(
+                a.add_char_device(bad, 0o600, 0, 0),
+                Err(CpioError::BadPath(bad.into()))
+            );
+        }
+        assert!(a.is_empty());
     }
 
     #[test]

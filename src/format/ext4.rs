@@ -185,6 +185,19 @@ pub fn set_uuid<D: Read + Write + Seek>(
     uuid: [u8; 16],
 ) -> Result<[u8; 16], Ext4Error> {
     let primary = read(part)?;
+    // Every copy lies in the file system, which must lie in the partition: that
+    // bounds the copies to look for by what is there, not by what the
+    // superblock claims.
+    let len = part.seek(SeekFrom::End(0))?;
+    if primary
+        .blocks
+        .checked_mul(primary.block_size)
+        .is_none_or(|bytes| bytes > len)
+    {
+        return Err(Ext4Error::Damaged(
+            "the file system is larger than its partition",
+        ));
+    }
     let csum = primary.ro_compat & RO_COMPAT_METADATA_CSUM != 0;
     if !csum && primary.ro_compat & RO_COMPAT_GDT_CSUM != 0 {
         return Err(Ext4Error::GroupChecksums);
@@ -287,6 +300,37 @@ mod tests {
             le32(&img[1024..], S_CHECKSUM_SEED),
             ext4_crc32c(&[0xAA; 16])
         );
+    }
+
+    #[test]
+    fn a_file_system_larger_than_its_partition_is_refused() {
+        // 2^50 blocks of 64 KiB in groups of 2^31 blocks, every group with a
+        // backup: the copies' offsets pass 2^64. And 2^32 - 1 groups of one
+        // block: four billion places to look for copies.
+        let absurd = |log: u32, per_group: u32, blocks: u64, ro_compat: u32| {
+            let mut img = image(2);
+            let sb = &mut img[1024..2048];
+            put32(sb, S_LOG_BLOCK_SIZE, log);
+            put32(sb, S_BLOCKS_PER_GROUP, per_group);
+            put32(sb, S_FEATURE_INCOMPAT, INCOMPAT_64BIT);
+            put32(sb, S_BLOCKS_COUNT_LO, blocks as u32);
+            put32(sb, S_BLOCKS_COUNT_HI, (blocks >> 32) as u32);
+            put32(sb, S_FEATURE_RO_COMPAT, ro_compat);
+            img
+        };
+        for img in [
+            absurd(6, 1 << 31, 1 << 50, 0),
+            absurd(0, 1, u32::MAX as u64, RO_COMPAT_SPARSE_SUPER),
+            absurd(0, 8192, u64::MAX, RO_COMPAT_METADATA_CSUM),
+        ] {
+            let before = img.clone();
+            let mut part = Cursor::new(img);
+            assert!(matches!(
+                set_uuid(&mut part, [1; 16]),
+                Err(Ext4Error::Damaged(_))
+            ));
+            assert_eq!(part.into_inner(), before);
+        }
     }
 
     #[test]

@@ -352,7 +352,12 @@ pub fn relocate(
         .map(|p| p.last_lba)
         .max()
         .unwrap_or(0);
-    if disk_sectors < 2 + 2 * entry_sectors + 2 || disk_sectors - 2 - entry_sectors <= max_part {
+    // The usable area must still start inside it (a header may say anything up
+    // to 2^64, and the new partition's place is counted from there).
+    if disk_sectors < 2 + 2 * entry_sectors + 2
+        || disk_sectors - 2 - entry_sectors <= max_part
+        || disk_sectors - 2 - entry_sectors < layout.first_usable_lba
+    {
         return Err(RelocateError::DiskTooSmall { disk: disk_size });
     }
     let last_usable = disk_sectors - 2 - entry_sectors;
@@ -605,6 +610,29 @@ pub(crate) mod tests {
             relocate(&mut blank, 1 << 30, None, None),
             Err(RelocateError::NoGpt(_))
         ));
+    }
+
+    #[test]
+    fn relocation_refuses_a_usable_area_past_the_disk() {
+        // A header whose usable area starts near 2^64: the state partition's
+        // place, aligned up from there, must not wrap round to LBA 0.
+        let mut head = image_with(4096, &[])[..64 << 10].to_vec();
+        for first in [u64::MAX, u64::MAX - 100, 1 << 40] {
+            let header = &mut head[512..1024];
+            header[H_FIRST_USABLE..H_FIRST_USABLE + 8].copy_from_slice(&first.to_le_bytes());
+            header[H_LAST_USABLE..H_LAST_USABLE + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+            seal(header, 92);
+            let new = NewPartition {
+                type_guid: Guid([7; 16]),
+                unique_guid: Guid([8; 16]),
+                name: "imprint-state".into(),
+                size: 1 << 20,
+            };
+            assert_eq!(
+                relocate(&mut head.clone(), 16 << 20, Some(&new), None).unwrap_err(),
+                RelocateError::DiskTooSmall { disk: 16 << 20 }
+            );
+        }
     }
 
     #[test]

@@ -97,15 +97,32 @@ impl ModuleIndex {
         (order, missing)
     }
 
-    fn visit(&self, name: &str, seen: &mut BTreeSet<String>, order: &mut Vec<String>) {
+    /// Adds `name` after its dependencies, depth first. The path walked is kept
+    /// on a stack of its own, not the thread's: a chain of dependencies is as
+    /// long as `modules.dep` makes it.
+    fn visit<'a>(&'a self, name: &'a str, seen: &mut BTreeSet<String>, order: &mut Vec<String>) {
         if !seen.insert(name.to_string()) {
             return;
         }
-        if let Some((_, deps)) = self.modules.get(name) {
-            for dep in deps {
-                self.visit(dep, seen, order);
+        // (module, index of its next dependency to visit)
+        let mut path = vec![(name, 0)];
+        while let Some(top) = path.last_mut() {
+            let (module, next) = *top;
+            let deps = self.modules.get(module).map_or(&[][..], |(_, d)| d);
+            match deps.get(next) {
+                Some(dep) => {
+                    top.1 += 1;
+                    if seen.insert(dep.clone()) {
+                        path.push((dep, 0));
+                    }
+                }
+                None => {
+                    if self.modules.contains_key(module) {
+                        order.push(module.to_string());
+                    }
+                    path.pop();
+                }
             }
-            order.push(name.to_string());
         }
     }
 
@@ -194,6 +211,25 @@ alias bogus
         assert_eq!(order.len(), 8);
         assert_eq!(missing, ["e1000"]);
         assert_eq!(idx.path_of("ext4"), Some("kernel/fs/ext4/ext4.ko.xz"));
+    }
+
+    #[test]
+    fn a_long_dependency_chain_does_not_exhaust_the_stack() {
+        // m0 needs m1, which needs m2, ... 100 000 deep.
+        let n = 100_000;
+        let dep: String = (0..n)
+            .map(|i| format!("kernel/m{i}.ko: kernel/m{}.ko\n", i + 1))
+            .collect();
+        let order = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || ModuleIndex::parse(&dep, "").load_order(["m0"]).0)
+            .unwrap()
+            .join()
+            .unwrap();
+        // m{n} is named but not listed: not in the order.
+        assert_eq!(order.len(), n);
+        assert_eq!(order[0], format!("m{}", n - 1));
+        assert_eq!(order[n - 1], "m0");
     }
 
     #[test]

@@ -121,7 +121,8 @@ pub fn parse_ack(reply: &[u8], seq: u32) -> Result<i32, &'static str> {
                 return Err("short netlink error message");
             }
             let code = i32::from_le_bytes(reply[at + 16..at + 20].try_into().unwrap_or_default());
-            return Ok(-code);
+            // The kernel sends -errno; i32::MIN is no errno and has no negation.
+            return code.checked_neg().ok_or("netlink error code out of range");
         }
         at += len.div_ceil(4) * 4;
     }
@@ -178,5 +179,15 @@ mod tests {
         assert!(parse_ack(&ack[..10], 5).is_err());
         ack[0..4].copy_from_slice(&1000u32.to_le_bytes());
         assert!(parse_ack(&ack, 5).is_err());
+    }
+
+    #[test]
+    fn an_error_code_without_a_negation_is_refused() {
+        let mut ack = vec![0u8; 36];
+        ack[0..4].copy_from_slice(&36u32.to_le_bytes());
+        ack[4..6].copy_from_slice(&NLMSG_ERROR.to_le_bytes());
+        ack[8..12].copy_from_slice(&5u32.to_le_bytes());
+        ack[16..20].copy_from_slice(&i32::MIN.to_le_bytes());
+        assert_eq!(parse_ack(&ack, 5), Err("netlink error code out of range"));
     }
 }
