@@ -743,13 +743,17 @@ mod state {
                 prop::option::of(bundle),
                 prop::option::of(vec(any::<u8>(), 0..600)),
                 agent,
+                prop::option::of(
+                    (".{0,40}", any::<u64>())
+                        .prop_map(|(tag, issued)| ReleaseStamp { tag, issued }),
+                ),
             ),
         )
             .prop_map(
                 |(
                     (mode, image_name, image_digest, deployed_at, previous),
                     (settings, boot_attempts, status_url, target),
-                    (deployed_mode, bundle, saved_boot_record, agent),
+                    (deployed_mode, bundle, saved_boot_record, agent, release),
                 )| Record {
                     version: RECORD_VERSION,
                     mode,
@@ -765,6 +769,7 @@ mod state {
                     bundle,
                     saved_boot_record,
                     agent,
+                    release,
                 },
             )
     }
@@ -880,7 +885,10 @@ mod state {
             let part = partition_with(&payload);
             let mut result = None;
             let heap = peak_heap(|| result = Some(read(&mut Cursor::new(&part))));
-            assert!(matches!(result, Some(Err(StateError::Empty))), "{result:?}");
+            assert!(
+                matches!(result, Some(Err(StateError::Undecodable { .. }))),
+                "{result:?}"
+            );
             // One 64 KiB slot buffer at a time, and little else.
             assert!(heap <= 68 << 10, "{heap} bytes of heap for {payload:?}");
         }
@@ -2074,6 +2082,7 @@ mod cmdline {
                         target,
                         user_data,
                         network_config,
+                        allow_downgrade: false,
                         jobs: jobs.unwrap_or(4),
                         dhcp_timeout: Duration::from_secs(timeout.unwrap_or(60)),
                         ip: ip.map_or(IpConfig::Dhcp, |i| i.1),
