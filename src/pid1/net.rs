@@ -13,8 +13,8 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
@@ -222,30 +222,39 @@ fn bring_up_dhcp(nics: &[Nic], timeout: Duration) -> Result<Lease, NetError> {
     }
     let remaining = timeout.saturating_sub(start.elapsed());
     let done = Arc::new(AtomicBool::new(false));
-    let winner: Arc<Mutex<Option<Lease>>> = Arc::new(Mutex::new(None));
-    let threads: Vec<_> = with_carrier
-        .iter()
-        .cloned()
-        .map(|nic| {
-            let (done, winner) = (done.clone(), winner.clone());
-            std::thread::spawn(move || match dhcp(&nic, remaining, &done) {
-                Ok(Some(lease)) => {
-                    if let Ok(mut w) = winner.lock()
-                        && w.is_none()
-                    {
-                        *w = Some(lease);
-                        done.store(true, Ordering::Relaxed);
-                    }
+    // The first interface to get a lease wins; its thread goes on renewing it.
+    let (tx, rx) = std::sync::mpsc::channel::<Option<Lease>>();
+    for nic in with_carrier.iter().cloned() {
+        let (done, tx) = (done.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let won = |lease: Lease| {
+                if done.swap(true, Ordering::AcqRel) {
+                    return false;
                 }
-                Ok(None) => {}
+                let _ = tx.send(Some(lease));
+                true
+            };
+            match dhcp(&nic, remaining, &done, &won) {
+                Ok(()) => {}
                 Err(e) => log::warn!("DHCP on {}: {e}", nic.name),
-            })
-        })
-        .collect();
-    for t in threads {
-        let _ = t.join();
+            }
+            let _ = tx.send(None);
+        });
     }
-    let lease = winner.lock().ok().and_then(|mut w| w.take());
+    drop(tx);
+    let mut ended = 0;
+    let lease = loop {
+        match rx.recv() {
+            Ok(Some(lease)) => break Some(lease),
+            Ok(None) => {
+                ended += 1;
+                if ended == with_carrier.len() {
+                    break None;
+                }
+            }
+            Err(_) => break None,
+        }
+    };
     match lease {
         Some(lease) => {
             apply(&lease)?;
@@ -259,9 +268,20 @@ fn bring_up_dhcp(nics: &[Nic], timeout: Duration) -> Result<Lease, NetError> {
 }
 
 /// Runs DHCP on one interface until a lease, `timeout`, or `stop`. Discovers are
-/// sent again with exponential backoff (1, 2, 4, 8 s, ...).
-fn dhcp(nic: &Nic, timeout: Duration, stop: &AtomicBool) -> io::Result<Option<Lease>> {
+/// sent again with exponential backoff (1, 2, 4, 8 s, ...). A lease goes to
+/// `won`; when that says this interface won, the lease is renewed here for as
+/// long as the process runs (re-applied to the kernel at each renewal), so a
+/// deploy that outlasts the lease keeps its address.
+fn dhcp(
+    nic: &Nic,
+    timeout: Duration,
+    stop: &AtomicBool,
+    won: &dyn Fn(Lease) -> bool,
+) -> io::Result<()> {
     let mut device = RawSocket::new(&nic.name, Medium::Ethernet)?;
+    if let Err(e) = sys::filter_udp_dst_port(&device, 68) {
+        log::warn!("filtering DHCP packets on {}: {e}", nic.name);
+    }
     let config = IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(nic.mac)));
     let now = || smoltcp::time::Instant::now();
     let mut iface = Interface::new(config, &mut device, now());
@@ -276,29 +296,64 @@ fn dhcp(nic: &Nic, timeout: Duration, stop: &AtomicBool) -> io::Result<Option<Le
     let mut next_discover = Duration::ZERO;
     let mut backoff = Duration::from_secs(1);
     let mut sent = 0;
-    while start.elapsed() < timeout && !stop.load(Ordering::Relaxed) {
-        if start.elapsed() >= next_discover {
-            let s = sockets.get_mut::<dhcpv4::Socket>(handle);
-            if sent > 0 {
-                log::info!("no DHCP answer on {} yet, asking again", nic.name);
+    let mut leased = false;
+    loop {
+        if !leased {
+            if start.elapsed() >= timeout || stop.load(Ordering::Relaxed) {
+                return Ok(());
             }
-            s.reset();
-            sent += 1;
-            next_discover = start.elapsed() + backoff;
-            backoff = (backoff * 2).min(Duration::from_secs(16));
+            if start.elapsed() >= next_discover {
+                let s = sockets.get_mut::<dhcpv4::Socket>(handle);
+                if sent > 0 {
+                    log::info!("no DHCP answer on {} yet, asking again", nic.name);
+                }
+                s.reset();
+                sent += 1;
+                next_discover = start.elapsed() + backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(16));
+            }
         }
         iface.poll(now(), &mut device, &mut sockets);
-        if let Some(dhcpv4::Event::Configured(cfg)) =
-            sockets.get_mut::<dhcpv4::Socket>(handle).poll()
-        {
-            let lease = Lease {
-                nic: nic.clone(),
-                address: cfg.address.address(),
-                prefix: cfg.address.prefix_len(),
-                router: cfg.router,
-                dns: cfg.dns_servers.iter().copied().collect(),
-            };
-            return Ok(Some(lease));
+        match sockets.get_mut::<dhcpv4::Socket>(handle).poll() {
+            Some(dhcpv4::Event::Configured(cfg)) => {
+                // smoltcp sends renewals to the server from the leased address.
+                iface.update_ip_addrs(|addrs| {
+                    addrs.clear();
+                    let _ = addrs.push(smoltcp::wire::IpCidr::Ipv4(cfg.address));
+                });
+                let lease = Lease {
+                    nic: nic.clone(),
+                    address: cfg.address.address(),
+                    prefix: cfg.address.prefix_len(),
+                    router: cfg.router,
+                    dns: cfg.dns_servers.iter().copied().collect(),
+                };
+                if !leased {
+                    if !won(lease) {
+                        return Ok(());
+                    }
+                    leased = true;
+                } else {
+                    match apply(&lease) {
+                        // smoltcp reports a renewal only when the lease changed.
+                        Ok(()) => log::info!(
+                            "the DHCP lease on {} changed: {}/{}",
+                            nic.name,
+                            lease.address,
+                            lease.prefix
+                        ),
+                        Err(e) => log::warn!("applying the renewed lease: {e}"),
+                    }
+                }
+            }
+            Some(dhcpv4::Event::Deconfigured) if leased => {
+                iface.update_ip_addrs(|addrs| addrs.clear());
+                log::error!(
+                    "the DHCP lease on {} ran out and was not renewed; the address may be given to another machine",
+                    nic.name
+                );
+            }
+            _ => {}
         }
         let delay = iface
             .poll_delay(now(), &sockets)
@@ -306,5 +361,4 @@ fn dhcp(nic: &Nic, timeout: Duration, stop: &AtomicBool) -> io::Result<Option<Le
             .unwrap_or(smoltcp::time::Duration::from_millis(200));
         smoltcp::phy::wait(device.as_raw_fd(), Some(delay))?;
     }
-    Ok(None)
 }
