@@ -49,6 +49,18 @@ impl Step {
         Step::WriteBackupGpt,
         Step::WriteHead,
     ];
+
+    /// A stable name for the console and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::InvalidateBootRecords => "invalidate-boot-records",
+            Step::WriteData => "write-data",
+            Step::RewritePartitionTable => "rewrite-partition-table",
+            Step::WriteStateRecord => "write-state-record",
+            Step::WriteBackupGpt => "write-backup-gpt",
+            Step::WriteHead => "write-head",
+        }
+    }
 }
 
 /// What the caller decided about this disk before the install runs.
@@ -639,6 +651,19 @@ mod tests {
             let disk = std::fs::read(&path).unwrap();
             assert_same_install(&disk, &reference, &format!("rerun after {budget} chunks"));
         }
+    }
+
+    #[test]
+    fn every_step_has_its_own_name() {
+        let mut names: Vec<&str> = Step::ORDER.iter().map(|s| s.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Step::ORDER.len());
+        assert!(
+            names
+                .iter()
+                .all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+        );
     }
 
     #[test]
