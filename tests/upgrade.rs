@@ -8,7 +8,6 @@ mod common;
 use common::vm::*;
 use common::*;
 use imprint::format::state::Mode;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 struct Rig {
@@ -114,21 +113,6 @@ impl Rig {
     }
 }
 
-/// Disk 1's bytes, less its first sector and its state partition: what an upgrade
-/// must leave alone.
-fn untouchable(disk: &Path) -> Vec<u8> {
-    let mut f = std::fs::File::open(disk).unwrap();
-    let layout = imprint::format::gpt::read(&mut f).unwrap().unwrap();
-    let mut bytes = Vec::new();
-    f.seek(SeekFrom::Start(0)).unwrap();
-    f.read_to_end(&mut bytes).unwrap();
-    bytes[..512].fill(0);
-    let p = imprint::statepart::find(&layout).unwrap();
-    let (start, len) = imprint::statepart::byte_range(&layout, p);
-    bytes[start as usize..(start + len) as usize].fill(0);
-    bytes
-}
-
 /// The FAT volume ID of a disk image's ESP.
 fn esp_volume_id(disk: &Path) -> u32 {
     let mut f = std::fs::File::open(disk).unwrap();
@@ -141,18 +125,6 @@ fn esp_volume_id(disk: &Path) -> u32 {
     let (start, len) = imprint::statepart::byte_range(&layout, esp);
     let mut part = imprint::statepart::Window::new(&f, start, len);
     imprint::format::fat::volume_id(&mut part).unwrap()
-}
-
-fn summary_figure(console: &str, key: &str) -> u64 {
-    console
-        .lines()
-        .find(|l| l.contains("deploy complete:"))
-        .and_then(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in the summary:\n{console}"))
 }
 
 fn upgrade_migrates_and_commits(firmware: &'static str) {
