@@ -127,18 +127,6 @@ fn esp_volume_id(disk: &Path) -> u32 {
     imprint::format::fat::volume_id(&mut part).unwrap()
 }
 
-fn summary_figure(console: &str, key: &str) -> u64 {
-    console
-        .lines()
-        .find(|l| l.contains("deploy complete:"))
-        .and_then(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in the summary:\n{console}"))
-}
-
 fn upgrade_migrates_and_commits(firmware: &'static str) {
     let rig = Rig::new(firmware, &["v1", "v2"]);
     rig.v1_installed();

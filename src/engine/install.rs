@@ -57,6 +57,18 @@ impl Step {
         Step::WriteBackupGpt,
         Step::WriteHead,
     ];
+
+    /// A stable name for the console and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::InvalidateBootRecords => "invalidate-boot-records",
+            Step::WriteData => "write-data",
+            Step::RewritePartitionTable => "rewrite-partition-table",
+            Step::WriteStateRecord => "write-state-record",
+            Step::WriteBackupGpt => "write-backup-gpt",
+            Step::WriteHead => "write-head",
+        }
+    }
 }
 
 /// What the caller decided about this disk before the install runs.
@@ -923,11 +935,12 @@ mod tests {
         let path = dir.path().join("disk.img");
         let (manifest, source) = manifest_and_source(&image(5), "new");
         run(&path, &manifest, &source, &record("old"), None).unwrap();
-        // A newer imprint updated the record since: generation 2, format 3.
+        // A newer imprint updated the record since: generation 2, of the format
+        // after this build's.
         let mut disk = std::fs::read(&path).unwrap();
         let layout = gpt::read(&mut Cursor::new(&disk)).unwrap().unwrap();
         let (start, _) = statepart::byte_range(&layout, statepart::find(&layout).unwrap());
-        let payload = [3u8, 1, 2, 3];
+        let payload = [state::RECORD_VERSION as u8 + 1, 1, 2, 3];
         let slot = &mut disk[(start + state::SLOT_SIZE) as usize..];
         slot[..8].copy_from_slice(state::MAGIC);
         slot[8..16].copy_from_slice(&2u64.to_le_bytes());
@@ -941,6 +954,19 @@ mod tests {
         run(&path, &manifest, &source, &r, None).unwrap();
         let disk = std::fs::read(&path).unwrap();
         assert_eq!(read_record(&disk, &disk), Some(r));
+    }
+
+    #[test]
+    fn every_step_has_its_own_name() {
+        let mut names: Vec<&str> = Step::ORDER.iter().map(|s| s.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Step::ORDER.len());
+        assert!(
+            names
+                .iter()
+                .all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+        );
     }
 
     #[test]

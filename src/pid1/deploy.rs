@@ -407,6 +407,7 @@ fn install_image(
         }
     };
     let mut after = |step: Step| {
+        log::info!("install step done: {}", step.name());
         if step == Step::InvalidateBootRecords {
             log::info!(
                 "first write (old boot records invalidated) at {:.2} s",
@@ -480,6 +481,7 @@ fn switch_boot(
     disk: &disks::DiskInfo,
     image_name: &str,
 ) -> Result<()> {
+    log::info!("switching boot to {}", disk.dev_path());
     if sys::is_uefi() {
         // Loaded here rather than left to the kernel's request: it must be there.
         drivers::Drivers::open().load(&["efivarfs".to_string()]);

@@ -248,6 +248,14 @@ pub struct Boot<'a> {
     pub timeout: u64,
     /// Guest memory in MiB.
     pub memory: u32,
+    /// A power cut: QEMU is killed (SIGKILL, nothing flushed) as soon as a
+    /// console line holds one of these, or `cut_after_ms` later; the exit status
+    /// is then 137.
+    pub cut_on: &'a [&'a str],
+    pub cut_after_ms: u64,
+    /// Slow disks: at most this many write requests a second, one figure per
+    /// disk in order, the last one for the disks after it (none: no limit).
+    pub write_iops: &'a [u32],
 }
 
 impl Default for Boot<'_> {
@@ -259,9 +267,15 @@ impl Default for Boot<'_> {
             net: "user",
             timeout: 240,
             memory: 1024,
+            cut_on: &[],
+            cut_after_ms: 0,
+            write_iops: &[],
         }
     }
 }
+
+/// The exit status `qemu/run` gives when it cut the power.
+pub const CUT_STATUS: i32 = 137;
 
 /// Runs a VM to completion (power off, reboot or timeout) and returns its exit
 /// status and console.
@@ -274,6 +288,16 @@ pub fn boot(dir: &Path, name: &str, b: Boot, disks: &[&Path]) -> (ExitStatus, St
         .args(["--memory", &b.memory.to_string()]);
     if let Some(v) = b.vars {
         cmd.args(["--vars", v.to_str().unwrap()]);
+    }
+    for text in b.cut_on {
+        cmd.args(["--cut-on", text]);
+    }
+    if !b.cut_on.is_empty() {
+        cmd.args(["--cut-after-ms", &b.cut_after_ms.to_string()]);
+    }
+    if !b.write_iops.is_empty() {
+        let iops: Vec<String> = b.write_iops.iter().map(u32::to_string).collect();
+        cmd.args(["--write-iops", &iops.join(",")]);
     }
     if let Some(append) = &b.append {
         // Only a RAM-disk boot needs the deploy environment built.
@@ -382,6 +406,34 @@ pub fn check_deployed_disk(disk: &Path, image: &[u8], digest: &str, hostname: Op
         record.settings.get("hostname").map(String::as_str),
         hostname
     );
+}
+
+/// Disk 1's bytes, less its first sector and its state partition: what an upgrade
+/// must leave alone.
+pub fn untouchable(disk: &Path) -> Vec<u8> {
+    let mut f = std::fs::File::open(disk).unwrap();
+    let layout = gpt::read(&mut f).unwrap().unwrap();
+    let mut bytes = Vec::new();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_to_end(&mut bytes).unwrap();
+    bytes[..512].fill(0);
+    let p = statepart::find(&layout).unwrap();
+    let (start, len) = statepart::byte_range(&layout, p);
+    bytes[start as usize..(start + len) as usize].fill(0);
+    bytes
+}
+
+/// A figure of the deploy's summary line on a console.
+pub fn summary_figure(console: &str, key: &str) -> u64 {
+    console
+        .lines()
+        .find(|l| l.contains("deploy complete:"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in the summary:\n{console}"))
 }
 
 /// Some line of the console holds every one of `parts`.
