@@ -386,6 +386,47 @@ pub fn filter_udp_dst_port(socket: &impl std::os::fd::AsRawFd, port: u16) -> io:
     }
 }
 
+/// The signals that ask a server to stop: SIGTERM and SIGINT.
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the zeroed set it is given; sigaddset adds
+    // valid signal numbers to that initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        set
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in this thread and in the threads it starts from
+/// now on, so that [`wait_for_termination`] receives them instead of the
+/// default action ending the process mid-response.
+pub fn block_termination_signals() -> io::Result<()> {
+    let set = termination_signals();
+    // SAFETY: `set` is an initialised signal set; the old mask is not asked for.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (blocked first with
+/// [`block_termination_signals`]); returns which.
+pub fn wait_for_termination() -> i32 {
+    let set = termination_signals();
+    loop {
+        let mut signal = 0;
+        // SAFETY: `set` is initialised and `signal` is a valid place for the
+        // result.
+        if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+            return signal;
+        }
+    }
+}
+
 /// Memory the kernel says is available for new allocations (`MemAvailable`),
 /// in bytes.
 pub fn available_memory() -> Option<u64> {

@@ -593,3 +593,67 @@ fn a_closed_log_pipe_does_not_stop_the_server() {
     assert!(served.alive());
     assert!(get_ok(&addr, &manifest));
 }
+
+/// SIGTERM: new connections are refused, a download under way finishes whole,
+/// an idle kept-alive connection is closed, and the server exits 0.
+#[test]
+fn sigterm_finishes_what_is_under_way_and_exits() {
+    use std::io::Read;
+    let (repo, _, digest) = setup();
+    let hex = digest.trim_start_matches("sha256:");
+    // 16 MiB under a name the server serves, read slowly below.
+    let big: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    let big_name = format!("/manifests/sha256/{}", "ab".repeat(32));
+    std::fs::write(repo.path().join(&big_name[1..]), &big).unwrap();
+    let mut served = Served::start(&repo.path());
+    let addr = served.addr();
+
+    // A kept-alive connection, idle after one request.
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    write!(
+        idle,
+        "GET /manifests/sha256/{hex} HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(idle.try_clone().unwrap());
+    assert_eq!(read_response(&mut reader, false).0, 200);
+
+    // A download under way.
+    let mut download = TcpStream::connect(&addr).unwrap();
+    write!(
+        download,
+        "GET {big_name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut got = vec![0u8; 1 << 20];
+    download.read_exact(&mut got).unwrap();
+
+    served.signal(rustix::process::Signal::TERM);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // No new connections: refused, or closed without an answer.
+    if let Ok(mut late) = TcpStream::connect(&addr) {
+        let _ = write!(
+            late,
+            "GET /manifests/sha256/{hex} HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+        let (status, _) = answer_within(&mut late, std::time::Duration::from_secs(3));
+        assert_eq!(status, None, "a new connection was served after SIGTERM");
+    }
+    // The idle one is closed.
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        idle.read(&mut byte).unwrap(),
+        0,
+        "the idle connection stayed open"
+    );
+    // The download finishes whole.
+    download.read_to_end(&mut got).unwrap();
+    let body_start = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got[body_start..] == big[..], "the download was cut short");
+    let status = served
+        .exit_within(std::time::Duration::from_secs(10))
+        .expect("the server did not exit");
+    assert!(status.success(), "{status:?}");
+}

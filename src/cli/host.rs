@@ -687,6 +687,9 @@ pub fn keygen(args: &KeygenArgs) -> Result<Exit> {
 }
 
 pub fn serve(args: &ServeArgs) -> Result<Exit> {
+    // Before any thread starts, so every thread inherits it: SIGTERM and SIGINT
+    // are taken by the thread below, not by the default action.
+    imprint::sys::block_termination_signals().context("blocking SIGTERM")?;
     // Two descriptors per connection at most (the socket and a file).
     let files = imprint::sys::raise_open_file_limit();
     let max_connections = args
@@ -711,7 +714,20 @@ pub fn serve(args: &ServeArgs) -> Result<Exit> {
     writeln!(out, "listening on http://{addr}")?;
     out.flush()?;
     log::info!("serving up to {max_connections} connections at once");
+    let stopper = Arc::clone(&server);
+    std::thread::spawn(move || {
+        let signal = imprint::sys::wait_for_termination();
+        log::info!(
+            "signal {signal}: no new connections; finishing the {} open",
+            stopper.open_connections()
+        );
+        stopper.shutdown();
+    });
     server.run();
+    let left = server.drain(Duration::from_secs(60));
+    if left > 0 {
+        log::warn!("stopped with {left} connections still open after 60 s");
+    }
     Ok(Exit::Success)
 }
 

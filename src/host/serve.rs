@@ -222,13 +222,23 @@ impl RepoServer {
         }
     }
 
-    /// Stops accepting; connections already open finish their current request.
+    /// Stops accepting (new connections are refused); connections already open
+    /// finish the request they are on, and close instead of waiting for
+    /// another.
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::Relaxed);
-        // Wake the accept call.
-        if let Some(addr) = self.local_addr() {
-            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        // Wakes the accept call, and the kernel refuses connections from here on.
+        let _ = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::Read);
+    }
+
+    /// After [`RepoServer::shutdown`]: waits until every connection has closed,
+    /// or `grace` has passed. Returns how many were still open.
+    pub fn drain(&self, grace: Duration) -> usize {
+        let start = Instant::now();
+        while self.open_connections() > 0 && start.elapsed() < grace {
+            std::thread::sleep(Duration::from_millis(50));
         }
+        self.open_connections()
     }
 
     /// Connections open now.
@@ -259,7 +269,9 @@ impl RepoServer {
                 http::printable(head.path()),
                 reply.status
             );
-            if write_reply(&mut stream, reply, head.method == Method::Head, keep).is_err() || !keep
+            if write_reply(&mut stream, reply, head.method == Method::Head, keep).is_err()
+                || !keep
+                || self.stopping.load(Ordering::Relaxed)
             {
                 break;
             }
@@ -315,7 +327,11 @@ impl RepoServer {
                     ReadEnd::Quiet
                 });
             }
-            let _ = stream.set_read_timeout(Some(left));
+            // A server stopping does not wait for the next request.
+            if !started && self.stopping.load(Ordering::Relaxed) {
+                return Err(ReadEnd::Quiet);
+            }
+            let _ = stream.set_read_timeout(Some(left.min(Duration::from_secs(1))));
             let mut chunk = [0u8; 4096];
             let want = chunk.len().min(http::MAX_HEAD + 4 - buf.len());
             match stream.read(&mut chunk[..want]) {
