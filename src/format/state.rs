@@ -111,25 +111,6 @@ pub struct ReleaseStamp {
     pub issued: u64,
 }
 
-/// Format 2: the record before [`Record::release`].
-#[derive(Deserialize)]
-struct RecordV2 {
-    version: u32,
-    mode: Mode,
-    image_name: String,
-    image_digest: Digest,
-    deployed_at: u64,
-    previous: Option<PreviousOs>,
-    settings: BTreeMap<String, String>,
-    boot_attempts: u32,
-    status_url: Option<String>,
-    target: Option<String>,
-    deployed_mode: Mode,
-    bundle: Option<super::bundle::BundleRef>,
-    saved_boot_record: Option<Vec<u8>>,
-    agent: Agent,
-}
-
 /// The fields of format 1 as it began. Format 1 then grew twice while keeping its
 /// number, each time by a field at the end: `bundle`, then `saved_boot_record`.
 /// Records of all three shapes exist on disks and are read (see [`decode_v1`]).
@@ -243,25 +224,11 @@ fn decode_payload(payload: &[u8], generation: u64) -> Result<Record, StateError>
     };
     let decoded = match version {
         1 => decode_v1(payload),
-        2 => take_whole::<RecordV2>(payload).map(|v2| {
-            let _ = v2.version;
-            Record {
-                version: RECORD_VERSION,
-                mode: v2.mode,
-                image_name: v2.image_name,
-                image_digest: v2.image_digest,
-                deployed_at: v2.deployed_at,
-                previous: v2.previous,
-                settings: v2.settings,
-                boot_attempts: v2.boot_attempts,
-                status_url: v2.status_url,
-                target: v2.target,
-                deployed_mode: v2.deployed_mode,
-                bundle: v2.bundle,
-                saved_boot_record: v2.saved_boot_record,
-                agent: v2.agent,
-                release: None,
-            }
+        // Format 3 only added `release` at the end: a format 2 payload is a
+        // format 3 one with an absent release (postcard's `None` is one 0 byte).
+        2 => take_whole::<Record>(&[payload, &[0]].concat()).map(|r| Record {
+            version: RECORD_VERSION,
+            ..r
         }),
         RECORD_VERSION => take_whole::<Record>(payload),
         v if v > RECORD_VERSION => return Err(StateError::Newer(v)),
