@@ -10,6 +10,7 @@ use common::vm::*;
 use common::*;
 use imprint::format::state::{Agent, Mode};
 use imprint::statepart::StateDisk;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Identities every version of the image shares (boot/build-debian-os).
@@ -115,6 +116,27 @@ impl Stock {
         append: Option<String>,
         disks: &[&Path],
     ) -> (std::process::ExitStatus, String) {
+        self.boot_cut(name, append, disks, None)
+    }
+
+    /// A run of the deploy environment whose power is cut on a console line
+    /// (`qemu/run --cut-on`), disk 1's writes slowed so that one begun is
+    /// still under way when the cut comes.
+    fn cut(&self, name: &str, extra: &str, on: &str, after_ms: u64) -> (i32, String) {
+        let disks: Vec<&Path> = self.disks.iter().map(|d| d.as_path()).collect();
+        let append = Some(cmdline(&self.served.url, extra));
+        let (status, console) = self.boot_cut(name, append, &disks, Some((on, after_ms)));
+        (status.code().unwrap_or(-1), console)
+    }
+
+    fn boot_cut(
+        &self,
+        name: &str,
+        append: Option<String>,
+        disks: &[&Path],
+        cut: Option<(&str, u64)>,
+    ) -> (std::process::ExitStatus, String) {
+        let cut_on: Vec<&str> = cut.iter().map(|(on, _)| *on).collect();
         boot(
             self.repo.dir.path(),
             name,
@@ -124,6 +146,9 @@ impl Stock {
                 net: if append.is_some() { "user" } else { "none" },
                 append,
                 timeout: 400,
+                cut_on: &cut_on,
+                cut_after_ms: cut.map_or(0, |(_, ms)| ms),
+                write_iops: if cut.is_some() { &[2, 1_000_000] } else { &[] },
                 ..Boot::default()
             },
             disks,
@@ -441,4 +466,101 @@ fn stock_debian_cloud_init_applies_the_seed_imprint_wrote() {
     // cloud-init's own note of the host name it set.
     let set = partition_file(disk, 3, "/var/lib/cloud/data/set-hostname");
     assert!(set.contains("\"ci-1\""), "{set}");
+}
+
+/// Power cuts during the upgrade of a stock Debian, each followed by a boot of
+/// the disks as they were left: in the data, after the new disk's boot records
+/// are written but before the boot switch (the new disk's file systems are then
+/// visible and v1's own GRUB and initrd look for its root by UUID), and in the
+/// switch. v1 comes up on its own root each time; then the upgrade runs to its
+/// end and v2 comes up, migrates and commits. (The test OS's power cuts are in
+/// tests/power_cuts.rs, at every step.)
+fn stock_upgrade_survives_power_cuts(firmware: &'static str, points: &[(&str, &str, u64, &str)]) {
+    let m = Stock::new(firmware, &["v1", "v2"], 2);
+    m.ramdisk(
+        "deploy-v1",
+        "imprint.image=debian:v1 imprint.disk=/dev/vda imprint.hostname=cut-1",
+    );
+    let c = m.boot_disks("v1");
+    assert_has(&c, "imprint firstboot: committed");
+    let upgrade = "imprint.mode=upgrade imprint.image=debian:v2 imprint.disk=/dev/vdb";
+    for (name, on, after_ms, before) in points {
+        let untouched = untouchable_digest(&m.disks[0]);
+        let (status, c) = m.cut(&format!("cut-{name}"), upgrade, on, *after_ms);
+        assert_eq!(status, CUT_STATUS, "{name}: no power cut:\n{c}");
+        assert!(
+            c.contains(on) && !c.contains(before),
+            "{name}: the cut was meant to come after {on:?} and before {before:?}:\n{c}"
+        );
+        assert!(
+            untouchable_digest(&m.disks[0]) == untouched,
+            "{name}: the upgrade wrote to v1's file systems"
+        );
+        for i in 1..=2 {
+            let c = m.boot_disks(&format!("after-{name}-{i}"));
+            came_up(&c, "v1", "/dev/vda3", firmware);
+            assert_has(&c, "imprint firstboot: nothing to do (committed)");
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "power cut {firmware} stock Debian upgrade {name} ({after_ms} ms after {on:?}): v1 came up on its own root, twice"
+        );
+    }
+    let c = m.ramdisk("upgrade-v2", upgrade);
+    let (fetched, seeded) = (
+        summary_figure(&c, "fetched_chunks"),
+        summary_figure(&c, "seeded_chunks"),
+    );
+    let c = m.boot_disks("v2");
+    came_up(&c, "v2", "/dev/vdb3", firmware);
+    assert_has(&c, "imprint firstboot: mode=upgrade");
+    assert_has(&c, "imprint firstboot: migrated /etc/hostname");
+    assert_has(&c, "imprint firstboot: committed");
+    assert_eq!(partition_file(&m.disks[1], 3, "/etc/hostname"), "cut-1\n");
+    let c = m.boot_disks("v2-again");
+    came_up(&c, "v2", "/dev/vdb3", firmware);
+    let _ = writeln!(
+        std::io::stderr(),
+        "stock Debian upgrade run to its end after the cuts: fetched {fetched} and seeded {seeded} chunks; v2 came up, migrated and committed"
+    );
+}
+
+const INVALIDATED: &str = "install step done: invalidate-boot-records";
+const DATA_DONE: &str = "install step done: write-data";
+const HEAD_DONE: &str = "install step done: write-head";
+const SWITCHING: &str = "switching boot to ";
+
+#[test]
+fn stock_debian_upgrade_survives_power_cuts_bios() {
+    require_qemu!();
+    require_debian!();
+    stock_upgrade_survives_power_cuts(
+        "bios",
+        &[
+            ("data", INVALIDATED, 1500, DATA_DONE),
+            ("before-switch", HEAD_DONE, 0, SWITCHING),
+            ("switch", SWITCHING, 0, "imprint: info: BIOS: "),
+        ],
+    );
+}
+
+/// Under UEFI with the full power-cut matrix only (scripts/power-cuts).
+#[test]
+fn stock_debian_upgrade_survives_power_cuts_uefi() {
+    require_qemu!();
+    require_debian!();
+    if std::env::var("IMPRINT_POWER_CUTS").as_deref() != Ok("all") {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped the UEFI power cuts of a stock Debian upgrade (IMPRINT_POWER_CUTS=all, as scripts/power-cuts sets, runs them)"
+        );
+        return;
+    }
+    stock_upgrade_survives_power_cuts(
+        "uefi",
+        &[
+            ("data", INVALIDATED, 1500, DATA_DONE),
+            ("before-switch", HEAD_DONE, 0, SWITCHING),
+        ],
+    );
 }

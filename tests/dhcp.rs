@@ -1,7 +1,9 @@
-//! DHCP leases in the deploy environment, against a DHCP server this test plays:
-//! QEMU's NIC sends its frames here as UDP datagrams (`qemu/run --net dgram`),
-//! and this test answers ARP and DHCP with a lease of a few seconds. (QEMU's own
-//! user network leases for a day, which no test can outlast.)
+//! DHCP leases in the deploy environment: against a DHCP server this test plays
+//! (QEMU's NIC sends its frames here as UDP datagrams, `qemu/run --net dgram`,
+//! and the test answers ARP and DHCP with a lease of a few seconds), and against
+//! Debian's dnsmasq in a network namespace with its shortest lease, two minutes,
+//! outlasted by a deploy over a slow link. (QEMU's own user network leases for a
+//! day, which no test can outlast.)
 
 mod common;
 
@@ -241,4 +243,171 @@ fn the_lease_is_renewed_while_the_deploy_runs() {
     );
     assert!(seen.renewals >= 3, "{seen:?}\n{console}");
     assert!(!console.contains("ran out"), "{console}");
+}
+
+/// A network namespace holding a tap device for QEMU with the server's address,
+/// removed (with everything running in it) on drop.
+struct Namespace {
+    name: String,
+    dnsmasq: Option<std::process::Child>,
+}
+
+const TAP: &str = "tap0";
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Namespace {
+    fn new(name: String) -> Namespace {
+        // A namespace left by an earlier run that was killed.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .output();
+        ip(&["netns", "add", &name]);
+        let ns = Namespace {
+            name,
+            dnsmasq: None,
+        };
+        let n = ns.name.as_str();
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+        ip(&["-n", n, "tuntap", "add", "dev", TAP, "mode", "tap"]);
+        ip(&["-n", n, "addr", "add", "10.9.0.1/24", "dev", TAP]);
+        ip(&["-n", n, "link", "set", TAP, "up"]);
+        ns
+    }
+
+    fn exec(&self, program: &str) -> std::process::Command {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Limits what goes to the guest to `kbit` per second (token bucket).
+    fn shape(&self, kbit: u64) {
+        let rate = format!("{kbit}kbit");
+        let out = self
+            .exec("tc")
+            .args(["qdisc", "add", "dev", TAP, "root", "tbf", "rate", &rate])
+            .args(["burst", "16kb", "latency", "2s"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Debian's dnsmasq as the DHCP server (no DNS), logging each exchange.
+    fn dnsmasq(&mut self, dir: &std::path::Path, lease: &str) -> std::path::PathBuf {
+        let log = dir.join("dnsmasq.log");
+        let child = self
+            .exec("dnsmasq")
+            .args(["--keep-in-foreground", "--conf-file=/dev/null", "--port=0"])
+            .args(["--interface", TAP, "--bind-interfaces", "--no-ping"])
+            .arg(format!(
+                "--dhcp-range=10.9.0.50,10.9.0.60,255.255.255.0,{lease}"
+            ))
+            .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
+            .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+            .arg(format!("--log-facility={}", log.display()))
+            .args(["--log-dhcp", "--user=root", "--group=root"])
+            .spawn()
+            .expect("starting dnsmasq");
+        self.dnsmasq = Some(child);
+        log
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.dnsmasq.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A deploy over a link slow enough that it outlasts half of dnsmasq's shortest
+/// lease (two minutes): the deploy environment renews the one lease it got from
+/// an unmodified DHCP server and the deploy completes on it. (Before, the lease
+/// was never renewed, and the address could go to another machine mid-deploy.)
+#[test]
+fn a_dnsmasq_lease_is_renewed_during_a_slow_deploy() {
+    require_qemu!();
+    require_netns!();
+    let repo = Repo::new();
+    let a = artifacts();
+    let digest = add(&repo, "os:v1", &a.path("os-v1.img"));
+    let stored: u64 = chunk_files(&repo)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    let mut ns = Namespace::new(format!("imprint-dhcp-{}", std::process::id()));
+    // The chunks take about 100 s at this rate: the renewal is due at 60 s.
+    let kbit = (stored * 8 / 1000 / 100).max(64);
+    ns.shape(kbit);
+    let log = ns.dnsmasq(repo.dir.path(), "2m");
+    let _served = Served::start_in_netns(&ns.name, &repo.path(), "10.9.0.1:8080");
+    let disk = repo.file("disk.img");
+    sparse_disk(&disk, 256 << 20);
+    let (status, console) = boot(
+        repo.dir.path(),
+        "slow-link",
+        Boot {
+            append: Some(
+                "console=ttyS0 quiet panic=-1 imprint.repo=http://10.9.0.1:8080 imprint.image=os:v1 imprint.disk=/dev/vda"
+                    .to_string(),
+            ),
+            net: &format!("tap:{TAP}"),
+            netns: Some(&ns.name),
+            timeout: 420,
+            ..Boot::default()
+        },
+        &[&disk],
+    );
+    drop(ns);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    let (discovers, acks) = (count("DHCPDISCOVER("), count("DHCPACK("));
+    assert!(status.success(), "{status:?}\n{console}");
+    assert_has(&console, "deploy complete");
+    let seconds: f64 = console
+        .lines()
+        .find(|l| l.contains("deploy complete:"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("seconds="))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        seconds >= 60.0,
+        "the deploy took {seconds} s at {kbit} kbit/s, not long enough for a renewal\n{console}"
+    );
+    // One exchange for the lease, then renewals of it (an ACK each) until the
+    // deploy environment handed off; none after: QEMU ends with the guest.
+    assert_eq!(discovers, 1, "{log}\n{console}");
+    assert!(acks >= 2, "no renewal in {seconds} s:\n{log}\n{console}");
+    assert!(!console.contains("ran out"), "{console}");
+    let image = read_file(&a.path("os-v1.img"));
+    check_deployed_disk(&disk, &image, &digest, None);
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "dnsmasq, 2-minute lease: the deploy took {seconds:.0} s at {kbit} kbit/s; {} renewal(s) of the one lease",
+        acks - 1
+    );
 }

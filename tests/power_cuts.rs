@@ -243,10 +243,7 @@ fn assert_cut(
     // QEMU ends at the guest's restart (-no-reboot); a kill racing that exit is
     // reported as a cut but came after the restart, with nothing left to write.
     let restarted = console.contains(on) && console.contains(before);
-    if p.before == RESTART
-        && restarted
-        && (status.success() || status.code() == Some(CUT_STATUS))
-    {
+    if p.before == RESTART && restarted && (status.success() || status.code() == Some(CUT_STATUS)) {
         return "the machine restarted before the cut; ";
     }
     assert_eq!(

@@ -38,13 +38,16 @@ pub enum Step {
     InvalidateBootRecords,
     /// Every chunk but the first (which holds the boot records) is in place.
     WriteData,
-    /// The image's GPT is rewritten in memory for this disk.
+    /// The image's GPT is rewritten for this disk, and the first chunk's bytes
+    /// past the partition table (the start of partitions that begin inside it)
+    /// are written: still invisible, since no partition table is valid yet.
     RewritePartitionTable,
     /// The state record is in the state partition.
     WriteStateRecord,
     /// The backup GPT is at the disk's real end.
     WriteBackupGpt,
     /// Boot code, protective MBR and primary GPT are written: the disk boots.
+    /// (`Plan::before_head` runs just before.)
     WriteHead,
 }
 
@@ -87,6 +90,11 @@ pub struct Plan<'a> {
     /// A disk whose chunks at the same offsets are copied instead of fetched.
     pub seed: Option<&'a dyn Target>,
     pub opts: DeployOptions,
+    /// Runs with every byte of the install on the disk but the head, with the
+    /// disk's layout: what it changes in the partitions' file systems is in place
+    /// before anything (firmware, GRUB, a kernel) can find them by partition. An
+    /// upgrade gives file systems fresh identities here.
+    pub before_head: Option<&'a (dyn Fn(&Layout) + Sync)>,
 }
 
 /// What the install did.
@@ -185,6 +193,13 @@ pub fn install(
     let (mut head, _) = fetch_chunk(source, manifest, 0, &plan.opts.retry)?;
     let (relocated, mut installed) = rewrite_partition_table(&mut head, disk, manifest, plan)?;
     installed.progress = progress;
+    let span = head_span(&relocated.layout, head.len());
+    write_synced(
+        disk,
+        &head[span..],
+        span as u64,
+        "writing the first chunk of",
+    )?;
     done(Step::RewritePartitionTable)?;
     write_state_record(disk, &relocated.layout, plan.record)?;
     done(Step::WriteStateRecord)?;
@@ -195,7 +210,10 @@ pub fn install(
         "writing the backup GPT of",
     )?;
     done(Step::WriteBackupGpt)?;
-    write_head(disk, &head)?;
+    if let Some(before_head) = plan.before_head {
+        before_head(&relocated.layout);
+    }
+    write_head(disk, &head[..span])?;
     done(Step::WriteHead)?;
     Ok(installed)
 }
@@ -375,6 +393,15 @@ fn write_state_record(
 
 /// The head last: boot code, protective MBR and primary GPT. Then the kernel is
 /// asked to read the new partition table.
+/// How much of the first chunk is boot code, protective MBR and primary GPT: up
+/// to the first sector a partition may use.
+fn head_span(layout: &Layout, chunk_len: usize) -> usize {
+    let table_end = layout
+        .first_usable_lba
+        .saturating_mul(layout.sector_size as u64);
+    usize::try_from(table_end).map_or(chunk_len, |end| end.min(chunk_len))
+}
+
 fn write_head(disk: &DiskTarget, head: &[u8]) -> Result<(), InstallError> {
     write_synced(disk, head, 0, "writing the boot record and GPT of")?;
     reread_partitions(disk);
@@ -768,6 +795,7 @@ mod tests {
             esp_guid: Guid([0x33; 16]),
             record,
             seed: None,
+            before_head: None,
             opts: DeployOptions {
                 jobs: 3,
                 retry: RetryPolicy {
@@ -927,6 +955,58 @@ mod tests {
             let disk = std::fs::read(&path).unwrap();
             assert_same_install(&disk, &reference, &format!("rerun after {budget} chunks"));
         }
+    }
+
+    /// A partition that begins inside the first chunk: its bytes are on the disk
+    /// when `before_head` runs, while the disk does not look bootable yet, and
+    /// what the hook changes there is kept (the head no longer covers it).
+    #[test]
+    fn what_runs_before_the_head_finds_the_partitions_and_is_kept() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut img = gpt::tests::image_with(
+            SECTORS,
+            &[
+                (gpt::ESP_TYPE, 64, 2047, "EFI system"),
+                (LINUX_TYPE, 2048, SECTORS - 2048, "root"),
+            ],
+        );
+        img[446 + 4] = 0xEE;
+        img[510..512].copy_from_slice(&[0x55, 0xAA]);
+        let esp_start = 64 * 512;
+        assert!(esp_start < CHUNK);
+        img[esp_start..esp_start + 8].copy_from_slice(b"OLD-FS-1");
+        let (manifest, source) = manifest_and_source(&img, "early");
+        let path = dir.path().join("disk.img");
+        let seen = Mutex::new(None);
+        let hook = |layout: &Layout| {
+            let disk = std::fs::read(&path).unwrap();
+            let esp = layout
+                .partitions
+                .iter()
+                .find(|p| p.type_guid == gpt::ESP_TYPE)
+                .unwrap();
+            let start = esp.first_lba * layout.sector_size as u64;
+            let at = start as usize;
+            // The backup GPT is there by now; without a protective MBR nothing
+            // reads it.
+            let head = disk[510..512] == [0x55, 0xAA] || &disk[512..520] == b"EFI PART";
+            *seen.lock().unwrap() = Some((head, disk[at..at + 8].to_vec()));
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.write_all_at(b"NEW-FS-2", start).unwrap();
+        };
+        let r = record("early");
+        let mut p = plan(&r);
+        p.before_head = Some(&hook);
+        let disk = DiskTarget::open_for_write(&path, required_size(&manifest).unwrap()).unwrap();
+        install(&source, &manifest, &disk, &p, &|_| {}, &mut |_| true).unwrap();
+        assert_eq!(
+            seen.into_inner().unwrap(),
+            Some((false, b"OLD-FS-1".to_vec()))
+        );
+        let disk = std::fs::read(&path).unwrap();
+        assert!(looks_bootable(&disk));
+        assert_eq!(&disk[esp_start..esp_start + 8], b"NEW-FS-2");
     }
 
     #[test]

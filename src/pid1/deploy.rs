@@ -8,7 +8,7 @@ use crate::bootswitch;
 use crate::engine::install::{self, Installed, Plan, Step};
 use crate::engine::{self, DeployOptions, DiskTarget, Progress, Resolved, Target, Trust};
 use crate::format::cmdline::{self, Config};
-use crate::format::gpt::{self, Guid};
+use crate::format::gpt::{self, Guid, Layout};
 use crate::format::state::{self, Record};
 use crate::format::status::Phase;
 use crate::source::{DnsResolver, HttpSource, NameResolver, RetryPolicy};
@@ -47,7 +47,7 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
         capture_previous(previous);
     }
     let record = state_record(&config, &resolved, previous.as_ref());
-    let (installed, replaced) = install_image(
+    let (installed, replaced, renames) = install_image(
         &config,
         &source,
         &resolved,
@@ -56,10 +56,6 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
         previous.as_ref(),
         &record,
     )?;
-    let renames = match &previous {
-        Some(previous) => fresh_identities(&disk, &installed, previous),
-        None => Vec::new(),
-    };
     let agent = finish_os(&disk, &installed, &record, &renames, host_data);
     match &previous {
         Some(previous) => switch_boot(previous, &installed, &disk, &manifest.name)?,
@@ -366,7 +362,7 @@ fn install_image(
     needed: u64,
     previous: Option<&StateDisk>,
     record: &Record,
-) -> Result<(Installed, Option<Guid>)> {
+) -> Result<(Installed, Option<Guid>, Vec<identity::Rename>)> {
     let manifest = &resolved.manifest;
     let disk_path = disk.dev_path();
     let seed = previous
@@ -377,6 +373,16 @@ fn install_image(
         .ok()
         .flatten()
         .map(|l| l.disk_guid);
+    // Upgrades: fresh identities before the head makes the new disk's file
+    // systems findable, so that whatever boots before the switch (a power cut)
+    // finds only the previous OS's by UUID.
+    let renames = std::sync::Mutex::new(Vec::new());
+    let refresh = |layout: &Layout| {
+        if let Some(previous) = previous {
+            *renames.lock().unwrap_or_else(|e| e.into_inner()) =
+                fresh_identities(&disk_path, layout, previous);
+        }
+    };
     let plan = Plan {
         disk_guid: random_guid()?,
         state_guid: random_guid()?,
@@ -384,6 +390,9 @@ fn install_image(
         esp_guid: random_guid()?,
         record,
         seed: seed.as_ref().map(|s| s as &dyn Target),
+        before_head: previous
+            .is_some()
+            .then_some(&refresh as &(dyn Fn(&Layout) + Sync)),
         opts: DeployOptions {
             jobs: config.jobs,
             retry: RetryPolicy::default(),
@@ -463,7 +472,8 @@ fn install_image(
         record.mode.as_str(),
         resolved.digest
     );
-    Ok((installed, replaced))
+    let renames = renames.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok((installed, replaced, renames))
 }
 
 fn send_progress(p: &Progress) {
@@ -503,18 +513,14 @@ fn switch_boot(
 /// Upgrades: the new disk's file systems that share an identity with the
 /// previous disk's get fresh ones, so nothing that finds them by UUID can find
 /// the previous disk's. A failure is reported; the upgrade goes on.
-fn fresh_identities(
-    disk: &disks::DiskInfo,
-    installed: &Installed,
-    previous: &StateDisk,
-) -> Vec<identity::Rename> {
-    match identity::refresh(&disk.dev_path(), &installed.layout, previous) {
+fn fresh_identities(device: &str, layout: &Layout, previous: &StateDisk) -> Vec<identity::Rename> {
+    match identity::refresh(device, layout, previous) {
         Ok(renames) => {
             for r in &renames {
                 log::info!(
                     "partition {} of {}: file system {} is now {} (the previous disk has {})",
                     r.partition,
-                    disk.dev_path(),
+                    device,
                     r.old,
                     r.new,
                     r.old

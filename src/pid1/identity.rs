@@ -3,7 +3,9 @@
 //! The new OS usually comes from the same image family as the previous one, so
 //! both disks carry file systems with the same UUIDs, and whatever finds a file
 //! system by UUID (the kernel's `root=UUID=`, fstab, GRUB's `search --fs-uuid`)
-//! may find the previous disk's. So after the new disk is written, each of its
+//! may find the previous disk's. So once the new disk's data is written, and
+//! before its head makes its partitions findable (firmware, GRUB and the kernel
+//! see none without a protective MBR), each of its
 //! file systems whose identity the previous disk also has gets a fresh one (ext4:
 //! the UUID, with `metadata_csum_seed`; FAT: the volume ID; swap: its UUID), and the new OS's
 //! references to the old identity are rewritten (see [`super::agent`]). The

@@ -151,7 +151,7 @@ impl Served {
         prlimit: Option<&str>,
         stderr: Stdio,
     ) -> Served {
-        let mut cmd = match prlimit {
+        let cmd = match prlimit {
             Some(limit) => {
                 let mut c = Command::new("prlimit");
                 c.arg(limit).arg(BIN);
@@ -159,13 +159,30 @@ impl Served {
             }
             None => Command::new(BIN),
         };
+        Served::spawn(cmd, repo, "127.0.0.1:0", options, stderr)
+    }
+
+    /// In the network namespace `netns`, listening on `listen`.
+    pub fn start_in_netns(netns: &str, repo: &Path, listen: &str) -> Served {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, BIN]);
+        Served::spawn(cmd, repo, listen, &[], Stdio::null())
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        repo: &Path,
+        listen: &str,
+        options: &[&str],
+        stderr: Stdio,
+    ) -> Served {
         let mut child = cmd
             .args([
                 "serve",
                 "--repo",
                 repo.to_str().unwrap(),
                 "--listen",
-                "127.0.0.1:0",
+                listen,
             ])
             .args(options)
             .stdout(Stdio::piped())

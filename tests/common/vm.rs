@@ -106,6 +106,38 @@ pub fn debian_available() -> bool {
     available(MISSING.get_or_init(debian_missing))
 }
 
+/// What the tests that run a network in a namespace of their own need beyond
+/// the QEMU tier: iproute2, a stock DHCP server (dnsmasq), a tap device, root.
+fn netns_missing() -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut missing: Vec<String> = [
+        ("ip", "iproute2"),
+        ("tc", "iproute2"),
+        ("dnsmasq", "dnsmasq-base"),
+    ]
+    .iter()
+    .filter(|(cmd, _)| {
+        !["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(cmd).is_file())
+    })
+    .map(|(cmd, pkg)| format!("{cmd} ({pkg})"))
+    .collect();
+    if !Path::new("/dev/net/tun").exists() {
+        missing.push("/dev/net/tun (the tun module)".to_string());
+    }
+    if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
+        missing.push("root (network namespaces)".to_string());
+    }
+    missing
+}
+
+/// Like `qemu_available`, for the tests that run a network namespace.
+pub fn netns_available() -> bool {
+    static MISSING: OnceLock<Vec<String>> = OnceLock::new();
+    available(MISSING.get_or_init(netns_missing))
+}
+
 /// True when nothing is missing; otherwise says what is, on stderr (a skip) or,
 /// with IMPRINT_QEMU_TESTS=require, as a failure.
 fn available(missing: &[String]) -> bool {
@@ -137,6 +169,17 @@ fn available(missing: &[String]) -> bool {
 macro_rules! require_qemu {
     () => {
         if !$crate::common::vm::qemu_available() {
+            return;
+        }
+    };
+}
+
+/// After `require_qemu!()` in a test that runs a network namespace: returns
+/// early (a skip) when it cannot run here.
+#[macro_export]
+macro_rules! require_netns {
+    () => {
+        if !$crate::common::vm::netns_available() {
             return;
         }
     };
@@ -256,6 +299,8 @@ pub struct Boot<'a> {
     /// Slow disks: at most this many write requests a second, one figure per
     /// disk in order, the last one for the disks after it (none: no limit).
     pub write_iops: &'a [u32],
+    /// Runs QEMU in this network namespace (for `net: "tap:NAME"`).
+    pub netns: Option<&'a str>,
 }
 
 impl Default for Boot<'_> {
@@ -270,6 +315,7 @@ impl Default for Boot<'_> {
             cut_on: &[],
             cut_after_ms: 0,
             write_iops: &[],
+            netns: None,
         }
     }
 }
@@ -281,7 +327,15 @@ pub const CUT_STATUS: i32 = 137;
 /// status and console.
 pub fn boot(dir: &Path, name: &str, b: Boot, disks: &[&Path]) -> (ExitStatus, String) {
     let serial = dir.join(format!("{name}.console"));
-    let mut cmd = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("qemu/run"));
+    let run = Path::new(env!("CARGO_MANIFEST_DIR")).join("qemu/run");
+    let mut cmd = match b.netns {
+        Some(netns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", netns]).arg(run);
+            c
+        }
+        None => Command::new(run),
+    };
     cmd.args(["--serial", serial.to_str().unwrap()])
         .args(["--timeout", &b.timeout.to_string()])
         .args(["--firmware", b.firmware, "--net", b.net])
