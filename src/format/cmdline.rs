@@ -392,7 +392,7 @@ fn parse_repo_path(value: &str) -> Result<String, String> {
     }
 }
 
-fn parse_hostname(value: &str) -> Result<String, String> {
+pub(crate) fn parse_hostname(value: &str) -> Result<String, String> {
     let ok = value.len() <= 253
         && value.split('.').all(|label| {
             !label.is_empty()

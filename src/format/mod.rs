@@ -14,6 +14,7 @@ pub mod fstype;
 pub mod glob;
 pub mod gpt;
 pub mod http;
+pub mod inventory;
 pub mod kmod;
 pub mod manifest;
 pub mod mbr;

@@ -2,6 +2,7 @@
 //! status endpoint), and packing the deploy environment's initramfs.
 
 pub mod initramfs;
+pub mod provision;
 pub mod repo;
 pub mod serve;
 pub mod statuses;

@@ -1,0 +1,497 @@
+//! What a network-booting machine is told to do, decided by `imprint serve` from
+//! the inventory and what it remembers of the machine; and the iPXE script that
+//! says it. Pure: the server stores the [`Machine`] records and serves the text.
+//!
+//! The rules, in order:
+//! 1. A machine the inventory does not list, with `[default] action = "register"`
+//!    (the default), boots its own disk; it is remembered and shown, for the
+//!    operator to add.
+//! 2. A machine whose deploy completed boots its own disk, on every boot after,
+//!    until it is reprovisioned (`imprint host reprovision MAC`, or a new value
+//!    of its entry's `reprovision`). A changed `image` alone never redeploys: a
+//!    reboot does not wipe a machine by surprise.
+//! 3. Otherwise it deploys, up to `attempts` times in a row; a deploy that never
+//!    reported its end (the machine network-booted again mid-deploy) counts as
+//!    failed. After that it holds: iPXE shows the last error and asks the server
+//!    again every minute, so a reprovision takes effect without touching it.
+
+use crate::format::digest::ImageRef;
+use crate::format::inventory::{Common, DefaultAction, Inventory, LocalBoot, Mac};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// Deploys a machine may fail in a row before it holds.
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+
+/// What the server remembers of one machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Machine {
+    /// Deploy environments sent to it, ever.
+    pub deploys: u32,
+    /// Deploys failed (or never finished) since the last one that completed.
+    pub failures: u32,
+    pub last_error: Option<String>,
+    /// A deploy environment was sent and has not reported its end.
+    pub in_progress: bool,
+    /// The manifest digest of the last deploy that completed.
+    pub completed: Option<String>,
+    /// Its installed OS committed that deploy.
+    pub committed: bool,
+    /// The inventory's `reprovision` value the last completed deploy answered.
+    pub reprovisioned: Option<String>,
+    /// `imprint host reprovision` asked for another deploy.
+    pub reprovision_asked: bool,
+}
+
+/// The firmware iPXE runs on (its `${platform}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Platform {
+    Bios,
+    Efi,
+}
+
+impl Platform {
+    /// iPXE's `${platform}`: `pcbios` or `efi`; anything else is taken as BIOS.
+    pub fn from_ipxe(s: &str) -> Platform {
+        if s == "efi" {
+            Platform::Efi
+        } else {
+            Platform::Bios
+        }
+    }
+}
+
+/// A deploy, as the kernel command line will say it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deploy {
+    pub image: ImageRef,
+    pub hostname: Option<String>,
+    /// `imprint.KEY=VALUE`, the default's then the host's.
+    pub settings: BTreeMap<String, String>,
+    pub cmdline: Vec<String>,
+    pub user_data: Option<String>,
+    pub network_config: Option<String>,
+    /// 1 for the first try after a success or a reprovision.
+    pub attempt: u32,
+    pub attempts: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Deploy(Box<Deploy>),
+    Local { method: LocalBoot, why: Why },
+    Hold(String),
+}
+
+/// Why a machine boots its own disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// Not in the inventory, and unknown machines only register.
+    Registered,
+    /// Its deploy completed.
+    Deployed,
+}
+
+/// The boot of machine `mac`, which the server remembers as `machine`.
+pub fn decide(
+    inventory: &Inventory,
+    mac: Mac,
+    machine: &Machine,
+    platform: Platform,
+    attempts: u32,
+) -> Decision {
+    let entry = inventory.hosts.get(&mac);
+    let defaults = &inventory.defaults;
+    let local = |why| {
+        let method = entry
+            .and_then(|h| h.common.local_boot.clone())
+            .or_else(|| defaults.common.local_boot.clone())
+            .unwrap_or(match platform {
+                // sanboot reaches the first disk whatever the boot order says;
+                // EFI iPXE cannot sanboot a local disk, and returning to the boot
+                // manager goes on to the next entry.
+                Platform::Bios => LocalBoot::Sanboot(0x80),
+                Platform::Efi => LocalBoot::Exit,
+            });
+        Decision::Local { method, why }
+    };
+    if entry.is_none() && defaults.action == DefaultAction::Register {
+        return local(Why::Registered);
+    }
+    let token = entry.and_then(|h| h.reprovision.as_ref());
+    let reprovision =
+        machine.reprovision_asked || (token.is_some() && token != machine.reprovisioned.as_ref());
+    if machine.completed.is_some() && !reprovision {
+        return local(Why::Deployed);
+    }
+    let attempts = attempts.max(1);
+    if machine.failures >= attempts {
+        return Decision::Hold(format!(
+            "the deploy failed {} times in a row, last: {}; fix it, then run `imprint host reprovision {mac}`",
+            machine.failures,
+            machine
+                .last_error
+                .as_deref()
+                .unwrap_or("no error was reported"),
+        ));
+    }
+    let host_common = entry.map(|h| &h.common);
+    let Some(image) = host_common
+        .and_then(|c| c.image.clone())
+        .or_else(|| defaults.common.image.clone())
+    else {
+        return Decision::Hold(format!(
+            "no image for {mac}: give it one in the inventory (image = \"NAME:TAG\"), or a default"
+        ));
+    };
+    let merged = |pick: fn(&Common) -> Vec<(String, String)>| {
+        let mut out: BTreeMap<String, String> = pick(&defaults.common).into_iter().collect();
+        if let Some(c) = host_common {
+            out.extend(pick(c));
+        }
+        out
+    };
+    let mut cmdline = defaults.common.cmdline.clone();
+    if let Some(c) = host_common {
+        cmdline.extend(c.cmdline.iter().cloned());
+    }
+    Decision::Deploy(Box::new(Deploy {
+        image,
+        hostname: entry.and_then(|h| h.hostname.clone()),
+        settings: merged(|c| c.settings.clone().into_iter().collect()),
+        cmdline,
+        user_data: entry.and_then(|h| h.user_data.clone()),
+        network_config: entry.and_then(|h| h.network_config.clone()),
+        attempt: machine.failures + 1,
+        attempts,
+    }))
+}
+
+/// Where the script's URLs point.
+pub struct Server<'a> {
+    /// `http://host:port` as the machines reach it.
+    pub base: &'a str,
+    /// The kernel and initramfs, under `base`.
+    pub kernel: &'a str,
+    pub initrd: &'a str,
+}
+
+/// The iPXE script for `decision`. Everything in it that came from a machine or
+/// the inventory is kept to characters iPXE neither expands nor splits on.
+pub fn script(decision: &Decision, mac: Mac, server: &Server) -> String {
+    let mut s = String::from("#!ipxe\n");
+    match decision {
+        Decision::Deploy(d) => {
+            let _ = writeln!(
+                s,
+                "echo imprint: deploying {} to {} (attempt {} of {})",
+                clean(&d.image.to_string()),
+                clean(d.hostname.as_deref().unwrap_or(&mac.to_string())),
+                d.attempt,
+                d.attempts
+            );
+            let mut args = vec![
+                format!("initrd={}", file_name(server.initrd)),
+                format!("imprint.repo={}", server.base),
+                format!("imprint.image={}", d.image),
+                format!("imprint.status={}/status", server.base),
+                format!("imprint.target={mac}"),
+                format!("BOOTIF=01-{}", mac.to_string().replace(':', "-")),
+            ];
+            if let Some(h) = &d.hostname {
+                args.push(format!("imprint.hostname={h}"));
+            }
+            let host_file =
+                |name: &str| format!("hosts/{}/{name}", mac.to_string().replace(':', "-"));
+            if d.user_data.is_some() {
+                args.push(format!("imprint.user-data={}", host_file("user-data")));
+            }
+            if d.network_config.is_some() {
+                args.push(format!(
+                    "imprint.network-config={}",
+                    host_file("network-config")
+                ));
+            }
+            for (k, v) in &d.settings {
+                args.push(if v.is_empty() {
+                    format!("imprint.{k}")
+                } else {
+                    format!("imprint.{k}={v}")
+                });
+            }
+            args.extend(d.cmdline.iter().cloned());
+            let args: Vec<String> = args.iter().map(|a| clean(a)).collect();
+            let _ = writeln!(
+                s,
+                "kernel {}{} {}",
+                server.base,
+                server.kernel,
+                args.join(" ")
+            );
+            let _ = writeln!(s, "initrd {}{}", server.base, server.initrd);
+            s.push_str("boot\n");
+        }
+        Decision::Local { method, why } => {
+            let _ = writeln!(
+                s,
+                "echo imprint: {mac} {}; booting its own disk",
+                match why {
+                    Why::Registered => "is not in the inventory (registered)",
+                    Why::Deployed => "is deployed",
+                }
+            );
+            match method {
+                LocalBoot::Exit => s.push_str("exit\n"),
+                LocalBoot::Sanboot(drive) => {
+                    let _ = writeln!(s, "sanboot --no-describe --drive {drive:#04x}");
+                }
+                LocalBoot::Chain(url) => {
+                    let _ = writeln!(s, "chain {}", clean(url));
+                }
+            }
+            // Reached only when that method failed: say so rather than loop.
+            let _ = writeln!(
+                s,
+                "echo imprint: booting the disk with {method} failed; set local-boot for {mac} in the inventory (exit, sanboot, sanboot:0xNN, chain:URL)"
+            );
+            s.push_str("shell\n");
+        }
+        Decision::Hold(message) => {
+            let _ = writeln!(s, "echo imprint: {mac}: {}", clean(message));
+            s.push_str("echo imprint: asking again in 60 s\nsleep 60\n");
+            let _ = writeln!(
+                s,
+                "chain {}/boot.ipxe?mac=${{net0/mac}}&platform=${{platform}}",
+                server.base
+            );
+        }
+    }
+    s
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// `text` with every byte iPXE would act on replaced: control characters (a new
+/// line is a new command), `$` (expansion), and at most 400 characters.
+fn clean(text: &str) -> String {
+    text.chars()
+        .take(400)
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '$' || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::inventory;
+
+    const MAC: &str = "52:54:00:12:34:56";
+
+    fn inv(text: &str) -> Inventory {
+        let (inv, problems) = inventory::parse(text).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        inv
+    }
+
+    fn mac() -> Mac {
+        MAC.parse().unwrap()
+    }
+
+    fn listed() -> Inventory {
+        inv(r#"
+[default]
+cmdline = ["console=ttyS0"]
+settings = { on-error = "reboot" }
+
+[hosts."52:54:00:12:34:56"]
+hostname = "node-1"
+image = "web:v2"
+settings = { disk = "/dev/vda", on-error = "retry" }
+user-data = "node-1.yaml"
+"#)
+    }
+
+    fn deploy_of(d: Decision) -> Deploy {
+        match d {
+            Decision::Deploy(d) => *d,
+            other => panic!("not a deploy: {other:?}"),
+        }
+    }
+
+    /// The table: each state a machine can be in, and what it boots.
+    #[test]
+    fn the_decision_table() {
+        let inv = listed();
+        let fresh = Machine::default();
+        let done = Machine {
+            deploys: 1,
+            completed: Some("sha256:aa".into()),
+            ..Machine::default()
+        };
+        let failing = |n| Machine {
+            deploys: n,
+            failures: n,
+            last_error: Some("no disk of 4 GB".into()),
+            ..Machine::default()
+        };
+        let d = deploy_of(decide(&inv, mac(), &fresh, Platform::Bios, 3));
+        assert_eq!((d.attempt, d.attempts), (1, 3));
+        assert_eq!(d.image.to_string(), "web:v2");
+        assert_eq!(
+            decide(&inv, mac(), &done, Platform::Bios, 3),
+            Decision::Local {
+                method: LocalBoot::Sanboot(0x80),
+                why: Why::Deployed
+            }
+        );
+        assert_eq!(
+            decide(&inv, mac(), &done, Platform::Efi, 3),
+            Decision::Local {
+                method: LocalBoot::Exit,
+                why: Why::Deployed
+            }
+        );
+        assert_eq!(
+            deploy_of(decide(&inv, mac(), &failing(2), Platform::Bios, 3)).attempt,
+            3
+        );
+        match decide(&inv, mac(), &failing(3), Platform::Bios, 3) {
+            Decision::Hold(m) => {
+                assert!(
+                    m.contains("failed 3 times in a row, last: no disk of 4 GB"),
+                    "{m}"
+                );
+                assert!(
+                    m.contains(&format!("imprint host reprovision {MAC}")),
+                    "{m}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Reprovisioned: by the command, which also lifts a hold...
+        let asked = Machine {
+            reprovision_asked: true,
+            failures: 0,
+            ..done.clone()
+        };
+        assert_eq!(
+            deploy_of(decide(&inv, mac(), &asked, Platform::Bios, 3)).attempt,
+            1
+        );
+        // ...or by a new value in the inventory, once.
+        let mut bumped = inv.clone();
+        bumped.hosts.get_mut(&mac()).unwrap().reprovision = Some("2".into());
+        deploy_of(decide(&bumped, mac(), &done, Platform::Bios, 3));
+        let answered = Machine {
+            reprovisioned: Some("2".into()),
+            ..done.clone()
+        };
+        assert!(matches!(
+            decide(&bumped, mac(), &answered, Platform::Bios, 3),
+            Decision::Local {
+                why: Why::Deployed,
+                ..
+            }
+        ));
+        // A new image alone does not redeploy.
+        let mut changed = inv.clone();
+        changed.hosts.get_mut(&mac()).unwrap().common.image = Some("web:v3".parse().unwrap());
+        assert!(matches!(
+            decide(&changed, mac(), &done, Platform::Bios, 3),
+            Decision::Local { .. }
+        ));
+    }
+
+    #[test]
+    fn unlisted_machines_register_or_get_the_default() {
+        let other: Mac = "52:54:00:00:00:99".parse().unwrap();
+        assert_eq!(
+            decide(&listed(), other, &Machine::default(), Platform::Efi, 3),
+            Decision::Local {
+                method: LocalBoot::Exit,
+                why: Why::Registered
+            }
+        );
+        let inv =
+            inv("[default]\naction = \"deploy\"\nimage = \"base:1\"\nlocal-boot = \"exit\"\n");
+        let d = deploy_of(decide(&inv, other, &Machine::default(), Platform::Bios, 3));
+        assert_eq!((d.image.to_string(), d.hostname), ("base:1".into(), None));
+        let listed_without_image =
+            inventory::parse("[hosts.\"52:54:00:12:34:56\"]\nhostname = \"a\"\n")
+                .unwrap()
+                .0;
+        assert!(matches!(
+            decide(&listed_without_image, mac(), &Machine::default(), Platform::Bios, 3),
+            Decision::Hold(m) if m.contains("no image")
+        ));
+    }
+
+    #[test]
+    fn a_deploy_script_carries_the_host_and_its_settings() {
+        let d = decide(&listed(), mac(), &Machine::default(), Platform::Bios, 3);
+        let server = Server {
+            base: "http://10.0.2.2:8080",
+            kernel: "/boot/vmlinuz",
+            initrd: "/boot/initramfs.img",
+        };
+        let s = script(&d, mac(), &server);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "#!ipxe");
+        assert_eq!(
+            lines[1],
+            "echo imprint: deploying web:v2 to node-1 (attempt 1 of 3)"
+        );
+        assert_eq!(
+            lines[2],
+            "kernel http://10.0.2.2:8080/boot/vmlinuz initrd=initramfs.img imprint.repo=http://10.0.2.2:8080 \
+             imprint.image=web:v2 imprint.status=http://10.0.2.2:8080/status imprint.target=52:54:00:12:34:56 \
+             BOOTIF=01-52-54-00-12-34-56 imprint.hostname=node-1 imprint.user-data=hosts/52-54-00-12-34-56/user-data \
+             imprint.disk=/dev/vda imprint.on-error=retry console=ttyS0"
+        );
+        assert_eq!(lines[3], "initrd http://10.0.2.2:8080/boot/initramfs.img");
+        assert_eq!(lines[4], "boot");
+        // The deploy environment's own parser takes the command line as it is.
+        let cmdline = lines[2]
+            .split_once(' ')
+            .unwrap()
+            .1
+            .split_once(' ')
+            .unwrap()
+            .1;
+        let config = crate::format::cmdline::parse(cmdline).unwrap();
+        assert_eq!(config.hostname.as_deref(), Some("node-1"));
+        assert_eq!(config.bootif, Some(mac().0));
+    }
+
+    #[test]
+    fn local_and_hold_scripts() {
+        let server = Server {
+            base: "http://s",
+            kernel: "/k",
+            initrd: "/i",
+        };
+        let local = Decision::Local {
+            method: LocalBoot::Sanboot(0x81),
+            why: Why::Deployed,
+        };
+        let s = script(&local, mac(), &server);
+        assert!(s.contains("\nsanboot --no-describe --drive 0x81\n"), "{s}");
+        assert!(s.ends_with("shell\n"), "{s}");
+        let hold = Decision::Hold("failed: ${evil}\nreboot".into());
+        let s = script(&hold, mac(), &server);
+        assert_eq!(s.lines().count(), 5, "{s}");
+        assert!(!s.contains("${evil}"), "{s}");
+        assert!(
+            s.contains("chain http://s/boot.ipxe?mac=${net0/mac}&platform=${platform}"),
+            "{s}"
+        );
+    }
+}
