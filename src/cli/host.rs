@@ -181,6 +181,83 @@ pub struct ServeArgs {
     /// Machines the status table keeps (the least recently heard go first).
     #[arg(long, default_value_t = 4096)]
     status_machines: usize,
+    /// Inventory (TOML): what each machine, by MAC, deploys. With it, the server
+    /// answers /boot.ipxe for network-booting machines and remembers them.
+    #[arg(long)]
+    hosts: Option<PathBuf>,
+    /// Where the server remembers each machine (with --hosts).
+    #[arg(long, default_value = "/var/lib/imprint/serve")]
+    data: PathBuf,
+    /// The deploy environment's kernel, served as /boot/vmlinuz.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// The deploy environment's initramfs (`imprint initramfs build`), served as
+    /// /boot/initramfs.img.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Deploys a machine may fail in a row before its boot script holds it.
+    #[arg(long, default_value_t = imprint::host::provision::DEFAULT_ATTEMPTS)]
+    attempts: u32,
+}
+
+#[derive(Subcommand)]
+pub enum HostCommand {
+    /// Send a machine through the deploy again on its next network boot (and
+    /// lift a hold after failed deploys).
+    Reprovision(ReprovisionArgs),
+}
+
+#[derive(Args)]
+pub struct ReprovisionArgs {
+    /// The machine's MAC address.
+    mac: String,
+    /// The `imprint serve --hosts` server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// The server's status token, if it has one (then needed from any host;
+    /// without one, only the server's own host may ask).
+    #[arg(long, env = "IMPRINT_STATUS_TOKEN")]
+    token: Option<String>,
+}
+
+pub fn reprovision(args: &ReprovisionArgs) -> Result<Exit> {
+    let mac: imprint::format::inventory::Mac = args
+        .mac
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("{e}"))?;
+    let url = format!(
+        "{}/machines/{}/reprovision",
+        args.server.trim_end_matches('/'),
+        mac.to_string().replace(':', "-")
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut request = agent.post(&url);
+    if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.send_empty().with_context(|| {
+        format!(
+            "asking {} to reprovision {mac}; is imprint serve running there?",
+            args.server
+        )
+    })?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(4096)
+        .read_to_string()
+        .unwrap_or_default();
+    let text = imprint::format::http::printable(text.trim());
+    if status != 200 {
+        bail!("{} answered {status}: {text}", args.server);
+    }
+    println!("{text}");
+    Ok(Exit::Success)
 }
 
 #[derive(Args)]
@@ -705,7 +782,31 @@ pub fn serve(args: &ServeArgs) -> Result<Exit> {
         status_machines: args.status_machines,
         ..Default::default()
     };
-    let server = imprint::host::serve::RepoServer::bind(&args.repo, &args.listen, limits)?;
+    let fleet = match &args.hosts {
+        Some(hosts) => Some(imprint::host::fleet::Fleet::open(
+            imprint::host::fleet::FleetOptions {
+                hosts: hosts.clone(),
+                data: args.data.clone(),
+                attempts: args.attempts.max(1),
+            },
+        )?),
+        None => None,
+    };
+    for file in [&args.kernel, &args.initrd].into_iter().flatten() {
+        std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
+    }
+    let provisioning = imprint::host::serve::Provisioning {
+        fleet,
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+    };
+    let server = imprint::host::serve::RepoServer::bind_provisioning(
+        &args.repo,
+        &args.listen,
+        limits,
+        provisioning,
+    )?;
+    server.watch_inventory();
     let addr = server
         .local_addr()
         .context("the server is not listening on an IP address")?;

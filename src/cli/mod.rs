@@ -8,7 +8,7 @@ mod installed;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use exit::Exit;
-use host::{DiskCommand, ImageCommand, InitramfsCommand, RepoCommand};
+use host::{DiskCommand, HostCommand, ImageCommand, InitramfsCommand, RepoCommand};
 use std::io::Write as _;
 use std::process::ExitCode;
 
@@ -37,8 +37,12 @@ enum Command {
     Repo(RepoCommand),
     /// Create an ed25519 key pair for signing manifests.
     Keygen(host::KeygenArgs),
-    /// Serve a repository over HTTP, and collect status events.
+    /// Serve a repository over HTTP, and collect status events; with --hosts,
+    /// the provisioning server for network-booted machines too.
     Serve(host::ServeArgs),
+    /// The machines a provisioning server (`imprint serve --hosts`) knows.
+    #[command(subcommand)]
+    Host(HostCommand),
     /// Deploy an image onto a disk or file.
     #[command(after_help = Exit::help())]
     Deploy(host::DeployArgs),
@@ -79,6 +83,7 @@ fn run(command: Command) -> Result<Exit> {
         Command::Repo(RepoCommand::Check(args)) => host::repo_check(&args),
         Command::Keygen(args) => host::keygen(&args),
         Command::Serve(args) => host::serve(&args),
+        Command::Host(HostCommand::Reprovision(args)) => host::reprovision(&args),
         Command::Deploy(args) => host::deploy(&args),
         Command::Disk(DiskCommand::Verify(args)) => host::disk_verify(&args),
         Command::Initramfs(InitramfsCommand::Build(args)) => host::initramfs_build(&args),

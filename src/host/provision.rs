@@ -23,8 +23,10 @@ use std::fmt::Write;
 /// Deploys a machine may fail in a row before it holds.
 pub const DEFAULT_ATTEMPTS: u32 = 3;
 
-/// What the server remembers of one machine.
+/// What the server remembers of one machine. (Fields a later version adds read
+/// as their defaults from an earlier one's files.)
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Machine {
     /// Deploy environments sent to it, ever.
     pub deploys: u32,
@@ -41,6 +43,14 @@ pub struct Machine {
     pub reprovisioned: Option<String>,
     /// `imprint host reprovision` asked for another deploy.
     pub reprovision_asked: bool,
+    /// The inventory's `reprovision` value when the deploy under way was sent.
+    pub pending_token: Option<String>,
+    /// The manifest digest the deploy under way reported.
+    pub image_seen: Option<String>,
+    /// The last phase heard (a status event's, or `sent` for a script).
+    pub phase: Option<String>,
+    /// When it was last heard from (a script or an event), Unix seconds.
+    pub last_seen: u64,
 }
 
 /// The firmware iPXE runs on (its `${platform}`).

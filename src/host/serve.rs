@@ -13,6 +13,8 @@
 //! the repository's own character set (no `..`, no escapes), and the resolved
 //! path must still lie inside the root, so a symlink cannot lead out of it.
 
+use super::fleet::{self, Fleet};
+use super::provision::Platform;
 use super::statuses::{self, StatusTable};
 use crate::format::http::{self, Method, RangeRequest, RequestHead};
 use std::fs::File;
@@ -70,10 +72,22 @@ impl Default for Limits {
     }
 }
 
+/// What makes the server a provisioning server: the fleet (inventory and
+/// machines) and the deploy environment it boots.
+#[derive(Default)]
+pub struct Provisioning {
+    pub fleet: Option<Fleet>,
+    /// Served as `/boot/vmlinuz` and `/boot/initramfs.img`; without them those
+    /// paths are looked up in the repository like any other.
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+}
+
 pub struct RepoServer {
     listener: TcpListener,
     root: PathBuf,
     limits: Limits,
+    provisioning: Provisioning,
     statuses: Mutex<StatusTable>,
     open: AtomicUsize,
     stopping: AtomicBool,
@@ -150,6 +164,16 @@ enum ReadEnd {
 impl RepoServer {
     /// Binds `listen` (`host:port`, port 0 picks a free one) for the repository at `root`.
     pub fn bind(root: &Path, listen: &str, limits: Limits) -> Result<Arc<RepoServer>, ServeError> {
+        RepoServer::bind_provisioning(root, listen, limits, Provisioning::default())
+    }
+
+    /// [`RepoServer::bind`], serving boot scripts and the deploy environment too.
+    pub fn bind_provisioning(
+        root: &Path,
+        listen: &str,
+        limits: Limits,
+        provisioning: Provisioning,
+    ) -> Result<Arc<RepoServer>, ServeError> {
         let root = root.canonicalize().map_err(|source| ServeError::Root {
             path: root.to_path_buf(),
             source,
@@ -171,6 +195,7 @@ impl RepoServer {
             listener,
             root,
             limits,
+            provisioning,
             statuses: Mutex::new(statuses),
             open: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
@@ -188,6 +213,7 @@ impl RepoServer {
         while !self.stopping.load(Ordering::Relaxed) {
             let (stream, peer) = match self.listener.accept() {
                 Ok(s) => s,
+                Err(_) if self.stopping.load(Ordering::Relaxed) => break,
                 Err(e) => {
                     // Out of descriptors or memory: wait for connections to
                     // close rather than end the loop, and say so now and then.
@@ -421,14 +447,106 @@ impl RepoServer {
         {
             return reply;
         }
+        let fleet = self.provisioning.fleet.as_ref();
         match (head.method, path) {
             (Method::Get | Method::Head, "/status") => self.get_status(head),
-            (Method::Get | Method::Head, _) => self.file(head, path),
+            (Method::Get | Method::Head, "/boot.ipxe") => self.boot_script(head),
+            (Method::Get | Method::Head, "/machines") => match fleet {
+                Some(f) => json_reply(f.machines_json().to_string()),
+                None => Reply::text(404, "no inventory: start imprint serve with --hosts FILE\n"),
+            },
+            (Method::Post, _) if path.starts_with("/machines/") => {
+                self.machine_action(head, path, peer)
+            }
+            (Method::Get | Method::Head, _) => {
+                if let Some(reply) = self.provisioning_file(head, path) {
+                    return reply;
+                }
+                self.file(head, path)
+            }
             _ => Reply::text(
                 405,
                 "only GET and HEAD on repository files, POST on /status\n",
             ),
         }
+    }
+
+    /// `GET /boot.ipxe?mac=MAC&platform=PLATFORM`: the machine's boot script.
+    /// Without a MAC, a script that asks again with iPXE's own values, so DHCP
+    /// can name the plain path.
+    fn boot_script(&self, head: &RequestHead) -> Reply {
+        let Some(fleet) = &self.provisioning.fleet else {
+            return Reply::text(
+                404,
+                "no inventory: start imprint serve with --hosts FILE to serve boot scripts\n",
+            );
+        };
+        let script = match head.query("mac").and_then(fleet::parse_mac) {
+            Some(mac) => {
+                let platform = Platform::from_ipxe(head.query("platform").unwrap_or(""));
+                let base = match head.header("host").filter(|h| valid_host(h)) {
+                    Some(host) => format!("http://{host}"),
+                    None => match self.local_addr() {
+                        Some(a) => format!("http://{a}"),
+                        None => return Reply::text(500, "no address to give\n"),
+                    },
+                };
+                fleet.boot_script(mac, platform, &base)
+            }
+            None => {
+                "#!ipxe\nchain /boot.ipxe?mac=${net0/mac:hexhyp}&platform=${platform}\n".to_string()
+            }
+        };
+        let mut reply = Reply::text(200, &script);
+        reply.headers.push(("Cache-Control", "no-store".into()));
+        reply
+    }
+
+    /// The deploy environment's kernel and initramfs, and the cloud-init files
+    /// the inventory gives a machine; `None` for paths that are the
+    /// repository's.
+    fn provisioning_file(&self, head: &RequestHead, path: &str) -> Option<Reply> {
+        let p = &self.provisioning;
+        let boot = match path {
+            "/boot/vmlinuz" => p.kernel.as_ref(),
+            "/boot/initramfs.img" => p.initrd.as_ref(),
+            _ => None,
+        };
+        if let Some(file) = boot {
+            return Some(self.send_file(head, file, "application/octet-stream", "no-cache"));
+        }
+        let rest = path.strip_prefix("/hosts/")?;
+        let (stem, which) = rest.split_once('/')?;
+        let mac = fleet::parse_mac(stem)?;
+        let file = p.fleet.as_ref()?.host_file(mac, which)?;
+        Some(self.send_file(head, &file, "text/plain; charset=utf-8", "no-store"))
+    }
+
+    /// `POST /machines/MAC/reprovision`: with the status token, or from this
+    /// host when there is none.
+    fn machine_action(&self, head: &RequestHead, path: &str, peer: IpAddr) -> Reply {
+        let Some(fleet) = &self.provisioning.fleet else {
+            return Reply::text(404, "no inventory: start imprint serve with --hosts FILE\n");
+        };
+        let allowed = match &self.limits.status_token {
+            Some(_) => self.token_ok(head),
+            None => peer.is_loopback(),
+        };
+        if !allowed {
+            return Reply::text(
+                401,
+                "machine actions need the server's status token (or, without one, a request from the server's own host)\n",
+            );
+        }
+        let Some((stem, "reprovision")) = path.trim_start_matches("/machines/").split_once('/')
+        else {
+            return Reply::text(404, "the action is /machines/MAC/reprovision\n");
+        };
+        let Some(mac) = fleet::parse_mac(stem) else {
+            return Reply::text(400, "not a MAC address\n");
+        };
+        fleet.reprovision(mac);
+        Reply::text(200, &format!("{mac} deploys on its next network boot\n"))
     }
 
     fn file(&self, head: &RequestHead, url_path: &str) -> Reply {
@@ -448,12 +566,17 @@ impl RepoServer {
         if !real.starts_with(&self.root) {
             return Reply::text(403, "forbidden path\n");
         }
+        self.send_file(head, &real, content_type(&rel), cache_control(&rel))
+    }
+
+    /// A regular file, whole or the range asked for.
+    fn send_file(&self, head: &RequestHead, real: &Path, ctype: &str, cache: &str) -> Reply {
         // Non-blocking, so a FIFO in the repository cannot hold this thread;
         // only regular files are served.
         let mut file = match std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-            .open(&real)
+            .open(real)
         {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -468,8 +591,8 @@ impl RepoServer {
         };
         let mut headers = vec![
             ("Accept-Ranges", "bytes".to_string()),
-            ("Content-Type", content_type(&rel).to_string()),
-            ("Cache-Control", cache_control(&rel).to_string()),
+            ("Content-Type", ctype.to_string()),
+            ("Cache-Control", cache.to_string()),
         ];
         let (status, start, len) = match head.header("range").map(|r| http::parse_range(r, size)) {
             None | Some(RangeRequest::Ignore) => (200, 0, size),
@@ -526,6 +649,11 @@ impl RepoServer {
         };
         match result {
             Ok(name) => {
+                if let Some(fleet) = &self.provisioning.fleet
+                    && let Ok(event) = serde_json::from_slice::<serde_json::Value>(body)
+                {
+                    fleet.on_event(&name, &event);
+                }
                 log::info!(
                     "status {}: {}",
                     http::printable(&name),
@@ -539,6 +667,23 @@ impl RepoServer {
             Err(e @ statuses::StatusError::TooLarge) => Reply::text(413, &format!("{e}\n")),
             Err(e) => Reply::text(400, &format!("{}\n", http::printable(&e.to_string()))),
         }
+    }
+
+    /// Runs every couple of seconds while the server runs: picks up an edited
+    /// inventory, and says what is wrong in it, without waiting for a machine.
+    pub fn watch_inventory(self: &Arc<Self>) {
+        if self.provisioning.fleet.is_none() {
+            return;
+        }
+        let server = Arc::clone(self);
+        std::thread::spawn(move || {
+            while !server.stopping.load(Ordering::Relaxed) {
+                if let Some(f) = &server.provisioning.fleet {
+                    f.reload_if_changed();
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        });
     }
 
     fn get_status(&self, head: &RequestHead) -> Reply {
@@ -562,6 +707,28 @@ impl RepoServer {
             close: false,
         }
     }
+}
+
+fn json_reply(body: String) -> Reply {
+    Reply {
+        status: 200,
+        headers: vec![
+            ("Content-Type", "application/json".into()),
+            ("Cache-Control", "no-store".into()),
+        ],
+        body: Body::Bytes(body.into_bytes()),
+        close: false,
+    }
+}
+
+/// A `Host` header fit to put in the URLs of a boot script: a name or address
+/// and a port, nothing iPXE would act on.
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 /// Over the connection limit: a short answer, never waited on, then close.

@@ -1,0 +1,452 @@
+//! The provisioning side of `imprint serve --hosts FILE`: the inventory (reloaded
+//! when the file changes), what the server remembers of each machine (one JSON
+//! file per machine under `--data DIR`, replaced atomically, so a restart of the
+//! server loses nothing), and the boot script each machine gets.
+//!
+//! Machines move through the [`provision`] rules on what they report: a deploy
+//! script sent marks a deploy under way; its `complete` event marks it deployed
+//! (it boots its own disk from then on), a `failed` event counts a failure, and a
+//! deploy script asked for while one is still under way counts one too (the
+//! machine started again before it reported an end).
+
+use super::provision::{self, Decision, Machine, Platform};
+use crate::format::http::printable;
+use crate::format::inventory::{self, Inventory, Mac};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Largest inventory file read.
+pub const MAX_INVENTORY: u64 = 8 << 20;
+/// Largest machine file read back.
+const MAX_MACHINE_FILE: u64 = 64 << 10;
+/// Machines remembered; a new one beyond it is served but not stored.
+pub const MAX_MACHINES: usize = 65536;
+/// Longest error kept from a machine's report.
+const MAX_ERROR: usize = 400;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("reading the inventory {path}: {source}")]
+    ReadInventory { path: PathBuf, source: io::Error },
+    #[error("inventory {path} is larger than {MAX_INVENTORY} bytes")]
+    InventoryTooLarge { path: PathBuf },
+    #[error("inventory {path}, {problem}; fix the file and start again")]
+    Inventory {
+        path: PathBuf,
+        problem: inventory::Problem,
+    },
+    #[error("data directory {path}: {source}")]
+    Data { path: PathBuf, source: io::Error },
+}
+
+/// Where things are, and how many failures a machine may have in a row.
+#[derive(Clone, Debug)]
+pub struct FleetOptions {
+    pub hosts: PathBuf,
+    pub data: PathBuf,
+    pub attempts: u32,
+}
+
+struct Loaded {
+    inventory: Inventory,
+    /// What the file looked like when read: (length, modification time).
+    stamp: Option<(u64, SystemTime)>,
+}
+
+pub struct Fleet {
+    opts: FleetOptions,
+    loaded: Mutex<Loaded>,
+    machines: Mutex<BTreeMap<Mac, Machine>>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A MAC address as iPXE may send it: `52:54:00:12:34:56`, with `%3A` for the
+/// colons, or `52-54-00-12-34-56` (`${net0/mac:hexhyp}`).
+pub fn parse_mac(query: &str) -> Option<Mac> {
+    query.replace("%3A", ":").replace("%3a", ":").parse().ok()
+}
+
+/// A machine's file name: its MAC with hyphens.
+fn file_stem(mac: Mac) -> String {
+    mac.to_string().replace(':', "-")
+}
+
+impl Fleet {
+    /// Reads the inventory (which must be TOML; entries that are wrong are
+    /// reported and left out) and every machine remembered under the data
+    /// directory (which is created if missing).
+    pub fn open(opts: FleetOptions) -> Result<Fleet, FleetError> {
+        let (text, stamp) = read_inventory(&opts.hosts)?;
+        let inventory = match inventory::parse(&text) {
+            Ok((inv, problems)) => {
+                report(&opts.hosts, &problems);
+                inv
+            }
+            Err(problem) => {
+                return Err(FleetError::Inventory {
+                    path: opts.hosts.clone(),
+                    problem,
+                });
+            }
+        };
+        let dir = opts.data.join("machines");
+        let data_err = |source| FleetError::Data {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(data_err)?;
+        let mut machines = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).map_err(data_err)? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(mac) = name
+                .strip_suffix(".json")
+                .and_then(|s| s.parse::<Mac>().ok())
+            else {
+                continue;
+            };
+            if machines.len() >= MAX_MACHINES {
+                log::warn!(
+                    "more than {MAX_MACHINES} machine files in {}; the rest are not read",
+                    dir.display()
+                );
+                break;
+            }
+            match read_machine(&entry.path()) {
+                Ok(m) => {
+                    machines.insert(mac, m);
+                }
+                Err(e) => log::warn!(
+                    "machine file {}: {e}; the machine starts afresh",
+                    printable(&entry.path().display().to_string())
+                ),
+            }
+        }
+        log::info!(
+            "inventory {}: {} machines listed, {} remembered",
+            opts.hosts.display(),
+            inventory.hosts.len(),
+            machines.len()
+        );
+        Ok(Fleet {
+            opts,
+            loaded: Mutex::new(Loaded { inventory, stamp }),
+            machines: Mutex::new(machines),
+        })
+    }
+
+    /// Reads the inventory again if the file changed. A file that is no longer
+    /// TOML is reported and the inventory stays as it was.
+    pub fn reload_if_changed(&self) {
+        let stamp = inventory_stamp(&self.opts.hosts);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if stamp == loaded.stamp {
+            return;
+        }
+        loaded.stamp = stamp;
+        let text = match read_inventory(&self.opts.hosts) {
+            Ok((text, _)) => text,
+            Err(e) => {
+                log::warn!("{e}; the inventory stays as it was");
+                return;
+            }
+        };
+        match inventory::parse(&text) {
+            Ok((inv, problems)) => {
+                report(&self.opts.hosts, &problems);
+                log::info!(
+                    "inventory {} reloaded: {} machines listed",
+                    self.opts.hosts.display(),
+                    inv.hosts.len()
+                );
+                loaded.inventory = inv;
+            }
+            Err(problem) => log::warn!(
+                "inventory {}, {problem}; it stays as it was until the file is fixed",
+                self.opts.hosts.display()
+            ),
+        }
+    }
+
+    fn inventory(&self) -> Inventory {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .inventory
+            .clone()
+    }
+
+    /// The boot script for `mac` on `platform`, with URLs under `base`; what it
+    /// decides is remembered.
+    pub fn boot_script(&self, mac: Mac, platform: Platform, base: &str) -> String {
+        self.reload_if_changed();
+        let inventory = self.inventory();
+        let mut machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
+        let known = machines.contains_key(&mac);
+        let mut m = machines.get(&mac).cloned().unwrap_or_default();
+        let mut decision = provision::decide(&inventory, mac, &m, platform, self.opts.attempts);
+        if matches!(decision, Decision::Deploy(_)) && m.in_progress {
+            m.in_progress = false;
+            m.failures += 1;
+            m.last_error = Some(
+                "the machine started again before its deploy reported an end (a reset, a power loss, or a crash)"
+                    .into(),
+            );
+            log::warn!("{mac}: {}", m.last_error.as_deref().unwrap_or_default());
+            decision = provision::decide(&inventory, mac, &m, platform, self.opts.attempts);
+        }
+        m.last_seen = now();
+        match &decision {
+            Decision::Deploy(d) => {
+                log::info!(
+                    "{mac}: deploy {} (attempt {} of {})",
+                    d.image,
+                    d.attempt,
+                    d.attempts
+                );
+                m.deploys += 1;
+                m.in_progress = true;
+                m.phase = Some("sent".into());
+                m.image_seen = None;
+                // A reprovision answered now: the disk is about to be rewritten,
+                // so it no longer counts as deployed, whatever happens next.
+                m.completed = None;
+                m.committed = false;
+                m.reprovision_asked = false;
+                m.pending_token = inventory
+                    .hosts
+                    .get(&mac)
+                    .and_then(|h| h.reprovision.clone());
+            }
+            Decision::Local { why, .. } => {
+                log::info!("{mac}: boots its own disk ({why:?})");
+                if !known {
+                    m.phase = Some("registered".into());
+                }
+            }
+            Decision::Hold(message) => log::warn!("{mac}: held: {}", printable(message)),
+        }
+        let changed = machines.get(&mac) != Some(&m);
+        if known || machines.len() < MAX_MACHINES {
+            machines.insert(mac, m.clone());
+        }
+        drop(machines);
+        if changed {
+            self.store(mac, &m);
+        }
+        provision::script(
+            &decision,
+            mac,
+            &provision::Server {
+                base,
+                kernel: "/boot/vmlinuz",
+                initrd: "/boot/initramfs.img",
+            },
+        )
+    }
+
+    /// A status event the status table took from machine `name`.
+    pub fn on_event(&self, name: &str, event: &Value) {
+        let Ok(mac) = name.parse::<Mac>() else {
+            return;
+        };
+        let mut machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = machines.get_mut(&mac) else {
+            return;
+        };
+        let before = m.clone();
+        let phase = event.get("phase").and_then(Value::as_str).unwrap_or("");
+        if let Some(image) = event.get("image").and_then(Value::as_str)
+            && image.starts_with("sha256:")
+            && image.len() <= 71
+        {
+            m.image_seen = Some(printable(image));
+        }
+        m.last_seen = now();
+        match phase {
+            "complete" if m.in_progress => {
+                m.in_progress = false;
+                m.completed = Some(m.image_seen.clone().unwrap_or_else(|| "unknown".into()));
+                m.failures = 0;
+                m.last_error = None;
+                m.reprovisioned = m.pending_token.take();
+                log::info!("{mac}: deployed; it boots its own disk from now on");
+            }
+            "committed" => m.committed = true,
+            "failed" if m.in_progress => {
+                m.in_progress = false;
+                m.failures += 1;
+                let error = event
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no error given");
+                let mut error = printable(error);
+                error.truncate(MAX_ERROR);
+                m.last_error = Some(error);
+            }
+            _ => {}
+        }
+        if !phase.is_empty()
+            && phase.len() <= 32
+            && phase.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        {
+            m.phase = Some(phase.to_string());
+        }
+        // Progress events come often; only a change of phase is written down.
+        let store = m.phase != before.phase
+            || m.completed != before.completed
+            || m.failures != before.failures;
+        let m = m.clone();
+        drop(machines);
+        if store {
+            self.store(mac, &m);
+        }
+    }
+
+    /// Sends `mac` through the deploy again on its next network boot (and lifts
+    /// a hold).
+    pub fn reprovision(&self, mac: Mac) {
+        let mut machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
+        if !machines.contains_key(&mac) && machines.len() >= MAX_MACHINES {
+            return;
+        }
+        let m = machines.entry(mac).or_default();
+        m.reprovision_asked = true;
+        m.failures = 0;
+        m.last_error = None;
+        let m = m.clone();
+        drop(machines);
+        log::info!("{mac}: reprovision asked; it deploys on its next network boot");
+        self.store(mac, &m);
+    }
+
+    /// What the server knows, for `GET /machines` and the page: every machine
+    /// listed or remembered, with what its next network boot gets.
+    pub fn machines_json(&self) -> Value {
+        let inventory = self.inventory();
+        let machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
+        let mut macs: Vec<Mac> = inventory.hosts.keys().copied().collect();
+        macs.extend(machines.keys().copied());
+        macs.sort();
+        macs.dedup();
+        let list: Vec<Value> = macs
+            .iter()
+            .map(|mac| {
+                let m = machines.get(mac).cloned().unwrap_or_default();
+                let entry = inventory.hosts.get(mac);
+                let next = match provision::decide(&inventory, *mac, &m, Platform::Bios, self.opts.attempts) {
+                    Decision::Deploy(d) => format!("deploy {}", d.image),
+                    Decision::Local { .. } => "local".to_string(),
+                    Decision::Hold(_) => "hold".to_string(),
+                };
+                serde_json::json!({
+                    "mac": mac.to_string(),
+                    "listed": entry.is_some(),
+                    "hostname": entry.and_then(|h| h.hostname.clone()),
+                    "image": entry.and_then(|h| h.common.image.as_ref()).or(inventory.defaults.common.image.as_ref()).map(|i| i.to_string()),
+                    "next": next,
+                    "state": m,
+                })
+            })
+            .collect();
+        Value::Array(list)
+    }
+
+    /// A cloud-init file the inventory gives machine `mac` (`user-data` or
+    /// `network-config`), next to the inventory file.
+    pub fn host_file(&self, mac: Mac, which: &str) -> Option<PathBuf> {
+        let inventory = self.inventory();
+        let entry = inventory.hosts.get(&mac)?;
+        let name = match which {
+            "user-data" => entry.user_data.as_ref()?,
+            "network-config" => entry.network_config.as_ref()?,
+            _ => return None,
+        };
+        // Names are plain file names (checked by the inventory's parser).
+        Some(
+            self.opts
+                .hosts
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(name),
+        )
+    }
+
+    /// Writes machine `mac`'s file: a temporary file, synced, renamed over the
+    /// old one, and the directory synced, so a crash leaves the old or the new.
+    fn store(&self, mac: Mac, m: &Machine) {
+        let dir = self.opts.data.join("machines");
+        let path = dir.join(format!("{}.json", file_stem(mac)));
+        let tmp = dir.join(format!(".{}.json.tmp", file_stem(mac)));
+        let result = (|| -> io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(m).map_err(io::Error::other)?)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&dir)?.sync_all()
+        })();
+        if let Err(e) = result {
+            log::warn!(
+                "writing {}: {e}; the server's memory of {mac} is not on disk",
+                path.display()
+            );
+        }
+    }
+}
+
+fn inventory_stamp(path: &Path) -> Option<(u64, SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+fn read_inventory(path: &Path) -> Result<(String, Option<(u64, SystemTime)>), FleetError> {
+    let stamp = inventory_stamp(path);
+    let file = std::fs::File::open(path).map_err(|source| FleetError::ReadInventory {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut text = String::new();
+    file.take(MAX_INVENTORY + 1)
+        .read_to_string(&mut text)
+        .map_err(|source| FleetError::ReadInventory {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if text.len() as u64 > MAX_INVENTORY {
+        return Err(FleetError::InventoryTooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok((text, stamp))
+}
+
+fn read_machine(path: &Path) -> io::Result<Machine> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_MACHINE_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_MACHINE_FILE {
+        return Err(io::Error::other("larger than a machine's record can be"));
+    }
+    serde_json::from_slice(&bytes).map_err(io::Error::other)
+}
+
+fn report(path: &Path, problems: &[inventory::Problem]) {
+    for p in problems {
+        log::warn!(
+            "inventory {}, {}",
+            path.display(),
+            printable(&p.to_string())
+        );
+    }
+}

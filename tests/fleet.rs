@@ -1,0 +1,363 @@
+//! `imprint serve --hosts`: the provisioning server, driven over HTTP as iPXE
+//! and the deploy environment drive it (boot scripts, status events), with the
+//! inventory edited and the server restarted under it.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const NODE: &str = "52:54:00:12:34:56";
+const FLAKY: &str = "52:54:00:00:00:02";
+
+struct Rig {
+    repo: Repo,
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new(inventory: &str) -> Rig {
+        let rig = Rig {
+            repo: Repo::new(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(rig.repo.path()).unwrap();
+        rig.write_inventory(inventory);
+        std::fs::write(rig.path("vmlinuz"), b"a kernel").unwrap();
+        std::fs::write(rig.path("initramfs.img"), b"an initramfs").unwrap();
+        std::fs::write(rig.path("node-1.yaml"), "#cloud-config\nhostname: node-1\n").unwrap();
+        rig
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write_inventory(&self, text: &str) {
+        // Renamed into place, as editors do, so a reload never sees half a file.
+        std::fs::write(self.path("hosts.toml.new"), text).unwrap();
+        std::fs::rename(self.path("hosts.toml.new"), self.path("hosts.toml")).unwrap();
+    }
+
+    fn serve(&self, extra: &[&str]) -> Served {
+        let (hosts, data, kernel, initrd) = (
+            self.path("hosts.toml"),
+            self.path("data"),
+            self.path("vmlinuz"),
+            self.path("initramfs.img"),
+        );
+        let mut options = vec![
+            "--hosts",
+            hosts.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+        ];
+        options.extend_from_slice(extra);
+        Served::start_with(&self.repo.path(), &options, None, Stdio::null())
+    }
+}
+
+fn get(served: &Served, path: &str) -> (u16, String) {
+    let (status, _, body) = raw_request(
+        &served.addr(),
+        &format!("GET {path} HTTP/1.1\r\nHost: 10.0.2.2:8080\r\nConnection: close\r\n\r\n"),
+    );
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The boot script iPXE gets for `mac`, with the colons escaped as iPXE may.
+fn script(served: &Served, mac: &str, platform: &str) -> String {
+    let (status, body) = get(
+        served,
+        &format!(
+            "/boot.ipxe?mac={}&platform={platform}",
+            mac.replace(':', "%3A")
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("#!ipxe\n"), "{body}");
+    body
+}
+
+fn post(served: &Served, path: &str, body: &str, token: Option<&str>) -> u16 {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    raw_request(
+        &served.addr(),
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .0
+}
+
+/// The events a deploy environment sends for a deploy that ends as `end`.
+fn report(served: &Served, mac: &str, end: &str) {
+    let events = [
+        format!(r#"{{"phase":"booted","target":"{mac}"}}"#),
+        format!(r#"{{"phase":"writing","target":"{mac}","done":10,"total":100}}"#),
+        format!(
+            r#"{{"phase":"boot-records","target":"{mac}","image":"sha256:{}"}}"#,
+            "ab".repeat(32)
+        ),
+        end.replace("MAC", mac),
+    ];
+    for e in events {
+        assert_eq!(post(served, "/status", &e, None), 204, "{e}");
+    }
+}
+
+fn is_deploy(script: &str) -> bool {
+    script.lines().any(|l| l.starts_with("kernel "))
+}
+
+fn machine<'a>(doc: &'a serde_json::Value, mac: &str) -> &'a serde_json::Value {
+    doc.as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == mac)
+        .unwrap_or_else(|| panic!("{mac} not in {doc}"))
+}
+
+fn machines(served: &Served) -> serde_json::Value {
+    let (status, body) = get(served, "/machines");
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+const INVENTORY: &str = r#"
+[hosts."52:54:00:12:34:56"]
+hostname = "node-1"
+image = "os:v1"
+settings = { disk = "/dev/vda" }
+user-data = "node-1.yaml"
+
+[hosts."52:54:00:00:00:02"]
+image = "os:v1"
+"#;
+
+#[test]
+fn a_machine_deploys_once_then_boots_its_disk_across_server_restarts() {
+    let rig = Rig::new(INVENTORY);
+    let served = rig.serve(&[]);
+
+    // DHCP may name the plain path: the script asks again with iPXE's values.
+    let (status, bootstrap) = get(&served, "/boot.ipxe");
+    assert_eq!(status, 200);
+    assert!(
+        bootstrap.contains("chain /boot.ipxe?mac=${net0/mac:hexhyp}&platform=${platform}"),
+        "{bootstrap}"
+    );
+
+    let s = script(&served, NODE, "pcbios");
+    assert!(is_deploy(&s), "{s}");
+    let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    for arg in [
+        "kernel http://10.0.2.2:8080/boot/vmlinuz ",
+        " imprint.repo=http://10.0.2.2:8080 ",
+        " imprint.image=os:v1 ",
+        " imprint.hostname=node-1 ",
+        " imprint.disk=/dev/vda",
+        " imprint.status=http://10.0.2.2:8080/status ",
+        " BOOTIF=01-52-54-00-12-34-56 ",
+        " imprint.user-data=hosts/52-54-00-12-34-56/user-data",
+    ] {
+        assert!(kernel.contains(arg), "{arg:?} not in {kernel}");
+    }
+    assert!(
+        s.contains("\ninitrd http://10.0.2.2:8080/boot/initramfs.img\nboot\n"),
+        "{s}"
+    );
+    // What the script names is served.
+    assert_eq!(get(&served, "/boot/vmlinuz"), (200, "a kernel".into()));
+    assert_eq!(
+        get(&served, "/boot/initramfs.img"),
+        (200, "an initramfs".into())
+    );
+    assert_eq!(
+        get(&served, "/hosts/52-54-00-12-34-56/user-data"),
+        (200, "#cloud-config\nhostname: node-1\n".into())
+    );
+    assert_eq!(get(&served, "/hosts/52-54-00-00-00-02/user-data").0, 404);
+
+    report(&served, NODE, r#"{"phase":"complete","target":"MAC"}"#);
+    let s = script(&served, NODE, "pcbios");
+    assert!(!is_deploy(&s), "{s}");
+    assert!(s.contains("\nsanboot --no-describe --drive 0x80\n"), "{s}");
+    let s = script(&served, NODE, "efi");
+    assert!(s.contains("\nexit\n"), "{s}");
+    let doc = machines(&served);
+    let node = machine(&doc, NODE);
+    assert_eq!(node["hostname"], "node-1");
+    assert_eq!(node["next"], "local");
+    assert_eq!(
+        node["state"]["completed"],
+        format!("sha256:{}", "ab".repeat(32))
+    );
+    assert_eq!(node["state"]["deploys"], 1);
+
+    // The server restarts: what it knew of the machine is still there.
+    drop(served);
+    let served = rig.serve(&[]);
+    assert!(!is_deploy(&script(&served, NODE, "pcbios")));
+
+    // Reprovisioned from the command line: one more deploy, then local again.
+    let out = imprint(&["host", "reprovision", NODE, "--server", &served.url]);
+    assert_success(&out);
+    let s = script(&served, NODE, "pcbios");
+    assert!(is_deploy(&s), "{s}");
+    report(&served, NODE, r#"{"phase":"complete","target":"MAC"}"#);
+    assert!(!is_deploy(&script(&served, NODE, "pcbios")));
+    assert_eq!(machine(&machines(&served), NODE)["state"]["deploys"], 2);
+}
+
+#[test]
+fn failed_deploys_are_retried_then_held_until_reprovisioned() {
+    let rig = Rig::new(INVENTORY);
+    let served = rig.serve(&["--attempts", "3"]);
+    let attempt = |n: u32| {
+        let s = script(&served, FLAKY, "pcbios");
+        assert!(s.contains(&format!("(attempt {n} of 3)")), "{s}");
+    };
+    attempt(1);
+    report(
+        &served,
+        FLAKY,
+        r#"{"phase":"failed","target":"MAC","error":"no disk of 300 MB or more"}"#,
+    );
+    attempt(2);
+    // Started again without reporting an end: a failure too.
+    attempt(3);
+    report(
+        &served,
+        FLAKY,
+        r#"{"phase":"failed","target":"MAC","error":"chunk 7: \u001b[31m${evil}"}"#,
+    );
+    let held = script(&served, FLAKY, "pcbios");
+    assert!(!is_deploy(&held), "{held}");
+    assert!(
+        held.contains("failed 3 times in a row, last: chunk 7: "),
+        "{held}"
+    );
+    assert!(
+        !held.contains("${evil}") && !held.contains('\u{1b}'),
+        "{held}"
+    );
+    assert!(
+        held.contains("imprint host reprovision 52:54:00:00:00:02"),
+        "{held}"
+    );
+    assert!(held.contains("\nsleep 60\nchain "), "{held}");
+    assert_eq!(machine(&machines(&served), FLAKY)["next"], "hold");
+    // Held across a restart too; a reprovision lifts it.
+    drop(served);
+    let served = rig.serve(&[]);
+    assert!(!is_deploy(&script(&served, FLAKY, "pcbios")));
+    assert_eq!(
+        post(&served, "/machines/52-54-00-00-00-02/reprovision", "", None),
+        200
+    );
+    let s = script(&served, FLAKY, "pcbios");
+    assert!(s.contains("(attempt 1 of 3)"), "{s}");
+}
+
+#[test]
+fn unknown_machines_register_and_the_inventory_reloads() {
+    let rig = Rig::new(INVENTORY);
+    let (served, log) = {
+        let (hosts, data) = (rig.path("hosts.toml"), rig.path("data"));
+        let log = std::fs::File::create(rig.path("serve.log")).unwrap();
+        let served = Served::start_with(
+            &rig.repo.path(),
+            &[
+                "--hosts",
+                hosts.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+            ],
+            None,
+            Stdio::from(log),
+        );
+        (served, rig.path("serve.log"))
+    };
+    let stranger = "52:54:00:99:99:99";
+    let s = script(&served, stranger, "pcbios");
+    assert!(s.contains("is not in the inventory (registered)"), "{s}");
+    assert!(!is_deploy(&s));
+    assert_eq!(
+        machine(&machines(&served), stranger)["state"]["phase"],
+        "registered"
+    );
+
+    // The operator adds it (and makes a mistake elsewhere): it deploys; the
+    // broken entry is reported by line, the others keep working.
+    rig.write_inventory(&format!(
+        "{INVENTORY}\n[hosts.\"{stranger}\"]\nimage = \"os:v2\"\nhostname = \"new-1\"\n\n[hosts.\"52:54:00:00:00:03\"]\nhostname = \"bad name\"\n"
+    ));
+    let start = Instant::now();
+    let s = loop {
+        let s = script(&served, stranger, "pcbios");
+        if is_deploy(&s) || start.elapsed() > Duration::from_secs(10) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let words: Vec<&str> = s.split_whitespace().collect();
+    assert!(words.contains(&"imprint.image=os:v2"), "{s}");
+    assert!(words.contains(&"imprint.hostname=new-1"), "{s}");
+    assert!(is_deploy(&script(&served, NODE, "pcbios")));
+    let logged = wait_for_text(&log, "line 15: hosts.52:54:00:00:00:03: hostname");
+    assert!(logged, "{}", std::fs::read_to_string(&log).unwrap());
+
+    // A file that is no longer TOML: reported, and the last good one stays.
+    rig.write_inventory("[hosts.\"52:54:00:12:34:56\"\nimage = ");
+    assert!(wait_for_text(&log, "it stays as it was"));
+    assert!(is_deploy(&script(&served, stranger, "pcbios")));
+}
+
+fn wait_for_text(log: &Path, text: &str) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains(text)
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn machine_actions_need_the_token_when_there_is_one() {
+    let rig = Rig::new(INVENTORY);
+    let served = rig.serve(&["--status-token", "s3cret"]);
+    let path = "/machines/52-54-00-12-34-56/reprovision";
+    assert_eq!(post(&served, path, "", None), 401);
+    assert_eq!(post(&served, path, "", Some("wrong")), 401);
+    assert_eq!(post(&served, path, "", Some("s3cret")), 200);
+    let out = imprint(&["host", "reprovision", NODE, "--server", &served.url]);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("401"), "{}", stderr_of(&out));
+    let out = imprint(&[
+        "host",
+        "reprovision",
+        NODE,
+        "--server",
+        &served.url,
+        "--token",
+        "s3cret",
+    ]);
+    assert_success(&out);
+    // Without --hosts, none of this exists.
+    let plain = Served::start(&rig.repo.path());
+    assert_eq!(get(&plain, "/boot.ipxe?mac=52-54-00-12-34-56").0, 404);
+    assert_eq!(post(&plain, path, "", None), 404);
+}
