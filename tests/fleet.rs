@@ -201,11 +201,26 @@ fn a_machine_deploys_once_then_boots_its_disk_across_server_restarts() {
         format!("sha256:{}", "ab".repeat(32))
     );
     assert_eq!(node["state"]["deploys"], 1);
+    assert_eq!(node["state"]["committed"], false);
+    // The installed OS's agent commits, and says so.
+    let committed = format!(
+        r#"{{"phase":"complete","target":"{NODE}","committed":"deploy","image":"sha256:{}"}}"#,
+        "ab".repeat(32)
+    );
+    assert_eq!(post(&served, "/status", &committed, None), 204);
+    assert_eq!(
+        machine(&machines(&served), NODE)["state"]["committed"],
+        true
+    );
 
     // The server restarts: what it knew of the machine is still there.
     drop(served);
     let served = rig.serve(&[]);
     assert!(!is_deploy(&script(&served, NODE, "pcbios")));
+    assert_eq!(
+        machine(&machines(&served), NODE)["state"]["committed"],
+        true
+    );
 
     // Reprovisioned from the command line: one more deploy, then local again.
     let out = imprint(&["host", "reprovision", NODE, "--server", &served.url]);

@@ -274,6 +274,12 @@ impl Fleet {
         }
         m.last_seen = now();
         match phase {
+            // The installed OS's agent: it booted, and committed the deploy.
+            "complete" if event.get("committed").is_some() => {
+                if m.completed.is_some() {
+                    m.committed = true;
+                }
+            }
             "complete" if m.in_progress => {
                 m.in_progress = false;
                 m.completed = Some(m.image_seen.clone().unwrap_or_else(|| "unknown".into()));
@@ -282,7 +288,6 @@ impl Fleet {
                 m.reprovisioned = m.pending_token.take();
                 log::info!("{mac}: deployed; it boots its own disk from now on");
             }
-            "committed" => m.committed = true,
             "failed" if m.in_progress => {
                 m.in_progress = false;
                 m.failures += 1;
@@ -305,7 +310,9 @@ impl Fleet {
         // Progress events come often; only a change of phase is written down.
         let store = m.phase != before.phase
             || m.completed != before.completed
-            || m.failures != before.failures;
+            || m.committed != before.committed
+            || m.failures != before.failures
+            || m.in_progress != before.in_progress;
         let m = m.clone();
         drop(machines);
         if store {
