@@ -276,9 +276,7 @@ impl Fleet {
         match phase {
             // The installed OS's agent: it booted, and committed the deploy.
             "complete" if event.get("committed").is_some() => {
-                if m.completed.is_some() {
-                    m.committed = true;
-                }
+                m.committed = m.completed.is_some();
             }
             "complete" if m.in_progress => {
                 m.in_progress = false;
