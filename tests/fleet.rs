@@ -118,7 +118,8 @@ fn is_deploy(script: &str) -> bool {
 }
 
 fn machine<'a>(doc: &'a serde_json::Value, mac: &str) -> &'a serde_json::Value {
-    doc.as_array()
+    doc["machines"]
+        .as_array()
         .unwrap()
         .iter()
         .find(|m| m["mac"] == mac)
@@ -375,4 +376,100 @@ fn machine_actions_need_the_token_when_there_is_one() {
     let plain = Served::start(&rig.repo.path());
     assert_eq!(get(&plain, "/boot.ipxe?mac=52-54-00-12-34-56").0, 404);
     assert_eq!(post(&plain, path, "", None), 404);
+}
+
+/// Headless Chromium on `url`: the page's document once its script ran, and a
+/// screenshot written to `png`.
+fn chromium(url: &str, png: &Path) -> String {
+    let base = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--virtual-time-budget=5000",
+    ];
+    let profile = tempfile::tempdir().unwrap();
+    let user_dir = format!("--user-data-dir={}", profile.path().display());
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new("/usr/bin/chromium")
+            .args(base)
+            .arg(&user_dir)
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("running chromium");
+        assert!(
+            out.status.success(),
+            "chromium: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = run(&["--dump-dom"]);
+    run(&[
+        &format!("--screenshot={}", png.display()),
+        "--window-size=1280,420",
+    ]);
+    dom
+}
+
+/// The page, in headless Chromium: a row per machine with its phase and
+/// progress, and whatever a machine sent shown as text, never run.
+#[test]
+fn the_machines_page_shows_progress_and_never_runs_what_machines_send() {
+    if !common::vm::chromium_available() {
+        return;
+    }
+    let rig = Rig::new(INVENTORY);
+    let served = rig.serve(&[]);
+    assert!(is_deploy(&script(&served, NODE, "pcbios")));
+    for e in [
+        format!(r#"{{"phase":"booted","target":"{NODE}"}}"#),
+        format!(r#"{{"phase":"writing","target":"{NODE}","done":40000000,"total":100000000}}"#),
+    ] {
+        assert_eq!(post(&served, "/status", &e, None), 204);
+    }
+    assert!(is_deploy(&script(&served, FLAKY, "efi")));
+    let failed = format!(
+        r#"{{"phase":"failed","target":"{FLAKY}","error":"disk <b>gone</b> <img src=x onerror=alert(1)>"}}"#
+    );
+    assert_eq!(post(&served, "/status", &failed, None), 204);
+    let hostile = r#"{"phase":"writing","target":"<script>document.title='pwned'</script>","done":1,"total":2}"#;
+    assert_eq!(post(&served, "/status", hostile, None), 204);
+
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let png = artifacts.join("machines-page.png");
+    let _ = std::fs::remove_file(&png);
+    let dom = chromium(&served.url, &png);
+
+    assert!(dom.contains("<title>imprint: machines</title>"), "{dom}");
+    // One row per machine: the two listed, the one that only reports.
+    assert_eq!(dom.matches("<tr>").count(), 4, "{dom}");
+    assert!(dom.contains(">node-1<"), "{dom}");
+    assert!(dom.contains(">writing<"), "{dom}");
+    assert!(dom.contains("40.0 MB of 100.0 MB"), "{dom}");
+    assert!(dom.contains("<progress max=\"100000000\""), "{dom}");
+    assert!(dom.contains(">failed<"), "{dom}");
+    assert!(dom.contains(">deploy os:v1<"), "{dom}");
+    // Sent as markup, shown as text.
+    assert!(
+        dom.contains("&lt;script&gt;document.title='pwned'&lt;/script&gt;"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("disk &lt;b&gt;gone&lt;/b&gt; &lt;img src=x onerror=alert(1)&gt;"),
+        "{dom}"
+    );
+    assert!(
+        !dom.contains("<b>gone</b>") && !dom.contains("pwned</title>"),
+        "{dom}"
+    );
+    let shot = std::fs::read(&png).expect("the screenshot");
+    assert!(
+        shot.starts_with(b"\x89PNG") && shot.len() > 10_000,
+        "{} bytes",
+        shot.len()
+    );
 }

@@ -447,14 +447,19 @@ impl RepoServer {
         {
             return reply;
         }
-        let fleet = self.provisioning.fleet.as_ref();
         match (head.method, path) {
             (Method::Get | Method::Head, "/status") => self.get_status(head),
             (Method::Get | Method::Head, "/boot.ipxe") => self.boot_script(head),
-            (Method::Get | Method::Head, "/machines") => match fleet {
-                Some(f) => json_reply(f.machines_json().to_string()),
-                None => Reply::text(404, "no inventory: start imprint serve with --hosts FILE\n"),
-            },
+            (Method::Get | Method::Head, "/machines") => self.machines(),
+            (Method::Get | Method::Head, "/" | "/index.html") => {
+                page_asset("text/html; charset=utf-8", include_str!("page.html"))
+            }
+            (Method::Get | Method::Head, "/page.js") => {
+                page_asset("text/javascript; charset=utf-8", include_str!("page.js"))
+            }
+            (Method::Get | Method::Head, "/page.css") => {
+                page_asset("text/css; charset=utf-8", include_str!("page.css"))
+            }
             (Method::Post, _) if path.starts_with("/machines/") => {
                 self.machine_action(head, path, peer)
             }
@@ -469,6 +474,39 @@ impl RepoServer {
                 "only GET and HEAD on repository files, POST on /status\n",
             ),
         }
+    }
+
+    /// `GET /machines`, what the page shows: the server's time, the machines of
+    /// the inventory or remembered (each with its latest status event), and
+    /// the other names that report status.
+    fn machines(&self) -> Reply {
+        let mut latest = match self.statuses.lock() {
+            Ok(table) => table.latest(),
+            Err(_) => return Reply::text(500, "status table unavailable\n"),
+        };
+        let mut machines = match &self.provisioning.fleet {
+            Some(f) => f.machines_json(),
+            None => serde_json::Value::Array(Vec::new()),
+        };
+        if let (Some(list), Some(events)) = (machines.as_array_mut(), latest.as_object_mut()) {
+            for m in list {
+                let event = m["mac"].as_str().and_then(|mac| events.remove(mac));
+                m["event"] = event.unwrap_or(serde_json::Value::Null);
+            }
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        json_reply(
+            serde_json::json!({
+                "now": now,
+                "inventory": self.provisioning.fleet.is_some(),
+                "machines": machines,
+                "others": latest,
+            })
+            .to_string(),
+        )
     }
 
     /// `GET /boot.ipxe?mac=MAC&platform=PLATFORM`: the machine's boot script.
@@ -706,6 +744,26 @@ impl RepoServer {
             body: Body::Bytes(body.into_bytes()),
             close: false,
         }
+    }
+}
+
+/// The status page's files, built into the binary. The page runs only its own
+/// script (no inline code), so nothing a machine reports can run in it.
+fn page_asset(content_type: &str, text: &str) -> Reply {
+    Reply {
+        status: 200,
+        headers: vec![
+            ("Content-Type", content_type.to_string()),
+            ("Cache-Control", "no-cache".into()),
+            (
+                "Content-Security-Policy",
+                "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+                    .into(),
+            ),
+            ("X-Content-Type-Options", "nosniff".into()),
+        ],
+        body: Body::Bytes(text.as_bytes().to_vec()),
+        close: false,
     }
 }
 

@@ -138,6 +138,18 @@ pub fn netns_available() -> bool {
     available(MISSING.get_or_init(netns_missing))
 }
 
+/// Headless Chromium, for the tests of the status page.
+pub fn chromium_available() -> bool {
+    static MISSING: OnceLock<Vec<String>> = OnceLock::new();
+    available(MISSING.get_or_init(|| {
+        if Path::new("/usr/bin/chromium").is_file() {
+            Vec::new()
+        } else {
+            vec!["chromium (chromium)".to_string()]
+        }
+    }))
+}
+
 /// True when nothing is missing; otherwise says what is, on stderr (a skip) or,
 /// with IMPRINT_QEMU_TESTS=require, as a failure.
 fn available(missing: &[String]) -> bool {
