@@ -1,0 +1,135 @@
+//! Network boot as a rack does it, with nothing but the iPXE that QEMU's NIC
+//! carries (SeaBIOS's and OVMF's option ROM) and QEMU's DHCP naming
+//! `imprint serve --hosts` as the boot file: an empty disk deploys, the next
+//! network boot is sent to the disk and the installed OS commits; reprovisioned,
+//! the machine deploys again (nothing to fetch) and then boots its disk again.
+
+mod common;
+
+use common::vm::*;
+use common::*;
+use std::path::Path;
+use std::process::Stdio;
+
+/// QEMU's first NIC.
+const MAC: &str = "52:54:00:12:34:56";
+
+fn machine(served: &Served) -> serde_json::Value {
+    let (status, _, body) = raw_request(
+        &served.addr(),
+        "GET /machines HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    doc["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == MAC)
+        .cloned()
+        .unwrap_or_else(|| panic!("{MAC} not in {doc}"))
+}
+
+fn network_boot(firmware: &'static str) {
+    let a = artifacts();
+    let repo = Repo::new();
+    let digest = add(&repo, "os:v1", &a.path("os-v1.img"));
+    let dir = repo.dir.path();
+    let hosts = dir.join("hosts.toml");
+    std::fs::write(
+        &hosts,
+        format!(
+            "[default]\ncmdline = [\"console=ttyS0\", \"quiet\", \"panic=-1\"]\n\n\
+             [hosts.\"{MAC}\"]\nhostname = \"node-1\"\nimage = \"os:v1\"\nsettings = {{ disk = \"/dev/vda\" }}\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let served = Served::start_with(
+        &repo.path(),
+        &[
+            "--hosts",
+            hosts.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--kernel",
+            &a.path("vmlinuz"),
+            "--initrd",
+            &a.path("initramfs.img"),
+        ],
+        None,
+        Stdio::null(),
+    );
+    let net = format!(
+        "user-boot:{}/boot.ipxe",
+        served.url.replace("127.0.0.1", "10.0.2.2")
+    );
+    let disk = repo.file("disk.img");
+    sparse_disk(&disk, 256 << 20);
+    let vars = repo.file("vars.fd");
+    let run = |name: &str| {
+        let (status, console) = boot(
+            dir,
+            name,
+            Boot {
+                firmware,
+                vars: (firmware == "uefi").then_some(vars.as_path()),
+                net: &net,
+                timeout: 300,
+                ..Boot::default()
+            },
+            &[Path::new(&disk)],
+        );
+        assert!(status.success(), "{name}: {status:?}\n{console}");
+        console
+    };
+
+    // An empty disk: the boot script deploys.
+    let c = run("deploy");
+    assert_has(&c, "imprint: deploying os:v1 to node-1 (attempt 1 of 3)");
+    assert_has(&c, "imprint 0.1.0 deploy environment");
+    assert_has(&c, "deploy complete: ");
+    assert_has(&c, "handing off (reboot)");
+    let m = machine(&served);
+    assert_eq!(m["state"]["completed"], digest, "{m}");
+    assert_eq!(m["next"], "local");
+    assert_eq!(read_state(&disk).0.settings["hostname"], "node-1");
+
+    // Network first in the boot order, as racks are: sent to the disk.
+    let c = run("local");
+    assert_has(
+        &c,
+        &format!("imprint: {MAC} is deployed; booting its own disk"),
+    );
+    assert!(!c.contains("deploy environment"), "{c}");
+    assert_has(&c, "test-os: v1 booted");
+    assert_has(&c, "imprint firstboot: committed");
+
+    // Reprovisioned: the same image again, so nothing is fetched.
+    assert_success(&imprint(&[
+        "host",
+        "reprovision",
+        MAC,
+        "--server",
+        &served.url,
+    ]));
+    let c = run("redeploy");
+    assert_has(&c, "imprint: deploying os:v1 to node-1 (attempt 1 of 3)");
+    assert_eq!(summary_figure(&c, "fetched_chunks"), 0, "{c}");
+    let c = run("local-again");
+    assert_has(&c, "is deployed; booting its own disk");
+    assert_has(&c, "test-os: v1 booted");
+    assert_eq!(machine(&served)["state"]["deploys"], 2);
+}
+
+#[test]
+fn network_boot_with_seabios_ipxe() {
+    require_qemu!();
+    network_boot("bios");
+}
+
+#[test]
+fn network_boot_with_ovmf_ipxe() {
+    require_qemu!();
+    network_boot("uefi");
+}
