@@ -24,10 +24,10 @@
 
 use super::cmdline;
 use super::digest::ImageRef;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use toml::Spanned;
 
 /// An Ethernet address; shown as iPXE's `${net0/mac}` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -213,19 +213,24 @@ const SETTINGS: &[&str] = &[
 /// The inventory in `text`, with the problems of the entries left out; a file
 /// that is not TOML at all is one problem and no inventory.
 pub fn parse(text: &str) -> Result<(Inventory, Vec<Problem>), Problem> {
-    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
-    let top: BTreeMap<Spanned<String>, Spanned<toml::Value>> =
-        toml::from_str(text).map_err(|e| Problem {
-            line: e.span().map_or(1, |s| line_of(s.start)),
+    let top: BTreeMap<String, Value> = basic_toml::from_str(text).map_err(|e| {
+        let mut message = e.to_string();
+        // The line is given apart; the message need not repeat it.
+        if let Some(at) = message.find(" at line ") {
+            message.truncate(at);
+        }
+        Problem {
+            line: e.line_col().map_or(1, |(line, _)| line + 1),
             entry: "file".into(),
-            message: e.message().trim().to_string(),
-        })?;
+            message,
+        }
+    })?;
     let mut inventory = Inventory::default();
     let mut problems = Vec::new();
     for (key, value) in &top {
-        let line = line_of(key.span().start);
-        match key.get_ref().as_str() {
-            "default" => match defaults(value.get_ref()) {
+        let line = line_of(text, key, None);
+        match key.as_str() {
+            "default" => match defaults(value) {
                 Ok(d) => inventory.defaults = d,
                 Err(message) => problems.push(Problem {
                     line,
@@ -234,7 +239,7 @@ pub fn parse(text: &str) -> Result<(Inventory, Vec<Problem>), Problem> {
                 }),
             },
             "hosts" => {
-                let Some(table) = value.get_ref().as_table() else {
+                let Some(table) = value.as_object() else {
                     problems.push(Problem {
                         line,
                         entry: "hosts".into(),
@@ -242,7 +247,7 @@ pub fn parse(text: &str) -> Result<(Inventory, Vec<Problem>), Problem> {
                     });
                     continue;
                 };
-                hosts(text, table, &line_of, &mut inventory, &mut problems);
+                hosts(text, table, &mut inventory, &mut problems);
             }
             other => problems.push(Problem {
                 line,
@@ -255,32 +260,39 @@ pub fn parse(text: &str) -> Result<(Inventory, Vec<Problem>), Problem> {
     Ok((inventory, problems))
 }
 
-/// The machines of the `hosts` table. Spans of its entries come from a second,
-/// spanned reading of the same table.
+/// The line where the key `name` (below `within`, when given) is written: a
+/// table header naming it, or else a line that sets it. The parser keeps no
+/// positions, and messages need only point the operator at the entry.
+fn line_of(text: &str, name: &str, within: Option<&str>) -> usize {
+    let names = |line: &str| {
+        line.contains(&format!("\"{name}\""))
+            || line.contains(&format!("'{name}'"))
+            || line.contains(name)
+    };
+    let header = text.lines().position(|l| {
+        let l = l.trim_start();
+        l.starts_with('[') && names(l) && within.is_none_or(|w| l.contains(w))
+    });
+    let setting = || {
+        text.lines().position(|l| {
+            let l = l.trim_start();
+            !l.starts_with('#') && names(l) && l.contains('=')
+        })
+    };
+    header.or_else(setting).map_or(1, |i| i + 1)
+}
+
+/// The machines of the `hosts` table, in the file's order (so a repeated
+/// machine is reported where it repeats).
 fn hosts(
     text: &str,
-    table: &toml::Table,
-    line_of: &dyn Fn(usize) -> usize,
+    table: &serde_json::Map<String, Value>,
     inventory: &mut Inventory,
     problems: &mut Vec<Problem>,
 ) {
-    #[derive(serde::Deserialize)]
-    struct Spans {
-        #[serde(default)]
-        hosts: BTreeMap<Spanned<String>, serde::de::IgnoredAny>,
-    }
-    let lines: BTreeMap<String, usize> = toml::from_str::<Spans>(text)
-        .map(|s| {
-            s.hosts
-                .into_keys()
-                .map(|k| (k.get_ref().clone(), line_of(k.span().start)))
-                .collect()
-        })
-        .unwrap_or_default();
-    // In the file's order, so a repeated machine is reported where it repeats.
-    let mut entries: Vec<(usize, &String, &toml::Value)> = table
+    let mut entries: Vec<(usize, &String, &Value)> = table
         .iter()
-        .map(|(name, value)| (lines.get(name).copied().unwrap_or(1), name, value))
+        .map(|(name, value)| (line_of(text, name, Some("hosts")), name, value))
         .collect();
     entries.sort_by_key(|(line, _, _)| *line);
     for (line, name, value) in entries {
@@ -326,12 +338,12 @@ struct RawHost {
     hostname: Option<String>,
     image: Option<String>,
     #[serde(default)]
-    settings: BTreeMap<String, toml::Value>,
-    cmdline: Option<toml::Value>,
+    settings: BTreeMap<String, Value>,
+    cmdline: Option<Value>,
     user_data: Option<String>,
     network_config: Option<String>,
     local_boot: Option<String>,
-    reprovision: Option<toml::Value>,
+    reprovision: Option<Value>,
 }
 
 #[derive(serde::Deserialize)]
@@ -340,17 +352,22 @@ struct RawDefaults {
     action: Option<String>,
     image: Option<String>,
     #[serde(default)]
-    settings: BTreeMap<String, toml::Value>,
-    cmdline: Option<toml::Value>,
+    settings: BTreeMap<String, Value>,
+    cmdline: Option<Value>,
     local_boot: Option<String>,
 }
 
-fn serde_message(e: toml::de::Error) -> String {
-    e.message().trim().to_string()
+fn serde_message(e: serde_json::Error) -> String {
+    // The position is in the parsed value, not the file: leave it out.
+    let text = e.to_string();
+    match text.find(" at line ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
 }
 
-fn host(mac: Mac, line: usize, value: &toml::Value) -> Result<Host, String> {
-    let raw: RawHost = value.clone().try_into().map_err(serde_message)?;
+fn host(mac: Mac, line: usize, value: &Value) -> Result<Host, String> {
+    let raw: RawHost = serde_json::from_value(value.clone()).map_err(serde_message)?;
     let hostname = raw
         .hostname
         .map(|h| cmdline::parse_hostname(&h).map_err(|e| format!("hostname: {e}")))
@@ -361,8 +378,8 @@ fn host(mac: Mac, line: usize, value: &toml::Value) -> Result<Host, String> {
     };
     let reprovision = match raw.reprovision {
         None => None,
-        Some(toml::Value::String(s)) if s.len() <= 64 && s.bytes().all(safe_byte) => Some(s),
-        Some(toml::Value::Integer(n)) => Some(n.to_string()),
+        Some(Value::String(s)) if s.len() <= 64 && s.bytes().all(safe_byte) => Some(s),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
         Some(_) => {
             return Err(
                 "reprovision: give a number or a short word, and change it to deploy again".into(),
@@ -380,8 +397,8 @@ fn host(mac: Mac, line: usize, value: &toml::Value) -> Result<Host, String> {
     })
 }
 
-fn defaults(value: &toml::Value) -> Result<Defaults, String> {
-    let raw: RawDefaults = value.clone().try_into().map_err(serde_message)?;
+fn defaults(value: &Value) -> Result<Defaults, String> {
+    let raw: RawDefaults = serde_json::from_value(value.clone()).map_err(serde_message)?;
     let action = match raw.action.as_deref() {
         None | Some("register") => DefaultAction::Register,
         Some("deploy") => DefaultAction::Deploy,
@@ -401,8 +418,8 @@ fn defaults(value: &toml::Value) -> Result<Defaults, String> {
 
 fn common(
     image: Option<String>,
-    settings: BTreeMap<String, toml::Value>,
-    extra: Option<toml::Value>,
+    settings: BTreeMap<String, Value>,
+    extra: Option<Value>,
     local_boot: Option<String>,
 ) -> Result<Common, String> {
     let image = image
@@ -419,11 +436,11 @@ fn common(
     }
     let words = match extra {
         None => Vec::new(),
-        Some(toml::Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
-        Some(toml::Value::Array(items)) => items
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+        Some(Value::Array(items)) => items
             .into_iter()
             .map(|v| match v {
-                toml::Value::String(s) => Ok(s),
+                Value::String(s) => Ok(s),
                 _ => Err("cmdline: give strings".to_string()),
             })
             .collect::<Result<_, _>>()?,
@@ -456,7 +473,7 @@ fn common(
 
 /// One `settings` entry as the text after `imprint.KEY=`, checked by the deploy
 /// environment's own command-line parser; `None` for a flag that is off.
-fn setting(key: &str, value: &toml::Value) -> Result<Option<String>, String> {
+fn setting(key: &str, value: &Value) -> Result<Option<String>, String> {
     if !SETTINGS.contains(&key) {
         return Err(format!(
             "settings: {:?} is not a host setting (known: {})",
@@ -465,10 +482,10 @@ fn setting(key: &str, value: &toml::Value) -> Result<Option<String>, String> {
         ));
     }
     let text = match value {
-        toml::Value::String(s) => s.clone(),
-        toml::Value::Integer(n) => n.to_string(),
-        toml::Value::Boolean(true) => String::new(),
-        toml::Value::Boolean(false) => return Ok(None),
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        Value::Bool(true) => String::new(),
+        Value::Bool(false) => return Ok(None),
         _ => return Err(format!("settings: {key}: give a string, number or true")),
     };
     if text.len() > 1024 || !text.bytes().all(safe_byte) {
