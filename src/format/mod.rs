@@ -2,6 +2,7 @@
 //! socket; everything works on byte slices or `Read`/`Seek`, so it is unit tested on
 //! the host with hostile input (truncations, flipped bytes, random garbage).
 
+pub mod bootcfg;
 pub mod bundle;
 pub mod cmdline;
 pub mod cpio;
