@@ -144,7 +144,7 @@ pub fn grub(text: &str) -> Option<BootEntry> {
     let default = text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("set default="))
-        .last()
+        .next_back()
         .map(|v| v.trim_matches(['"', '\'']).to_string());
     let items = menu(&mut text.lines(), 0);
     let pick = |items: &[Item], key: &str| -> Option<usize> {
@@ -176,33 +176,45 @@ pub fn grub(text: &str) -> Option<BootEntry> {
     None
 }
 
+/// One `LABEL` of a SYSLINUX configuration.
+#[derive(Default)]
+struct Label {
+    name: String,
+    kernel: Option<String>,
+    initrds: Vec<String>,
+    options: Vec<String>,
+}
+
 /// SYSLINUX/EXTLINUX's default label (`DEFAULT`, else the first `LABEL`).
 pub fn syslinux(text: &str) -> Option<BootEntry> {
     let mut default = None;
-    let mut labels: Vec<(String, Option<String>, Vec<String>, Vec<String>)> = Vec::new();
+    let mut labels: Vec<Label> = Vec::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
         let Some(key) = words.next() else { continue };
-        let key = key.to_ascii_uppercase();
-        match key.as_str() {
+        match key.to_ascii_uppercase().as_str() {
             "DEFAULT" => default = words.next().map(str::to_string),
-            "LABEL" => labels.push((words.next()?.to_string(), None, Vec::new(), Vec::new())),
+            "LABEL" => labels.push(Label {
+                name: words.next()?.to_string(),
+                ..Label::default()
+            }),
             "KERNEL" | "LINUX" => {
                 if let Some(l) = labels.last_mut() {
-                    l.1 = words.next().and_then(path);
+                    l.kernel = words.next().and_then(path);
                 }
             }
             "INITRD" => {
                 if let Some(l) = labels.last_mut() {
-                    l.2.extend(words.next().unwrap_or("").split(',').filter_map(path));
+                    l.initrds
+                        .extend(words.next().unwrap_or("").split(',').filter_map(path));
                 }
             }
             "APPEND" => {
                 if let Some(l) = labels.last_mut() {
                     for w in words {
                         match w.strip_prefix("initrd=") {
-                            Some(list) => l.2.extend(list.split(',').filter_map(path)),
-                            None => l.3.push(w.to_string()),
+                            Some(list) => l.initrds.extend(list.split(',').filter_map(path)),
+                            None => l.options.push(w.to_string()),
                         }
                     }
                 }
@@ -212,12 +224,12 @@ pub fn syslinux(text: &str) -> Option<BootEntry> {
     }
     let chosen = default
         .as_deref()
-        .and_then(|d| labels.iter().find(|l| l.0 == d))
+        .and_then(|d| labels.iter().find(|l| l.name == d))
         .or(labels.first())?;
     Some(BootEntry {
-        kernel: chosen.1.clone()?,
-        initrds: chosen.2.clone(),
-        options: options(chosen.3.iter().map(String::as_str))?,
+        kernel: chosen.kernel.clone()?,
+        initrds: chosen.initrds.clone(),
+        options: options(chosen.options.iter().map(String::as_str))?,
     })
 }
 
