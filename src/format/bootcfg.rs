@@ -277,7 +277,7 @@ submenu 'Advanced options for Debian GNU/Linux' $menuentry_id_option 'gnulinux-a
         );
         // A title inside a submenu is not a top-level one: the first is taken.
         assert_eq!(
-            grub(&by_title).unwrap().options.split(' ').last(),
+            grub(&by_title).unwrap().options.split(' ').next_back(),
             Some("console=ttyS0")
         );
         // Into the submenu, by number or by titles.
