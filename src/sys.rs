@@ -589,6 +589,20 @@ impl Root {
         Ok(out)
     }
 
+    /// `rel` opened for reading, if it is a regular file (symlinks followed
+    /// inside the tree only).
+    pub fn open_file(&self, rel: &str) -> io::Result<File> {
+        use rustix::fs::OFlags;
+        let fd = self.resolve(rel, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY)?;
+        if !rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode).is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        Ok(File::from(fd))
+    }
+
     /// What `rel` itself is (a symlink there is not followed).
     pub fn lstat(&self, rel: &str) -> io::Result<EntryInfo> {
         use rustix::fs::OFlags;

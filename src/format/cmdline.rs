@@ -33,6 +33,8 @@ pub struct Config {
     pub network_config: Option<String>,
     /// Deploy a signed release older than the one the disk holds.
     pub allow_downgrade: bool,
+    /// Deploy even when the target's record says it holds the image already.
+    pub redeploy: bool,
     pub jobs: usize,
     /// How long DHCP may take before the error policy runs.
     pub dhcp_timeout: Duration,
@@ -129,6 +131,7 @@ const KNOWN: &[&str] = &[
     "imprint.user-data",
     "imprint.network-config",
     "imprint.allow-downgrade",
+    "imprint.redeploy",
     "imprint.jobs",
     "imprint.dhcp-timeout",
     "imprint.debug",
@@ -186,6 +189,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
         user_data: None,
         network_config: None,
         allow_downgrade: false,
+        redeploy: false,
         jobs: 4,
         dhcp_timeout: Duration::from_secs(60),
         ip: IpConfig::Dhcp,
@@ -212,7 +216,12 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                 );
                 continue;
             }
-            if value.is_empty() && key != "imprint.debug" && key != "imprint.allow-downgrade" {
+            let flag = [
+                "imprint.debug",
+                "imprint.allow-downgrade",
+                "imprint.redeploy",
+            ];
+            if value.is_empty() && !flag.contains(&key.as_str()) {
                 problem(&mut problems, &key, "needs a value (key=value)".into());
                 continue;
             }
@@ -286,6 +295,13 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                 )),
             },
             "imprint.debug" => Ok(()),
+            "imprint.redeploy" => match value.as_str() {
+                "" | "1" | "yes" | "true" => {
+                    cfg.redeploy = true;
+                    Ok(())
+                }
+                _ => Err(format!("{value:?}: give it bare, or as 1, yes or true")),
+            },
             "imprint.allow-downgrade" => match value.as_str() {
                 "" | "1" | "yes" | "true" => {
                     cfg.allow_downgrade = true;

@@ -207,6 +207,9 @@ pub fn script(decision: &Decision, mac: Mac, server: &Server) -> String {
                 format!("imprint.status={}/status", server.base),
                 format!("imprint.target={mac}"),
                 format!("BOOTIF=01-{}", mac.to_string().replace(':', "-")),
+                // The server decided on a deploy: the deploy environment must not
+                // skip it for finding the image already on the disk.
+                "imprint.redeploy".to_string(),
             ];
             if let Some(h) = &d.hostname {
                 args.push(format!("imprint.hostname={h}"));
@@ -463,7 +466,7 @@ user-data = "node-1.yaml"
             lines[2],
             "kernel http://10.0.2.2:8080/boot/vmlinuz initrd=initramfs.img imprint.repo=http://10.0.2.2:8080 \
              imprint.image=web:v2 imprint.status=http://10.0.2.2:8080/status imprint.target=52:54:00:12:34:56 \
-             BOOTIF=01-52-54-00-12-34-56 imprint.hostname=node-1 imprint.user-data=hosts/52-54-00-12-34-56/user-data \
+             BOOTIF=01-52-54-00-12-34-56 imprint.redeploy imprint.hostname=node-1 imprint.user-data=hosts/52-54-00-12-34-56/user-data \
              imprint.disk=/dev/vda imprint.on-error=retry console=ttyS0"
         );
         assert_eq!(lines[3], "initrd http://10.0.2.2:8080/boot/initramfs.img");

@@ -38,6 +38,12 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
     let manifest = &resolved.manifest;
     let needed = install::required_size(manifest)?;
     let disk = wait_for_disk(&config, needed)?;
+    if config.mode == cmdline::Mode::Deploy
+        && !config.redeploy
+        && let Some(target) = already_deployed(&disk, &resolved)
+    {
+        return handoff::start_installed(&disk, &target.layout, manifest.boot.as_ref());
+    }
     let previous = match config.mode {
         cmdline::Mode::Upgrade => Some(previous_os(&config, &disk.dev_path())?),
         _ => None,
@@ -70,7 +76,52 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
         }),
     );
     sys::sync_all();
-    handoff::handoff(&config, &disk, manifest.boot.as_ref())
+    handoff::handoff(&config, &disk, &installed.layout, manifest.boot.as_ref())
+}
+
+/// Deploy-once: the target's state record names this very manifest, deployed
+/// (not yet booted) or committed, and its partition table is the one this
+/// image's deploy writes. Then a deploy would only rewrite what the installed OS
+/// changed since, and, with the network first in the boot order, start again at
+/// every boot; the OS on the disk is started instead.
+fn already_deployed(disk: &disks::DiskInfo, resolved: &Resolved) -> Option<StateDisk> {
+    let target = StateDisk::open(&disk.dev_path())?;
+    let (record, _) = target.read_record().ok()?;
+    if record.image_digest != resolved.digest
+        || !matches!(record.mode, state::Mode::Deploy | state::Mode::Committed)
+    {
+        return None;
+    }
+    let image = resolved.manifest.layout.as_ref()?;
+    let same_table = image.partitions.iter().all(|p| {
+        target.layout.partitions.iter().any(|q| {
+            q.number == p.number
+                && q.first_lba == p.first_lba
+                && q.last_lba == p.last_lba
+                && q.type_guid == p.type_guid
+        })
+    });
+    if !same_table {
+        log::info!(
+            "{} has a record of {} but not its partitions; deploying",
+            disk.dev_path(),
+            resolved.digest
+        );
+        return None;
+    }
+    log::info!(
+        "{} already holds {} {} ({}, deployed {}); starting it without writing (imprint.redeploy deploys again)",
+        disk.dev_path(),
+        resolved.manifest.name,
+        resolved.digest,
+        record.mode.as_str(),
+        record.deployed_at
+    );
+    status().send(
+        Phase::DiskSelected,
+        serde_json::json!({ "disk": disk.dev_path(), "image": resolved.digest.to_string(), "unchanged": true }),
+    );
+    Some(target)
 }
 
 fn parse_config(cmdline_text: &str) -> Result<Config> {
