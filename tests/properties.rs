@@ -2083,6 +2083,7 @@ mod cmdline {
                         user_data,
                         network_config,
                         allow_downgrade: false,
+                        redeploy: false,
                         jobs: jobs.unwrap_or(4),
                         dhcp_timeout: Duration::from_secs(timeout.unwrap_or(60)),
                         ip: ip.map_or(IpConfig::Dhcp, |i| i.1),
