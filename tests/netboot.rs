@@ -133,3 +133,94 @@ fn network_boot_with_ovmf_ipxe() {
     require_qemu!();
     network_boot("uefi");
 }
+
+/// A plain static server and one boot script for every machine: the deploy
+/// environment decides by itself. It deploys the empty disk; on the next
+/// network boot (the network first in the boot order, as racks are) the disk's
+/// record names the image already, so nothing is written or fetched and the
+/// installed OS starts by kexec of the kernel its own boot loader names.
+fn static_network_boot(firmware: &'static str) {
+    let a = artifacts();
+    let repo = Repo::new();
+    add(&repo, "os:v1", &a.path("os-v1.img"));
+    let boot_dir = repo.path().join("boot");
+    std::fs::create_dir_all(&boot_dir).unwrap();
+    std::fs::copy(a.path("vmlinuz"), boot_dir.join("vmlinuz")).unwrap();
+    std::fs::copy(a.path("initramfs.img"), boot_dir.join("initramfs.img")).unwrap();
+    let served = Served::start(&repo.path());
+    let url = served.url.replace("127.0.0.1", "10.0.2.2");
+    std::fs::write(
+        repo.path().join("boot.ipxe"),
+        format!(
+            "#!ipxe\nkernel {url}/boot/vmlinuz initrd=initramfs.img console=ttyS0 quiet panic=-1 \
+             imprint.repo={url} imprint.image=os:v1 imprint.disk=/dev/vda\ninitrd {url}/boot/initramfs.img\nboot\n"
+        ),
+    )
+    .unwrap();
+    let net = format!("user-boot:{url}/boot.ipxe");
+    let disk = repo.file("disk.img");
+    sparse_disk(&disk, 256 << 20);
+    let vars = repo.file("vars.fd");
+    let dir = repo.dir.path();
+    let run = |name: &str| {
+        let started = std::time::Instant::now();
+        let (status, console) = boot(
+            dir,
+            name,
+            Boot {
+                firmware,
+                vars: (firmware == "uefi").then_some(vars.as_path()),
+                net: &net,
+                timeout: 300,
+                ..Boot::default()
+            },
+            &[Path::new(&disk)],
+        );
+        assert!(status.success(), "{name}: {status:?}\n{console}");
+        (console, started.elapsed())
+    };
+    let (c, _) = run("deploy");
+    assert_has(&c, "install step done: write-head");
+    assert_has(&c, "handing off (reboot)");
+
+    let (c, _) = run("again");
+    assert_has(&c, "already holds os sha256:");
+    assert!(!c.contains("install step done"), "{c}");
+    assert!(!c.contains("deploy complete"), "{c}");
+    assert_has(&c, "boot entry from /syslinux/syslinux.cfg");
+    assert_has(&c, "starting the installed OS by kexec of /vmlinuz");
+    assert_has(&c, "test-os: v1 booted");
+    assert_has(&c, "imprint firstboot: committed");
+    // Committed now; the next network boot starts it the same way.
+    let (c, took) = run("committed");
+    assert_has(&c, "(committed, deployed ");
+    assert_has(&c, "imprint firstboot: nothing to do (committed)");
+    let kexec_at = c
+        .lines()
+        .find_map(|l| {
+            l.split("starting the installed OS by kexec of /vmlinuz at ")
+                .nth(1)?
+                .strip_suffix(" s")?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no kexec time:\n{c}"));
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "{firmware}: network boot of a deployed machine from a static server: the deploy environment started the installed OS {kexec_at:.2} s after its kernel started; the whole run, power-on to the OS powering off, took {:.1} s under emulation",
+        took.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_static_boot_script_deploys_once_then_starts_the_installed_os_bios() {
+    require_qemu!();
+    static_network_boot("bios");
+}
+
+#[test]
+fn a_static_boot_script_deploys_once_then_starts_the_installed_os_uefi() {
+    require_qemu!();
+    static_network_boot("uefi");
+}
