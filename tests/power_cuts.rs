@@ -594,14 +594,15 @@ fn deploy_point(rig: &Rig, p: &Point) -> String {
         "nothing boots"
     };
 
-    // Run again: what is on the disk is hashed and skipped.
+    // Run again: what is on the disk is hashed and skipped. (A disk the cut
+    // left whole would be started as it is; the rerun is to show the resume.)
     let (_, fetch) = rig.v2.work(&read(&disk), None);
     let (status, c) = rig.boot(
         &dir,
         "rerun",
         vars,
         Boot {
-            append: deploy,
+            append: deploy.map(|d| format!("{d} imprint.redeploy")),
             ..Boot::default()
         },
         &[&disk],

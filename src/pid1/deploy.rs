@@ -85,6 +85,15 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
 /// changed since, and, with the network first in the boot order, start again at
 /// every boot; the OS on the disk is started instead.
 fn already_deployed(disk: &disks::DiskInfo, resolved: &Resolved) -> Option<StateDisk> {
+    // The head (boot record and primary GPT) is the install's last write: with
+    // it missing, a deploy was cut short and resumes.
+    let mut mbr = [0u8; 512];
+    std::fs::File::open(disk.dev_path())
+        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut mbr, 0))
+        .ok()?;
+    if mbr[510..512] != [0x55, 0xAA] {
+        return None;
+    }
     let target = StateDisk::open(&disk.dev_path())?;
     let (record, _) = target.read_record().ok()?;
     if record.image_digest != resolved.digest
