@@ -224,3 +224,98 @@ fn a_static_boot_script_deploys_once_then_starts_the_installed_os_uefi() {
     require_qemu!();
     static_network_boot("uefi");
 }
+
+/// `imprint serve` restarted in the middle of a deploy: the deploy environment
+/// retries what it fetches and the status events the server missed, so the
+/// deploy completes, the server's memory of the machine (kept under --data) is
+/// whole, and the next network boot is sent to the disk.
+#[test]
+fn the_server_restarts_during_a_deploy() {
+    require_qemu!();
+    let a = artifacts();
+    let repo = Repo::new();
+    let digest = add(&repo, "os:v1", &a.path("os-v1.img"));
+    let dir = repo.dir.path().to_path_buf();
+    let hosts = dir.join("hosts.toml");
+    std::fs::write(
+        &hosts,
+        format!(
+            "[default]\ncmdline = [\"console=ttyS0\", \"quiet\", \"panic=-1\"]\n\n\
+             [hosts.\"{MAC}\"]\nimage = \"os:v1\"\nsettings = {{ disk = \"/dev/vda\" }}\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    // A fixed port: the machine's boot script and status URL name it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let (kernel, initrd) = (a.path("vmlinuz"), a.path("initramfs.img"));
+    let options = [
+        "--hosts",
+        hosts.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+    ];
+    let served = Served::start_at(&repo.path(), &listen, &options);
+    let net = format!("user-boot:http://10.0.2.2:{port}/boot.ipxe");
+    let disk = repo.file("disk.img");
+    sparse_disk(&disk, 256 << 20);
+
+    let vm = {
+        let (dir, net, disk) = (dir.clone(), net.clone(), disk.clone());
+        std::thread::spawn(move || {
+            boot(
+                &dir,
+                "deploy",
+                Boot {
+                    net: &net,
+                    timeout: 400,
+                    // Slow enough that the restart falls inside the writing.
+                    write_iops: &[4],
+                    ..Boot::default()
+                },
+                &[Path::new(&disk)],
+            )
+        })
+    };
+    let start = std::time::Instant::now();
+    while machine(&served)["event"]["phase"] != "writing" {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(240),
+            "the deploy never started writing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    drop(served);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let served = Served::start_at(&repo.path(), &listen, &options);
+    let (status, c) = vm.join().unwrap();
+    assert!(status.success(), "{status:?}\n{c}");
+    assert_has(&c, "deploy complete: ");
+    let m = machine(&served);
+    assert_eq!(m["state"]["completed"], digest, "{m}");
+    assert_eq!(m["state"]["failures"], 0, "{m}");
+    assert_eq!(m["state"]["deploys"], 1, "{m}");
+    assert_eq!(m["event"]["phase"], "complete", "{m}");
+    let (status, c) = boot(
+        &dir,
+        "local",
+        Boot {
+            net: &net,
+            timeout: 300,
+            ..Boot::default()
+        },
+        &[Path::new(&disk)],
+    );
+    assert!(status.success(), "{status:?}\n{c}");
+    assert_has(&c, "is deployed; booting its own disk");
+    assert_has(&c, "test-os: v1 booted");
+}

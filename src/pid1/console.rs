@@ -5,10 +5,11 @@
 
 use crate::format::status::{self, Phase};
 use crate::source::{NameResolver, small_agent};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 struct ConsoleLogger {
     kmsg: Mutex<Option<File>>,
@@ -55,13 +56,48 @@ pub fn init_logger(verbose: bool) {
 
 const ENDPOINT_FILE: &str = "/run/imprint/status-endpoint.json";
 
-/// Sends status events. Every event is echoed on the console; it is POSTed too
-/// once a URL and a working network are known. A failed POST is logged and
-/// dropped: reporting must never stop a deploy.
+/// Sends status events. Every event is echoed on the console; once a URL and
+/// a working network are known it is queued for a sender thread, which POSTs
+/// the events in order and retries one the server did not take (it may be
+/// restarting) until it does. Reporting never stops a deploy: the queue is
+/// bounded, and [`Status::flush`] before a hand-off waits a bounded time.
 pub struct Status {
     target: Mutex<String>,
     url: Mutex<Option<String>>,
     agent: Mutex<Option<ureq::Agent>>,
+    queue: Arc<Queue>,
+}
+
+/// Events waiting to be sent, oldest first, and whether one is being sent.
+struct Queue {
+    state: Mutex<(VecDeque<String>, bool)>,
+    changed: Condvar,
+}
+
+/// How long a hand-off or a failure waits for queued status events to go out.
+pub const STATUS_WAIT: Duration = Duration::from_secs(30);
+
+/// Events kept waiting at most; beyond it progress events go first.
+const MAX_QUEUED: usize = 256;
+
+impl Queue {
+    fn push(&self, event: String) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if state.0.len() >= MAX_QUEUED {
+            // The oldest progress event is the least missed; else the oldest.
+            let at = state
+                .0
+                .iter()
+                .skip(1)
+                .position(|e| e.contains("\"phase\":\"writing\""))
+                .map_or(0, |i| i + 1);
+            state.0.remove(at);
+        }
+        state.0.push_back(event);
+        self.changed.notify_all();
+    }
 }
 
 impl Status {
@@ -70,6 +106,10 @@ impl Status {
             target: Mutex::new(target.to_string()),
             url: Mutex::new(None),
             agent: Mutex::new(None),
+            queue: Arc::new(Queue {
+                state: Mutex::new((VecDeque::new(), false)),
+                changed: Condvar::new(),
+            }),
         }
     }
 
@@ -118,11 +158,20 @@ impl Status {
 
     /// Starts POSTing events to `url` (after the network is up).
     pub fn connect(&self, url: &str, resolver: Arc<dyn NameResolver>) {
+        let agent = small_agent(resolver, Duration::from_secs(5));
+        let first = self.url.lock().map(|u| u.is_none()).unwrap_or(false);
         if let Ok(mut u) = self.url.lock() {
             *u = Some(url.to_string());
         }
         if let Ok(mut a) = self.agent.lock() {
-            *a = Some(small_agent(resolver, Duration::from_secs(5)));
+            *a = Some(agent.clone());
+        }
+        if first {
+            let queue = Arc::clone(&self.queue);
+            let url = url.to_string();
+            let _ = std::thread::Builder::new()
+                .name("status".into())
+                .spawn(move || deliver(&queue, &url, &agent));
         }
     }
 
@@ -131,19 +180,93 @@ impl Status {
         let event = status::event(&target, phase, extra);
         let line = format!("imprint-status: {event}\n");
         let _ = std::io::stderr().write_all(line.as_bytes());
-        let url = self.url.lock().ok().and_then(|u| u.clone());
-        let agent = self.agent.lock().ok().and_then(|a| a.clone());
-        if let (Some(url), Some(agent)) = (url, agent) {
-            let body = event.to_string();
-            let result = agent
-                .post(&url)
-                .header("Content-Type", "application/json")
-                .send(body.as_bytes());
-            match result {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => log::warn!("status event to {url}: server answered {}", r.status()),
-                Err(e) => log::warn!("status event to {url}: {e}"),
+        if self.url.lock().map(|u| u.is_some()).unwrap_or(false) {
+            self.queue.push(event.to_string());
+        }
+    }
+
+    /// Waits until every queued event was sent, or `wait` has passed; says how
+    /// many were not.
+    pub fn flush(&self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        let Ok(mut state) = self.queue.state.lock() else {
+            return;
+        };
+        while !state.0.is_empty() || state.1 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!(
+                    "{} status events not delivered within {} s; going on without them",
+                    state.0.len(),
+                    wait.as_secs()
+                );
+                return;
             }
+            match self.queue.changed.wait_timeout(state, left) {
+                Ok((s, _)) => state = s,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// The sender thread: the oldest event until the server takes it (a refusal
+/// that retrying cannot change drops it), then the next.
+fn deliver(queue: &Queue, url: &str, agent: &ureq::Agent) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let event = {
+            let Ok(mut state) = queue.state.lock() else {
+                return;
+            };
+            while state.0.is_empty() {
+                state.1 = false;
+                queue.changed.notify_all();
+                state = match queue.changed.wait(state) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            }
+            state.1 = true;
+            state.0.front().cloned().unwrap_or_default()
+        };
+        let result = agent
+            .post(url)
+            .header("Content-Type", "application/json")
+            .send(event.as_bytes());
+        let done = match result {
+            Ok(r) if r.status().is_success() => true,
+            Ok(r) if r.status().is_client_error() => {
+                log::warn!(
+                    "status event to {url}: server answered {}; dropped",
+                    r.status()
+                );
+                true
+            }
+            Ok(r) => {
+                log::debug!(
+                    "status event to {url}: server answered {}; retrying",
+                    r.status()
+                );
+                false
+            }
+            Err(e) => {
+                log::debug!("status event to {url}: {e}; retrying");
+                false
+            }
+        };
+        if done {
+            backoff = Duration::from_millis(500);
+            if let Ok(mut state) = queue.state.lock() {
+                state.0.pop_front();
+                if state.0.is_empty() {
+                    state.1 = false;
+                }
+                queue.changed.notify_all();
+            }
+        } else {
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Handing the machine to the installed OS: a firmware reboot, a power off, or
 //! kexec straight into the installed kernel.
 
+use super::console::STATUS_WAIT;
 use super::{Never, disks, drivers, status, uptime};
 use crate::bootswitch;
 use crate::format::bootcfg::{self, BootEntry};
@@ -45,6 +46,7 @@ pub(super) fn handoff(
                         serde_json::json!({ "handoff": what, "uptime": uptime() }),
                     );
                     status().send(Phase::Complete, serde_json::json!({ "uptime": uptime() }));
+                    status().flush(STATUS_WAIT);
                     let e = sys::kexec_reboot();
                     log::warn!("kexec failed: {e}; rebooting through the firmware instead");
                 }
@@ -65,6 +67,7 @@ pub(super) fn handoff(
         _ => PowerAction::Reboot,
     };
     status().send(Phase::Complete, serde_json::json!({ "uptime": uptime() }));
+    status().flush(STATUS_WAIT);
     let e = sys::power(action);
     Err(anyhow!("{what} failed: {e}"))
 }
@@ -236,6 +239,7 @@ pub(super) fn start_installed(
                 Phase::Complete,
                 serde_json::json!({ "uptime": uptime(), "unchanged": true }),
             );
+            status().flush(STATUS_WAIT);
             sys::sync_all();
             let e = sys::kexec_reboot();
             log::warn!("kexec failed: {e}; rebooting through the firmware instead");
@@ -270,6 +274,7 @@ pub(super) fn start_installed(
         serde_json::json!({ "uptime": uptime(), "unchanged": true }),
     );
     sys::sync_all();
+    status().flush(STATUS_WAIT);
     let e = sys::power(PowerAction::Reboot);
     Err(anyhow!("reboot failed: {e}"))
 }

@@ -89,6 +89,7 @@ pub fn main() -> ! {
                 let text = crate::error_text(&error);
                 log::error!("deploy failed: {text}");
                 status.send(Phase::Failed, serde_json::json!({ "error": text }));
+                status.flush(console::STATUS_WAIT);
                 sys::sync_all();
                 false
             }
@@ -253,6 +254,7 @@ fn report_failure(error: &anyhow::Error) {
     let text = crate::error_text(error);
     log::error!("deploy failed: {text}");
     status().send(Phase::Failed, serde_json::json!({ "error": text }));
+    status().flush(console::STATUS_WAIT);
     sys::sync_all();
 }
 

@@ -23,6 +23,7 @@ pub(super) fn run(config: &Config) -> Result<Never> {
         log::info!("rollback: {line}");
     }
     status().send(Phase::RolledBack, serde_json::json!({ "done": done }));
+    status().flush(super::console::STATUS_WAIT);
     sys::sync_all();
     let what = match config.handoff {
         Handoff::Poweroff => PowerAction::Poweroff,

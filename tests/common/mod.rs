@@ -162,6 +162,11 @@ impl Served {
         Served::spawn(cmd, repo, "127.0.0.1:0", options, stderr)
     }
 
+    /// Listening on `listen` (a fixed address, e.g. to start again on it).
+    pub fn start_at(repo: &Path, listen: &str, options: &[&str]) -> Served {
+        Served::spawn(Command::new(BIN), repo, listen, options, Stdio::null())
+    }
+
     /// In the network namespace `netns`, listening on `listen`.
     pub fn start_in_netns(netns: &str, repo: &Path, listen: &str) -> Served {
         let mut cmd = Command::new("ip");
