@@ -319,3 +319,76 @@ fn the_server_restarts_during_a_deploy() {
     assert_has(&c, "is deployed; booting its own disk");
     assert_has(&c, "test-os: v1 booted");
 }
+
+/// Two machines network-boot at once: each gets the image and host name the
+/// inventory gives its MAC address.
+#[test]
+fn two_machines_at_once_get_their_own_images() {
+    require_qemu!();
+    let a = artifacts();
+    let repo = Repo::new();
+    let v1 = add(&repo, "os:v1", &a.path("os-v1.img"));
+    let v2 = add(&repo, "os:v2", &a.path("os-v2.img"));
+    let dir = repo.dir.path().to_path_buf();
+    let (one, two) = ("52:54:00:00:01:01", "52:54:00:00:01:02");
+    let hosts = dir.join("hosts.toml");
+    std::fs::write(
+        &hosts,
+        format!(
+            "[default]\ncmdline = [\"console=ttyS0\", \"quiet\", \"panic=-1\"]\nsettings = {{ disk = \"/dev/vda\" }}\n\n\
+             [hosts.\"{one}\"]\nhostname = \"web-1\"\nimage = \"os:v1\"\n\n\
+             [hosts.\"{two}\"]\nhostname = \"db-1\"\nimage = \"os:v2\"\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let served = Served::start_with(
+        &repo.path(),
+        &[
+            "--hosts",
+            hosts.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--kernel",
+            &a.path("vmlinuz"),
+            "--initrd",
+            &a.path("initramfs.img"),
+        ],
+        None,
+        Stdio::null(),
+    );
+    let net = format!(
+        "user-boot:{}/boot.ipxe",
+        served.url.replace("127.0.0.1", "10.0.2.2")
+    );
+    let vms: Vec<_> = [one, two]
+        .into_iter()
+        .map(|mac| {
+            let (dir, net) = (dir.clone(), net.clone());
+            let disk = dir.join(format!("{}.img", mac.replace(':', "")));
+            sparse_disk(&disk, 256 << 20);
+            std::thread::spawn(move || {
+                let (status, c) = boot(
+                    &dir,
+                    &mac.replace(':', ""),
+                    Boot {
+                        net: &net,
+                        mac: Some(mac),
+                        timeout: 400,
+                        ..Boot::default()
+                    },
+                    &[Path::new(&disk)],
+                );
+                assert!(status.success(), "{mac}: {status:?}\n{c}");
+                assert_has(&c, "deploy complete: ");
+                disk
+            })
+        })
+        .collect();
+    let disks: Vec<_> = vms.into_iter().map(|v| v.join().unwrap()).collect();
+    for (disk, (digest, hostname)) in disks.iter().zip([(&v1, "web-1"), (&v2, "db-1")]) {
+        let record = read_state(disk).0;
+        assert_eq!(&record.image_digest.to_string(), digest);
+        assert_eq!(record.settings["hostname"], hostname);
+    }
+}

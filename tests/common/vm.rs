@@ -313,6 +313,8 @@ pub struct Boot<'a> {
     pub write_iops: &'a [u32],
     /// Runs QEMU in this network namespace (for `net: "tap:NAME"`).
     pub netns: Option<&'a str>,
+    /// The NIC's MAC address (default QEMU's first, 52:54:00:12:34:56).
+    pub mac: Option<&'a str>,
 }
 
 impl Default for Boot<'_> {
@@ -328,6 +330,7 @@ impl Default for Boot<'_> {
             cut_after_ms: 0,
             write_iops: &[],
             netns: None,
+            mac: None,
         }
     }
 }
@@ -354,6 +357,9 @@ pub fn boot(dir: &Path, name: &str, b: Boot, disks: &[&Path]) -> (ExitStatus, St
         .args(["--memory", &b.memory.to_string()]);
     if let Some(v) = b.vars {
         cmd.args(["--vars", v.to_str().unwrap()]);
+    }
+    if let Some(mac) = b.mac {
+        cmd.args(["--mac", mac]);
     }
     for text in b.cut_on {
         cmd.args(["--cut-on", text]);
