@@ -190,7 +190,7 @@ fn stock_deploy_gets_the_agent_and_commits(firmware: &'static str) {
     assert_has(&c, "installed imprint as the first-boot agent");
     assert_has(&c, "handing off (reboot)");
     let record = read_state(&m.disks[0]).0;
-    assert_eq!(record.agent, Agent::Installed { format: 1 });
+    assert_eq!(record.agent, Agent::Installed { format: 2 });
     let unit = partition_file(
         &m.disks[0],
         3,
@@ -200,6 +200,8 @@ fn stock_deploy_gets_the_agent_and_commits(firmware: &'static str) {
         unit.contains("ExecStart=/usr/lib/imprint/imprint firstboot"),
         "{unit}"
     );
+    let report = partition_file(&m.disks[0], 3, "/etc/systemd/system/imprint-report.service");
+    assert!(report.contains("After=network-online.target"), "{report}");
 
     let c = m.boot_disks("v1");
     came_up(&c, "v1", "/dev/vda3", firmware);
@@ -208,7 +210,7 @@ fn stock_deploy_gets_the_agent_and_commits(firmware: &'static str) {
     status_says(&c, "committed");
     assert_has(
         &c,
-        "debian-os: status: agent       installed by the deploy (format 1)",
+        "debian-os: status: agent       installed by the deploy (format 2)",
     );
     let record = read_state(&m.disks[0]).0;
     assert_eq!(record.mode, Mode::Committed);

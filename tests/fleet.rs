@@ -473,3 +473,45 @@ fn the_machines_page_shows_progress_and_never_runs_what_machines_send() {
         shot.len()
     );
 }
+
+/// `imprint report` in the installed OS: the first boot ran before the network
+/// and left its report; once the network is up it goes to the server, and is
+/// kept for the next boot while the server cannot be reached.
+#[test]
+fn the_installed_os_sends_the_report_its_first_boot_left() {
+    let rig = Rig::new(INVENTORY);
+    let served = rig.serve(&[]);
+    let root = rig.path("root");
+    let pending = root.join("var/lib/imprint/report.json");
+    std::fs::create_dir_all(pending.parent().unwrap()).unwrap();
+    let event = format!(
+        r#"{{"phase":"complete","target":"{NODE}","committed":"deploy","image":"sha256:{}"}}"#,
+        "cd".repeat(32)
+    );
+    let write = |url: &str| {
+        std::fs::write(&pending, format!(r#"{{"url":"{url}","event":{event}}}"#)).unwrap()
+    };
+
+    // Nowhere to send it: kept.
+    write("http://127.0.0.1:9/status");
+    let out = imprint(&[
+        "report",
+        "--root",
+        root.to_str().unwrap(),
+        "--patience",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kept for the next boot"));
+    assert!(pending.exists());
+
+    write(&format!("{}/status", served.url));
+    let out = imprint(&["report", "--root", root.to_str().unwrap()]);
+    assert_success(&out);
+    assert!(!pending.exists());
+    let (_, status) = get(&served, "/status");
+    let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(doc[NODE]["committed"], "deploy");
+    let out = imprint(&["report", "--root", root.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to report"));
+}

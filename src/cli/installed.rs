@@ -106,6 +106,31 @@ pub fn status() -> Result<Exit> {
     Ok(Exit::Success)
 }
 
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// The installed OS's root.
+    #[arg(long, default_value = "/")]
+    root: std::path::PathBuf,
+    /// Seconds to keep trying while the network comes up.
+    #[arg(long, default_value_t = 120)]
+    patience: u64,
+}
+
+/// Sends the report the first boot left for when the network is up.
+pub fn report(args: &ReportArgs) -> Result<Exit> {
+    use imprint::installed::firstboot::{Reported, send_pending};
+    let p = "imprint report:";
+    match send_pending(&args.root, std::time::Duration::from_secs(args.patience))? {
+        Reported::Nothing => println!("{p} nothing to report"),
+        Reported::Sent(url) => println!("{p} sent the first boot's report to {url}"),
+        Reported::Kept(why) => {
+            println!("{p} not sent ({why}); kept for the next boot");
+            return Ok(Exit::Failure);
+        }
+    }
+    Ok(Exit::Success)
+}
+
 pub fn rollback() -> Result<Exit> {
     for line in imprint::installed::rollback()? {
         println!("imprint rollback: {line}");

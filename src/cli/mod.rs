@@ -53,6 +53,8 @@ enum Command {
     Firstboot(installed::FirstbootArgs),
     /// In the installed OS: print what the state record says.
     Status,
+    /// In the installed OS: send the first boot's report once the network is up.
+    Report(installed::ReportArgs),
     /// Undo an upgrade that has not committed (BIOS: restore the old boot record).
     Rollback,
     /// In the installed OS: capture its configuration for the next OS to migrate.
@@ -90,6 +92,7 @@ fn run(command: Command) -> Result<Exit> {
         Command::Firstboot(args) => installed::firstboot(&args),
         Command::Status => installed::status(),
         Command::Rollback => installed::rollback(),
+        Command::Report(args) => installed::report(&args),
         Command::PrepareUpgrade(args) => installed::prepare_upgrade(&args),
     }
 }

@@ -114,6 +114,7 @@ pub fn run(root: &Path, on: &mut dyn FnMut(Event)) -> Result<()> {
                     record: &r,
                 });
                 report(
+                    root,
                     &record,
                     Phase::RolledBack,
                     serde_json::json!({ "image": r.image_digest.to_string(), "disk": other.device }),
@@ -135,6 +136,7 @@ pub fn run(root: &Path, on: &mut dyn FnMut(Event)) -> Result<()> {
     let deployed = disk.commit(&mut record)?;
     on(Event::Committed);
     report(
+        root,
         &record,
         Phase::Complete,
         serde_json::json!({ "committed": deployed.as_str() }),
@@ -188,8 +190,15 @@ fn migrate_from_previous(
     Ok(())
 }
 
-/// Best effort: a status event to the URL the deploy recorded, if the network is up.
-fn report(record: &Record, phase: Phase, extra: serde_json::Value) {
+/// Where a report waits for the network when the first boot runs before it.
+pub const PENDING_REPORT: &str = "var/lib/imprint/report.json";
+/// Largest pending report read back.
+const MAX_PENDING: u64 = 64 << 10;
+
+/// A status event to the URL the deploy recorded. The first boot usually runs
+/// before the network is up, so the event is also left in the root for
+/// `imprint report` (run once the network is online) to send.
+fn report(root: &Path, record: &Record, phase: Phase, extra: serde_json::Value) {
     let Some(url) = &record.status_url else {
         return;
     };
@@ -197,15 +206,83 @@ fn report(record: &Record, phase: Phase, extra: serde_json::Value) {
     if event.get("image").is_none() {
         event["image"] = serde_json::Value::from(record.image_digest.to_string());
     }
+    if post(url, &event).is_ok() {
+        return;
+    }
+    let pending = serde_json::json!({ "url": url, "event": event });
+    let written = crate::sys::Root::open(root).and_then(|r| {
+        r.write_file(
+            "var/lib/imprint",
+            "report.json",
+            pending.to_string().as_bytes(),
+            0o600,
+        )
+    });
+    if let Err(e) = written {
+        log::warn!("keeping the report for later: {e}");
+    }
+}
+
+fn post(url: &str, event: &serde_json::Value) -> Result<(), String> {
     let agent = crate::source::small_agent(
         std::sync::Arc::new(crate::source::SystemResolver),
         std::time::Duration::from_secs(5),
     );
-    if let Err(e) = agent
+    match agent
         .post(url)
         .header("Content-Type", "application/json")
         .send(event.to_string().as_bytes())
     {
-        log::warn!("status event to {url}: {e}");
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("the server answered {}", r.status())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// What `imprint report` did with the report the first boot left.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reported {
+    Nothing,
+    Sent(String),
+    /// Still there, for the next boot: why.
+    Kept(String),
+}
+
+/// Sends the report the first boot left in `root` (see [`report`]), retrying
+/// for up to `patience` while the network comes up; removes it once sent.
+pub fn send_pending(root: &Path, patience: std::time::Duration) -> Result<Reported> {
+    let r = crate::sys::Root::open(root).context("opening the root")?;
+    let bytes = match r.read(PENDING_REPORT, MAX_PENDING + 1) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Reported::Nothing),
+        Err(e) => return Err(e).context("reading the pending report"),
+    };
+    let parsed: Option<(String, serde_json::Value)> = (bytes.len() as u64 <= MAX_PENDING)
+        .then(|| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .flatten()
+        .and_then(|v| Some((v["url"].as_str()?.to_string(), v["event"].clone())));
+    let Some((url, event)) = parsed else {
+        let _ = std::fs::remove_file(root.join(PENDING_REPORT));
+        return Ok(Reported::Kept(
+            "the pending report was unreadable; removed".into(),
+        ));
+    };
+    let start = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        match post(&url, &event) {
+            Ok(()) => {
+                std::fs::remove_file(root.join(PENDING_REPORT))
+                    .context("removing the sent report")?;
+                return Ok(Reported::Sent(url));
+            }
+            Err(e) if start.elapsed() + wait > patience => {
+                return Ok(Reported::Kept(format!("{url}: {e}")));
+            }
+            Err(_) => {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(std::time::Duration::from_secs(10));
+            }
+        }
     }
 }

@@ -27,7 +27,7 @@ use std::path::Path;
 
 /// The agent layout this build installs: the binary and unit below. An image
 /// whose agent says a format at least this new is left alone.
-pub(super) const FORMAT: u32 = 1;
+pub(super) const FORMAT: u32 = 2;
 const DIR: &str = "usr/lib/imprint";
 const FORMAT_FILE: &str = "agent-format";
 const UNIT_DIR: &str = "etc/systemd/system";
@@ -53,6 +53,24 @@ StandardOutput=journal+console
 
 [Install]
 WantedBy=sysinit.target
+";
+/// Format 2: the first boot's report to the provisioning server goes out once
+/// the network is up (the first-boot unit runs before it).
+const REPORT_UNIT_NAME: &str = "imprint-report.service";
+const REPORT_UNIT: &str = "\
+[Unit]
+Description=imprint: report this OS's first boot to the server that deployed it
+Wants=network-online.target
+After=network-online.target imprint-firstboot.service
+ConditionPathExists=/var/lib/imprint/report.json
+
+[Service]
+Type=oneshot
+ExecStart=/usr/lib/imprint/imprint report
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
 ";
 /// Where an image's own imprint would be.
 const OWN_AGENT_PATHS: &[&str] = &[
@@ -127,6 +145,14 @@ fn install(root: &Root, binary: &[u8]) -> Result<Agent> {
         &format!("/{UNIT_DIR}/{UNIT_NAME}"),
     )
     .context("enabling the unit")?;
+    root.write_file(UNIT_DIR, REPORT_UNIT_NAME, REPORT_UNIT.as_bytes(), 0o644)
+        .with_context(|| format!("writing /{UNIT_DIR}/{REPORT_UNIT_NAME}"))?;
+    root.symlink(
+        &format!("{UNIT_DIR}/multi-user.target.wants"),
+        REPORT_UNIT_NAME,
+        &format!("/{UNIT_DIR}/{REPORT_UNIT_NAME}"),
+    )
+    .context("enabling the report unit")?;
     // Last: an interrupted install is retried by the next deploy.
     root.write_file(DIR, FORMAT_FILE, format!("{FORMAT}\n").as_bytes(), 0o644)
         .context("writing the agent format")?;
