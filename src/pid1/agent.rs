@@ -66,7 +66,7 @@ ConditionPathExists=/var/lib/imprint/report.json
 
 [Service]
 Type=oneshot
-ExecStart=/usr/lib/imprint/imprint report
+ExecStart=/usr/lib/imprint/imprint report --patience 30
 StandardOutput=journal+console
 
 [Install]
