@@ -293,9 +293,7 @@ impl Fleet {
                     .get("error")
                     .and_then(Value::as_str)
                     .unwrap_or("no error given");
-                let mut error = printable(error);
-                error.truncate(MAX_ERROR);
-                m.last_error = Some(error);
+                m.last_error = Some(printable(error).chars().take(MAX_ERROR).collect());
             }
             _ => {}
         }
