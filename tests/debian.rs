@@ -577,7 +577,6 @@ fn stock_debian_upgrade_survives_power_cuts_uefi() {
 fn stock_debian_network_boot_deploys_and_reports_committed() {
     require_qemu!();
     require_debian!();
-    let a = artifacts();
     let repo = Repo::new();
     let image = debian_image("v1", Debian::CloudInit);
     let digest = add(&repo, "debian:v1", image.to_str().unwrap());
@@ -588,35 +587,14 @@ fn stock_debian_network_boot_deploys_and_reports_committed() {
         "version: 2\nethernets:\n  wired:\n    match:\n      name: \"e*\"\n    dhcp4: true\n",
     )
     .unwrap();
-    let hosts = dir.join("hosts.toml");
-    std::fs::write(
-        &hosts,
-        format!(
+    let (served, net) = provisioning_server(
+        &repo,
+        &format!(
             "[default]\ncmdline = [\"console=ttyS0\", \"quiet\", \"panic=-1\"]\n\n\
              [hosts.\"{mac}\"]\nhostname = \"deb-1\"\nimage = \"debian:v1\"\n\
              settings = {{ disk = \"/dev/vda\" }}\nnetwork-config = \"deb-1.network\"\n"
         ),
-    )
-    .unwrap();
-    let data = dir.join("data");
-    let served = Served::start_with(
-        &repo.path(),
-        &[
-            "--hosts",
-            hosts.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--kernel",
-            &a.path("vmlinuz"),
-            "--initrd",
-            &a.path("initramfs.img"),
-        ],
         None,
-        std::process::Stdio::null(),
-    );
-    let net = format!(
-        "user-boot:{}/boot.ipxe",
-        served.url.replace("127.0.0.1", "10.0.2.2")
     );
     let disk = dir.join("disk.img");
     sparse_disk(&disk, 3 << 30);
@@ -647,18 +625,11 @@ fn stock_debian_network_boot_deploys_and_reports_committed() {
     came_up(&c, "v1", "/dev/vda3", "bios");
     assert_has(&c, "imprint firstboot: committed");
     assert_eq!(partition_file(&disk, 3, "/etc/hostname"), "deb-1\n");
-    let (status, _, body) = raw_request(
-        &served.addr(),
-        "GET /machines HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
-    assert_eq!(status, 200);
-    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let m = &doc["machines"][0];
-    assert_eq!(m["mac"], mac, "{doc}");
-    assert_eq!(m["state"]["completed"], digest, "{doc}");
+    let m = machine_entry(&served, mac);
+    assert_eq!(m["state"]["completed"], digest, "{m}");
     assert_eq!(
         m["state"]["committed"], true,
-        "the report never came:\n{doc}\n{c}"
+        "the report never came:\n{m}\n{c}"
     );
     assert_eq!(m["next"], "local");
 }

@@ -9,60 +9,22 @@ mod common;
 use common::vm::*;
 use common::*;
 use std::path::Path;
-use std::process::Stdio;
 
 /// QEMU's first NIC.
 const MAC: &str = "52:54:00:12:34:56";
-
-fn machine(served: &Served) -> serde_json::Value {
-    let (status, _, body) = raw_request(
-        &served.addr(),
-        "GET /machines HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
-    assert_eq!(status, 200);
-    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    doc["machines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["mac"] == MAC)
-        .cloned()
-        .unwrap_or_else(|| panic!("{MAC} not in {doc}"))
-}
 
 fn network_boot(firmware: &'static str) {
     let a = artifacts();
     let repo = Repo::new();
     let digest = add(&repo, "os:v1", &a.path("os-v1.img"));
     let dir = repo.dir.path();
-    let hosts = dir.join("hosts.toml");
-    std::fs::write(
-        &hosts,
-        format!(
+    let (served, net) = provisioning_server(
+        &repo,
+        &format!(
             "[default]\ncmdline = [\"console=ttyS0\", \"quiet\", \"panic=-1\"]\n\n\
              [hosts.\"{MAC}\"]\nhostname = \"node-1\"\nimage = \"os:v1\"\nsettings = {{ disk = \"/dev/vda\" }}\n"
         ),
-    )
-    .unwrap();
-    let data = dir.join("data");
-    let served = Served::start_with(
-        &repo.path(),
-        &[
-            "--hosts",
-            hosts.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--kernel",
-            &a.path("vmlinuz"),
-            "--initrd",
-            &a.path("initramfs.img"),
-        ],
         None,
-        Stdio::null(),
-    );
-    let net = format!(
-        "user-boot:{}/boot.ipxe",
-        served.url.replace("127.0.0.1", "10.0.2.2")
     );
     let disk = repo.file("disk.img");
     sparse_disk(&disk, 256 << 20);
@@ -90,7 +52,7 @@ fn network_boot(firmware: &'static str) {
     assert_has(&c, "imprint 0.1.0 deploy environment");
     assert_has(&c, "deploy complete: ");
     assert_has(&c, "handing off (reboot)");
-    let m = machine(&served);
+    let m = machine_entry(&served, MAC);
     assert_eq!(m["state"]["completed"], digest, "{m}");
     assert_eq!(m["next"], "local");
     assert_eq!(read_state(&disk).0.settings["hostname"], "node-1");
@@ -119,7 +81,7 @@ fn network_boot(firmware: &'static str) {
     let c = run("local-again");
     assert_has(&c, "is deployed; booting its own disk");
     assert_has(&c, "test-os: v1 booted");
-    assert_eq!(machine(&served)["state"]["deploys"], 2);
+    assert_eq!(machine_entry(&served, MAC)["state"]["deploys"], 2);
 }
 
 #[test]
@@ -236,16 +198,10 @@ fn the_server_restarts_during_a_deploy() {
     let repo = Repo::new();
     let digest = add(&repo, "os:v1", &a.path("os-v1.img"));
     let dir = repo.dir.path().to_path_buf();
-    let hosts = dir.join("hosts.toml");
-    std::fs::write(
-        &hosts,
-        format!(
-            "[default]\ncmdline = [\"console=ttyS0\", \"quiet\", \"panic=-1\"]\n\n\
-             [hosts.\"{MAC}\"]\nimage = \"os:v1\"\nsettings = {{ disk = \"/dev/vda\" }}\n"
-        ),
-    )
-    .unwrap();
-    let data = dir.join("data");
+    let inventory = format!(
+        "[default]\ncmdline = [\"console=ttyS0\", \"quiet\", \"panic=-1\"]\n\n\
+         [hosts.\"{MAC}\"]\nimage = \"os:v1\"\nsettings = {{ disk = \"/dev/vda\" }}\n"
+    );
     // A fixed port: the machine's boot script and status URL name it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -253,19 +209,7 @@ fn the_server_restarts_during_a_deploy() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let (kernel, initrd) = (a.path("vmlinuz"), a.path("initramfs.img"));
-    let options = [
-        "--hosts",
-        hosts.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--kernel",
-        &kernel,
-        "--initrd",
-        &initrd,
-    ];
-    let served = Served::start_at(&repo.path(), &listen, &options);
-    let net = format!("user-boot:http://10.0.2.2:{port}/boot.ipxe");
+    let (served, net) = provisioning_server(&repo, &inventory, Some(&listen));
     let disk = repo.file("disk.img");
     sparse_disk(&disk, 256 << 20);
 
@@ -287,7 +231,7 @@ fn the_server_restarts_during_a_deploy() {
         })
     };
     let start = std::time::Instant::now();
-    while machine(&served)["event"]["phase"] != "writing" {
+    while machine_entry(&served, MAC)["event"]["phase"] != "writing" {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(240),
             "the deploy never started writing"
@@ -296,11 +240,11 @@ fn the_server_restarts_during_a_deploy() {
     }
     drop(served);
     std::thread::sleep(std::time::Duration::from_secs(4));
-    let served = Served::start_at(&repo.path(), &listen, &options);
+    let (served, _) = provisioning_server(&repo, &inventory, Some(&listen));
     let (status, c) = vm.join().unwrap();
     assert!(status.success(), "{status:?}\n{c}");
     assert_has(&c, "deploy complete: ");
-    let m = machine(&served);
+    let m = machine_entry(&served, MAC);
     assert_eq!(m["state"]["completed"], digest, "{m}");
     assert_eq!(m["state"]["failures"], 0, "{m}");
     assert_eq!(m["state"]["deploys"], 1, "{m}");
@@ -331,35 +275,14 @@ fn two_machines_at_once_get_their_own_images() {
     let v2 = add(&repo, "os:v2", &a.path("os-v2.img"));
     let dir = repo.dir.path().to_path_buf();
     let (one, two) = ("52:54:00:00:01:01", "52:54:00:00:01:02");
-    let hosts = dir.join("hosts.toml");
-    std::fs::write(
-        &hosts,
-        format!(
+    let (_served, net) = provisioning_server(
+        &repo,
+        &format!(
             "[default]\ncmdline = [\"console=ttyS0\", \"quiet\", \"panic=-1\"]\nsettings = {{ disk = \"/dev/vda\" }}\n\n\
              [hosts.\"{one}\"]\nhostname = \"web-1\"\nimage = \"os:v1\"\n\n\
              [hosts.\"{two}\"]\nhostname = \"db-1\"\nimage = \"os:v2\"\n"
         ),
-    )
-    .unwrap();
-    let data = dir.join("data");
-    let served = Served::start_with(
-        &repo.path(),
-        &[
-            "--hosts",
-            hosts.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--kernel",
-            &a.path("vmlinuz"),
-            "--initrd",
-            &a.path("initramfs.img"),
-        ],
         None,
-        Stdio::null(),
-    );
-    let net = format!(
-        "user-boot:{}/boot.ipxe",
-        served.url.replace("127.0.0.1", "10.0.2.2")
     );
     let vms: Vec<_> = [one, two]
         .into_iter()

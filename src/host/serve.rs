@@ -735,46 +735,36 @@ impl RepoServer {
             },
             Err(_) => return Reply::text(500, "status table unavailable\n"),
         };
-        Reply {
-            status: 200,
-            headers: vec![
-                ("Content-Type", "application/json".into()),
-                ("Cache-Control", "no-store".into()),
-            ],
-            body: Body::Bytes(body.into_bytes()),
-            close: false,
-        }
+        json_reply(body)
     }
 }
 
 /// The status page's files, built into the binary. The page runs only its own
 /// script (no inline code), so nothing a machine reports can run in it.
 fn page_asset(content_type: &str, text: &str) -> Reply {
+    let mut reply = ok_reply(content_type, "no-cache", text.as_bytes().to_vec());
+    reply.headers.extend([
+        (
+            "Content-Security-Policy",
+            "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'".into(),
+        ),
+        ("X-Content-Type-Options", "nosniff".into()),
+    ]);
+    reply
+}
+
+fn json_reply(body: String) -> Reply {
+    ok_reply("application/json", "no-store", body.into_bytes())
+}
+
+fn ok_reply(content_type: &str, cache: &str, body: Vec<u8>) -> Reply {
     Reply {
         status: 200,
         headers: vec![
             ("Content-Type", content_type.to_string()),
-            ("Cache-Control", "no-cache".into()),
-            (
-                "Content-Security-Policy",
-                "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-                    .into(),
-            ),
-            ("X-Content-Type-Options", "nosniff".into()),
+            ("Cache-Control", cache.to_string()),
         ],
-        body: Body::Bytes(text.as_bytes().to_vec()),
-        close: false,
-    }
-}
-
-fn json_reply(body: String) -> Reply {
-    Reply {
-        status: 200,
-        headers: vec![
-            ("Content-Type", "application/json".into()),
-            ("Cache-Control", "no-store".into()),
-        ],
-        body: Body::Bytes(body.into_bytes()),
+        body: Body::Bytes(body),
         close: false,
     }
 }

@@ -388,6 +388,56 @@ pub fn boot(dir: &Path, name: &str, b: Boot, disks: &[&Path]) -> (ExitStatus, St
     (status, console)
 }
 
+/// `imprint serve --hosts` for network boots, on `listen` (a free port when
+/// `None`): the inventory `inventory` (TOML, written next to the repository),
+/// the deploy environment's kernel and initramfs, the machines kept under
+/// the repository's directory. Returns the server and the `qemu/run --net`
+/// that network-boots from it.
+pub fn provisioning_server(repo: &Repo, inventory: &str, listen: Option<&str>) -> (Served, String) {
+    let a = artifacts();
+    let dir = repo.dir.path();
+    let hosts = dir.join("hosts.toml");
+    std::fs::write(&hosts, inventory).unwrap();
+    let data = dir.join("data");
+    let options = [
+        "--hosts",
+        hosts.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--kernel",
+        &a.path("vmlinuz"),
+        "--initrd",
+        &a.path("initramfs.img"),
+    ];
+    std::fs::create_dir_all(repo.path()).unwrap();
+    let served = match listen {
+        Some(addr) => Served::start_at(&repo.path(), addr, &options),
+        None => Served::start_with(&repo.path(), &options, None, Stdio::null()),
+    };
+    let net = format!(
+        "user-boot:{}/boot.ipxe",
+        served.url.replace("127.0.0.1", "10.0.2.2")
+    );
+    (served, net)
+}
+
+/// What the provisioning server says of machine `mac` (`GET /machines`).
+pub fn machine_entry(served: &Served, mac: &str) -> serde_json::Value {
+    let (status, _, body) = raw_request(
+        &served.addr(),
+        "GET /machines HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    doc["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == mac)
+        .cloned()
+        .unwrap_or_else(|| panic!("{mac} not in {doc}"))
+}
+
 /// Adds an image with the default (1 MiB) chunk size; returns the manifest digest.
 pub fn add(repo: &Repo, reference: &str, image: &str) -> String {
     let out = imprint(&[
