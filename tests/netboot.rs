@@ -13,11 +13,51 @@ use std::path::Path;
 /// QEMU's first NIC.
 const MAC: &str = "52:54:00:12:34:56";
 
+/// A machine with an empty disk whose network boots from `net`.
+struct Vm {
+    dir: std::path::PathBuf,
+    disk: std::path::PathBuf,
+    vars: std::path::PathBuf,
+    firmware: &'static str,
+    net: String,
+}
+
+impl Vm {
+    fn new(repo: &Repo, firmware: &'static str, net: &str) -> Vm {
+        let disk = repo.file("disk.img");
+        sparse_disk(&disk, 256 << 20);
+        Vm {
+            dir: repo.dir.path().to_path_buf(),
+            disk,
+            vars: repo.file("vars.fd"),
+            firmware,
+            net: net.to_string(),
+        }
+    }
+
+    /// Boots it to the end; it must end by itself (power off or reboot).
+    fn run(&self, name: &str) -> String {
+        let (status, console) = boot(
+            &self.dir,
+            name,
+            Boot {
+                firmware: self.firmware,
+                vars: (self.firmware == "uefi").then_some(self.vars.as_path()),
+                net: &self.net,
+                timeout: 300,
+                ..Boot::default()
+            },
+            &[self.disk.as_path()],
+        );
+        assert!(status.success(), "{name}: {status:?}\n{console}");
+        console
+    }
+}
+
 fn network_boot(firmware: &'static str) {
     let a = artifacts();
     let repo = Repo::new();
     let digest = add(&repo, "os:v1", &a.path("os-v1.img"));
-    let dir = repo.dir.path();
     let (served, net) = provisioning_server(
         &repo,
         &format!(
@@ -26,25 +66,9 @@ fn network_boot(firmware: &'static str) {
         ),
         None,
     );
-    let disk = repo.file("disk.img");
-    sparse_disk(&disk, 256 << 20);
-    let vars = repo.file("vars.fd");
-    let run = |name: &str| {
-        let (status, console) = boot(
-            dir,
-            name,
-            Boot {
-                firmware,
-                vars: (firmware == "uefi").then_some(vars.as_path()),
-                net: &net,
-                timeout: 300,
-                ..Boot::default()
-            },
-            &[Path::new(&disk)],
-        );
-        assert!(status.success(), "{name}: {status:?}\n{console}");
-        console
-    };
+    let vm = Vm::new(&repo, firmware, &net);
+    let run = |name: &str| vm.run(name);
+    let disk = &vm.disk;
 
     // An empty disk: the boot script deploys.
     let c = run("deploy");
@@ -55,7 +79,7 @@ fn network_boot(firmware: &'static str) {
     let m = machine_entry(&served, MAC);
     assert_eq!(m["state"]["completed"], digest, "{m}");
     assert_eq!(m["next"], "local");
-    assert_eq!(read_state(&disk).0.settings["hostname"], "node-1");
+    assert_eq!(read_state(disk).0.settings["hostname"], "node-1");
 
     // Network first in the boot order, as racks are: sent to the disk.
     let c = run("local");
@@ -120,25 +144,10 @@ fn static_network_boot(firmware: &'static str) {
     )
     .unwrap();
     let net = format!("user-boot:{url}/boot.ipxe");
-    let disk = repo.file("disk.img");
-    sparse_disk(&disk, 256 << 20);
-    let vars = repo.file("vars.fd");
-    let dir = repo.dir.path();
+    let vm = Vm::new(&repo, firmware, &net);
     let run = |name: &str| {
         let started = std::time::Instant::now();
-        let (status, console) = boot(
-            dir,
-            name,
-            Boot {
-                firmware,
-                vars: (firmware == "uefi").then_some(vars.as_path()),
-                net: &net,
-                timeout: 300,
-                ..Boot::default()
-            },
-            &[Path::new(&disk)],
-        );
-        assert!(status.success(), "{name}: {status:?}\n{console}");
+        let console = vm.run(name);
         (console, started.elapsed())
     };
     let (c, _) = run("deploy");
