@@ -447,9 +447,12 @@ impl RepoServer {
         {
             return reply;
         }
+        let fleet = self.provisioning.fleet.as_ref();
         match (head.method, path) {
             (Method::Get | Method::Head, "/status") => self.get_status(head),
-            (Method::Get | Method::Head, "/boot.ipxe") => self.boot_script(head),
+            // Without an inventory, /boot.ipxe is a file like any other: one
+            // static script for every machine.
+            (Method::Get | Method::Head, "/boot.ipxe") if fleet.is_some() => self.boot_script(head),
             (Method::Get | Method::Head, "/machines") => self.machines(),
             (Method::Get | Method::Head, "/" | "/index.html") => {
                 page_asset("text/html; charset=utf-8", include_str!("page.html"))
