@@ -180,7 +180,74 @@ fn boot_entry_for(partition: Guid) -> Result<Option<u16>> {
     Ok(None)
 }
 
-/// UEFI commit: the entry this boot came through goes first in BootOrder.
+/// Whether Boot`n` boots from the network.
+fn is_network_entry(n: u16) -> bool {
+    sys::efivar_read(&efi::boot_var(n))
+        .ok()
+        .flatten()
+        .is_some_and(|o| efi::option_is_network(&o))
+}
+
+fn boot_order() -> Result<Vec<u16>> {
+    Ok(
+        sys::efivar_read(&format!("BootOrder-{}", efi::GLOBAL_GUID))?
+            .map(|d| efi::parse_order(&d))
+            .unwrap_or_default(),
+    )
+}
+
+fn boot_current() -> Result<Option<u16>> {
+    Ok(
+        sys::efivar_read(&format!("BootCurrent-{}", efi::GLOBAL_GUID))?
+            .and_then(|c| Some(u16::from_le_bytes(c.get(..2)?.try_into().ok()?))),
+    )
+}
+
+/// UEFI, after a deploy this machine network-booted for: the disk's ESP
+/// loader gets a boot entry, right after the network entry this boot came
+/// through, so a network boot that hands over (iPXE's `exit`, or one that
+/// fails) goes on to the disk, and the network stays first. Nothing changes
+/// when this boot did not come from the network. Returns the entry.
+pub fn uefi_disk_after_network(layout: &Layout, description: &str) -> Result<Option<u16>> {
+    sys::mount_efivars().context("mounting efivarfs")?;
+    let Some(current) = boot_current()? else {
+        return Ok(None);
+    };
+    if !is_network_entry(current) {
+        return Ok(None);
+    }
+    let esp = layout
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == ESP_TYPE)
+        .ok_or_else(|| anyhow!("the disk has no EFI system partition to boot"))?;
+    let number = match boot_entry_for(esp.unique_guid)? {
+        Some(n) => n,
+        None => {
+            let used = used_boot_numbers()?;
+            let n = efi::free_number(&used).ok_or_else(|| anyhow!("no free Boot#### entry"))?;
+            sys::efivar_write(
+                &efi::boot_var(n),
+                &efi::load_option(description, esp, efi::DEFAULT_LOADER),
+            )
+            .with_context(|| format!("writing EFI variable Boot{n:04X}"))?;
+            n
+        }
+    };
+    let order = boot_order()?;
+    let new = efi::right_after(&order, number, current);
+    if new != order {
+        sys::efivar_write(
+            &format!("BootOrder-{}", efi::GLOBAL_GUID),
+            &efi::encode_order(&new),
+        )
+        .context("writing EFI variable BootOrder")?;
+    }
+    Ok(Some(number))
+}
+
+/// UEFI commit: the entry this boot came through goes first in BootOrder,
+/// after the network entries that lead it (a network-first machine stays one).
 pub fn uefi_commit() -> Result<Option<u16>> {
     sys::mount_efivars().context("mounting efivarfs")?;
     let Some(current) = sys::efivar_read(&format!("BootCurrent-{}", efi::GLOBAL_GUID))? else {
@@ -190,10 +257,8 @@ pub fn uefi_commit() -> Result<Option<u16>> {
         return Ok(None);
     }
     let current = u16::from_le_bytes([current[0], current[1]]);
-    let order = sys::efivar_read(&format!("BootOrder-{}", efi::GLOBAL_GUID))?
-        .map(|d| efi::parse_order(&d))
-        .unwrap_or_default();
-    let new = efi::promote(&order, current);
+    let order = boot_order()?;
+    let new = efi::first_after_network(&order, current, is_network_entry);
     if new != order {
         sys::efivar_write(
             &format!("BootOrder-{}", efi::GLOBAL_GUID),

@@ -46,8 +46,9 @@ pub fn load_option(description: &str, part: &Partition, loader: &str) -> Vec<u8>
     out
 }
 
-/// The partition GUID a load option's hard-drive node names, if it has one.
-pub fn option_partition(option: &[u8]) -> Option<Guid> {
+/// The device path nodes of a load option: (type, subtype, whole node), up to
+/// the end node; `None` when the option is malformed.
+fn path_nodes(option: &[u8]) -> Option<Vec<(u8, u8, &[u8])>> {
     let path_len = u16::from_le_bytes([*option.get(4)?, *option.get(5)?]) as usize;
     // Skip the NUL-terminated UCS-2 description.
     let mut at = 6;
@@ -59,6 +60,7 @@ pub fn option_partition(option: &[u8]) -> Option<Guid> {
         }
     }
     let path = option.get(at..at + path_len)?;
+    let mut nodes = Vec::new();
     let mut node = 0;
     while node + 4 <= path.len() {
         let (kind, sub) = (path[node], path[node + 1]);
@@ -66,15 +68,61 @@ pub fn option_partition(option: &[u8]) -> Option<Guid> {
         if len < 4 {
             return None;
         }
-        if kind == 0x04 && sub == 0x01 && len >= 42 {
-            return Some(Guid(path.get(node + 24..node + 40)?.try_into().ok()?));
-        }
         if kind == 0x7F {
-            return None;
+            break;
         }
+        nodes.push((kind, sub, path.get(node..node + len)?));
         node += len;
     }
-    None
+    Some(nodes)
+}
+
+/// The partition GUID a load option's hard-drive node names, if it has one.
+pub fn option_partition(option: &[u8]) -> Option<Guid> {
+    path_nodes(option)?
+        .into_iter()
+        .find(|(kind, sub, n)| *kind == 0x04 && *sub == 0x01 && n.len() >= 42)
+        .and_then(|(_, _, n)| Some(Guid(n.get(24..40)?.try_into().ok()?)))
+}
+
+/// Whether a load option boots from the network: its device path goes
+/// through a NIC (a MAC address node), as PXE, HTTP boot and iPXE's own do.
+pub fn option_is_network(option: &[u8]) -> bool {
+    path_nodes(option).is_some_and(|nodes| {
+        nodes
+            .iter()
+            .any(|(kind, sub, _)| *kind == 0x03 && *sub == 0x0B)
+    })
+}
+
+/// `order` with `entry` moved (or added) ahead of every entry but the network
+/// ones that lead it: the first disk to boot, with a network-first order kept.
+pub fn first_after_network(
+    order: &[u16],
+    entry: u16,
+    is_network: impl Fn(u16) -> bool,
+) -> Vec<u16> {
+    let rest: Vec<u16> = order.iter().copied().filter(|&n| n != entry).collect();
+    let at = rest
+        .iter()
+        .position(|&n| !is_network(n))
+        .unwrap_or(rest.len());
+    let mut out = rest[..at].to_vec();
+    out.push(entry);
+    out.extend_from_slice(&rest[at..]);
+    out
+}
+
+/// `order` with `entry` moved (or added) right after `after`, or at the end
+/// when `after` is not in it.
+pub fn right_after(order: &[u16], entry: u16, after: u16) -> Vec<u16> {
+    let mut out: Vec<u16> = order.iter().copied().filter(|&n| n != entry).collect();
+    let at = out
+        .iter()
+        .position(|&n| n == after)
+        .map_or(out.len(), |i| i + 1);
+    out.insert(at, entry);
+    out
 }
 
 /// `BootOrder` contents: little-endian u16 entry numbers.
@@ -108,6 +156,51 @@ pub fn free_number(used: &[u16]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_entries_stay_ahead_of_the_disk_put_first() {
+        let net = |n: u16| n == 1 || n == 2;
+        assert_eq!(first_after_network(&[1, 2, 3, 4], 7, net), [1, 2, 7, 3, 4]);
+        assert_eq!(first_after_network(&[1, 2, 3, 7], 7, net), [1, 2, 7, 3]);
+        assert_eq!(first_after_network(&[3, 1, 7], 7, net), [7, 3, 1]);
+        assert_eq!(first_after_network(&[1, 2], 7, net), [1, 2, 7]);
+        assert_eq!(first_after_network(&[], 7, net), [7]);
+        assert_eq!(right_after(&[1, 2, 3, 4], 7, 1), [1, 7, 2, 3, 4]);
+        assert_eq!(right_after(&[1, 7, 2], 7, 2), [1, 2, 7]);
+        assert_eq!(right_after(&[1, 2], 7, 9), [1, 2, 7]);
+    }
+
+    #[test]
+    fn network_load_options_are_told_from_disk_ones() {
+        // PciRoot(0)/Pci(2,0)/MAC(525400123456)/IPv4(...): a PXE entry.
+        let mut path = vec![0x02, 0x01, 12, 0, 0xD0, 0x41, 0x03, 0x0A, 0, 0, 0, 0];
+        path.extend_from_slice(&[0x01, 0x01, 6, 0, 0, 2]);
+        let mut mac = vec![0x03, 0x0B, 37, 0];
+        mac.extend_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        mac.resize(36, 0);
+        mac.push(1);
+        path.extend_from_slice(&mac);
+        path.extend_from_slice(&[0x7F, 0xFF, 4, 0]);
+        let mut option = vec![1, 0, 0, 0];
+        option.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        option.extend_from_slice(&ucs2("UEFI PXEv4"));
+        option.extend_from_slice(&path);
+        assert!(option_is_network(&option));
+        assert_eq!(option_partition(&option), None);
+        let part = Partition {
+            number: 1,
+            type_guid: crate::format::gpt::ESP_TYPE,
+            unique_guid: Guid([7; 16]),
+            first_lba: 2048,
+            last_lba: 4095,
+            attributes: 0,
+            name: "ESP".into(),
+        };
+        let disk = load_option("imprint", &part, DEFAULT_LOADER);
+        assert!(!option_is_network(&disk));
+        assert_eq!(option_partition(&disk), Some(Guid([7; 16])));
+        assert!(!option_is_network(&[1, 2, 3]));
+    }
 
     fn esp() -> Partition {
         Partition {

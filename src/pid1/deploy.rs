@@ -65,7 +65,10 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
     let agent = finish_os(&disk, &installed, &record, &renames, host_data);
     match &previous {
         Some(previous) => switch_boot(previous, &installed, &disk, &manifest.name)?,
-        None => keep_chain(replaced, &installed)?,
+        None => {
+            keep_chain(replaced, &installed)?;
+            boot_disk_after_network(&disk, &installed, &manifest.name);
+        }
     }
     status().send(
         Phase::BootRecords,
@@ -651,6 +654,27 @@ fn finish_os(
         );
     }
     agent
+}
+
+/// UEFI, network-booted: the new disk's boot entry comes right after the
+/// network entry, so the next network boot's hand-over (`exit`) reaches it.
+fn boot_disk_after_network(disk: &disks::DiskInfo, installed: &Installed, image_name: &str) {
+    if !sys::is_uefi() {
+        return;
+    }
+    drivers::Drivers::open().load(&["efivarfs".to_string()]);
+    match bootswitch::uefi_disk_after_network(&installed.layout, &format!("imprint {image_name}")) {
+        Ok(Some(n)) => log::info!(
+            "UEFI: Boot{n:04X} boots {}, right after the network entry this boot came through in BootOrder",
+            disk.dev_path()
+        ),
+        Ok(None) => {}
+        Err(e) => log::warn!(
+            "adding {} to the UEFI boot order: {}; the firmware may not find it after a network boot",
+            disk.dev_path(),
+            crate::error_text(&e)
+        ),
+    }
 }
 
 /// BIOS, after a deploy over a disk that an upgrade's chain stub boots: the stub
