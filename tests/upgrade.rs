@@ -171,7 +171,7 @@ fn upgrade_migrates_and_commits(firmware: &'static str) {
         "the previous disk's data changed"
     );
     if firmware == "uefi" {
-        assert_has(&c, "is now first in BootOrder");
+        assert_has(&c, "is now the first disk in BootOrder");
     } else {
         // Disk 2 taken out: disk 1's chain stub finds no disk with its GUID and
         // runs disk 1's own boot code, kept in its state partition.

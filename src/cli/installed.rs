@@ -68,7 +68,7 @@ fn print_firstboot(event: Event) {
                 println!("{p} migrated {path}");
             }
         }
-        Event::BootOrder(n) => println!("{p} Boot{n:04X} is now first in BootOrder"),
+        Event::BootOrder(n) => println!("{p} Boot{n:04X} is now the first disk in BootOrder"),
         Event::Committed => println!("{p} committed"),
     }
 }
