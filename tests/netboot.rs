@@ -2,7 +2,7 @@
 //! carries (SeaBIOS's and OVMF's option ROM) and QEMU's DHCP naming
 //! `imprint serve --hosts` as the boot file: an empty disk deploys, the next
 //! network boot is sent to the disk and the installed OS commits; reprovisioned,
-//! the machine deploys again (nothing to fetch) and then boots its disk again.
+//! the machine deploys again (fetching only what the OS changed) and then boots its disk again.
 
 mod common;
 
@@ -12,6 +12,23 @@ use std::path::Path;
 
 /// QEMU's first NIC.
 const MAC: &str = "52:54:00:12:34:56";
+
+/// The image's data chunks (1 MiB, past the first, not all zeros) that the
+/// disk no longer holds as they are: what a redeploy fetches.
+fn changed_chunks(image: &str, disk: &Path) -> u64 {
+    const CHUNK: usize = 1 << 20;
+    let image = std::fs::read(image).unwrap();
+    let disk = std::fs::read(disk).unwrap();
+    image
+        .chunks(CHUNK)
+        .enumerate()
+        .skip(1)
+        .filter(|(i, c)| {
+            let on_disk = &disk[i * CHUNK..i * CHUNK + c.len()];
+            c.iter().any(|&b| b != 0) && on_disk != *c
+        })
+        .count() as u64
+}
 
 /// A machine with an empty disk whose network boots from `net`.
 struct Vm {
@@ -73,6 +90,7 @@ fn network_boot(firmware: &'static str) {
     // An empty disk: the boot script deploys.
     let c = run("deploy");
     assert_has(&c, "imprint: deploying os:v1 to node-1 (attempt 1 of 3)");
+    let full = summary_figure(&c, "fetched_chunks");
     assert_has(&c, "imprint 0.1.0 deploy environment");
     assert_has(&c, "deploy complete: ");
     assert_has(&c, "handing off (reboot)");
@@ -91,7 +109,7 @@ fn network_boot(firmware: &'static str) {
     assert_has(&c, "test-os: v1 booted");
     assert_has(&c, "imprint firstboot: committed");
 
-    // Reprovisioned: the same image again, so nothing is fetched.
+    // Reprovisioned: the same image again.
     assert_success(&imprint(&[
         "host",
         "reprovision",
@@ -99,9 +117,13 @@ fn network_boot(firmware: &'static str) {
         "--server",
         &served.url,
     ]));
+    // Only what the OS changed since (its root, as it ran) is fetched again.
+    let changed = changed_chunks(&a.path("os-v1.img"), disk);
     let c = run("redeploy");
     assert_has(&c, "imprint: deploying os:v1 to node-1 (attempt 1 of 3)");
-    assert_eq!(summary_figure(&c, "fetched_chunks"), 0, "{c}");
+    let fetched = summary_figure(&c, "fetched_chunks");
+    assert_eq!(fetched, changed, "{c}");
+    assert!(fetched < full, "fetched {fetched} of {full}");
     let c = run("local-again");
     assert_has(&c, "is deployed; booting its own disk");
     assert_has(&c, "test-os: v1 booted");
