@@ -129,24 +129,7 @@ pub fn bios_rechain(disks: &[StateDisk], old: Guid, new: Guid) -> Result<Option<
 /// set to it. Returns the entry number.
 pub fn uefi_trial_boot(layout: &Layout, description: &str) -> Result<u16> {
     sys::mount_efivars().context("mounting efivarfs")?;
-    let esp = layout
-        .partitions
-        .iter()
-        .find(|p| p.type_guid == ESP_TYPE)
-        .ok_or_else(|| anyhow!("the new disk has no EFI system partition to boot"))?;
-    let number = boot_entry_for(esp.unique_guid)?.map_or_else(
-        || -> Result<u16> {
-            let used = used_boot_numbers()?;
-            let n = efi::free_number(&used).ok_or_else(|| anyhow!("no free Boot#### entry"))?;
-            sys::efivar_write(
-                &efi::boot_var(n),
-                &efi::load_option(description, esp, efi::DEFAULT_LOADER),
-            )
-            .with_context(|| format!("writing EFI variable Boot{n:04X}"))?;
-            Ok(n)
-        },
-        Ok,
-    )?;
+    let number = esp_boot_entry(layout, description)?;
     sys::efivar_write(
         &format!("BootNext-{}", efi::GLOBAL_GUID),
         &number.to_le_bytes(),
@@ -196,6 +179,39 @@ fn boot_order() -> Result<Vec<u16>> {
     )
 }
 
+/// Writes BootOrder as `new`, if that differs from `old`.
+fn set_boot_order(old: &[u16], new: &[u16]) -> Result<()> {
+    if new != old {
+        sys::efivar_write(
+            &format!("BootOrder-{}", efi::GLOBAL_GUID),
+            &efi::encode_order(new),
+        )
+        .context("writing EFI variable BootOrder")?;
+    }
+    Ok(())
+}
+
+/// The boot entry for the ESP of the disk with partition table `layout`: the
+/// one there is, else a new one for its default loader.
+fn esp_boot_entry(layout: &Layout, description: &str) -> Result<u16> {
+    let esp = layout
+        .partitions
+        .iter()
+        .find(|p| p.type_guid == ESP_TYPE)
+        .ok_or_else(|| anyhow!("the disk has no EFI system partition to boot"))?;
+    if let Some(n) = boot_entry_for(esp.unique_guid)? {
+        return Ok(n);
+    }
+    let n =
+        efi::free_number(&used_boot_numbers()?).ok_or_else(|| anyhow!("no free Boot#### entry"))?;
+    sys::efivar_write(
+        &efi::boot_var(n),
+        &efi::load_option(description, esp, efi::DEFAULT_LOADER),
+    )
+    .with_context(|| format!("writing EFI variable Boot{n:04X}"))?;
+    Ok(n)
+}
+
 fn boot_current() -> Result<Option<u16>> {
     Ok(
         sys::efivar_read(&format!("BootCurrent-{}", efi::GLOBAL_GUID))?
@@ -216,33 +232,9 @@ pub fn uefi_disk_after_network(layout: &Layout, description: &str) -> Result<Opt
     if !is_network_entry(current) {
         return Ok(None);
     }
-    let esp = layout
-        .partitions
-        .iter()
-        .find(|p| p.type_guid == ESP_TYPE)
-        .ok_or_else(|| anyhow!("the disk has no EFI system partition to boot"))?;
-    let number = match boot_entry_for(esp.unique_guid)? {
-        Some(n) => n,
-        None => {
-            let used = used_boot_numbers()?;
-            let n = efi::free_number(&used).ok_or_else(|| anyhow!("no free Boot#### entry"))?;
-            sys::efivar_write(
-                &efi::boot_var(n),
-                &efi::load_option(description, esp, efi::DEFAULT_LOADER),
-            )
-            .with_context(|| format!("writing EFI variable Boot{n:04X}"))?;
-            n
-        }
-    };
+    let number = esp_boot_entry(layout, description)?;
     let order = boot_order()?;
-    let new = efi::right_after(&order, number, current);
-    if new != order {
-        sys::efivar_write(
-            &format!("BootOrder-{}", efi::GLOBAL_GUID),
-            &efi::encode_order(&new),
-        )
-        .context("writing EFI variable BootOrder")?;
-    }
+    set_boot_order(&order, &efi::right_after(&order, number, current))?;
     Ok(Some(number))
 }
 
@@ -250,22 +242,14 @@ pub fn uefi_disk_after_network(layout: &Layout, description: &str) -> Result<Opt
 /// after the network entries that lead it (a network-first machine stays one).
 pub fn uefi_commit() -> Result<Option<u16>> {
     sys::mount_efivars().context("mounting efivarfs")?;
-    let Some(current) = sys::efivar_read(&format!("BootCurrent-{}", efi::GLOBAL_GUID))? else {
+    let Some(current) = boot_current()? else {
         return Ok(None);
     };
-    if current.len() < 2 {
-        return Ok(None);
-    }
-    let current = u16::from_le_bytes([current[0], current[1]]);
     let order = boot_order()?;
-    let new = efi::first_after_network(&order, current, is_network_entry);
-    if new != order {
-        sys::efivar_write(
-            &format!("BootOrder-{}", efi::GLOBAL_GUID),
-            &efi::encode_order(&new),
-        )
-        .context("writing EFI variable BootOrder")?;
-    }
+    set_boot_order(
+        &order,
+        &efi::first_after_network(&order, current, is_network_entry),
+    )?;
     Ok(Some(current))
 }
 

@@ -295,20 +295,8 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                 )),
             },
             "imprint.debug" => Ok(()),
-            "imprint.redeploy" => match value.as_str() {
-                "" | "1" | "yes" | "true" => {
-                    cfg.redeploy = true;
-                    Ok(())
-                }
-                _ => Err(format!("{value:?}: give it bare, or as 1, yes or true")),
-            },
-            "imprint.allow-downgrade" => match value.as_str() {
-                "" | "1" | "yes" | "true" => {
-                    cfg.allow_downgrade = true;
-                    Ok(())
-                }
-                _ => Err(format!("{value:?}: give it bare, or as 1, yes or true")),
-            },
+            "imprint.redeploy" => flag(&value).map(|()| cfg.redeploy = true),
+            "imprint.allow-downgrade" => flag(&value).map(|()| cfg.allow_downgrade = true),
             "ip" => parse_ip(&value).map(|v| cfg.ip = v),
             "BOOTIF" => parse_bootif(&value).map(|v| cfg.bootif = Some(v)),
             _ => Ok(()),
@@ -359,6 +347,14 @@ pub fn error_policy(cmdline: &str) -> ErrorPolicy {
             .ok()
         })
         .unwrap_or(ErrorPolicy::Poweroff)
+}
+
+/// A key that is on when given, bare or as 1, yes or true.
+fn flag(value: &str) -> Result<(), String> {
+    match value {
+        "" | "1" | "yes" | "true" => Ok(()),
+        _ => Err(format!("{value:?}: give it bare, or as 1, yes or true")),
+    }
 }
 
 fn choice<T: Copy>(value: &str, options: &[(&str, T)]) -> Result<T, String> {

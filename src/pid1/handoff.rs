@@ -26,50 +26,73 @@ pub(super) fn handoff(
         Handoff::Kexec => "kexec",
     };
     if config.handoff == Handoff::Kexec {
-        let found;
-        let boot = match boot {
-            Some(b) => Some(b),
-            None => {
-                found = find_boot_facts(disk, layout);
-                found.as_ref()
-            }
-        };
-        match boot {
-            None => log::warn!(
-                "imprint.handoff=kexec, but the image carries no boot facts (image add --boot-partition --kernel) and no boot loader configuration imprint reads; rebooting through the firmware instead"
-            ),
-            Some(boot) => match load_installed_kernel(disk, boot) {
-                Ok(()) => {
-                    log::info!("handing off (kexec {}) at {:.2} s", boot.kernel, uptime());
-                    status().send(
-                        Phase::Handoff,
-                        serde_json::json!({ "handoff": what, "uptime": uptime() }),
-                    );
-                    status().send(Phase::Complete, serde_json::json!({ "uptime": uptime() }));
-                    status().flush(STATUS_WAIT);
-                    let e = sys::kexec_reboot();
-                    log::warn!("kexec failed: {e}; rebooting through the firmware instead");
-                }
-                Err(e) => log::warn!(
-                    "loading the installed kernel for kexec: {}; rebooting through the firmware instead",
-                    crate::error_text(&e)
-                ),
-            },
-        }
+        kexec_installed(disk, layout, boot, false, |kernel| {
+            format!("handing off (kexec {kernel}) at {:.2} s", uptime())
+        });
     }
     log::info!("handing off ({what}) at {:.2} s", uptime());
-    status().send(
-        Phase::Handoff,
-        serde_json::json!({ "handoff": what, "uptime": uptime() }),
-    );
+    announce(what, false);
     let action = match config.handoff {
         Handoff::Poweroff => PowerAction::Poweroff,
         _ => PowerAction::Reboot,
     };
-    status().send(Phase::Complete, serde_json::json!({ "uptime": uptime() }));
-    status().flush(STATUS_WAIT);
     let e = sys::power(action);
     Err(anyhow!("{what} failed: {e}"))
+}
+
+/// The status events of a hand-off (`unchanged`: nothing was written), sent
+/// before the machine goes.
+fn announce(handoff: &str, unchanged: bool) {
+    let mut extra = serde_json::json!({ "uptime": uptime() });
+    if unchanged {
+        extra["unchanged"] = true.into();
+    }
+    let mut with_handoff = extra.clone();
+    with_handoff["handoff"] = handoff.into();
+    status().send(Phase::Handoff, with_handoff);
+    status().send(Phase::Complete, extra);
+    status().flush(STATUS_WAIT);
+    sys::sync_all();
+}
+
+/// Starts the installed OS by kexec: the manifest's boot facts, else the entry
+/// its own boot loader would start. Returns only when that could not be done,
+/// having said why; `line` is what the console says when it goes.
+fn kexec_installed(
+    disk: &disks::DiskInfo,
+    layout: &Layout,
+    boot: Option<&BootFacts>,
+    unchanged: bool,
+    line: impl Fn(&str) -> String,
+) {
+    let found;
+    let facts = match boot {
+        Some(b) => b,
+        None => {
+            found = find_boot_facts(disk, layout);
+            match &found {
+                Some(f) => f,
+                None => {
+                    log::warn!(
+                        "no boot facts in the image (image add --boot-partition --kernel) and no boot loader configuration imprint reads on {}; rebooting through the firmware instead of kexec",
+                        disk.dev_path()
+                    );
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = load_installed_kernel(disk, facts) {
+        log::warn!(
+            "loading the installed kernel for kexec: {}; rebooting through the firmware instead",
+            crate::error_text(&e)
+        );
+        return;
+    }
+    log::info!("{}", line(&facts.kernel));
+    announce("kexec", unchanged);
+    let e = sys::kexec_reboot();
+    log::warn!("kexec failed: {e}; rebooting through the firmware instead");
 }
 
 /// Mounts partition `number` of `disk` read-only at `mnt`, as whichever file
@@ -216,40 +239,12 @@ pub(super) fn start_installed(
     layout: &Layout,
     boot: Option<&BootFacts>,
 ) -> Result<Never> {
-    let found;
-    let facts = match boot {
-        Some(b) => Some(b),
-        None => {
-            found = find_boot_facts(disk, layout);
-            found.as_ref()
-        }
-    };
-    match facts.map(|f| (f, load_installed_kernel(disk, f))) {
-        Some((f, Ok(()))) => {
-            log::info!(
-                "starting the installed OS by kexec of {} at {:.2} s",
-                f.kernel,
-                uptime()
-            );
-            status().send(
-                Phase::Handoff,
-                serde_json::json!({ "handoff": "kexec", "uptime": uptime(), "unchanged": true }),
-            );
-            status().send(
-                Phase::Complete,
-                serde_json::json!({ "uptime": uptime(), "unchanged": true }),
-            );
-            status().flush(STATUS_WAIT);
-            sys::sync_all();
-            let e = sys::kexec_reboot();
-            log::warn!("kexec failed: {e}; rebooting through the firmware instead");
-        }
-        Some((_, Err(e))) => log::warn!(
-            "loading the installed kernel for kexec: {}; rebooting through the firmware instead",
-            crate::error_text(&e)
-        ),
-        None => log::warn!("no boot entry found on {} for kexec", disk.dev_path()),
-    }
+    kexec_installed(disk, layout, boot, true, |kernel| {
+        format!(
+            "starting the installed OS by kexec of {kernel} at {:.2} s",
+            uptime()
+        )
+    });
     if sys::is_uefi() {
         drivers::Drivers::open().load(&["efivarfs".to_string()]);
         match bootswitch::uefi_trial_boot(layout, "imprint installed OS") {
@@ -265,16 +260,7 @@ pub(super) fn start_installed(
         );
     }
     log::info!("handing off (reboot) at {:.2} s", uptime());
-    status().send(
-        Phase::Handoff,
-        serde_json::json!({ "handoff": "reboot", "uptime": uptime(), "unchanged": true }),
-    );
-    status().send(
-        Phase::Complete,
-        serde_json::json!({ "uptime": uptime(), "unchanged": true }),
-    );
-    sys::sync_all();
-    status().flush(STATUS_WAIT);
+    announce("reboot", true);
     let e = sys::power(PowerAction::Reboot);
     Err(anyhow!("reboot failed: {e}"))
 }
