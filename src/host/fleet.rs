@@ -63,7 +63,8 @@ pub struct Fleet {
     machines: Mutex<BTreeMap<Mac, Machine>>,
 }
 
-fn now() -> u64 {
+/// Seconds since the Unix epoch (0 on a clock before it).
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -205,7 +206,7 @@ impl Fleet {
             log::warn!("{mac}: {}", m.last_error.as_deref().unwrap_or_default());
             decision = provision::decide(&inventory, mac, &m, platform, self.opts.attempts);
         }
-        m.last_seen = now();
+        m.last_seen = unix_now();
         match &decision {
             Decision::Deploy(d) => {
                 log::info!(
@@ -272,7 +273,7 @@ impl Fleet {
         {
             m.image_seen = Some(printable(image));
         }
-        m.last_seen = now();
+        m.last_seen = unix_now();
         match phase {
             // The installed OS's agent: it booted, and committed the deploy.
             "complete" if event.get("committed").is_some() => {

@@ -24,7 +24,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Largest body accepted on a request that does not use one (it is drained).
 const MAX_IGNORED_BODY: u64 = 64 << 10;
@@ -497,10 +497,7 @@ impl RepoServer {
                 m["event"] = event.unwrap_or(serde_json::Value::Null);
             }
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = fleet::unix_now();
         json_reply(
             serde_json::json!({
                 "now": now,
@@ -680,10 +677,7 @@ impl RepoServer {
         if self.limits.status_token.is_some() && !trusted {
             return Reply::text(401, "this server takes status events with its token only\n");
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = fleet::unix_now();
         let result = match self.statuses.lock() {
             Ok(mut table) => table.post(body, peer, now, trusted),
             Err(_) => return Reply::text(500, "status table unavailable\n"),
