@@ -536,7 +536,8 @@ fn safe_byte(b: u8) -> bool {
 /// `s` as it may be shown in a message: control characters escaped, at most
 /// 64 characters.
 fn escape(s: &str) -> String {
-    let mut out: String = s.chars().take(64).flat_map(char::escape_debug).collect();
+    let head: String = s.chars().take(64).collect();
+    let mut out = super::http::printable(&head);
     if s.chars().count() > 64 {
         out.push('…');
     }
