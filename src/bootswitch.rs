@@ -219,17 +219,22 @@ fn boot_current() -> Result<Option<u16>> {
     )
 }
 
-/// UEFI, after a deploy this machine network-booted for: the disk's ESP
-/// loader gets a boot entry, right after the network entry this boot came
-/// through, so a network boot that hands over (iPXE's `exit`, or one that
-/// fails) goes on to the disk, and the network stays first. Nothing changes
-/// when this boot did not come from the network. Returns the entry.
-pub fn uefi_disk_after_network(layout: &Layout, description: &str) -> Result<Option<u16>> {
+/// UEFI, after a deploy this machine network-booted for, or booted a medium
+/// (`from_medium`) for: the disk's ESP loader gets a boot entry, right after
+/// the entry this boot came through, so a network boot that hands over (iPXE's
+/// `exit`, or one that fails) or a medium pulled out goes on to the disk, and
+/// the network or medium stays first. Nothing changes otherwise (a RAM-disk
+/// boot). Returns the entry.
+pub fn uefi_disk_after_current(
+    layout: &Layout,
+    description: &str,
+    from_medium: bool,
+) -> Result<Option<u16>> {
     sys::mount_efivars().context("mounting efivarfs")?;
     let Some(current) = boot_current()? else {
         return Ok(None);
     };
-    if !is_network_entry(current) {
+    if !from_medium && !is_network_entry(current) {
         return Ok(None);
     }
     let number = esp_boot_entry(layout, description)?;

@@ -720,6 +720,21 @@ impl Root {
         Ok(())
     }
 
+    /// Removes `dir/name`, a file or a symlink itself (never what it points at).
+    /// Nothing there, or no `dir`, is success.
+    pub fn remove(&self, dir: &str, name: &str) -> io::Result<()> {
+        use rustix::fs::{AtFlags, OFlags};
+        let parent = match self.resolve(dir, OFlags::PATH | OFlags::DIRECTORY) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::unlinkat(&parent, component(name)?, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Makes `dir/name` a symlink to `target`, replacing what was there.
     pub fn symlink(&self, dir: &str, name: &str, target: &str) -> io::Result<()> {
         use rustix::fs::AtFlags;

@@ -67,7 +67,7 @@ impl Target for CheckingTarget {
 }
 
 fn source(url: &str, timeout: Duration) -> HttpSource {
-    HttpSource::new(url, Arc::new(SystemResolver), timeout, 4).unwrap()
+    HttpSource::new(url, Arc::new(SystemResolver), timeout, 4, None).unwrap()
 }
 
 fn fast_retry() -> RetryPolicy {

@@ -476,7 +476,8 @@ fn the_machines_page_shows_progress_and_never_runs_what_machines_send() {
 
 /// `imprint report` in the installed OS: the first boot ran before the network
 /// and left its report; once the network is up it goes to the server, and is
-/// kept for the next boot while the server cannot be reached.
+/// kept for the next boot while the server cannot be reached. Its unit, which
+/// makes a boot wait for the network, stays enabled only while a report waits.
 #[test]
 fn the_installed_os_sends_the_report_its_first_boot_left() {
     let rig = Rig::new(INVENTORY);
@@ -484,6 +485,11 @@ fn the_installed_os_sends_the_report_its_first_boot_left() {
     let root = rig.path("root");
     let pending = root.join("var/lib/imprint/report.json");
     std::fs::create_dir_all(pending.parent().unwrap()).unwrap();
+    let units = root.join("etc/systemd/system");
+    let wants = units.join("multi-user.target.wants/imprint-report.service");
+    std::fs::create_dir_all(wants.parent().unwrap()).unwrap();
+    std::fs::write(units.join("imprint-report.service"), "[Unit]\n").unwrap();
+    std::os::unix::fs::symlink("/etc/systemd/system/imprint-report.service", &wants).unwrap();
     let event = format!(
         r#"{{"phase":"complete","target":"{NODE}","committed":"deploy","image":"sha256:{}"}}"#,
         "cd".repeat(32)
@@ -504,11 +510,20 @@ fn the_installed_os_sends_the_report_its_first_boot_left() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("kept for the next boot"));
     assert!(pending.exists());
+    assert!(
+        wants.symlink_metadata().is_ok(),
+        "the unit must stay enabled"
+    );
 
     write(&format!("{}/status", served.url));
     let out = imprint(&["report", "--root", root.to_str().unwrap()]);
     assert_success(&out);
     assert!(!pending.exists());
+    assert!(
+        wants.symlink_metadata().is_err(),
+        "the unit must be disabled"
+    );
+    assert!(units.join("imprint-report.service").exists());
     let (_, status) = get(&served, "/status");
     let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(doc[NODE]["committed"], "deploy");

@@ -151,21 +151,12 @@ fn static_network_boot(firmware: &'static str) {
     let a = artifacts();
     let repo = Repo::new();
     add(&repo, "os:v1", &a.path("os-v1.img"));
-    let boot_dir = repo.path().join("boot");
-    std::fs::create_dir_all(&boot_dir).unwrap();
-    std::fs::copy(a.path("vmlinuz"), boot_dir.join("vmlinuz")).unwrap();
-    std::fs::copy(a.path("initramfs.img"), boot_dir.join("initramfs.img")).unwrap();
     let served = Served::start(&repo.path());
-    let url = served.url.replace("127.0.0.1", "10.0.2.2");
-    std::fs::write(
-        repo.path().join("boot.ipxe"),
-        format!(
-            "#!ipxe\nkernel {url}/boot/vmlinuz initrd=initramfs.img console=ttyS0 quiet panic=-1 \
-             imprint.repo={url} imprint.image=os:v1 imprint.disk=/dev/vda\ninitrd {url}/boot/initramfs.img\nboot\n"
-        ),
-    )
-    .unwrap();
-    let net = format!("user-boot:{url}/boot.ipxe");
+    let net = static_boot_script(
+        &repo,
+        &served.url,
+        "imprint.image=os:v1 imprint.disk=/dev/vda",
+    );
     let vm = Vm::new(&repo, firmware, &net);
     let run = |name: &str| {
         let started = std::time::Instant::now();
@@ -188,16 +179,7 @@ fn static_network_boot(firmware: &'static str) {
     let (c, took) = run("committed");
     assert_has(&c, "(committed, deployed ");
     assert_has(&c, "imprint firstboot: nothing to do (committed)");
-    let kexec_at = c
-        .lines()
-        .find_map(|l| {
-            l.split("starting the installed OS by kexec of /vmlinuz at ")
-                .nth(1)?
-                .strip_suffix(" s")?
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no kexec time:\n{c}"));
+    let kexec_at = kexec_seconds(&c, "/vmlinuz");
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),

@@ -2069,7 +2069,7 @@ mod cmdline {
                             .filter(|w| w.split('=').next() != Some("ip")),
                     );
                     let config = Config {
-                        repo: Some(repo),
+                        repo: vec![imprint::format::cmdline::RepoSource::Url(repo)],
                         image: Some(ImageRef::Tag { name, tag }),
                         disk: disk.map(|d| d.1),
                         mode,

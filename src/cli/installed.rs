@@ -118,7 +118,7 @@ pub struct ReportArgs {
 
 /// Sends the report the first boot left for when the network is up.
 pub fn report(args: &ReportArgs) -> Result<Exit> {
-    use imprint::installed::firstboot::{Reported, send_pending};
+    use imprint::installed::firstboot::{Reported, send_pending, want_reporter};
     let p = "imprint report:";
     match send_pending(&args.root, std::time::Duration::from_secs(args.patience))? {
         Reported::Nothing => println!("{p} nothing to report"),
@@ -127,6 +127,10 @@ pub fn report(args: &ReportArgs) -> Result<Exit> {
             println!("{p} not sent ({why}); kept for the next boot");
             return Ok(Exit::Failure);
         }
+    }
+    // Nothing waits: later boots need not wait for the network on its account.
+    if let Err(e) = imprint::sys::Root::open(&args.root).and_then(|r| want_reporter(&r, false)) {
+        println!("{p} could not disable its unit: {e}");
     }
     Ok(Exit::Success)
 }

@@ -8,7 +8,7 @@ mod installed;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use exit::Exit;
-use host::{DiskCommand, HostCommand, ImageCommand, InitramfsCommand, RepoCommand};
+use host::{DiskCommand, HostCommand, ImageCommand, InitramfsCommand, MediaCommand, RepoCommand};
 use std::io::Write as _;
 use std::process::ExitCode;
 
@@ -62,6 +62,9 @@ enum Command {
     /// Build the deploy environment's initramfs.
     #[command(subcommand)]
     Initramfs(InitramfsCommand),
+    /// Build boot media (USB stick, CD/DVD) that deploy with no network.
+    #[command(subcommand)]
+    Media(MediaCommand),
 }
 
 /// Parses the command line, runs the command and turns its outcome into the
@@ -89,6 +92,7 @@ fn run(command: Command) -> Result<Exit> {
         Command::Deploy(args) => host::deploy(&args),
         Command::Disk(DiskCommand::Verify(args)) => host::disk_verify(&args),
         Command::Initramfs(InitramfsCommand::Build(args)) => host::initramfs_build(&args),
+        Command::Media(MediaCommand::Build(args)) => host::media_build(&args),
         Command::Firstboot(args) => installed::firstboot(&args),
         Command::Status => installed::status(),
         Command::Rollback => installed::rollback(),

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Repository: `http://host[:port][/path]`.
-    pub repo: Option<String>,
+    /// Where repository files come from, asked in order (`imprint.repo=`, comma-
+    /// separated; default: the medium labelled [`DEFAULT_MEDIA_LABEL`]).
+    pub repo: Vec<RepoSource>,
     pub image: Option<ImageRef>,
     pub disk: Option<DiskSelector>,
     pub mode: Mode,
@@ -42,6 +43,47 @@ pub struct Config {
     /// MAC address of the interface the machine booted from (PXE `BOOTIF=`).
     pub bootif: Option<[u8; 6]>,
 }
+
+/// One place `imprint.repo=` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RepoSource {
+    /// `http://…` or `https://…`.
+    Url(String),
+    /// `media:LABEL[/DIR]` or `media:UUID=…[/DIR]`: a directory (default
+    /// [`DEFAULT_MEDIA_DIR`]) on a file system of a medium.
+    Media { by: MediaId, dir: String },
+}
+
+/// How a medium's file system is found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaId {
+    Label(String),
+    Uuid(String),
+}
+
+impl fmt::Display for RepoSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RepoSource::Url(url) => f.write_str(url),
+            RepoSource::Media { by, dir } => {
+                match by {
+                    MediaId::Label(l) => write!(f, "media:{l}")?,
+                    MediaId::Uuid(u) => write!(f, "media:UUID={u}")?,
+                }
+                if dir != DEFAULT_MEDIA_DIR {
+                    write!(f, "/{dir}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The label of the medium `imprint media build` makes, and the repository
+/// the deploy environment looks for when `imprint.repo=` is not given.
+pub const DEFAULT_MEDIA_LABEL: &str = "IMPRINT";
+/// Where a medium keeps its repository.
+pub const DEFAULT_MEDIA_DIR: &str = "repo";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -175,7 +217,7 @@ pub fn split(cmdline: &str) -> Vec<String> {
 /// `ip=` and `BOOTIF=` belong to the kernel and are ignored.
 pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
     let mut cfg = Config {
-        repo: None,
+        repo: Vec::new(),
         image: None,
         disk: None,
         mode: Mode::Deploy,
@@ -227,7 +269,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
             }
         }
         let result: Result<(), String> = match key.as_str() {
-            "imprint.repo" => parse_url(&value).map(|v| cfg.repo = Some(v)),
+            "imprint.repo" => parse_repo(&value).map(|v| cfg.repo = v),
             "imprint.status" => parse_url(&value).map(|v| cfg.status = Some(v)),
             "imprint.image" => value
                 .parse::<ImageRef>()
@@ -306,12 +348,11 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
         }
     }
     if cfg.mode != Mode::Rollback {
-        if cfg.repo.is_none() && !problems.iter().any(|p| p.key == "imprint.repo") {
-            problem(
-                &mut problems,
-                "imprint.repo",
-                "is required (e.g. imprint.repo=http://10.0.2.2:8080)".into(),
-            );
+        if cfg.repo.is_empty() {
+            cfg.repo = vec![RepoSource::Media {
+                by: MediaId::Label(DEFAULT_MEDIA_LABEL.into()),
+                dir: DEFAULT_MEDIA_DIR.into(),
+            }];
         }
         if cfg.image.is_none() && !problems.iter().any(|p| p.key == "imprint.image") {
             problem(
@@ -368,10 +409,60 @@ fn choice<T: Copy>(value: &str, options: &[(&str, T)]) -> Result<T, String> {
         })
 }
 
+/// `imprint.repo=`: sources separated by commas, each an http(s) URL or a medium.
+fn parse_repo(value: &str) -> Result<Vec<RepoSource>, String> {
+    let mut out = Vec::new();
+    for part in value.split(',') {
+        if part.is_empty() {
+            return Err(format!("{value:?} has an empty source between commas"));
+        }
+        let source =
+            match part.strip_prefix("media:") {
+                Some(medium) => parse_medium(medium)?,
+                None => RepoSource::Url(parse_url(part).map_err(|e| {
+                    format!("{e} (or media:LABEL for a repository on a boot medium)")
+                })?),
+            };
+        if out.contains(&source) {
+            return Err(format!("{value:?} names {part} twice"));
+        }
+        out.push(source);
+    }
+    if out.len() > 4 {
+        return Err(format!("{value:?}: at most 4 sources"));
+    }
+    Ok(out)
+}
+
+/// `LABEL[/DIR]` or `UUID=…[/DIR]`.
+fn parse_medium(value: &str) -> Result<RepoSource, String> {
+    let (id, dir) = match value.split_once('/') {
+        Some((id, dir)) => (id, parse_repo_path(dir)?),
+        None => (value, DEFAULT_MEDIA_DIR.to_string()),
+    };
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 36
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    };
+    let by = match id.strip_prefix("UUID=") {
+        Some(uuid) if plain(uuid) => MediaId::Uuid(uuid.to_string()),
+        None if plain(id) => MediaId::Label(id.to_string()),
+        _ => {
+            return Err(format!(
+                "media:{value} must name a file system label or UUID=… (letters, digits, _ . -), then optionally /DIR"
+            ));
+        }
+    };
+    Ok(RepoSource::Media { by, dir })
+}
+
 fn parse_url(value: &str) -> Result<String, String> {
     let rest = value
         .strip_prefix("http://")
-        .ok_or_else(|| format!("{value:?} must be an http:// URL"))?;
+        .or_else(|| value.strip_prefix("https://"))
+        .ok_or_else(|| format!("{value:?} must be an http:// or https:// URL"))?;
     let host = rest.split('/').next().unwrap_or("");
     if host.is_empty() {
         return Err(format!("{value:?} has no host"));
@@ -567,6 +658,47 @@ mod tests {
     const BASE: &str = "imprint.repo=http://10.0.2.2:8080 imprint.image=os:v1";
 
     #[test]
+    fn repositories_on_media_and_networks_are_asked_in_order() {
+        let media = |by: MediaId, dir: &str| RepoSource::Media {
+            by,
+            dir: dir.into(),
+        };
+        let cfg = parse("imprint.repo=media:USB_1,https://mirror.example/repo imprint.image=os:v1")
+            .unwrap();
+        assert_eq!(
+            cfg.repo,
+            [
+                media(MediaId::Label("USB_1".into()), DEFAULT_MEDIA_DIR),
+                RepoSource::Url("https://mirror.example/repo".into()),
+            ]
+        );
+        let cfg =
+            parse("imprint.repo=media:UUID=2026-12-01-10-00-00-00/images/x imprint.image=os:v1")
+                .unwrap();
+        assert_eq!(
+            cfg.repo,
+            [media(
+                MediaId::Uuid("2026-12-01-10-00-00-00".into()),
+                "images/x"
+            )]
+        );
+        assert_eq!(
+            cfg.repo[0].to_string(),
+            "media:UUID=2026-12-01-10-00-00-00/images/x"
+        );
+        // Not given: the medium imprint media build makes.
+        let cfg = parse("imprint.image=os:v1").unwrap();
+        assert_eq!(
+            cfg.repo,
+            [media(
+                MediaId::Label(DEFAULT_MEDIA_LABEL.into()),
+                DEFAULT_MEDIA_DIR
+            )]
+        );
+        assert_eq!(cfg.repo[0].to_string(), "media:IMPRINT");
+    }
+
+    #[test]
     fn splits_like_the_kernel() {
         assert_eq!(
             split(r#"a=1  b="x y" "c=3" -- init args"#),
@@ -588,7 +720,7 @@ mod tests {
              BOOTIF=01-52-54-00-12-34-56 ip=10.0.2.15::10.0.2.2:255.255.255.0:h:eth0:off:10.0.2.3"
         ))
         .unwrap();
-        assert_eq!(cfg.repo.as_deref(), Some("http://10.0.2.2:8080"));
+        assert_eq!(cfg.repo, [RepoSource::Url("http://10.0.2.2:8080".into())]);
         assert_eq!(cfg.image, Some("os:v1".parse().unwrap()));
         assert_eq!(
             cfg.disk,
@@ -697,7 +829,22 @@ mod tests {
         );
         assert_eq!(problems(&format!("{BASE} BOOTIF=zz")), ["BOOTIF"]);
         assert_eq!(problems(&format!("{BASE} imprint.mode")), ["imprint.mode"]);
-        assert_eq!(problems("imprint.image=os:v1"), ["imprint.repo"]);
+        assert_eq!(
+            problems("imprint.repo=media: imprint.image=os:v1"),
+            ["imprint.repo"]
+        );
+        assert_eq!(
+            problems("imprint.repo=media:a/../b imprint.image=os:v1"),
+            ["imprint.repo"]
+        );
+        assert_eq!(
+            problems("imprint.repo=media:A,,http://h imprint.image=os:v1"),
+            ["imprint.repo"]
+        );
+        assert_eq!(
+            problems("imprint.repo=media:A,media:A imprint.image=os:v1"),
+            ["imprint.repo"]
+        );
         assert_eq!(
             problems("imprint.repo=http://h imprint.image=../x"),
             ["imprint.image"]

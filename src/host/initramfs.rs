@@ -66,6 +66,9 @@ pub struct BuildOptions {
     pub modules_dir: PathBuf,
     pub modules: Vec<String>,
     pub level: i32,
+    /// CA certificates (PEM, checked) for HTTPS repositories, carried as
+    /// `/etc/imprint/ca.pem`.
+    pub ca: Option<Vec<u8>>,
 }
 
 pub struct BuildReport {
@@ -169,6 +172,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, InitramfsError> {
     archive.add_char_device("dev/console", 0o600, 5, 1)?;
     for d in ["proc", "sys", "run", "tmp", "mnt"] {
         archive.add_dir(d, 0o755)?;
+    }
+    if let Some(pem) = &opts.ca {
+        archive.add_file(
+            crate::pid1::CA_FILE.trim_start_matches('/'),
+            0o644,
+            pem.clone(),
+        )?;
     }
     let base = format!("lib/modules/{release}");
     for name in &order {

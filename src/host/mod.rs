@@ -3,6 +3,7 @@
 
 pub mod fleet;
 pub mod initramfs;
+pub mod media;
 pub mod provision;
 pub mod repo;
 pub mod serve;

@@ -192,6 +192,30 @@ fn migrate_from_previous(
 
 /// Where a report waits for the network when the first boot runs before it.
 pub const PENDING_REPORT: &str = "var/lib/imprint/report.json";
+/// The unit that runs `imprint report` once the network is online.
+pub const REPORT_UNIT_NAME: &str = "imprint-report.service";
+const REPORT_UNIT_DIR: &str = "etc/systemd/system";
+const REPORT_WANTS_DIR: &str = "etc/systemd/system/multi-user.target.wants";
+
+/// Enables (or disables) the report unit in `root`, where it is installed. It
+/// pulls in network-online.target, which waits minutes on a machine whose links
+/// never come up, so it is enabled only while a report waits. Returns whether
+/// the unit is there.
+pub fn want_reporter(root: &crate::sys::Root, wanted: bool) -> std::io::Result<bool> {
+    if !wanted {
+        root.remove(REPORT_WANTS_DIR, REPORT_UNIT_NAME)?;
+        return Ok(root.exists(&format!("{REPORT_UNIT_DIR}/{REPORT_UNIT_NAME}")));
+    }
+    if !root.exists(&format!("{REPORT_UNIT_DIR}/{REPORT_UNIT_NAME}")) {
+        return Ok(false);
+    }
+    root.symlink(
+        REPORT_WANTS_DIR,
+        REPORT_UNIT_NAME,
+        &format!("/{REPORT_UNIT_DIR}/{REPORT_UNIT_NAME}"),
+    )?;
+    Ok(true)
+}
 /// Largest pending report read back.
 const MAX_PENDING: u64 = 64 << 10;
 
@@ -220,13 +244,46 @@ fn report(root: &Path, record: &Record, phase: Phase, extra: serde_json::Value) 
     });
     if let Err(e) = written {
         log::warn!("keeping the report for later: {e}");
+        return;
+    }
+    // Sent once the network is online: at every boot until it went (the link),
+    // and at this one, if the link was not there when it began (a start job:
+    // this boot's units were chosen already).
+    let enabled = crate::sys::Root::open(root).and_then(|r| {
+        let before = r.exists(&format!("{REPORT_WANTS_DIR}/{REPORT_UNIT_NAME}"));
+        Ok(want_reporter(&r, true)? && !before)
+    });
+    match enabled {
+        Ok(true) if root == Path::new("/") => {
+            let started = std::process::Command::new("systemctl")
+                .args(["--no-block", "start", REPORT_UNIT_NAME])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            if !started.is_ok_and(|s| s.success()) {
+                log::warn!("could not start {REPORT_UNIT_NAME}: the report goes at the next boot");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("enabling {REPORT_UNIT_NAME}: {e}"),
     }
 }
 
 fn post(url: &str, event: &serde_json::Value) -> Result<(), String> {
+    // The installed OS's own CA bundle, for a server that speaks only HTTPS.
+    let roots = match url.starts_with("https://") {
+        true => match crate::source::CaRoots::system() {
+            Some(Ok(roots)) => Some(roots),
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("no CA bundle in this OS to check the server with".into()),
+        },
+        false => None,
+    };
     let agent = crate::source::small_agent(
         std::sync::Arc::new(crate::source::SystemResolver),
         std::time::Duration::from_secs(5),
+        roots.as_ref(),
     );
     match agent
         .post(url)
@@ -235,7 +292,7 @@ fn post(url: &str, event: &serde_json::Value) -> Result<(), String> {
     {
         Ok(r) if r.status().is_success() => Ok(()),
         Ok(r) => Err(format!("the server answered {}", r.status())),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(crate::source::describe(&e, roots.as_ref())),
     }
 }
 

@@ -19,6 +19,7 @@ use crate::format::fstype;
 use crate::format::glob::glob_match;
 use crate::format::gpt::{Guid, Layout, Partition};
 use crate::format::state::Agent;
+use crate::installed::firstboot::REPORT_UNIT_NAME;
 use crate::migrate;
 use crate::statepart::StateDisk;
 use crate::sys::{self, Root};
@@ -27,7 +28,7 @@ use std::path::Path;
 
 /// The agent layout this build installs: the binary and unit below. An image
 /// whose agent says a format at least this new is left alone.
-pub(super) const FORMAT: u32 = 2;
+pub(super) const FORMAT: u32 = 3;
 const DIR: &str = "usr/lib/imprint";
 const FORMAT_FILE: &str = "agent-format";
 const UNIT_DIR: &str = "etc/systemd/system";
@@ -55,14 +56,13 @@ StandardOutput=journal+console
 WantedBy=sysinit.target
 ";
 /// Format 2: the first boot's report to the provisioning server goes out once
-/// the network is up (the first-boot unit runs before it).
-const REPORT_UNIT_NAME: &str = "imprint-report.service";
+/// the network is up (the first-boot unit runs before it). Format 3: that unit
+/// is enabled only while a report waits (see `firstboot::want_reporter`).
 const REPORT_UNIT: &str = "\
 [Unit]
 Description=imprint: report this OS's first boot to the server that deployed it
 Wants=network-online.target
 After=network-online.target imprint-firstboot.service
-ConditionPathExists=/var/lib/imprint/report.json
 
 [Service]
 Type=oneshot
@@ -134,7 +134,7 @@ fn need(root: &Root) -> Need {
 }
 
 /// Installs `binary` as the agent into `root`, with its unit enabled.
-fn install(root: &Root, binary: &[u8]) -> Result<Agent> {
+fn install(root: &Root, binary: &[u8], reports: bool) -> Result<Agent> {
     root.write_file(DIR, "imprint", binary, 0o755)
         .context("writing /usr/lib/imprint/imprint")?;
     root.write_file(UNIT_DIR, UNIT_NAME, UNIT.as_bytes(), 0o644)
@@ -145,14 +145,12 @@ fn install(root: &Root, binary: &[u8]) -> Result<Agent> {
         &format!("/{UNIT_DIR}/{UNIT_NAME}"),
     )
     .context("enabling the unit")?;
+    // Enabled only while a report waits: for the first boot when there will be
+    // one; later, by the first boot that leaves one.
     root.write_file(UNIT_DIR, REPORT_UNIT_NAME, REPORT_UNIT.as_bytes(), 0o644)
         .with_context(|| format!("writing /{UNIT_DIR}/{REPORT_UNIT_NAME}"))?;
-    root.symlink(
-        &format!("{UNIT_DIR}/multi-user.target.wants"),
-        REPORT_UNIT_NAME,
-        &format!("/{UNIT_DIR}/{REPORT_UNIT_NAME}"),
-    )
-    .context("enabling the report unit")?;
+    crate::installed::firstboot::want_reporter(root, reports)
+        .context("enabling the report unit")?;
     // Last: an interrupted install is retried by the next deploy.
     root.write_file(DIR, FORMAT_FILE, format!("{FORMAT}\n").as_bytes(), 0o644)
         .context("writing the agent format")?;
@@ -172,6 +170,9 @@ pub(super) struct Seed {
     pub instance_id: String,
     pub hostname: Option<String>,
     pub data: HostData,
+    /// The deploy names a status server: the first boot will leave its report
+    /// for the network, so an installed agent's report unit starts enabled.
+    pub reports: bool,
 }
 
 const SEED_DIR: &str = "var/lib/cloud/seed/nocloud";
@@ -330,7 +331,7 @@ fn provide(
     }
     let agent = match need {
         Need::Nothing(agent) => agent,
-        Need::Install => install(&root, &binary()?)?,
+        Need::Install => install(&root, &binary()?, seed.reports)?,
     };
     Ok(Some(Provided {
         agent,
@@ -625,6 +626,7 @@ mod tests {
             instance_id: "imprint-0123456789abcdef-1800000000".into(),
             hostname: Some("node-1".into()),
             data: HostData::default(),
+            reports: false,
         }
     }
 
@@ -655,8 +657,37 @@ mod tests {
                 .unwrap(),
             Path::new("/etc/systemd/system/imprint-firstboot.service")
         );
+        // The report unit waits, disabled, for a first boot that leaves a report.
+        let report =
+            std::fs::read_to_string(r.join(format!("{UNIT_DIR}/{REPORT_UNIT_NAME}"))).unwrap();
+        assert!(report.contains("ExecStart=/usr/lib/imprint/imprint report"));
+        assert!(
+            !r.join(format!("{UNIT_DIR}/multi-user.target.wants"))
+                .exists()
+        );
         // Deployed again over it: this agent's format is there, nothing to do.
         assert_eq!(run(r), Some(Agent::Own));
+    }
+
+    #[test]
+    fn a_deploy_that_reports_to_a_server_enables_the_report_unit_for_the_first_boot() {
+        let dir = os_root(true);
+        let r = dir.path();
+        let seed = Seed {
+            reports: true,
+            ..seed()
+        };
+        let provided = provide(r, &seed, &[], &|| Ok(b"B".to_vec()), &|| Ok(()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(provided.agent, Agent::Installed { format: FORMAT });
+        assert_eq!(
+            std::fs::read_link(r.join(format!(
+                "{UNIT_DIR}/multi-user.target.wants/{REPORT_UNIT_NAME}"
+            )))
+            .unwrap(),
+            Path::new("/etc/systemd/system/imprint-report.service")
+        );
     }
 
     #[test]

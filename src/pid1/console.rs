@@ -158,7 +158,7 @@ impl Status {
 
     /// Starts POSTing events to `url` (after the network is up).
     pub fn connect(&self, url: &str, resolver: Arc<dyn NameResolver>) {
-        let agent = small_agent(resolver, Duration::from_secs(5));
+        let agent = small_agent(resolver, Duration::from_secs(5), super::ca_roots().as_ref());
         let first = self.url.lock().map(|u| u.is_none()).unwrap_or(false);
         if let Ok(mut u) = self.url.lock() {
             *u = Some(url.to_string());

@@ -3,15 +3,17 @@
 //! what goes into it (which disk, which previous OS, which record) and what
 //! happens around it (status, the firmware's boot switch, the hand-off).
 
-use super::{Never, agent, disks, drivers, handoff, identity, net, rollback, status, uptime};
+use super::{
+    Never, agent, disks, drivers, handoff, identity, media, net, rollback, status, uptime,
+};
 use crate::bootswitch;
 use crate::engine::install::{self, Installed, Plan, Step};
 use crate::engine::{self, DeployOptions, DiskTarget, Progress, Resolved, Target, Trust};
-use crate::format::cmdline::{self, Config};
+use crate::format::cmdline::{self, Config, RepoSource};
 use crate::format::gpt::{self, Guid, Layout};
 use crate::format::state::{self, Record};
 use crate::format::status::Phase;
-use crate::source::{DnsResolver, HttpSource, NameResolver, RetryPolicy};
+use crate::source::{Chain, DirSource, DnsResolver, HttpSource, NameResolver, RetryPolicy, Source};
 use crate::statepart::{self, StateDisk};
 use crate::sys;
 use anyhow::{Context, Result, anyhow, bail};
@@ -32,8 +34,9 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
             "imprint.mode=upgrade needs imprint.disk= to name the new disk (the previous OS stays on its own); nothing was written"
         );
     }
-    let resolver = bring_up_network(&config)?;
-    let (source, resolved) = fetch_manifest(&config, resolver)?;
+    let media = mount_media(&config)?;
+    let resolver = network_if_wanted(&config, &media)?;
+    let (source, resolved) = fetch_manifest(&config, resolver, &media)?;
     let host_data = fetch_host_data(&config, &source)?;
     let manifest = &resolved.manifest;
     let needed = install::required_size(manifest)?;
@@ -67,7 +70,8 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
         Some(previous) => switch_boot(previous, &installed, &disk, &manifest.name)?,
         None => {
             keep_chain(replaced, &installed)?;
-            boot_disk_after_network(&disk, &installed, &manifest.name);
+            let from_medium = media.iter().any(Option::is_some);
+            boot_disk_after_current(&disk, &installed, &manifest.name, from_medium);
         }
     }
     status().send(
@@ -209,17 +213,120 @@ fn bring_up_network(config: &Config) -> Result<Arc<dyn NameResolver>> {
     Ok(resolver)
 }
 
+/// How long a medium named in `imprint.repo=` may take to appear.
+const MEDIA_WAIT: Duration = Duration::from_secs(30);
+
+/// The media `imprint.repo=` names, mounted read-only, in its order (none for
+/// its URLs). A medium that does not appear is fatal only when it was the one
+/// place named.
+fn mount_media(config: &Config) -> Result<Vec<Option<media::Medium>>> {
+    let alone = config.repo.len() == 1;
+    let mut mounted = Vec::new();
+    for (i, source) in config.repo.iter().enumerate() {
+        let RepoSource::Media { by, .. } = source else {
+            mounted.push(None);
+            continue;
+        };
+        match media::mount(by, i, MEDIA_WAIT) {
+            Ok(m) => mounted.push(Some(m)),
+            Err(e) if !alone => {
+                log::warn!("{}; going on without it", crate::error_text(&e));
+                mounted.push(None);
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "finding the repository {source}; nothing was written"
+                )));
+            }
+        }
+    }
+    Ok(mounted)
+}
+
+/// The network, when a repository URL or a status server needs it. A medium
+/// that holds the repository makes it optional: the deploy goes on without.
+fn network_if_wanted(
+    config: &Config,
+    media: &[Option<media::Medium>],
+) -> Result<Option<Arc<dyn NameResolver>>> {
+    let urls = config.repo.iter().any(|s| matches!(s, RepoSource::Url(_)));
+    if !urls && config.status.is_none() {
+        log::info!("the repository is on the medium: no network needed");
+        return Ok(None);
+    }
+    match bring_up_network(config) {
+        Ok(resolver) => Ok(Some(resolver)),
+        Err(e) if media.iter().any(Option::is_some) => {
+            log::warn!("{}; going on with the medium alone", crate::error_text(&e));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Every place the repository can be read from, in `imprint.repo=` order.
+fn open_sources(
+    config: &Config,
+    media: &[Option<media::Medium>],
+    resolver: Option<Arc<dyn NameResolver>>,
+) -> Result<Chain> {
+    let mut parts: Vec<(String, Box<dyn Source>)> = Vec::new();
+    for (source, medium) in config.repo.iter().zip(media) {
+        match (source, medium, &resolver) {
+            (RepoSource::Url(url), _, Some(resolver)) => parts.push((
+                url.clone(),
+                Box::new(HttpSource::new(
+                    url,
+                    resolver.clone(),
+                    Duration::from_secs(30),
+                    config.jobs,
+                    super::ca_roots(),
+                )?),
+            )),
+            (RepoSource::Media { dir, .. }, Some(m), _) => parts.push((
+                source.to_string(),
+                Box::new(DirSource::new(&m.root.join(dir))),
+            )),
+            _ => {}
+        }
+    }
+    if parts.is_empty() {
+        bail!("none of the repositories in imprint.repo= can be reached; nothing was written");
+    }
+    Ok(Chain::new(parts))
+}
+
+/// Bytes read from media and from the network, from a source's tally.
+fn media_and_network(source: &dyn Source) -> (u64, u64) {
+    source
+        .tally()
+        .iter()
+        .fold((0, 0), |(media, network), (name, bytes)| {
+            if name.starts_with("media:") {
+                (media + bytes, network)
+            } else {
+                (media, network + bytes)
+            }
+        })
+}
+
 /// The repository, and the manifest the command line trusts.
 fn fetch_manifest(
     config: &Config,
-    resolver: Arc<dyn NameResolver>,
-) -> Result<(HttpSource, Resolved)> {
-    let repo = config.repo.as_deref().unwrap_or_default();
+    resolver: Option<Arc<dyn NameResolver>>,
+    media: &[Option<media::Medium>],
+) -> Result<(Chain, Resolved)> {
+    let repo = config
+        .repo
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let image = config
         .image
         .as_ref()
         .ok_or_else(|| anyhow!("imprint.image is missing"))?;
-    let source = HttpSource::new(repo, resolver, Duration::from_secs(30), config.jobs)?;
+    let source = open_sources(config, media, resolver)?;
     let pubkey = config
         .pubkey
         .as_deref()
@@ -237,13 +344,13 @@ fn fetch_manifest(
 
 /// The host's cloud-init data the command line names, fetched before anything is
 /// written: a host that asked for its configuration must not come up without it.
-fn fetch_host_data(config: &Config, source: &HttpSource) -> Result<agent::HostData> {
+fn fetch_host_data(config: &Config, source: &dyn Source) -> Result<agent::HostData> {
     /// cloud-init's own files run to a few KiB; this leaves room for scripts.
     const LIMIT: u64 = 1 << 20;
     let fetch = |key: &str, path: &Option<String>| -> Result<Option<Vec<u8>>> {
         let Some(path) = path else { return Ok(None) };
         let mut buf = Vec::new();
-        crate::source::Source::fetch(source, path, LIMIT, &mut buf).with_context(|| {
+        source.fetch(path, LIMIT, &mut buf).with_context(|| {
             format!("fetching {key}={path} from the repository; nothing was written")
         })?;
         log::info!("{key}: {} bytes from {path}", buf.len());
@@ -419,7 +526,7 @@ fn random_guid() -> Result<Guid> {
 /// had before, if it had one.
 fn install_image(
     config: &Config,
-    source: &HttpSource,
+    source: &dyn Source,
     resolved: &Resolved,
     disk: &disks::DiskInfo,
     needed: u64,
@@ -497,8 +604,9 @@ fn install_image(
     let installed = install::install(source, manifest, &target, &plan, &on_progress, &mut after)
         .with_context(|| format!("deploying to {disk_path}"))?;
     let p = &installed.progress;
+    let (from_media, from_network) = media_and_network(source);
     log::info!(
-        "deploy complete: bytes={} written={} zeroed={} skipped={} fetched={} seeded={} fetched_chunks={} seeded_chunks={} retries={} seconds={:.1}",
+        "deploy complete: bytes={} written={} zeroed={} skipped={} fetched={} seeded={} fetched_chunks={} seeded_chunks={} from_media={from_media} from_network={from_network} retries={} seconds={:.1}",
         p.total_bytes,
         p.written_bytes,
         p.zeroed_bytes,
@@ -620,6 +728,7 @@ fn finish_os(
         ),
         hostname: record.settings.get("hostname").cloned(),
         data: host_data,
+        reports: record.status_url.is_some(),
     };
     let provided = agent::ensure(disk, &installed.layout, &seed, renames);
     for file in &provided.rewritten {
@@ -656,17 +765,25 @@ fn finish_os(
     agent
 }
 
-/// UEFI, network-booted: the new disk's boot entry comes right after the
-/// network entry, so the next network boot's hand-over (`exit`) reaches it.
-fn boot_disk_after_network(disk: &disks::DiskInfo, installed: &Installed, image_name: &str) {
+/// UEFI, network- or medium-booted: the new disk's boot entry comes right
+/// after the entry this boot came through, so the next network boot's
+/// hand-over (`exit`), or a boot with the medium pulled out, reaches it.
+fn boot_disk_after_current(
+    disk: &disks::DiskInfo,
+    installed: &Installed,
+    image_name: &str,
+    from_medium: bool,
+) {
     if !sys::is_uefi() {
         return;
     }
     drivers::Drivers::open().load(&["efivarfs".to_string()]);
-    match bootswitch::uefi_disk_after_network(&installed.layout, &format!("imprint {image_name}")) {
+    let description = format!("imprint {image_name}");
+    match bootswitch::uefi_disk_after_current(&installed.layout, &description, from_medium) {
         Ok(Some(n)) => log::info!(
-            "UEFI: Boot{n:04X} boots {}, right after the network entry this boot came through in BootOrder",
-            disk.dev_path()
+            "UEFI: Boot{n:04X} boots {}, right after the {} entry this boot came through in BootOrder",
+            disk.dev_path(),
+            if from_medium { "medium's" } else { "network" }
         ),
         Ok(None) => {}
         Err(e) => log::warn!(

@@ -34,11 +34,18 @@ impl Drivers {
                 sys::kernel_release()
             );
         }
+        // What an earlier pass (or the kernel's own modprobe call) loaded.
+        let loaded = std::fs::read_to_string("/proc/modules")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect();
         Drivers {
             dir,
             index,
             builtin,
-            loaded: BTreeSet::new(),
+            loaded,
         }
     }
 

@@ -26,6 +26,7 @@ mod disks;
 mod drivers;
 mod handoff;
 mod identity;
+mod media;
 mod net;
 mod rollback;
 
@@ -44,6 +45,26 @@ use std::time::{Duration, Instant};
 
 static STATUS: OnceLock<Status> = OnceLock::new();
 static BOOTED: OnceLock<Instant> = OnceLock::new();
+
+/// Where the initramfs carries the CA certificates HTTPS servers are checked
+/// against (`imprint initramfs build --ca FILE`, else the build host's bundle).
+pub const CA_FILE: &str = "/etc/imprint/ca.pem";
+
+/// The initramfs's CA roots, read once; none (with a warning) when missing or bad.
+fn ca_roots() -> Option<crate::source::CaRoots> {
+    static ROOTS: OnceLock<Option<crate::source::CaRoots>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let path = std::path::Path::new(CA_FILE);
+            if !path.exists() {
+                return None;
+            }
+            crate::source::CaRoots::load(path)
+                .inspect_err(|e| log::warn!("{e}: HTTPS servers cannot be checked"))
+                .ok()
+        })
+        .clone()
+}
 
 fn status() -> &'static Status {
     STATUS.get_or_init(|| Status::new("unknown"))

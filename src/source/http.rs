@@ -1,7 +1,8 @@
-//! A repository over plain HTTP/1.1, with keep-alive connections shared by all
-//! fetching threads. TLS is left out on purpose: every byte is verified against a
-//! trusted manifest, so the transport needs no trust, and the deploy environment
-//! stays small.
+//! A repository over HTTP/1.1 or HTTPS, with keep-alive connections shared by all
+//! fetching threads. Every byte is verified against a trusted manifest whatever
+//! the transport; HTTPS is for servers that offer nothing else (object stores,
+//! CDNs, corporate mirrors). Its certificates are checked against the CA roots
+//! the caller gives ([`CaRoots`]): the operator's, or the system's bundle.
 //!
 //! Name resolution is pluggable ([`NameResolver`]): a static binary in an initramfs
 //! has no working `getaddrinfo`, so the deploy environment brings its own resolver.
@@ -10,9 +11,11 @@ use super::{FetchError, Source};
 use std::fmt::Debug;
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use ureq::Agent;
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
@@ -42,7 +45,12 @@ impl Resolver for ResolverAdapter {
         _timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
         let host = uri.host().ok_or(ureq::Error::HostNotFound)?;
-        let port = uri.port_u16().unwrap_or(80);
+        let default_port = if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        let port = uri.port_u16().unwrap_or(default_port);
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let found = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
@@ -59,49 +67,183 @@ impl Resolver for ResolverAdapter {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("reading CA certificates from {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("{path} is larger than {limit} bytes: not a CA bundle")]
+    TooLarge { path: String, limit: u64 },
+    #[error("{path}: {reason}; give a PEM file of CA certificates")]
+    Pem { path: String, reason: String },
+    #[error("{path} holds no CA certificate; give a PEM file of CA certificates")]
+    Empty { path: String },
+}
+
+/// The certificate authorities an HTTPS server's certificate must chain to,
+/// and where they came from (said when a certificate is refused).
+#[derive(Clone, Debug)]
+pub struct CaRoots {
+    certs: Arc<Vec<Certificate<'static>>>,
+    origin: String,
+}
+
+/// Where a system keeps its CA bundle: Debian and Ubuntu, then Fedora and RHEL.
+pub const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
+
+impl CaRoots {
+    /// Largest bundle read (Debian's whole bundle is about 220 KB).
+    pub const MAX_BYTES: u64 = 4 << 20;
+
+    /// The certificates of a PEM bundle; other PEM items (keys) are ignored.
+    pub fn from_pem(pem: &[u8], origin: &str) -> Result<CaRoots, CaError> {
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(pem) {
+            match item {
+                Ok(PemItem::Certificate(c)) => certs.push(c),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(CaError::Pem {
+                        path: origin.to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        if certs.is_empty() {
+            return Err(CaError::Empty {
+                path: origin.to_string(),
+            });
+        }
+        Ok(CaRoots {
+            certs: Arc::new(certs),
+            origin: origin.to_string(),
+        })
+    }
+
+    /// Reads a PEM bundle, refusing files too large to be one.
+    pub fn load(path: &Path) -> Result<CaRoots, CaError> {
+        Ok(CaRoots::load_pem(path)?.0)
+    }
+
+    /// As [`CaRoots::load`], with the file's bytes.
+    pub fn load_pem(path: &Path) -> Result<(CaRoots, Vec<u8>), CaError> {
+        let shown = path.display().to_string();
+        let read = |source| CaError::Read {
+            path: shown.clone(),
+            source,
+        };
+        let mut pem = Vec::new();
+        std::fs::File::open(path)
+            .map_err(read)?
+            .take(Self::MAX_BYTES + 1)
+            .read_to_end(&mut pem)
+            .map_err(read)?;
+        if pem.len() as u64 > Self::MAX_BYTES {
+            return Err(CaError::TooLarge {
+                path: shown,
+                limit: Self::MAX_BYTES,
+            });
+        }
+        Ok((CaRoots::from_pem(&pem, &shown)?, pem))
+    }
+
+    /// `$SSL_CERT_FILE`, else the first system bundle that exists.
+    pub fn system() -> Option<Result<CaRoots, CaError>> {
+        if let Some(file) = std::env::var_os("SSL_CERT_FILE") {
+            return Some(CaRoots::load(Path::new(&file)));
+        }
+        SYSTEM_CA_FILES
+            .iter()
+            .map(Path::new)
+            .find(|p| p.is_file())
+            .map(CaRoots::load)
+    }
+
+    pub fn len(&self) -> usize {
+        self.certs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    fn tls_config(&self) -> TlsConfig {
+        static RING: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
+        TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .root_certs(RootCerts::Specific(self.certs.clone()))
+            .unversioned_rustls_crypto_provider(
+                RING.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+                    .clone(),
+            )
+            .build()
+    }
+}
+
+/// Checks that `url` is one this client can fetch, with the roots it needs.
+fn check_url(url: &str, roots: Option<&CaRoots>) -> Result<(), String> {
+    if url.starts_with("https://") {
+        if roots.is_none() {
+            return Err("no CA certificates to check the server's certificate against: \
+                        give --ca FILE (the deploy environment takes them from `imprint initramfs build --ca FILE`)"
+                .into());
+        }
+        return Ok(());
+    }
+    if !url.starts_with("http://") {
+        return Err("the URL must start with http:// or https://".into());
+    }
+    Ok(())
+}
+
 pub struct HttpSource {
     base: String,
     agent: Agent,
+    roots: Option<CaRoots>,
 }
 
 impl HttpSource {
-    /// `base` is the repository's URL (`http://host[:port][/path]`). `timeout` bounds
-    /// connecting and each wait for data, so a stalled server is noticed.
+    /// `base` is the repository's URL (`http[s]://host[:port][/path]`). `timeout`
+    /// bounds connecting and each wait for data, so a stalled server is noticed.
+    /// An `https://` repository needs `roots`.
     pub fn new(
         base: &str,
         resolver: Arc<dyn NameResolver>,
         timeout: Duration,
         connections: usize,
+        roots: Option<CaRoots>,
     ) -> Result<HttpSource, FetchError> {
-        let bad = |reason: &str| FetchError::Network {
+        check_url(base, roots.as_ref()).map_err(|reason| FetchError::Network {
             location: base.to_string(),
-            reason: reason.to_string(),
-        };
-        if base.starts_with("https://") {
-            return Err(bad(
-                "https is not supported: serve the repository over http (content is verified by hash and signature)",
-            ));
-        }
-        if !base.starts_with("http://") {
-            return Err(bad("repository URL must start with http://"));
-        }
-        let config = Agent::config_builder()
+            reason,
+        })?;
+        let mut config = Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(timeout))
             .timeout_recv_response(Some(timeout))
             .timeout_per_read(Some(timeout))
             .max_idle_connections(connections.max(1) * 2)
             .max_idle_connections_per_host(connections.max(1) * 2)
-            .user_agent(concat!("imprint/", env!("CARGO_PKG_VERSION")))
-            .build();
+            .user_agent(concat!("imprint/", env!("CARGO_PKG_VERSION")));
+        if let Some(roots) = &roots {
+            config = config.tls_config(roots.tls_config());
+        }
         let agent = Agent::with_parts(
-            config,
+            config.build(),
             DefaultConnector::default(),
             ResolverAdapter(resolver),
         );
         Ok(HttpSource {
             base: base.trim_end_matches('/').to_string(),
             agent,
+            roots,
         })
     }
 
@@ -116,7 +258,7 @@ impl Source for HttpSource {
         buf.clear();
         let network = |e: ureq::Error| FetchError::Network {
             location: location.clone(),
-            reason: describe(&e),
+            reason: describe(&e, self.roots.as_ref()),
         };
         let mut response = self.agent.get(&location).call().map_err(network)?;
         let status = response.status().as_u16();
@@ -148,26 +290,58 @@ impl Source for HttpSource {
     }
 }
 
-fn describe(e: &ureq::Error) -> String {
+/// What went wrong with a request, said so that the reader knows what to do;
+/// certificate errors name the CA roots they were checked against.
+pub fn describe(e: &ureq::Error, roots: Option<&CaRoots>) -> String {
     match e {
         ureq::Error::Timeout(t) => format!("timed out ({t:?})"),
         ureq::Error::HostNotFound => "host not found".into(),
         ureq::Error::ConnectionFailed => "connection failed".into(),
         ureq::Error::Io(io) => io.to_string(),
+        ureq::Error::Rustls(rustls::Error::InvalidCertificate(cert)) => {
+            use rustls::CertificateError as C;
+            let what = match cert {
+                C::UnknownIssuer => "is not signed by a CA this machine trusts".to_string(),
+                C::BadSignature => "carries a bad signature".to_string(),
+                C::Expired | C::ExpiredContext { .. } => "has expired".to_string(),
+                C::NotValidYet | C::NotValidYetContext { .. } => {
+                    "is not valid yet (is this machine's clock right?)".to_string()
+                }
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    "does not name the host in the URL".to_string()
+                }
+                C::Revoked => "is revoked".to_string(),
+                other => format!("was refused ({other:?})"),
+            };
+            let trusted = roots.map_or_else(
+                || "no CA roots".to_string(),
+                |r| format!("the {} CA certificates from {}", r.len(), r.origin()),
+            );
+            format!(
+                "TLS: the server's certificate {what}; checked against {trusted}: give the server's CA with --ca FILE (the deploy environment: `imprint initramfs build --ca FILE`)"
+            )
+        }
+        ureq::Error::Rustls(other) => format!("TLS: {other}"),
         other => other.to_string(),
     }
 }
 
-/// A plain HTTP agent using `resolver`, for small requests besides repository
-/// fetches (status events).
-pub fn small_agent(resolver: Arc<dyn NameResolver>, timeout: Duration) -> Agent {
-    let config = Agent::config_builder()
+/// An agent using `resolver`, for small requests besides repository fetches
+/// (status events); `roots` for an `https://` server.
+pub fn small_agent(
+    resolver: Arc<dyn NameResolver>,
+    timeout: Duration,
+    roots: Option<&CaRoots>,
+) -> Agent {
+    let mut config = Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
-        .user_agent(concat!("imprint/", env!("CARGO_PKG_VERSION")))
-        .build();
+        .user_agent(concat!("imprint/", env!("CARGO_PKG_VERSION")));
+    if let Some(roots) = roots {
+        config = config.tls_config(roots.tls_config());
+    }
     Agent::with_parts(
-        config,
+        config.build(),
         DefaultConnector::default(),
         ResolverAdapter(resolver),
     )

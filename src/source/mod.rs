@@ -6,9 +6,11 @@ mod dns;
 mod http;
 
 pub use dns::DnsResolver;
-pub use http::{HttpSource, NameResolver, SystemResolver, small_agent};
+pub use http::{
+    CaError, CaRoots, HttpSource, NameResolver, SYSTEM_CA_FILES, SystemResolver, describe,
+    small_agent,
+};
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +61,90 @@ pub trait Source: Send + Sync {
     fn fetch(&self, path: &str, limit: u64, buf: &mut Vec<u8>) -> Result<(), FetchError>;
     /// Human-readable address of `path`, for messages.
     fn location(&self, path: &str) -> String;
+    /// [`Source::fetch`], then `check` on the body. A source made of several
+    /// ([`Chain`]) tries the next one when a file is missing or fails its check.
+    fn fetch_verified(
+        &self,
+        path: &str,
+        limit: u64,
+        buf: &mut Vec<u8>,
+        check: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), FetchError> {
+        self.fetch(path, limit, buf)?;
+        check(buf).map_err(|reason| FetchError::Corrupt {
+            location: self.location(path),
+            reason,
+        })
+    }
+    /// Bytes taken from each part of the source, by name, when it has parts.
+    fn tally(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+}
+
+/// Several repositories holding the same content-addressed files, asked in
+/// order: a boot medium first, a network repository for what the medium lacks
+/// or holds damaged. Every body is checked before it counts, so a bad copy on
+/// one never hides a good copy on the next.
+pub struct Chain {
+    parts: Vec<(String, Box<dyn Source>, AtomicU64)>,
+}
+
+impl Chain {
+    /// `parts`: (name for the summary, source), in the order they are asked.
+    pub fn new(parts: Vec<(String, Box<dyn Source>)>) -> Chain {
+        Chain {
+            parts: parts
+                .into_iter()
+                .map(|(name, source)| (name, source, AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+}
+
+impl Source for Chain {
+    fn fetch(&self, path: &str, limit: u64, buf: &mut Vec<u8>) -> Result<(), FetchError> {
+        self.fetch_verified(path, limit, buf, &mut |_| Ok(()))
+    }
+
+    fn location(&self, path: &str) -> String {
+        let names: Vec<&str> = self.parts.iter().map(|(n, _, _)| n.as_str()).collect();
+        format!("{path} (from {})", names.join(", then "))
+    }
+
+    fn fetch_verified(
+        &self,
+        path: &str,
+        limit: u64,
+        buf: &mut Vec<u8>,
+        check: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), FetchError> {
+        let mut last = None;
+        for (i, (name, source, bytes)) in self.parts.iter().enumerate() {
+            match source.fetch_verified(path, limit, buf, check) {
+                Ok(()) => {
+                    bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) => {
+                    if i + 1 < self.parts.len() && !matches!(e, FetchError::NotFound { .. }) {
+                        log::warn!("{e}; trying the next source after {name}");
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| FetchError::NotFound {
+            location: path.to_string(),
+        }))
+    }
+
+    fn tally(&self) -> Vec<(String, u64)> {
+        self.parts
+            .iter()
+            .map(|(name, _, bytes)| (name.clone(), bytes.load(Ordering::Relaxed)))
+            .collect()
+    }
 }
 
 /// A repository in a local directory.
@@ -78,15 +164,18 @@ impl Source for DirSource {
     fn fetch(&self, path: &str, limit: u64, buf: &mut Vec<u8>) -> Result<(), FetchError> {
         let location = self.location(path);
         buf.clear();
-        let file = File::open(self.root.join(path)).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => FetchError::NotFound {
-                location: location.clone(),
-            },
-            _ => FetchError::Local {
-                location: location.clone(),
-                source,
-            },
-        })?;
+        // Links in the tree resolve inside it: a medium's never lead out of it.
+        let file = crate::sys::Root::open(&self.root)
+            .and_then(|root| root.open_file(path))
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::NotFound => FetchError::NotFound {
+                    location: location.clone(),
+                },
+                _ => FetchError::Local {
+                    location: location.clone(),
+                    source,
+                },
+            })?;
         file.take(limit + 1)
             .read_to_end(buf)
             .map_err(|source| FetchError::Local {
@@ -139,12 +228,7 @@ pub fn fetch_checked(
     let mut delay = policy.first_delay;
     let mut attempt = 1;
     loop {
-        let result = source.fetch(path, limit, buf).and_then(|()| {
-            check(buf).map_err(|reason| FetchError::Corrupt {
-                location: source.location(path),
-                reason,
-            })
-        });
+        let result = source.fetch_verified(path, limit, buf, &mut check);
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && attempt < policy.attempts.max(1) => {
@@ -265,6 +349,49 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, FetchError::NotFound { .. }));
         assert_eq!(src.calls.load(Ordering::Relaxed), 1);
+    }
+
+    /// A medium (missing one file, holding a damaged copy of another) before
+    /// a network repository holding good copies of both.
+    #[test]
+    fn a_chain_takes_what_the_first_source_has_good_and_the_rest_from_the_next() {
+        let medium = tempfile::tempdir().unwrap();
+        let network = tempfile::tempdir().unwrap();
+        std::fs::write(medium.path().join("good"), b"good").unwrap();
+        std::fs::write(medium.path().join("damaged"), b"bad!").unwrap();
+        for name in ["good", "damaged", "missing"] {
+            std::fs::write(network.path().join(name), b"good").unwrap();
+        }
+        let chain = Chain::new(vec![
+            ("medium".into(), Box::new(DirSource::new(medium.path()))),
+            ("network".into(), Box::new(DirSource::new(network.path()))),
+        ]);
+        let retries = RetryCounter::default();
+        let mut buf = Vec::new();
+        let is_good = |b: &[u8]| {
+            if b == b"good" {
+                Ok(())
+            } else {
+                Err("hash mismatch".to_string())
+            }
+        };
+        for name in ["good", "damaged", "missing"] {
+            fetch_checked(&chain, name, 10, &mut buf, &fast(), &retries, is_good).unwrap();
+            assert_eq!(buf, b"good", "{name}");
+        }
+        assert_eq!(
+            chain.tally(),
+            [("medium".to_string(), 4), ("network".to_string(), 8)]
+        );
+        assert_eq!(retries.0.load(Ordering::Relaxed), 0);
+        // Good nowhere: the last source's error, retried as a damaged body is.
+        std::fs::write(network.path().join("damaged"), b"bad!").unwrap();
+        let err =
+            fetch_checked(&chain, "damaged", 10, &mut buf, &fast(), &retries, is_good).unwrap_err();
+        assert!(matches!(err, FetchError::GaveUp { .. }), "{err}");
+        let err =
+            fetch_checked(&chain, "nowhere", 10, &mut buf, &fast(), &retries, is_good).unwrap_err();
+        assert!(matches!(err, FetchError::NotFound { .. }), "{err}");
     }
 
     #[test]

@@ -150,6 +150,96 @@ pub fn chromium_available() -> bool {
     }))
 }
 
+/// Debian's nginx, for the tests that publish a repository as plain files.
+pub fn nginx_available() -> bool {
+    static MISSING: OnceLock<Vec<String>> = OnceLock::new();
+    available(MISSING.get_or_init(|| {
+        if Path::new(NGINX).is_file() {
+            Vec::new()
+        } else {
+            vec!["nginx (nginx-light)".to_string()]
+        }
+    }))
+}
+
+const NGINX: &str = "/usr/sbin/nginx";
+
+/// Debian's nginx serving a directory as plain static files on a loopback
+/// port, with its own configuration and logs: a repository published as most
+/// are, on a web server (or a CDN) that knows nothing of imprint.
+pub struct Nginx {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl Nginx {
+    pub fn start(root: &Path) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             user root root;\nevents {{ worker_connections 256; }}\n\
+             http {{\n  include /etc/nginx/mime.types;\n  default_type application/octet-stream;\n\
+               sendfile on;\n  access_log {d}/access.log;\n\
+               client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               server {{ listen 127.0.0.1:{port}; root {}; }}\n}}\n",
+            root.display()
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new(NGINX)
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nginx");
+        let addr = format!("127.0.0.1:{port}");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nginx did not listen on {addr}: {}",
+                std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx {
+            child,
+            dir,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    /// The request lines ("GET /path HTTP/1.1") it has logged so far.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| Some(l.split('"').nth(1)?.to_string()))
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // Terminated, not killed: the master takes its worker with it.
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
 /// True when nothing is missing; otherwise says what is, on stderr (a skip) or,
 /// with IMPRINT_QEMU_TESTS=require, as a failure.
 fn available(missing: &[String]) -> bool {
@@ -315,6 +405,10 @@ pub struct Boot<'a> {
     pub netns: Option<&'a str>,
     /// The NIC's MAC address (default QEMU's first, 52:54:00:12:34:56).
     pub mac: Option<&'a str>,
+    /// A USB stick (writable), first in the boot order.
+    pub usb: Option<&'a Path>,
+    /// A CD/DVD, first in the boot order.
+    pub cdrom: Option<&'a Path>,
 }
 
 impl Default for Boot<'_> {
@@ -331,6 +425,8 @@ impl Default for Boot<'_> {
             write_iops: &[],
             netns: None,
             mac: None,
+            usb: None,
+            cdrom: None,
         }
     }
 }
@@ -360,6 +456,12 @@ pub fn boot(dir: &Path, name: &str, b: Boot, disks: &[&Path]) -> (ExitStatus, St
     }
     if let Some(mac) = b.mac {
         cmd.args(["--mac", mac]);
+    }
+    if let Some(usb) = b.usb {
+        cmd.args(["--usb", usb.to_str().unwrap()]);
+    }
+    if let Some(cdrom) = b.cdrom {
+        cmd.args(["--cdrom", cdrom.to_str().unwrap()]);
     }
     for text in b.cut_on {
         cmd.args(["--cut-on", text]);
@@ -606,6 +708,12 @@ pub fn root_file(disk: &Path, path: &str) -> String {
 
 /// A file from the ext4 file system in partition `number` of a disk image.
 pub fn partition_file(disk: &Path, number: u32, path: &str) -> String {
+    partition_debugfs(disk, number, &format!("cat {path}"))
+}
+
+/// What debugfs prints for `request` (one of its commands) on ext4 partition
+/// `number` of `disk`.
+pub fn partition_debugfs(disk: &Path, number: u32, request: &str) -> String {
     let mut f = std::fs::File::open(disk).unwrap();
     let layout = gpt::read(&mut f).unwrap().unwrap();
     let p = layout
@@ -620,7 +728,7 @@ pub fn partition_file(disk: &Path, number: u32, path: &str) -> String {
     let img = dir.path().join("root.img");
     std::fs::write(&img, buf).unwrap();
     let out = Command::new("debugfs")
-        .args(["-R", &format!("cat {path}"), img.to_str().unwrap()])
+        .args(["-R", request, img.to_str().unwrap()])
         .output()
         .expect("debugfs (e2fsprogs)");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -655,4 +763,61 @@ pub fn untouchable_digest(disk: &Path) -> [u8; 32] {
         at += n as u64;
     }
     hash.finalize().into()
+}
+
+/// A static network boot for every machine: the deploy environment's kernel
+/// and initramfs copied into the repository's `boot/`, and `boot.ipxe` booting
+/// them with `imprint.repo=` the server at `url` (as the guest reaches it) and
+/// `args`. Returns the `qemu/run --net` that network-boots from it.
+pub fn static_boot_script(repo: &Repo, url: &str, args: &str) -> String {
+    let a = artifacts();
+    let boot_dir = repo.path().join("boot");
+    std::fs::create_dir_all(&boot_dir).unwrap();
+    std::fs::copy(a.path("vmlinuz"), boot_dir.join("vmlinuz")).unwrap();
+    std::fs::copy(a.path("initramfs.img"), boot_dir.join("initramfs.img")).unwrap();
+    let url = url.replace("127.0.0.1", "10.0.2.2");
+    std::fs::write(
+        repo.path().join("boot.ipxe"),
+        format!(
+            "#!ipxe\nkernel {url}/boot/vmlinuz initrd=initramfs.img console=ttyS0 quiet panic=-1 \
+             imprint.repo={url} {args}\ninitrd {url}/boot/initramfs.img\nboot\n"
+        ),
+    )
+    .unwrap();
+    format!("user-boot:{url}/boot.ipxe")
+}
+
+/// Boots `disk` (BIOS) from the network `net`, which must power the VM off or
+/// reboot it within ten minutes; returns the console.
+pub fn boot_from_network(dir: &Path, name: &str, net: &str, disk: &Path) -> String {
+    let (status, c) = boot(
+        dir,
+        name,
+        Boot {
+            net,
+            timeout: 600,
+            ..Boot::default()
+        },
+        &[disk],
+    );
+    assert!(status.success(), "{name}: {status:?}\n{c}");
+    c
+}
+
+/// When the deploy environment started the installed OS by kexec of `kernel`
+/// (a path, or the start of one): seconds after its own kernel started.
+pub fn kexec_seconds(console: &str, kernel: &str) -> f64 {
+    let prefix = format!("starting the installed OS by kexec of {kernel}");
+    console
+        .lines()
+        .find_map(|l| {
+            let (_, after) = l.split_once(&prefix)?;
+            after
+                .split(" at ")
+                .nth(1)?
+                .strip_suffix(" s")?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no kexec of {kernel} in:\n{console}"))
 }

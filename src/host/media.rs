@@ -1,0 +1,693 @@
+//! `imprint media build`: a boot medium that deploys with no network. A raw disk
+//! image for a USB stick (GPT, one FAT32 partition), or with `iso` a hybrid ISO
+//! 9660 image for virtual CD/DVD media that boots from a stick too. Both carry
+//! the kernel, the deploy initramfs, a command line naming the medium as the
+//! repository (`imprint.repo=media:LABEL`), and a repository holding only the
+//! refs, manifests, signatures and chunks the chosen images need.
+//!
+//! The boot loaders are Debian's, as its own installer media use them:
+//! SYSLINUX (ISOLINUX on an ISO) for BIOS, GRUB for UEFI (syslinux.efi cannot
+//! start from an El Torito image). The file systems are made by Debian's tools
+//! (mkfs.vfat, mtools, sfdisk, xorriso), which this module runs.
+
+use crate::engine::{self, Resolved};
+use crate::format::cmdline::{DEFAULT_MEDIA_DIR, MediaId, RepoSource};
+use crate::format::digest::{Digest, ImageRef};
+use crate::format::manifest::ChunkKind;
+use crate::format::repository::{chunk_path, manifest_path, ref_path, signature_path};
+use crate::source::{DirSource, RetryPolicy};
+use ed25519_dalek::VerifyingKey;
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("{tool} is missing; install Debian's {package} (`scripts/deps media`)")]
+    MissingTool { tool: String, package: &'static str },
+    #[error("{tool} failed ({status}): {output}")]
+    Tool {
+        tool: String,
+        status: String,
+        output: String,
+    },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{image}: {source}")]
+    Resolve {
+        image: String,
+        source: engine::DeployError,
+    },
+    #[error(
+        "{path} is missing or damaged in the repository ({reason}); run `imprint repo check` and add the image again"
+    )]
+    Damaged { path: String, reason: String },
+    #[error("label {0:?}: use 1 to 11 characters A-Z, 0-9 and _ (what both FAT and ISO 9660 keep)")]
+    BadLabel(String),
+    #[error("no image given: name at least one with --image")]
+    NoImage,
+    #[error("kernel command-line extra {0:?} has a quote, a newline or a control character")]
+    BadArgument(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MediaError + '_ {
+    move |source| MediaError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the medium is made of.
+pub struct Options {
+    pub out: PathBuf,
+    pub repo: PathBuf,
+    /// The images it carries; the first is the one deployed by default.
+    pub images: Vec<ImageRef>,
+    pub iso: bool,
+    pub label: String,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// Extra kernel command-line arguments for every entry.
+    pub cmdline: Vec<String>,
+    /// The manifests must be signed with this key; the deploy checks it too.
+    pub pubkey: Option<(String, VerifyingKey)>,
+    /// Per-machine choices (`imprint serve --hosts` format), by MAC.
+    pub hosts: Option<PathBuf>,
+    /// A network repository for what the medium lacks or holds damaged.
+    pub network_repo: Option<String>,
+    /// Seconds the boot menu waits when there are several images.
+    pub menu_timeout: u32,
+}
+
+pub struct Report {
+    pub images: Vec<(String, Digest)>,
+    pub chunks: usize,
+    pub chunk_bytes: u64,
+    pub size: u64,
+}
+
+/// Where Debian's packages put what a medium needs, and which package brings it.
+const GPTMBR: (&str, &str) = ("/usr/lib/syslinux/mbr/gptmbr.bin", "syslinux-common");
+const SYSLINUX_MODULES: &str = "/usr/lib/syslinux/modules/bios";
+const ISOLINUX_BIN: (&str, &str) = ("/usr/lib/ISOLINUX/isolinux.bin", "isolinux");
+const ISOHDPFX: (&str, &str) = ("/usr/lib/ISOLINUX/isohdpfx.bin", "isolinux");
+const GRUB_EFI_MODULES: (&str, &str) = ("/usr/lib/grub/x86_64-efi", "grub-efi-amd64-bin");
+/// SYSLINUX's core module, then the modules its menu needs.
+const MENU_MODULES: &[&str] = &["ldlinux.c32", "menu.c32", "libutil.c32"];
+/// GRUB modules built into its EFI image.
+const GRUB_MODULES: &str = "part_gpt part_msdos fat iso9660 search search_fs_file normal configfile linux echo test serial terminal terminfo gzio all_video";
+
+fn need_file(file: (&str, &'static str)) -> Result<(), MediaError> {
+    if Path::new(file.0).exists() {
+        Ok(())
+    } else {
+        Err(MediaError::MissingTool {
+            tool: file.0.to_string(),
+            package: file.1,
+        })
+    }
+}
+
+/// Runs a tool, turning a missing one into the package that brings it.
+fn run(tool: &str, package: &'static str, args: &[&str]) -> Result<(), MediaError> {
+    run_with_env(tool, package, args, &[])
+}
+
+/// A label both FAT (11 characters) and ISO 9660 keep as given.
+pub fn check_label(label: &str) -> Result<(), MediaError> {
+    let ok = !label.is_empty()
+        && label.len() <= 11
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(MediaError::BadLabel(label.to_string()))
+    }
+}
+
+/// One boot entry: a title and its kernel command line.
+struct Entry {
+    title: String,
+    args: String,
+}
+
+/// The command line of every entry: the medium as the repository (then the
+/// network one, if any), the image, the operator's extras.
+fn entries(opts: &Options, images: &[(String, Digest)]) -> Vec<Entry> {
+    let medium = RepoSource::Media {
+        by: MediaId::Label(opts.label.clone()),
+        dir: DEFAULT_MEDIA_DIR.to_string(),
+    };
+    let mut repo = medium.to_string();
+    if let Some(url) = &opts.network_repo {
+        repo.push(',');
+        repo.push_str(url);
+    }
+    let mut common = format!("console=tty0 console=ttyS0,115200 panic=-1 imprint.repo={repo}");
+    if let Some((text, _)) = &opts.pubkey {
+        common.push_str(&format!(" imprint.pubkey={text}"));
+    }
+    for extra in &opts.cmdline {
+        common.push(' ');
+        common.push_str(extra);
+    }
+    opts.images
+        .iter()
+        .zip(images)
+        .map(|(image, (name, digest))| Entry {
+            title: format!("imprint: deploy {image} ({name}, {})", &digest.hex()[..12]),
+            args: format!("{common} imprint.image={image}"),
+        })
+        .collect()
+}
+
+fn syslinux_cfg(entries: &[Entry], timeout: u32) -> String {
+    let mut cfg = String::from("SERIAL 0 115200\n");
+    if entries.len() > 1 {
+        cfg.push_str(&format!(
+            "UI menu.c32\nMENU TITLE imprint\nTIMEOUT {}\n",
+            timeout.max(1) * 10
+        ));
+    } else {
+        cfg.push_str("PROMPT 0\nTIMEOUT 0\n");
+    }
+    cfg.push_str("DEFAULT entry0\n");
+    for (i, e) in entries.iter().enumerate() {
+        cfg.push_str(&format!(
+            "LABEL entry{i}\n  MENU LABEL {}\n  KERNEL /boot/vmlinuz\n  INITRD /boot/initramfs.img\n  APPEND {}\n",
+            e.title, e.args
+        ));
+    }
+    cfg
+}
+
+fn grub_cfg(entries: &[Entry], timeout: u32) -> String {
+    let mut cfg = String::from(
+        "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\nset default=0\n",
+    );
+    cfg.push_str(&format!(
+        "set timeout={}\n",
+        if entries.len() > 1 { timeout } else { 0 }
+    ));
+    for e in entries {
+        cfg.push_str(&format!(
+            "menuentry '{}' {{\n  linux /boot/vmlinuz {}\n  initrd /boot/initramfs.img\n}}\n",
+            e.title, e.args
+        ));
+    }
+    cfg
+}
+
+/// What a medium's image is made from: the staged tree, its boot entries and
+/// GRUB's EFI image, built in `stage` and written to `out`.
+#[derive(Clone, Copy)]
+struct Parts<'a> {
+    opts: &'a Options,
+    stage: &'a Path,
+    tree: &'a Path,
+    entries: &'a [Entry],
+    grub_efi: &'a Path,
+    out: &'a Path,
+}
+
+/// A directory removed when dropped.
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Puts `from` at `to` in the staging tree: a hard link where the file
+/// systems allow it, a copy otherwise.
+fn place(from: &Path, to: &Path) -> Result<u64, MediaError> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    // A link to a link would carry the link (e.g. /vmlinuz) onto the medium.
+    let from = &std::fs::canonicalize(from).map_err(io_err(from))?;
+    let len = std::fs::metadata(from).map_err(io_err(from))?.len();
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).map_err(io_err(from))?;
+    }
+    Ok(len)
+}
+
+fn write(to: &Path, content: &[u8]) -> Result<(), MediaError> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    std::fs::write(to, content).map_err(io_err(to))
+}
+
+/// The repository's files the images need, checked present and whole (by
+/// size: the deploy verifies every byte), staged under `repo/`. The report
+/// says all but the medium's size.
+fn stage_repository(opts: &Options, stage: &Path) -> Result<Report, MediaError> {
+    let source = DirSource::new(&opts.repo);
+    let policy = RetryPolicy {
+        attempts: 1,
+        ..RetryPolicy::default()
+    };
+    let mut files: BTreeSet<String> = BTreeSet::new();
+    let mut chunks: BTreeSet<(String, u32)> = BTreeSet::new();
+    let mut images = Vec::new();
+    for image in &opts.images {
+        let resolved: Resolved = engine::resolve(
+            &source,
+            image,
+            opts.pubkey.as_ref().map(|(_, k)| k),
+            &policy,
+        )
+        .map_err(|source| MediaError::Resolve {
+            image: image.to_string(),
+            source,
+        })?;
+        if let ImageRef::Tag { name, tag } = image {
+            files.insert(ref_path(name, tag));
+        }
+        files.insert(manifest_path(&resolved.digest));
+        let sig = signature_path(&resolved.digest);
+        if opts.repo.join(&sig).exists() {
+            files.insert(sig);
+        }
+        for chunk in &resolved.manifest.chunks {
+            if let ChunkKind::Data {
+                sha256,
+                stored_size,
+                ..
+            } = chunk.kind
+            {
+                chunks.insert((chunk_path(&sha256), stored_size));
+            }
+        }
+        images.push((resolved.manifest.name.clone(), resolved.digest));
+    }
+    let repo = stage.join(DEFAULT_MEDIA_DIR);
+    for f in &files {
+        place(&opts.repo.join(f), &repo.join(f))?;
+    }
+    let mut bytes = 0;
+    for (path, stored) in &chunks {
+        let from = opts.repo.join(path);
+        let len = std::fs::metadata(&from)
+            .map_err(|e| MediaError::Damaged {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?
+            .len();
+        if len != u64::from(*stored) {
+            return Err(MediaError::Damaged {
+                path: path.clone(),
+                reason: format!("{len} bytes, the manifest says {stored}"),
+            });
+        }
+        bytes += place(&from, &repo.join(path))?;
+    }
+    Ok(Report {
+        images,
+        chunks: chunks.len(),
+        chunk_bytes: bytes,
+        size: 0,
+    })
+}
+
+/// Builds the medium `opts` describes at `opts.out`.
+pub fn build(opts: &Options) -> Result<Report, MediaError> {
+    check_label(&opts.label)?;
+    if opts.images.is_empty() {
+        return Err(MediaError::NoImage);
+    }
+    if let Some(bad) = opts
+        .cmdline
+        .iter()
+        .find(|a| a.chars().any(|c| c.is_control() || c == '"' || c == '\''))
+    {
+        return Err(MediaError::BadArgument(bad.clone()));
+    }
+    need_file(GRUB_EFI_MODULES)?;
+    if opts.iso {
+        need_file(ISOLINUX_BIN)?;
+        need_file(ISOHDPFX)?;
+    } else {
+        need_file(GPTMBR)?;
+    }
+    for m in MENU_MODULES {
+        need_file((&format!("{SYSLINUX_MODULES}/{m}"), "syslinux-common"))?;
+    }
+    let parent = match opts.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let stage = Staging(parent.join(format!(
+        ".{}.imprint-media-{}",
+        opts.out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    )));
+    let _ = std::fs::remove_dir_all(&stage.0);
+    let tree = stage.0.join("tree");
+    std::fs::create_dir_all(&tree).map_err(io_err(&tree))?;
+
+    let mut report = stage_repository(opts, &tree)?;
+    let images = report.images.clone();
+    place(&opts.kernel, &tree.join("boot/vmlinuz"))?;
+    place(&opts.initramfs, &tree.join("boot/initramfs.img"))?;
+    if let Some(hosts) = &opts.hosts {
+        place(hosts, &tree.join("imprint/hosts.toml"))?;
+    }
+    let entries = entries(opts, &images);
+    write(
+        &tree.join("boot/grub/grub.cfg"),
+        grub_cfg(&entries, opts.menu_timeout).as_bytes(),
+    )?;
+    // GRUB for UEFI finds this medium's file system by a file only it has.
+    let id = medium_id(&images);
+    let marker = format!("/imprint/medium-{id}");
+    write(&tree.join(marker.trim_start_matches('/')), b"")?;
+    let described = serde_json::json!({
+        "label": opts.label,
+        "images": images.iter().zip(&opts.images).map(|((name, digest), r)| serde_json::json!({
+            "ref": r.to_string(), "name": name, "digest": digest.to_string()
+        })).collect::<Vec<_>>(),
+        "network_repo": opts.network_repo,
+    });
+    write(
+        &tree.join("imprint/medium.json"),
+        serde_json::to_string_pretty(&described)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    let grub_efi = stage.0.join("bootx64.efi");
+    build_grub_efi(&stage.0, &grub_efi, &marker)?;
+
+    let tmp = stage.0.join("medium");
+    let parts = Parts {
+        opts,
+        stage: &stage.0,
+        tree: &tree,
+        entries: &entries,
+        grub_efi: &grub_efi,
+        out: &tmp,
+    };
+    if opts.iso {
+        build_iso(&parts)?;
+    } else {
+        build_raw(&parts)?;
+    }
+    std::fs::rename(&tmp, &opts.out).map_err(io_err(&opts.out))?;
+    report.size = std::fs::metadata(&opts.out)
+        .map_err(io_err(&opts.out))?
+        .len();
+    Ok(report)
+}
+
+/// A name for this medium's marker: from what it holds and when it was made.
+fn medium_id(images: &[(String, Digest)]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for (_, d) in images {
+        h.update(d.hex().as_bytes());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    h.update(now.to_le_bytes());
+    h.update(std::process::id().to_le_bytes());
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// GRUB's EFI image, with a built-in configuration that finds the medium and
+/// reads its `boot/grub/grub.cfg`.
+fn build_grub_efi(stage: &Path, out: &Path, marker: &str) -> Result<(), MediaError> {
+    let early = stage.join("grub-early.cfg");
+    write(
+        &early,
+        format!(
+            "search --no-floppy --set=root --file {marker}\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n"
+        )
+        .as_bytes(),
+    )?;
+    let mut args = vec![
+        "-O",
+        "x86_64-efi",
+        "-d",
+        GRUB_EFI_MODULES.0,
+        "-p",
+        "/boot/grub",
+        "-c",
+    ];
+    let early = early.to_string_lossy().into_owned();
+    let out = out.to_string_lossy().into_owned();
+    args.extend([early.as_str(), "-o", out.as_str()]);
+    args.extend(GRUB_MODULES.split(' '));
+    run("grub-mkimage", "grub-common", &args)
+}
+
+/// Every file of `tree` copied into the FAT file system image `fat` (mtools:
+/// no mount, no root).
+fn fill_fat(fat: &Path, tree: &Path) -> Result<(), MediaError> {
+    let fat = fat.to_string_lossy().into_owned();
+    let entries = std::fs::read_dir(tree).map_err(io_err(tree))?;
+    let mut sources: Vec<String> = entries
+        .flatten()
+        .map(|e| e.path().to_string_lossy().into_owned())
+        .collect();
+    sources.sort();
+    let mut args = vec!["-i", fat.as_str(), "-s", "-Q"];
+    args.extend(sources.iter().map(String::as_str));
+    args.push("::/");
+    // mtools refuses images whose geometry it does not expect unless told not
+    // to check; mkfs.vfat's are fine.
+    run_with_env("mcopy", "mtools", &args, &[("MTOOLS_SKIP_CHECK", "1")])
+}
+
+/// [`run`], with environment variables for the tool.
+fn run_with_env(
+    tool: &str,
+    package: &'static str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(), MediaError> {
+    let mut cmd = Command::new(tool);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.args(args).output().map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            MediaError::MissingTool {
+                tool: tool.to_string(),
+                package,
+            }
+        } else {
+            MediaError::Io {
+                path: PathBuf::from(tool),
+                source: e,
+            }
+        }
+    })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    Err(MediaError::Tool {
+        tool: tool.to_string(),
+        status: out.status.to_string(),
+        output: text.lines().rev().take(6).collect::<Vec<_>>().join(" / "),
+    })
+}
+
+/// Total size of the files under `dir`.
+fn tree_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_size(&e.path()) + 4096,
+            Ok(_) => e
+                .metadata()
+                .map(|m| m.len().div_ceil(4096) * 4096)
+                .unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// SYSLINUX's (or ISOLINUX's) configuration and `modules` in `dir` of the tree.
+fn syslinux_files(
+    parts: &Parts,
+    dir: &str,
+    config: &str,
+    modules: &[&str],
+) -> Result<(), MediaError> {
+    write(
+        &parts.tree.join(dir).join(config),
+        syslinux_cfg(parts.entries, parts.opts.menu_timeout).as_bytes(),
+    )?;
+    for m in modules {
+        place(
+            Path::new(&format!("{SYSLINUX_MODULES}/{m}")),
+            &parts.tree.join(dir).join(m),
+        )?;
+    }
+    Ok(())
+}
+
+/// The USB stick image: a protective MBR with SYSLINUX's GPT boot code, a GPT
+/// with one FAT32 EFI system partition (marked legacy-BIOS-bootable) holding
+/// SYSLINUX, GRUB for UEFI at the removable-media path, and the tree.
+fn build_raw(parts: &Parts) -> Result<(), MediaError> {
+    let (opts, stage, tree) = (parts.opts, parts.stage, parts.tree);
+    let (grub_efi, out) = (parts.grub_efi, parts.out);
+    // ldlinux.c32 comes with `syslinux --install`.
+    syslinux_files(parts, "boot/syslinux", "syslinux.cfg", &MENU_MODULES[1..])?;
+    place(grub_efi, &tree.join("EFI/BOOT/BOOTX64.EFI"))?;
+    // Room for the files, FAT's own tables and a little slack; FAT32 needs 33 MiB.
+    let mib = (tree_size(tree) * 11 / 10 / (1 << 20) + 16).max(64);
+    let fat = stage.join("fat.img");
+    let fat_str = fat.to_string_lossy().into_owned();
+    let blocks = (mib * 1024).to_string();
+    run(
+        "mkfs.vfat",
+        "dosfstools",
+        &["-C", "-F", "32", "-n", &opts.label, &fat_str, &blocks],
+    )?;
+    fill_fat(&fat, tree)?;
+    run(
+        "syslinux",
+        "syslinux",
+        &["--install", "--directory", "/boot/syslinux", &fat_str],
+    )?;
+    // The disk: 1 MiB before the partition, 1 MiB after it for the backup GPT.
+    let disk_bytes = (mib + 2) << 20;
+    let file = std::fs::File::create(out).map_err(io_err(out))?;
+    file.set_len(disk_bytes).map_err(io_err(out))?;
+    drop(file);
+    let table = format!(
+        "label: gpt\nfirst-lba: 2048\nstart=2048, size={}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=\"{}\", attrs=\"LegacyBIOSBootable\"\n",
+        mib * 2048,
+        opts.label
+    );
+    let table_file = stage.join("table.sfdisk");
+    write(&table_file, table.as_bytes())?;
+    let out_str = out.to_string_lossy().into_owned();
+    let status = Command::new("sh")
+        .args(["-c", "exec sfdisk -q \"$1\" <\"$2\""])
+        .arg("sh")
+        .arg(&out_str)
+        .arg(&table_file)
+        .output()
+        .map_err(io_err(Path::new("sfdisk")))?;
+    if !status.status.success() {
+        return Err(MediaError::Tool {
+            tool: "sfdisk".into(),
+            status: status.status.to_string(),
+            output: String::from_utf8_lossy(&status.stderr).trim().to_string(),
+        });
+    }
+    // The partition's bytes, then SYSLINUX's GPT-aware boot code in the MBR
+    // (its first 440 bytes: the partition table stays sfdisk's).
+    let mut disk = std::fs::OpenOptions::new()
+        .write(true)
+        .open(out)
+        .map_err(io_err(out))?;
+    let mut fat_file = std::fs::File::open(&fat).map_err(io_err(&fat))?;
+    use std::io::{Seek, SeekFrom, Write};
+    disk.seek(SeekFrom::Start(1 << 20)).map_err(io_err(out))?;
+    io::copy(&mut fat_file, &mut disk).map_err(io_err(out))?;
+    let mbr_code = std::fs::read(GPTMBR.0).map_err(io_err(Path::new(GPTMBR.0)))?;
+    let code = mbr_code.get(..440).ok_or_else(|| MediaError::Damaged {
+        path: GPTMBR.0.into(),
+        reason: "shorter than 440 bytes".into(),
+    })?;
+    disk.seek(SeekFrom::Start(0)).map_err(io_err(out))?;
+    disk.write_all(code).map_err(io_err(out))?;
+    disk.sync_all().map_err(io_err(out))?;
+    Ok(())
+}
+
+/// The ISO: ISOLINUX for BIOS (El Torito, no emulation), an El Torito EFI
+/// image holding GRUB for UEFI, made hybrid (MBR and GPT) so that the same
+/// file written to a stick boots too.
+fn build_iso(parts: &Parts) -> Result<(), MediaError> {
+    let (opts, stage, tree) = (parts.opts, parts.stage, parts.tree);
+    let (grub_efi, out) = (parts.grub_efi, parts.out);
+    syslinux_files(parts, "isolinux", "isolinux.cfg", MENU_MODULES)?;
+    place(
+        Path::new(ISOLINUX_BIN.0),
+        &tree.join("isolinux/isolinux.bin"),
+    )?;
+    // The EFI image: just GRUB, which reads the rest from the ISO 9660 tree.
+    let efi = tree.join("boot/efiboot.img");
+    let efi_str = efi.to_string_lossy().into_owned();
+    let kib = (std::fs::metadata(grub_efi).map_err(io_err(grub_efi))?.len() / 1024 + 512).max(1440);
+    run(
+        "mkfs.vfat",
+        "dosfstools",
+        &["-C", "-n", "EFIBOOT", &efi_str, &kib.to_string()],
+    )?;
+    let efi_tree = stage.join("efi-tree");
+    place(grub_efi, &efi_tree.join("EFI/BOOT/BOOTX64.EFI"))?;
+    fill_fat(&efi, &efi_tree)?;
+    let out_str = out.to_string_lossy().into_owned();
+    let tree_str = tree.to_string_lossy().into_owned();
+    run(
+        "xorriso",
+        "xorriso",
+        &[
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-o",
+            &out_str,
+            "-V",
+            &opts.label,
+            "-J",
+            "-joliet-long",
+            "-R",
+            "-isohybrid-mbr",
+            ISOHDPFX.0,
+            "-c",
+            "isolinux/boot.cat",
+            "-b",
+            "isolinux/isolinux.bin",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+            "-eltorito-alt-boot",
+            "-e",
+            "boot/efiboot.img",
+            "-no-emul-boot",
+            "-isohybrid-gpt-basdat",
+            &tree_str,
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_what_fat_and_iso_keep() {
+        for good in ["IMPRINT", "A", "MEDIA_2026"] {
+            assert!(check_label(good).is_ok(), "{good}");
+        }
+        for bad in ["", "imprint", "TWELVE_CHARS", "A B", "A-B", "É"] {
+            assert!(check_label(bad).is_err(), "{bad}");
+        }
+    }
+}
