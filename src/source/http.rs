@@ -256,9 +256,19 @@ impl Source for HttpSource {
     fn fetch(&self, path: &str, limit: u64, buf: &mut Vec<u8>) -> Result<(), FetchError> {
         let location = self.url(path);
         buf.clear();
-        let network = |e: ureq::Error| FetchError::Network {
-            location: location.clone(),
-            reason: describe(&e, self.roots.as_ref()),
+        let network = |e: ureq::Error| {
+            let reason = describe(&e, self.roots.as_ref());
+            // A certificate refused now is refused on every retry.
+            match tls_problem(&e) {
+                Some(_) => FetchError::Tls {
+                    location: location.clone(),
+                    reason,
+                },
+                None => FetchError::Network {
+                    location: location.clone(),
+                    reason,
+                },
+            }
         };
         let mut response = self.agent.get(&location).call().map_err(network)?;
         let status = response.status().as_u16();
@@ -290,15 +300,34 @@ impl Source for HttpSource {
     }
 }
 
+/// The TLS error inside `e`, if it is one: ureq passes a handshake's failure
+/// up as it is, or wrapped in the I/O error of the read that met it.
+fn tls_problem(e: &ureq::Error) -> Option<&rustls::Error> {
+    match e {
+        ureq::Error::Rustls(tls) => Some(tls),
+        ureq::Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>(),
+        _ => None,
+    }
+}
+
 /// What went wrong with a request, said so that the reader knows what to do;
 /// certificate errors name the CA roots they were checked against.
 pub fn describe(e: &ureq::Error, roots: Option<&CaRoots>) -> String {
+    if let Some(tls) = tls_problem(e) {
+        return describe_tls(tls, roots);
+    }
     match e {
         ureq::Error::Timeout(t) => format!("timed out ({t:?})"),
         ureq::Error::HostNotFound => "host not found".into(),
         ureq::Error::ConnectionFailed => "connection failed".into(),
         ureq::Error::Io(io) => io.to_string(),
-        ureq::Error::Rustls(rustls::Error::InvalidCertificate(cert)) => {
+        other => other.to_string(),
+    }
+}
+
+fn describe_tls(e: &rustls::Error, roots: Option<&CaRoots>) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(cert) => {
             use rustls::CertificateError as C;
             let what = match cert {
                 C::UnknownIssuer => "is not signed by a CA this machine trusts".to_string(),
@@ -321,8 +350,7 @@ pub fn describe(e: &ureq::Error, roots: Option<&CaRoots>) -> String {
                 "TLS: the server's certificate {what}; checked against {trusted}: give the server's CA with --ca FILE (the deploy environment: `imprint initramfs build --ca FILE`)"
             )
         }
-        ureq::Error::Rustls(other) => format!("TLS: {other}"),
-        other => other.to_string(),
+        other => format!("TLS: {other}"),
     }
 }
 

@@ -32,6 +32,9 @@ pub enum FetchError {
     TooLarge { location: String, limit: u64 },
     #[error("{location}: {reason}")]
     Corrupt { location: String, reason: String },
+    /// The server's certificate or the TLS handshake failed: not retried.
+    #[error("{location}: {reason}")]
+    Tls { location: String, reason: String },
     #[error("{location}: {source}")]
     Local { location: String, source: io::Error },
     #[error("{location}: gave up after {attempts} attempts; last error: {last}")]

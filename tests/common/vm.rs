@@ -175,6 +175,15 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(root: &Path) -> Nginx {
+        Nginx::start_with(root, None)
+    }
+
+    /// Over HTTPS with `tls` (certificate chain, key).
+    pub fn start_tls(root: &Path, tls: (&Path, &Path)) -> Nginx {
+        Nginx::start_with(root, Some(tls))
+    }
+
+    fn start_with(root: &Path, tls: Option<(&Path, &Path)>) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -189,8 +198,15 @@ impl Nginx {
                sendfile on;\n  access_log {d}/access.log;\n\
                client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               server {{ listen 127.0.0.1:{port}; root {}; }}\n}}\n",
-            root.display()
+               server {{ listen 127.0.0.1:{port}{}; root {}; {} }}\n}}\n",
+            if tls.is_some() { " ssl" } else { "" },
+            root.display(),
+            tls.map(|(cert, key)| format!(
+                "ssl_certificate {}; ssl_certificate_key {};",
+                cert.display(),
+                key.display()
+            ))
+            .unwrap_or_default()
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
@@ -213,10 +229,11 @@ impl Nginx {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Nginx {
             child,
             dir,
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
         }
     }
 
@@ -409,6 +426,8 @@ pub struct Boot<'a> {
     pub usb: Option<&'a Path>,
     /// A CD/DVD, first in the boot order.
     pub cdrom: Option<&'a Path>,
+    /// The initramfs of a RAM-disk boot (default: the one qemu/prepare built).
+    pub initrd: Option<&'a Path>,
 }
 
 impl Default for Boot<'_> {
@@ -427,6 +446,7 @@ impl Default for Boot<'_> {
             mac: None,
             usb: None,
             cdrom: None,
+            initrd: None,
         }
     }
 }
@@ -476,13 +496,11 @@ pub fn boot(dir: &Path, name: &str, b: Boot, disks: &[&Path]) -> (ExitStatus, St
     if let Some(append) = &b.append {
         // Only a RAM-disk boot needs the deploy environment built.
         let a = artifacts();
-        cmd.args([
-            "--kernel",
-            &a.path("vmlinuz"),
-            "--initrd",
-            &a.path("initramfs.img"),
-        ])
-        .args(["--append", append]);
+        let initrd = b
+            .initrd
+            .map_or_else(|| a.path("initramfs.img"), |p| p.display().to_string());
+        cmd.args(["--kernel", &a.path("vmlinuz"), "--initrd", &initrd])
+            .args(["--append", append]);
     }
     cmd.args(disks);
     let status = cmd.status().expect("running qemu/run");
@@ -820,4 +838,100 @@ pub fn kexec_seconds(console: &str, kernel: &str) -> f64 {
                 .ok()
         })
         .unwrap_or_else(|| panic!("no kexec of {kernel} in:\n{console}"))
+}
+
+/// A certificate authority made for a test with openssl, and a server
+/// certificate it signed for 127.0.0.1 and 10.0.2.2 (the host, as QEMU's
+/// guests reach it).
+pub struct TestCa {
+    _dir: tempfile::TempDir,
+    /// The CA's certificate (PEM): what a client trusts.
+    pub ca: PathBuf,
+    /// The server's certificate and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl (Debian's openssl package; scripts/deps test installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let subject = format!("/CN=imprint test CA {name}");
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "3",
+            "-subj",
+            &subject,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(&args);
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=repository",
+        ]);
+        openssl(&args);
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,IP:10.0.2.2,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "3",
+            "-extfile",
+            "server.ext",
+        ]);
+        TestCa {
+            ca: d.join("ca.pem"),
+            cert: d.join("server.pem"),
+            key: d.join("server.key"),
+            _dir: dir,
+        }
+    }
 }
