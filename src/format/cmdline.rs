@@ -84,6 +84,8 @@ impl fmt::Display for RepoSource {
 pub const DEFAULT_MEDIA_LABEL: &str = "IMPRINT";
 /// Where a medium keeps its repository.
 pub const DEFAULT_MEDIA_DIR: &str = "repo";
+/// Where a medium keeps its per-machine choices (`imprint media build --hosts`).
+pub const MEDIA_INVENTORY: &str = "imprint/hosts.toml";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

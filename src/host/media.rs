@@ -47,6 +47,8 @@ pub enum MediaError {
     BadLabel(String),
     #[error("no image given: name at least one with --image")]
     NoImage,
+    #[error("{path}: {problems}; fix the inventory")]
+    Inventory { path: PathBuf, problems: String },
     #[error("kernel command-line extra {0:?} has a quote, a newline or a control character")]
     BadArgument(String),
 }
@@ -247,7 +249,7 @@ fn write(to: &Path, content: &[u8]) -> Result<(), MediaError> {
 /// The repository's files the images need, checked present and whole (by
 /// size: the deploy verifies every byte), staged under `repo/`. The report
 /// says all but the medium's size.
-fn stage_repository(opts: &Options, stage: &Path) -> Result<Report, MediaError> {
+fn stage_repository(opts: &Options, more: &[ImageRef], stage: &Path) -> Result<Report, MediaError> {
     let source = DirSource::new(&opts.repo);
     let policy = RetryPolicy {
         attempts: 1,
@@ -256,7 +258,7 @@ fn stage_repository(opts: &Options, stage: &Path) -> Result<Report, MediaError> 
     let mut files: BTreeSet<String> = BTreeSet::new();
     let mut chunks: BTreeSet<(String, u32)> = BTreeSet::new();
     let mut images = Vec::new();
-    for image in &opts.images {
+    for (i, image) in opts.images.iter().chain(more).enumerate() {
         let resolved: Resolved = engine::resolve(
             &source,
             image,
@@ -285,7 +287,10 @@ fn stage_repository(opts: &Options, stage: &Path) -> Result<Report, MediaError> 
                 chunks.insert((chunk_path(&sha256), stored_size));
             }
         }
-        images.push((resolved.manifest.name.clone(), resolved.digest));
+        // The report names the boot entries' images.
+        if i < opts.images.len() {
+            images.push((resolved.manifest.name.clone(), resolved.digest));
+        }
     }
     let repo = stage.join(DEFAULT_MEDIA_DIR);
     for f in &files {
@@ -314,6 +319,49 @@ fn stage_repository(opts: &Options, stage: &Path) -> Result<Report, MediaError> 
         chunk_bytes: bytes,
         size: 0,
     })
+}
+
+/// The inventory for the medium, checked whole (a medium cannot be fixed once
+/// it is in a machine), with the cloud-init files its entries name put where
+/// the deploy reads them; returns the images its entries name.
+fn stage_inventory(hosts: &Path, tree: &Path) -> Result<Vec<ImageRef>, MediaError> {
+    use crate::format::inventory;
+    use crate::host::provision::host_file;
+    const LIMIT: u64 = 1 << 20;
+    let len = std::fs::metadata(hosts).map_err(io_err(hosts))?.len();
+    if len > LIMIT {
+        return Err(MediaError::Inventory {
+            path: hosts.to_path_buf(),
+            problems: format!("{len} bytes, more than an inventory's {LIMIT}"),
+        });
+    }
+    let text = std::fs::read_to_string(hosts).map_err(io_err(hosts))?;
+    let bad = |problems: String| MediaError::Inventory {
+        path: hosts.to_path_buf(),
+        problems,
+    };
+    let (inventory, problems) = inventory::parse(&text).map_err(|p| bad(p.to_string()))?;
+    if !problems.is_empty() {
+        let all: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        return Err(bad(all.join("; ")));
+    }
+    let dir = hosts.parent().unwrap_or(Path::new("."));
+    let repo = tree.join(DEFAULT_MEDIA_DIR);
+    let mut images = Vec::new();
+    images.extend(inventory.defaults.common.image.clone());
+    for (mac, host) in &inventory.hosts {
+        images.extend(host.common.image.clone());
+        for (file, name) in [
+            (&host.user_data, "user-data"),
+            (&host.network_config, "network-config"),
+        ] {
+            if let Some(file) = file {
+                place(&dir.join(file), &repo.join(host_file(*mac, name)))?;
+            }
+        }
+    }
+    place(hosts, &tree.join(crate::format::cmdline::MEDIA_INVENTORY))?;
+    Ok(images)
 }
 
 /// Builds the medium `opts` describes at `opts.out`.
@@ -355,13 +403,14 @@ pub fn build(opts: &Options) -> Result<Report, MediaError> {
     let tree = stage.0.join("tree");
     std::fs::create_dir_all(&tree).map_err(io_err(&tree))?;
 
-    let mut report = stage_repository(opts, &tree)?;
+    let more = match &opts.hosts {
+        Some(hosts) => stage_inventory(hosts, &tree)?,
+        None => Vec::new(),
+    };
+    let mut report = stage_repository(opts, &more, &tree)?;
     let images = report.images.clone();
     place(&opts.kernel, &tree.join("boot/vmlinuz"))?;
     place(&opts.initramfs, &tree.join("boot/initramfs.img"))?;
-    if let Some(hosts) = &opts.hosts {
-        place(hosts, &tree.join("imprint/hosts.toml"))?;
-    }
     let entries = entries(opts, &images);
     write(
         &tree.join("boot/grub/grub.cfg"),

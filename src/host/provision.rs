@@ -177,6 +177,39 @@ pub fn decide(
     }))
 }
 
+/// Where a host's cloud-init file `name` lives in a repository (served by
+/// `imprint serve --hosts`, or on a medium).
+pub fn host_file(mac: Mac, name: &str) -> String {
+    format!("hosts/{}/{name}", mac.to_string().replace(':', "-"))
+}
+
+/// The kernel arguments that say deploy `d` to machine `mac`: the image, its
+/// name, its cloud-init files, its settings and extra arguments.
+pub fn deploy_args(d: &Deploy, mac: Mac) -> Vec<String> {
+    let mut args = vec![format!("imprint.image={}", d.image)];
+    if let Some(h) = &d.hostname {
+        args.push(format!("imprint.hostname={h}"));
+    }
+    if d.user_data.is_some() {
+        args.push(format!("imprint.user-data={}", host_file(mac, "user-data")));
+    }
+    if d.network_config.is_some() {
+        args.push(format!(
+            "imprint.network-config={}",
+            host_file(mac, "network-config")
+        ));
+    }
+    for (k, v) in &d.settings {
+        args.push(if v.is_empty() {
+            format!("imprint.{k}")
+        } else {
+            format!("imprint.{k}={v}")
+        });
+    }
+    args.extend(d.cmdline.iter().cloned());
+    args
+}
+
 /// Where the script's URLs point.
 pub struct Server<'a> {
     /// `http://host:port` as the machines reach it.
@@ -203,7 +236,6 @@ pub fn script(decision: &Decision, mac: Mac, server: &Server) -> String {
             let mut args = vec![
                 format!("initrd={}", file_name(server.initrd)),
                 format!("imprint.repo={}", server.base),
-                format!("imprint.image={}", d.image),
                 format!("imprint.status={}/status", server.base),
                 format!("imprint.target={mac}"),
                 format!("BOOTIF=01-{}", mac.to_string().replace(':', "-")),
@@ -211,28 +243,7 @@ pub fn script(decision: &Decision, mac: Mac, server: &Server) -> String {
                 // skip it for finding the image already on the disk.
                 "imprint.redeploy".to_string(),
             ];
-            if let Some(h) = &d.hostname {
-                args.push(format!("imprint.hostname={h}"));
-            }
-            let host_file =
-                |name: &str| format!("hosts/{}/{name}", mac.to_string().replace(':', "-"));
-            if d.user_data.is_some() {
-                args.push(format!("imprint.user-data={}", host_file("user-data")));
-            }
-            if d.network_config.is_some() {
-                args.push(format!(
-                    "imprint.network-config={}",
-                    host_file("network-config")
-                ));
-            }
-            for (k, v) in &d.settings {
-                args.push(if v.is_empty() {
-                    format!("imprint.{k}")
-                } else {
-                    format!("imprint.{k}={v}")
-                });
-            }
-            args.extend(d.cmdline.iter().cloned());
+            args.extend(deploy_args(d, mac));
             let args: Vec<String> = args.iter().map(|a| clean(a)).collect();
             let _ = writeln!(
                 s,
@@ -465,8 +476,8 @@ user-data = "node-1.yaml"
         assert_eq!(
             lines[2],
             "kernel http://10.0.2.2:8080/boot/vmlinuz initrd=initramfs.img imprint.repo=http://10.0.2.2:8080 \
-             imprint.image=web:v2 imprint.status=http://10.0.2.2:8080/status imprint.target=52:54:00:12:34:56 \
-             BOOTIF=01-52-54-00-12-34-56 imprint.redeploy imprint.hostname=node-1 imprint.user-data=hosts/52-54-00-12-34-56/user-data \
+             imprint.status=http://10.0.2.2:8080/status imprint.target=52:54:00:12:34:56 \
+             BOOTIF=01-52-54-00-12-34-56 imprint.redeploy imprint.image=web:v2 imprint.hostname=node-1 imprint.user-data=hosts/52-54-00-12-34-56/user-data \
              imprint.disk=/dev/vda imprint.on-error=retry console=ttyS0"
         );
         assert_eq!(lines[3], "initrd http://10.0.2.2:8080/boot/initramfs.img");

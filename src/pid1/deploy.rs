@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 /// One run of the deploy environment, from the command line to the hand-off.
 pub(super) fn run(cmdline_text: &str) -> Result<Never> {
-    let config = parse_config(cmdline_text)?;
+    let mut config = parse_config(cmdline_text)?;
     load_drivers();
     if config.mode == cmdline::Mode::Rollback {
         return rollback::run(&config);
@@ -35,6 +35,9 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
         );
     }
     let media = mount_media(&config)?;
+    if let Some(chosen) = media_inventory_choice(cmdline_text, &media)? {
+        config = chosen;
+    }
     let resolver = network_if_wanted(&config, &media)?;
     let (source, resolved) = fetch_manifest(&config, resolver, &media)?;
     let host_data = fetch_host_data(&config, &source)?;
@@ -241,6 +244,72 @@ fn mount_media(config: &Config) -> Result<Vec<Option<media::Medium>>> {
         }
     }
     Ok(mounted)
+}
+
+/// Largest inventory read from a medium.
+const MAX_MEDIA_INVENTORY: u64 = 1 << 20;
+
+/// A medium's inventory (`imprint media build --hosts`): the entry for one of
+/// this machine's NICs (or the default) chooses its image, name, cloud-init
+/// files and settings, as `imprint serve --hosts` would; they follow the
+/// command line's own arguments, so they win. None: no inventory, or nothing
+/// in it for this machine.
+fn media_inventory_choice(
+    cmdline_text: &str,
+    media: &[Option<media::Medium>],
+) -> Result<Option<Config>> {
+    use crate::format::inventory::{self, Mac};
+    use crate::host::provision::{self, Decision, Machine, Platform};
+    for medium in media.iter().flatten() {
+        let root = sys::Root::open(&medium.root).context("opening the medium")?;
+        let text = match root.read(media::INVENTORY, MAX_MEDIA_INVENTORY + 1) {
+            Ok(t) if t.len() as u64 > MAX_MEDIA_INVENTORY => {
+                bail!("the medium's {} is larger than 1 MiB", media::INVENTORY)
+            }
+            Ok(t) => String::from_utf8_lossy(&t).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).context(format!("reading the medium's {}", media::INVENTORY)),
+        };
+        let (inventory, problems) = inventory::parse(&text).map_err(|p| {
+            anyhow!(
+                "the medium's {}: {p}; nothing was written. Build the medium again with a good --hosts file",
+                media::INVENTORY
+            )
+        })?;
+        for p in &problems {
+            log::warn!("the medium's {}: {p}", media::INVENTORY);
+        }
+        let platform = if sys::is_uefi() {
+            Platform::Efi
+        } else {
+            Platform::Bios
+        };
+        let macs: Vec<Mac> = net::nics().iter().map(|n| Mac(n.mac)).collect();
+        // A listed NIC first; else the default, for the first NIC (or none).
+        let listed = macs.iter().find(|m| inventory.hosts.contains_key(m));
+        let mac = listed.or(macs.first()).copied().unwrap_or(Mac([0; 6]));
+        match provision::decide(&inventory, mac, &Machine::default(), platform, 1) {
+            Decision::Deploy(d) => {
+                let args = provision::deploy_args(&d, mac).join(" ");
+                log::info!(
+                    "{mac} {} in the medium's inventory: {args}",
+                    if listed.is_some() {
+                        "is listed"
+                    } else {
+                        "is not listed; the default"
+                    }
+                );
+                let config = cmdline::parse(&format!("{cmdline_text} {args}"))
+                    .map_err(|e| anyhow!("the medium's inventory entry for {mac}: {e}"))?;
+                return Ok(Some(config));
+            }
+            Decision::Local { .. } => log::info!(
+                "{mac} is not in the medium's inventory: deploying what the boot entry names"
+            ),
+            Decision::Hold(why) => bail!("the medium's inventory: {why}"),
+        }
+    }
+    Ok(None)
 }
 
 /// The network, when a repository URL or a status server needs it. A medium

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 /// Where media are mounted: one directory per medium, by its place in
 /// `imprint.repo=`.
 const MOUNT_BASE: &str = "/run/imprint/media";
+pub(super) use crate::format::cmdline::MEDIA_INVENTORY as INVENTORY;
 
 /// A mounted medium.
 pub(super) struct Medium {
