@@ -713,3 +713,66 @@ fn stock_debian_from_nginx_deploys_once_then_starts_by_kexec() {
         took.as_secs_f64()
     );
 }
+
+/// The stock Debian from a USB stick under UEFI, with no network device: the
+/// stick deploys the blank disk; pulled out, the machine boots Debian from
+/// the disk (the deploy put its entry after the stick's), which commits.
+#[test]
+fn stock_debian_deploys_from_a_usb_stick_with_no_network() {
+    require_qemu!();
+    require_debian!();
+    let a = artifacts();
+    let repo = Repo::new();
+    add(
+        &repo,
+        "debian:v1",
+        debian_image("v1", Debian::Stock).to_str().unwrap(),
+    );
+    let dir = repo.dir.path();
+    let stick = dir.join("stick.img");
+    let out = imprint(&[
+        "media",
+        "build",
+        "--out",
+        stick.to_str().unwrap(),
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--image",
+        "debian:v1",
+        "--kernel",
+        &a.path("vmlinuz"),
+        "--initramfs",
+        &a.path("initramfs.img"),
+        "--cmdline",
+        "imprint.disk=/dev/vda imprint.hostname=from-stick",
+    ]);
+    assert_success(&out);
+    let disk = dir.join("disk.img");
+    sparse_disk(&disk, 3 << 30);
+    let vars = dir.join("vars.fd");
+    let run = |name: &str, usb: Option<&Path>| {
+        let (status, c) = boot(
+            dir,
+            name,
+            Boot {
+                firmware: "uefi",
+                vars: Some(&vars),
+                net: "none",
+                timeout: 600,
+                usb,
+                ..Boot::default()
+            },
+            &[disk.as_path()],
+        );
+        assert!(status.success(), "{name}: {status:?}\n{c}");
+        c
+    };
+    let c = run("deploy", Some(&stick));
+    assert_has(&c, "medium labelled IMPRINT on /dev/sda1");
+    assert_has(&c, "installed imprint as the first-boot agent");
+    assert_eq!(summary_figure(&c, "from_network"), 0, "{c}");
+    let c = run("installed", None);
+    came_up(&c, "v1", "/dev/vda3", "uefi");
+    assert_has(&c, "imprint firstboot: committed");
+    assert_eq!(partition_file(&disk, 3, "/etc/hostname"), "from-stick\n");
+}
