@@ -54,6 +54,7 @@ fn boot_stock_debian(firmware: &str) {
 fn stock_debian_boots_with_seabios() {
     require_qemu!();
     require_debian!();
+    full_matrix_only!("the stock Debian deploys, which boot it from its disk under SeaBIOS");
     boot_stock_debian("bios");
 }
 
@@ -61,6 +62,9 @@ fn stock_debian_boots_with_seabios() {
 fn stock_debian_boots_with_ovmf() {
     require_qemu!();
     require_debian!();
+    full_matrix_only!(
+        "stock_debian_deploys_from_a_usb_stick_with_no_network, which boots it from its disk under OVMF"
+    );
     boot_stock_debian("uefi");
 }
 
@@ -243,6 +247,7 @@ fn stock_debian_deploy_gets_the_agent_and_commits_bios() {
 fn stock_debian_deploy_gets_the_agent_and_commits_uefi() {
     require_qemu!();
     require_debian!();
+    full_matrix_only!("its BIOS twin, and the UEFI stick deploy of the stock Debian");
     stock_deploy_gets_the_agent_and_commits("uefi");
 }
 
@@ -320,6 +325,9 @@ fn stock_upgrade_boots_the_new_os_every_time(firmware: &'static str) {
 fn stock_debian_upgrade_boots_the_new_os_every_time_bios() {
     require_qemu!();
     require_debian!();
+    full_matrix_only!(
+        "its UEFI twin, and the BIOS power-cut test, which ends in a whole BIOS upgrade"
+    );
     stock_upgrade_boots_the_new_os_every_time("bios");
 }
 
@@ -411,6 +419,9 @@ fn stock_debian_upgrades_roll_back_one_step_bios() {
 fn stock_debian_upgrades_roll_back_one_step_uefi() {
     require_qemu!();
     require_debian!();
+    full_matrix_only!(
+        "its BIOS twin, and stock_debian_uefi_trial_that_never_comes_up_falls_back_to_v1"
+    );
     stock_upgrades_roll_back_one_step("uefi");
 }
 

@@ -164,6 +164,9 @@ fn a_usb_stick_deploys_with_no_network_bios() {
 #[test]
 fn a_usb_stick_deploys_with_no_network_uefi() {
     require_qemu!();
+    full_matrix_only!(
+        "stock_debian_deploys_from_a_usb_stick_with_no_network (tests/debian.rs), a UEFI stick deploy too"
+    );
     deploys_from_medium("uefi", Kind::Usb, false);
 }
 
@@ -358,14 +361,18 @@ fn an_upgrade_fetches_from_the_network_only_what_neither_medium_nor_disk_has() {
         .len()
     };
 
-    // The upgrade: a RAM-disk boot naming the medium, then the network.
+    // The upgrade: a RAM-disk boot naming the medium (by its file system's
+    // UUID, as blkid shows it), then the network.
     let url = served.url.replace("127.0.0.1", "10.0.2.2");
+    let head = std::fs::read(&stick).unwrap();
+    let fat = &head[1 << 20..(1 << 20) + imprint::format::fstype::HEAD_LEN];
+    let uuid = imprint::format::fstype::volume(fat).unwrap().uuid;
     let (status, c) = boot(
         dir,
         "upgrade",
         Boot {
             append: Some(format!(
-                "console=ttyS0 quiet panic=-1 imprint.repo=media:IMPRINT,{url} imprint.image=os:v2 \
+                "console=ttyS0 quiet panic=-1 imprint.repo=media:UUID={uuid},{url} imprint.image=os:v2 \
                  imprint.mode=upgrade imprint.disk=/dev/vdb"
             )),
             usb: Some(&stick),
@@ -374,6 +381,7 @@ fn an_upgrade_fetches_from_the_network_only_what_neither_medium_nor_disk_has() {
         &disks,
     );
     assert!(status.success(), "{c}");
+    assert_has(&c, &format!("medium with UUID {uuid} on /dev/sda1"));
     assert_has(&c, "install step done: write-head");
     let only_v2: Vec<PathBuf> = chunk_files(&new)
         .into_iter()

@@ -730,6 +730,68 @@ fn build_iso(parts: &Parts) -> Result<(), MediaError> {
 mod tests {
     use super::*;
 
+    fn options(images: &[&str], network: Option<&str>) -> Options {
+        Options {
+            out: PathBuf::from("m.img"),
+            repo: PathBuf::from("repo"),
+            images: images.iter().map(|i| i.parse().unwrap()).collect(),
+            iso: false,
+            label: "USB_7".into(),
+            kernel: PathBuf::from("vmlinuz"),
+            initramfs: PathBuf::from("initramfs.img"),
+            cmdline: vec!["imprint.disk=/dev/sda".into()],
+            pubkey: None,
+            hosts: None,
+            network_repo: network.map(String::from),
+            menu_timeout: 3,
+        }
+    }
+
+    fn digest(b: u8) -> Digest {
+        Digest::of(&[b])
+    }
+
+    #[test]
+    fn every_entry_names_the_medium_then_the_network_and_its_image() {
+        let opts = options(&["web:v3", "db:v1"], Some("https://mirror.example/repo"));
+        let images = [
+            ("web".to_string(), digest(1)),
+            ("db".to_string(), digest(2)),
+        ];
+        let e = entries(&opts, &images);
+        assert_eq!(e.len(), 2);
+        assert_eq!(
+            e[0].args,
+            "console=tty0 console=ttyS0,115200 panic=-1 \
+             imprint.repo=media:USB_7,https://mirror.example/repo imprint.disk=/dev/sda imprint.image=web:v3"
+        );
+        assert!(e[1].args.ends_with(" imprint.image=db:v1"), "{}", e[1].args);
+        assert!(e[0].title.starts_with("imprint: deploy web:v3 (web, "));
+
+        // Several images: a menu that waits; the first is the default.
+        let syslinux = syslinux_cfg(&e, opts.menu_timeout);
+        assert!(syslinux.contains("UI menu.c32\n"), "{syslinux}");
+        assert!(
+            syslinux.contains("TIMEOUT 30\nDEFAULT entry0\n"),
+            "{syslinux}"
+        );
+        assert!(syslinux.contains(&format!("  APPEND {}\n", e[1].args)));
+        let grub = grub_cfg(&e, opts.menu_timeout);
+        assert!(grub.contains("set default=0\nset timeout=3\n"), "{grub}");
+        assert_eq!(grub.matches("menuentry '").count(), 2);
+        assert!(grub.contains(&format!("  linux /boot/vmlinuz {}\n", e[0].args)));
+
+        // One image: straight to it.
+        let one = entries(&options(&["web:v3"], None), &images[..1]);
+        assert!(
+            one[0].args.contains(" imprint.repo=media:USB_7 "),
+            "{}",
+            one[0].args
+        );
+        assert!(syslinux_cfg(&one, 3).contains("PROMPT 0\nTIMEOUT 0\n"));
+        assert!(grub_cfg(&one, 3).contains("set timeout=0\n"));
+    }
+
     #[test]
     fn labels_are_what_fat_and_iso_keep() {
         for good in ["IMPRINT", "A", "MEDIA_2026"] {
