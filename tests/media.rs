@@ -165,7 +165,7 @@ fn a_usb_stick_deploys_with_no_network_bios() {
 fn a_usb_stick_deploys_with_no_network_uefi() {
     require_qemu!();
     full_matrix_only!(
-        "stock_debian_deploys_from_a_usb_stick_with_no_network (tests/debian.rs), a UEFI stick deploy too"
+        "stock_debian_deploys_from_a_usb_stick_with_no_network in tests/debian.rs, a UEFI stick deploy"
     );
     deploys_from_medium("uefi", Kind::Usb, false);
 }

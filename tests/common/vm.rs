@@ -297,7 +297,7 @@ pub fn full_matrix(sampled_by: &str) -> bool {
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),
-        "skipped {test}: CI runs {sampled_by} instead; scripts/full-matrix runs both"
+        "skipped {test} in the CI sample (the same is shown by {sampled_by}); scripts/full-matrix runs it"
     );
     false
 }
