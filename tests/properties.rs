@@ -2617,6 +2617,23 @@ mod http {
         }
 
         #[test]
+        fn http_dates_round_trip_and_garbage_is_no_date(
+            secs in 0u64..253_402_300_800,
+            text in ".{0,40}",
+            mutate in any::<(usize, u8)>(),
+        ) {
+            let date = http_date(secs);
+            prop_assert_eq!(parse_http_date(&date), Some(secs));
+            let _ = parse_http_date(&text);
+            let mut bytes = date.into_bytes();
+            let at = mutate.0 % bytes.len();
+            bytes[at] = mutate.1;
+            if let Some(t) = parse_http_date(&String::from_utf8_lossy(&bytes)) {
+                prop_assert!(t < 253_402_300_800);
+            }
+        }
+
+        #[test]
         fn printable_text_is_one_plain_line(text in ".{0,80}") {
             let p = printable(&text);
             prop_assert!(p.bytes().all(|b| b.is_ascii_graphic() || b == b' '));

@@ -99,6 +99,51 @@ fn serves_files_with_ranges_and_head() {
     assert_eq!(status, 405);
 }
 
+/// A cache in front of the server (squid, a CDN) revalidates what is not
+/// immutable: with the validators a response gave, a conditional request gets
+/// `304` and no body, until the file changes.
+#[test]
+fn conditional_requests_get_304_until_the_file_changes() {
+    let repo = Repo::new();
+    repo.add("os:v1", &mixed_image(1, 2), &[]);
+    let served = Served::start(&repo.path());
+    let addr = served.addr();
+    let get = |extra: &str| {
+        raw_request(
+            &addr,
+            &format!("GET /refs/os/v1 HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"),
+        )
+    };
+    let (status, headers, first) = get("");
+    assert_eq!(status, 200);
+    let etag = header(&headers, "etag").unwrap().to_string();
+    let modified = header(&headers, "last-modified").unwrap().to_string();
+    assert!(modified.ends_with(" GMT"), "{modified}");
+
+    for condition in [
+        format!("If-None-Match: {etag}\r\n"),
+        format!("If-Modified-Since: {modified}\r\n"),
+    ] {
+        let (status, headers, body) = get(&condition);
+        assert_eq!(status, 304, "{condition}");
+        assert!(body.is_empty());
+        assert_eq!(header(&headers, "content-length"), None);
+        assert_eq!(header(&headers, "etag"), Some(etag.as_str()));
+        assert_eq!(header(&headers, "cache-control"), Some("no-cache"));
+    }
+    let (status, _, body) = get("If-None-Match: \"something-else\"\r\n");
+    assert_eq!(status, 200);
+    assert_eq!(body, first);
+
+    // The ref moves to another image: the old tag no longer matches.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let digest = repo.add("os:v1", &mixed_image(2, 2), &[]);
+    let (status, headers, body) = get(&format!("If-None-Match: {etag}\r\n"));
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8_lossy(&body).trim(), digest);
+    assert_ne!(header(&headers, "etag"), Some(etag.as_str()));
+}
+
 #[test]
 fn large_bodies_carry_content_length_over_keep_alive() {
     let (repo, served, _) = setup();

@@ -135,6 +135,7 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         204 => "No Content",
         206 => "Partial Content",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -622,16 +623,40 @@ impl RepoServer {
             }
             Err(_) => return Reply::text(403, "forbidden\n"),
         };
-        let size = match file.metadata() {
-            Ok(m) if m.is_file() => m.len(),
+        let (size, mtime) = match file.metadata() {
+            Ok(m) if m.is_file() => {
+                use std::os::unix::fs::MetadataExt;
+                (
+                    m.len(),
+                    (m.mtime(), m.mtime_nsec().clamp(0, 999_999_999) as u32),
+                )
+            }
             Ok(_) => return Reply::text(404, "not a file\n"),
             Err(_) => return Reply::text(500, "cannot stat file\n"),
         };
+        // Validators, so a cache in front (squid, a CDN) revalidates a ref or
+        // a signature file with a 304 instead of fetching it again.
+        let (etag, modified) = http::validators(size, mtime);
         let mut headers = vec![
             ("Accept-Ranges", "bytes".to_string()),
             ("Content-Type", ctype.to_string()),
             ("Cache-Control", cache.to_string()),
+            ("ETag", etag.clone()),
+            ("Last-Modified", http::http_date(modified)),
         ];
+        if http::not_modified(
+            head.header("if-none-match"),
+            head.header("if-modified-since"),
+            &etag,
+            modified,
+        ) {
+            return Reply {
+                status: 304,
+                headers,
+                body: Body::Bytes(Vec::new()),
+                close: false,
+            };
+        }
         let (status, start, len) = match head.header("range").map(|r| http::parse_range(r, size)) {
             None | Some(RangeRequest::Ignore) => (200, 0, size),
             Some(RangeRequest::Unsatisfiable) => {
@@ -796,7 +821,8 @@ fn write_reply(
     for (name, value) in &reply.headers {
         out.push_str(&format!("{name}: {value}\r\n"));
     }
-    if reply.status != 204 {
+    // 204 and 304 carry no body, and a 304 must not announce one.
+    if reply.status != 204 && reply.status != 304 {
         out.push_str(&format!("Content-Length: {len}\r\n"));
     }
     out.push_str(if keep {
@@ -805,7 +831,7 @@ fn write_reply(
         "Connection: close\r\n\r\n"
     });
     stream.write_all(out.as_bytes())?;
-    if head_only || reply.status == 204 {
+    if head_only || reply.status == 204 || reply.status == 304 {
         return stream.flush();
     }
     match reply.body {
