@@ -2582,6 +2582,31 @@ mod http {
         fn arbitrary_heads_never_panic(bytes in bytes()) {
             let _ = head_end(&bytes);
             let _ = bounded(bytes.len(), || parse_head(&bytes));
+            let _ = bounded(bytes.len(), || parse_response_head(&bytes, Method::Get));
+            let _ = parse_chunk_size(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn mutated_response_heads_keep_their_bounds(
+            status in 100u16..600,
+            length in any::<u64>(),
+            chunked in any::<bool>(),
+            ms in mutations(),
+        ) {
+            let framing = if chunked {
+                "Transfer-Encoding: chunked".to_string()
+            } else {
+                format!("Content-Length: {length}")
+            };
+            let text = format!("HTTP/1.1 {status} Reason\r\n{framing}\r\nX-Cache: MISS\r\n\r\n");
+            let good = parse_response_head(text.as_bytes(), Method::Get).unwrap();
+            prop_assert_eq!(good.status, status);
+            let text = mutate(text.as_bytes(), &ms);
+            if let Ok(h) = bounded(text.len(), || parse_response_head(&text, Method::Get)) {
+                prop_assert!(h.headers.len() <= MAX_HEADERS);
+                prop_assert!((100..600).contains(&h.status));
+                let _ = h.keep_alive();
+            }
         }
 
         #[test]

@@ -1,6 +1,7 @@
-//! HTTP/1.x request heads and byte ranges, parsed from bytes a client sent, with
-//! every size bounded before anything is kept: the server in `host::serve` reads
-//! at most [`MAX_HEAD`] bytes and hands them here.
+//! HTTP/1.x request heads and byte ranges, parsed from bytes a client sent, and
+//! response heads and chunk sizes, parsed from bytes a server (or a proxy)
+//! sent, with every size bounded before anything is kept: readers take at most
+//! [`MAX_HEAD`] bytes of a head and hand them here.
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEAD: usize = 16 << 10;
@@ -23,6 +24,10 @@ pub enum HttpError {
     BadLength,
     #[error("request bodies in chunked transfer coding are not accepted")]
     Chunked,
+    #[error("malformed status line")]
+    BadStatusLine,
+    #[error("malformed chunk size")]
+    BadChunk,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,23 +51,35 @@ pub struct RequestHead {
     pub content_length: u64,
 }
 
+/// The value of header `name` (lower case) among `headers`.
+fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Whether `Connection:` and the version leave the connection open.
+fn connection_open(headers: &[(String, String)], minor: u8) -> bool {
+    let connection = find_header(headers, "connection")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let says = |token: &str| connection.split(',').any(|t| t.trim() == token);
+    if minor == 0 {
+        says("keep-alive")
+    } else {
+        !says("close")
+    }
+}
+
 impl RequestHead {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     /// Whether the client asked to keep the connection open after this request.
     pub fn keep_alive(&self) -> bool {
-        let connection = self.header("connection").unwrap_or("").to_ascii_lowercase();
-        let says = |token: &str| connection.split(',').any(|t| t.trim() == token);
-        if self.minor == 0 {
-            says("keep-alive")
-        } else {
-            !says("close")
-        }
+        connection_open(&self.headers, self.minor)
     }
 
     /// The path part of the target.
@@ -115,6 +132,23 @@ pub fn parse_head(head: &[u8]) -> Result<RequestHead, HttpError> {
         m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => Method::Other,
         _ => return Err(HttpError::BadRequestLine),
     };
+    let headers = header_lines(lines)?;
+    if headers.iter().any(|(n, _)| n == "transfer-encoding") {
+        return Err(HttpError::Chunked);
+    }
+    Ok(RequestHead {
+        method,
+        target: target.to_string(),
+        minor,
+        content_length: content_length(&headers)?.unwrap_or(0),
+        headers,
+    })
+}
+
+/// Header lines up to the blank one: names in lower case, values trimmed.
+fn header_lines<'a>(
+    lines: impl Iterator<Item = &'a str>,
+) -> Result<Vec<(String, String)>, HttpError> {
     let mut headers = Vec::new();
     for line in lines.take_while(|l| !l.is_empty()) {
         if headers.len() == MAX_HEADERS {
@@ -130,32 +164,133 @@ pub fn parse_head(head: &[u8]) -> Result<RequestHead, HttpError> {
         }
         headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
     }
-    let mut content_length = None;
-    for (name, value) in &headers {
-        match name.as_str() {
-            "transfer-encoding" => return Err(HttpError::Chunked),
-            "content-length" => {
-                let n = value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
-                    .ok_or(HttpError::BadLength)?;
-                // Two different lengths: a request smuggling attempt or a bug.
-                if content_length.is_some_and(|c| c != n) {
-                    return Err(HttpError::BadLength);
-                }
-                content_length = Some(n);
-            }
-            _ => {}
+    Ok(headers)
+}
+
+/// The declared Content-Length, if any; two different ones are an error (a
+/// smuggling attempt or a bug).
+fn content_length(headers: &[(String, String)]) -> Result<Option<u64>, HttpError> {
+    let mut length = None;
+    for (_, value) in headers.iter().filter(|(n, _)| n == "content-length") {
+        let n = value
+            .parse::<u64>()
+            .ok()
+            .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or(HttpError::BadLength)?;
+        if length.is_some_and(|c| c != n) {
+            return Err(HttpError::BadLength);
         }
+        length = Some(n);
     }
-    Ok(RequestHead {
-        method,
-        target: target.to_string(),
+    Ok(length)
+}
+
+/// How a response's body ends (RFC 9112 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a response to HEAD, 1xx, 204 or 304.
+    Empty,
+    Length(u64),
+    /// Chunked transfer coding: chunk sizes read with [`parse_chunk_size`].
+    Chunked,
+    /// Everything until the server closes the connection.
+    UntilClose,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    /// Header names in lower case, values trimmed.
+    pub headers: Vec<(String, String)>,
+    pub framing: Framing,
+}
+
+impl ResponseHead {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+
+    /// Whether the connection can carry another request after this response's
+    /// body (whose end must then be known from its framing).
+    pub fn keep_alive(&self) -> bool {
+        connection_open(&self.headers, self.minor)
+            && self.framing != Framing::UntilClose
+            // A length next to a transfer coding cannot be trusted to end it.
+            && !(self.header("transfer-encoding").is_some()
+                && self.header("content-length").is_some())
+    }
+}
+
+/// Parses a complete response head (as [`head_end`] delimits it) to a request
+/// made with `method`.
+pub fn parse_response_head(head: &[u8], method: Method) -> Result<ResponseHead, HttpError> {
+    if head.len() > MAX_HEAD {
+        return Err(HttpError::HeadTooLarge);
+    }
+    let text = std::str::from_utf8(head).map_err(|_| HttpError::BadHeader)?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().ok_or(HttpError::BadStatusLine)?;
+    let (version, rest) = status_line
+        .split_once(' ')
+        .ok_or(HttpError::BadStatusLine)?;
+    let minor = match version {
+        "HTTP/1.1" => 1,
+        "HTTP/1.0" => 0,
+        _ => return Err(HttpError::Version),
+    };
+    let code = rest.split(' ').next().unwrap_or("");
+    let status = code
+        .parse::<u16>()
+        .ok()
+        .filter(|s| code.len() == 3 && (100..=599).contains(s))
+        .ok_or(HttpError::BadStatusLine)?;
+    let headers = header_lines(lines)?;
+    let length = content_length(&headers)?;
+    let coding = headers
+        .iter()
+        .find(|(n, _)| n == "transfer-encoding")
+        .map(|(_, v)| v.to_ascii_lowercase());
+    let framing = if method == Method::Head || status < 200 || status == 204 || status == 304 {
+        Framing::Empty
+    } else if let Some(coding) = coding {
+        // Chunked only when it is the last coding; anything else runs to the close.
+        if coding.rsplit(',').next().map(str::trim) == Some("chunked") {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        length.map_or(Framing::UntilClose, Framing::Length)
+    };
+    Ok(ResponseHead {
+        status,
         minor,
         headers,
-        content_length: content_length.unwrap_or(0),
+        framing,
     })
+}
+
+/// Longest chunk-size line read (hex digits and extensions).
+pub const MAX_CHUNK_LINE: usize = 1024;
+
+/// The size of a chunk from its line (without CRLF): hex digits, then
+/// extensions after `;`, which are ignored. At most 15 digits, so a size fits
+/// any file and never overflows.
+pub fn parse_chunk_size(line: &str) -> Result<u64, HttpError> {
+    if line.len() > MAX_CHUNK_LINE {
+        return Err(HttpError::BadChunk);
+    }
+    let digits = line
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim_end_matches([' ', '\t']);
+    if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(HttpError::BadChunk);
+    }
+    u64::from_str_radix(digits, 16).map_err(|_| HttpError::BadChunk)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -342,6 +477,94 @@ pub fn not_modified(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn response_heads_say_how_their_bodies_end() {
+        let parse = |text: &str, method| parse_response_head(text.as_bytes(), method);
+        let r = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 42\r\nX-Cache: HIT from squid\r\n\r\n",
+            Method::Get,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.status, r.minor, r.framing),
+            (200, 1, Framing::Length(42))
+        );
+        assert_eq!(r.header("x-cache"), Some("HIT from squid"));
+        assert!(r.keep_alive());
+        let r = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            Method::Get,
+        );
+        assert_eq!(r.unwrap().framing, Framing::Chunked);
+        let r = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            Method::Get,
+        );
+        assert_eq!(r.unwrap().framing, Framing::UntilClose);
+        // A length beside chunked: chunked wins and the connection closes after.
+        let r = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Method::Get,
+        )
+        .unwrap();
+        assert_eq!(r.framing, Framing::Chunked);
+        assert!(!r.keep_alive());
+        let r = parse("HTTP/1.0 200 OK\r\n\r\n", Method::Get).unwrap();
+        assert_eq!(r.framing, Framing::UntilClose);
+        assert!(!r.keep_alive());
+        for (text, method) in [
+            (
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
+                Method::Get,
+            ),
+            ("HTTP/1.1 204 No Content\r\n\r\n", Method::Get),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n",
+                Method::Head,
+            ),
+        ] {
+            assert_eq!(
+                parse(text, method).unwrap().framing,
+                Framing::Empty,
+                "{text}"
+            );
+        }
+        for bad in [
+            "HTTP/1.1 20 OK\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 700 What\r\n\r\n",
+            "HTTP/1.1\r\n\r\n",
+            "ICY 200 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n",
+        ] {
+            assert!(parse(bad, Method::Get).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_are_bounded_hex() {
+        assert_eq!(parse_chunk_size("0"), Ok(0));
+        assert_eq!(parse_chunk_size("1A2b"), Ok(0x1a2b));
+        assert_eq!(parse_chunk_size("10;name=value"), Ok(16));
+        assert_eq!(
+            parse_chunk_size("fffffffffffffff"),
+            Ok(0xfff_ffff_ffff_ffff)
+        );
+        for bad in [
+            "",
+            ";x",
+            "g",
+            "-1",
+            "1 0",
+            "ffffffffffffffff",
+            &"0".repeat(2000),
+        ] {
+            assert_eq!(parse_chunk_size(bad), Err(HttpError::BadChunk), "{bad:?}");
+        }
+    }
 
     #[test]
     fn http_dates_are_imf_fixdates_both_ways() {
