@@ -2077,6 +2077,7 @@ mod cmdline {
                         handoff,
                         pubkey,
                         status,
+                        proxy: None,
                         on_error,
                         hostname,
                         target,

@@ -11,7 +11,7 @@ use imprint::format::manifest::{self, BootFacts, ChunkKind, Firmware, Manifest};
 use imprint::format::signature;
 use imprint::host::initramfs;
 use imprint::host::repo::{self, AddOptions, LocalRepo};
-use imprint::source::{CaRoots, DirSource, HttpSource, RetryPolicy, Source, SystemResolver};
+use imprint::source::{CaRoots, DirSource, HttpSource, Proxy, RetryPolicy, Source, SystemResolver};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -422,13 +422,21 @@ impl SourceArgs {
                 }
                 Ok(Box::new(DirSource::new(dir)))
             }
-            (None, Some(url)) => Ok(Box::new(HttpSource::new(
-                url,
-                Arc::new(SystemResolver),
-                Duration::from_secs(self.timeout.max(1)),
-                connections,
-                ca_roots(self.ca.as_deref(), url)?,
-            )?)),
+            (None, Some(url)) => {
+                let timeout = Duration::from_secs(self.timeout.max(1));
+                let proxy = imprint::source::proxy_from_env(url, |k| std::env::var(k).ok())
+                    .map(|p| Proxy::new(&p, Arc::new(SystemResolver), timeout, connections))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("http_proxy: {e}"))?;
+                let source = HttpSource::new(
+                    url,
+                    Arc::new(SystemResolver),
+                    timeout,
+                    connections,
+                    ca_roots(self.ca.as_deref(), url)?,
+                )?;
+                Ok(Box::new(source.with_proxy(proxy)))
+            }
             (None, None) => bail!("give --repo DIR or --url URL"),
         }
     }

@@ -24,6 +24,8 @@ pub struct Config {
     pub pubkey: Option<String>,
     /// URL status events are POSTed to.
     pub status: Option<String>,
+    /// Forward proxy (`http://host:port`) for `http://` repositories.
+    pub proxy: Option<String>,
     pub on_error: ErrorPolicy,
     pub hostname: Option<String>,
     /// Name under which this machine reports status (default: its MAC address).
@@ -169,6 +171,7 @@ const KNOWN: &[&str] = &[
     "imprint.handoff",
     "imprint.pubkey",
     "imprint.status",
+    "imprint.proxy",
     "imprint.on-error",
     "imprint.hostname",
     "imprint.target",
@@ -220,6 +223,7 @@ pub fn split(cmdline: &str) -> Vec<String> {
 pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
     let mut cfg = Config {
         repo: Vec::new(),
+        proxy: None,
         image: None,
         disk: None,
         mode: Mode::Deploy,
@@ -272,6 +276,9 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
         }
         let result: Result<(), String> = match key.as_str() {
             "imprint.repo" => parse_repo(&value).map(|v| cfg.repo = v),
+            "imprint.proxy" => {
+                super::http::parse_proxy_url(&value).map(|_| cfg.proxy = Some(value.clone()))
+            }
             "imprint.status" => parse_url(&value).map(|v| cfg.status = Some(v)),
             "imprint.image" => value
                 .parse::<ImageRef>()
@@ -830,6 +837,12 @@ mod tests {
             ["ip"]
         );
         assert_eq!(problems(&format!("{BASE} BOOTIF=zz")), ["BOOTIF"]);
+        assert_eq!(
+            problems(&format!("{BASE} imprint.proxy=https://squid:3128")),
+            ["imprint.proxy"]
+        );
+        let cfg = parse(&format!("{BASE} imprint.proxy=http://10.0.2.2:3128")).unwrap();
+        assert_eq!(cfg.proxy.as_deref(), Some("http://10.0.2.2:3128"));
         assert_eq!(problems(&format!("{BASE} imprint.mode")), ["imprint.mode"]);
         assert_eq!(
             problems("imprint.repo=media: imprint.image=os:v1"),

@@ -272,6 +272,30 @@ pub fn parse_response_head(head: &[u8], method: Method) -> Result<ResponseHead, 
     })
 }
 
+/// `http://host[:port][/]` as (host, port); port 80 when not given.
+pub fn parse_proxy_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("proxy {url:?} must be an http:// URL"))?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains(['/', '@', '?', '#', ' ']) {
+        return Err(format!("proxy {url:?} must be http://HOST[:PORT]"));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("proxy {url:?} has a bad port"))?,
+        ),
+        _ => (authority, 80),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("proxy {url:?} has no host"));
+    }
+    Ok((host.to_string(), port))
+}
+
 /// Longest chunk-size line read (hex digits and extensions).
 pub const MAX_CHUNK_LINE: usize = 1024;
 
@@ -541,6 +565,32 @@ mod tests {
             "HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n",
         ] {
             assert!(parse(bad, Method::Get).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn proxy_urls_name_a_host_and_port() {
+        assert_eq!(
+            parse_proxy_url("http://10.0.2.2:3128"),
+            Ok(("10.0.2.2".into(), 3128))
+        );
+        assert_eq!(
+            parse_proxy_url("http://squid.lan/"),
+            Ok(("squid.lan".into(), 80))
+        );
+        assert_eq!(
+            parse_proxy_url("http://[::1]:8080"),
+            Ok(("::1".into(), 8080))
+        );
+        for bad in [
+            "squid:3128",
+            "https://p:1",
+            "http://",
+            "http://u@p:1",
+            "http://p:x",
+            "http://p/x",
+        ] {
+            assert!(parse_proxy_url(bad).is_err(), "{bad}");
         }
     }
 

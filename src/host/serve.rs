@@ -818,6 +818,12 @@ fn write_reply(
 ) -> io::Result<()> {
     let len = reply.len();
     let mut out = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
+    // An origin server with a clock says when it answered (RFC 9110 6.6.1):
+    // caches reckon a response's age from it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    out.push_str(&format!("Date: {}\r\n", http::http_date(now)));
     for (name, value) in &reply.headers {
         out.push_str(&format!("{name}: {value}\r\n"));
     }

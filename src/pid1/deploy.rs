@@ -342,16 +342,23 @@ fn open_sources(
     let mut parts: Vec<(String, Box<dyn Source>)> = Vec::new();
     for (source, medium) in config.repo.iter().zip(media) {
         match (source, medium, &resolver) {
-            (RepoSource::Url(url), _, Some(resolver)) => parts.push((
-                url.clone(),
-                Box::new(HttpSource::new(
+            (RepoSource::Url(url), _, Some(resolver)) => {
+                let timeout = Duration::from_secs(30);
+                let proxy = config
+                    .proxy
+                    .as_deref()
+                    .map(|p| crate::source::Proxy::new(p, resolver.clone(), timeout, config.jobs))
+                    .transpose()
+                    .map_err(|e| anyhow!("imprint.proxy: {e}"))?;
+                let source = HttpSource::new(
                     url,
                     resolver.clone(),
-                    Duration::from_secs(30),
+                    timeout,
                     config.jobs,
                     super::ca_roots(),
-                )?),
-            )),
+                )?;
+                parts.push((url.clone(), Box::new(source.with_proxy(proxy))));
+            }
             (RepoSource::Media { dir, .. }, Some(m), _) => parts.push((
                 source.to_string(),
                 Box::new(DirSource::new(&m.root.join(dir))),

@@ -207,6 +207,8 @@ pub struct HttpSource {
     base: String,
     agent: Agent,
     roots: Option<CaRoots>,
+    /// For an `http://` repository: the forward proxy it is fetched through.
+    proxy: Option<super::proxy::Proxy>,
 }
 
 impl HttpSource {
@@ -244,7 +246,17 @@ impl HttpSource {
             base: base.trim_end_matches('/').to_string(),
             agent,
             roots,
+            proxy: None,
         })
+    }
+
+    /// Fetches through `proxy` (an `http://` repository only: HTTPS goes to
+    /// its server directly).
+    pub fn with_proxy(mut self, proxy: Option<super::proxy::Proxy>) -> HttpSource {
+        if self.base.starts_with("http://") {
+            self.proxy = proxy;
+        }
+        self
     }
 
     fn url(&self, path: &str) -> String {
@@ -270,14 +282,23 @@ impl Source for HttpSource {
                 },
             }
         };
+        if let Some(proxy) = &self.proxy {
+            let status = proxy.get(&location, limit, buf).map_err(|e| match e {
+                super::proxy::ProxyError::TooLarge => FetchError::TooLarge {
+                    location: location.clone(),
+                    limit,
+                },
+                super::proxy::ProxyError::Failed(reason) => FetchError::Network {
+                    location: location.clone(),
+                    reason,
+                },
+            })?;
+            return status_error(location, status).map_or(Ok(()), Err);
+        }
         let mut response = self.agent.get(&location).call().map_err(network)?;
         let status = response.status().as_u16();
-        match status {
-            200 => {}
-            404 | 410 => return Err(FetchError::NotFound { location }),
-            401 | 403 => return Err(FetchError::Denied { location, status }),
-            500..=599 | 408 | 429 => return Err(FetchError::Server { location, status }),
-            _ => return Err(FetchError::Refused { location, status }),
+        if let Some(e) = status_error(location.clone(), status) {
+            return Err(e);
         }
         let reader = response
             .body_mut()
@@ -297,6 +318,17 @@ impl Source for HttpSource {
 
     fn location(&self, path: &str) -> String {
         self.url(path)
+    }
+}
+
+/// What a status other than 200 means for a fetch.
+fn status_error(location: String, status: u16) -> Option<FetchError> {
+    match status {
+        200 => None,
+        404 | 410 => Some(FetchError::NotFound { location }),
+        401 | 403 => Some(FetchError::Denied { location, status }),
+        500..=599 | 408 | 429 => Some(FetchError::Server { location, status }),
+        _ => Some(FetchError::Refused { location, status }),
     }
 }
 

@@ -4,12 +4,14 @@
 
 mod dns;
 mod http;
+mod proxy;
 
 pub use dns::DnsResolver;
 pub use http::{
     CaError, CaRoots, HttpSource, NameResolver, SYSTEM_CA_FILES, SystemResolver, describe,
     small_agent,
 };
+pub use proxy::{Proxy, ProxyError, proxy_from_env};
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};

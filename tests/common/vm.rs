@@ -164,6 +164,23 @@ pub fn nginx_available() -> bool {
 
 const NGINX: &str = "/usr/sbin/nginx";
 
+/// Debian's squid and root (it drops to its own user), for the tests that
+/// deploy through a cache.
+pub fn squid_available() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    static MISSING: OnceLock<Vec<String>> = OnceLock::new();
+    available(MISSING.get_or_init(|| {
+        let mut missing = Vec::new();
+        if !Path::new("/usr/sbin/squid").is_file() {
+            missing.push("squid (squid)".to_string());
+        }
+        if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
+            missing.push("root (squid runs as its own user)".to_string());
+        }
+        missing
+    }))
+}
+
 /// Debian's nginx serving a directory as plain static files on a loopback
 /// port, with its own configuration and logs: a repository published as most
 /// are, on a web server (or a CDN) that knows nothing of imprint.
