@@ -219,12 +219,7 @@ fn the_server_restarts_during_a_deploy() {
          [hosts.\"{MAC}\"]\nimage = \"os:v1\"\nsettings = {{ disk = \"/dev/vda\" }}\n"
     );
     // A fixed port: the machine's boot script and status URL name it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", free_port());
     let (served, net) = provisioning_server(&repo, &inventory, Some(&listen));
     let disk = repo.file("disk.img");
     sparse_disk(&disk, 256 << 20);

@@ -23,11 +23,7 @@ impl Squid {
     fn start() -> Squid {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let conf = d.join("squid.conf");
         std::fs::write(
             &conf,
@@ -75,15 +71,7 @@ impl Squid {
             .spawn()
             .unwrap();
         let addr = format!("127.0.0.1:{port}");
-        let start = std::time::Instant::now();
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(30),
-                "squid did not listen: {}",
-                std::fs::read_to_string(d.join("cache.log")).unwrap_or_default()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        wait_listening(&addr, "squid", &d.join("cache.log"));
         Squid {
             child,
             dir,
@@ -109,10 +97,7 @@ impl Squid {
 
 impl Drop for Squid {
     fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 

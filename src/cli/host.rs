@@ -1048,19 +1048,8 @@ fn initramfs_ca(args: &InitramfsBuildArgs) -> Result<Option<(Vec<u8>, CaRoots)>>
     if args.no_ca {
         return Ok(None);
     }
-    let path = match &args.ca {
-        Some(path) => path.clone(),
-        None => match std::env::var_os("SSL_CERT_FILE") {
-            Some(file) => PathBuf::from(file),
-            None => match imprint::source::SYSTEM_CA_FILES
-                .iter()
-                .map(Path::new)
-                .find(|p| p.is_file())
-            {
-                Some(p) => p.to_path_buf(),
-                None => return Ok(None),
-            },
-        },
+    let Some(path) = args.ca.clone().or_else(CaRoots::system_path) else {
+        return Ok(None);
     };
     let (roots, pem) = CaRoots::load_pem(&path)?;
     Ok(Some((pem, roots)))

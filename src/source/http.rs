@@ -150,16 +150,22 @@ impl CaRoots {
         Ok((CaRoots::from_pem(&pem, &shown)?, pem))
     }
 
-    /// `$SSL_CERT_FILE`, else the first system bundle that exists.
-    pub fn system() -> Option<Result<CaRoots, CaError>> {
+    /// The system's bundle: `$SSL_CERT_FILE`, else the first of
+    /// [`SYSTEM_CA_FILES`] that exists.
+    pub fn system_path() -> Option<std::path::PathBuf> {
         if let Some(file) = std::env::var_os("SSL_CERT_FILE") {
-            return Some(CaRoots::load(Path::new(&file)));
+            return Some(file.into());
         }
         SYSTEM_CA_FILES
             .iter()
             .map(Path::new)
             .find(|p| p.is_file())
-            .map(CaRoots::load)
+            .map(Path::to_path_buf)
+    }
+
+    /// The roots of [`CaRoots::system_path`].
+    pub fn system() -> Option<Result<CaRoots, CaError>> {
+        CaRoots::system_path().map(|p| CaRoots::load(&p))
     }
 
     pub fn len(&self) -> usize {

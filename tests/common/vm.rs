@@ -202,11 +202,7 @@ impl Nginx {
 
     fn start_with(root: &Path, tls: Option<(&Path, &Path)>) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let d = dir.path().display();
         let conf = format!(
             "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
@@ -237,15 +233,7 @@ impl Nginx {
             .spawn()
             .expect("starting nginx");
         let addr = format!("127.0.0.1:{port}");
-        let start = std::time::Instant::now();
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "nginx did not listen on {addr}: {}",
-                std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(&addr, "nginx", &dir.path().join("error.log"));
         let scheme = if tls.is_some() { "https" } else { "http" };
         Nginx {
             child,
@@ -266,12 +254,41 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // Terminated, not killed: the master takes its worker with it.
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; a server started at once
+/// gets it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (30 s at most) for a server just started to accept on `addr`; on a
+/// timeout fails with its log.
+pub fn wait_listening(addr: &str, server: &str, log: &Path) {
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{server} did not listen on {addr}: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Ends a server: terminated, not killed, so a master process takes its
+/// workers with it.
+pub fn terminate(child: &mut std::process::Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let _ = child.wait();
 }
 
 /// True when nothing is missing; otherwise says what is, on stderr (a skip) or,
