@@ -197,8 +197,9 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// A CD whose copy of one chunk is damaged: with the network allowed
 /// (`--network-repo`), that chunk alone comes from the network repository and
 /// the deploy completes; with no network the deploy fails saying which chunk,
-/// and the disk is left without a boot record. A boot entry that names the
-/// medium itself as the target is refused.
+/// and the disk is left without a boot record. With no `imprint.repo=` the
+/// medium labelled IMPRINT is the repository; naming it as the target is
+/// refused.
 #[test]
 fn a_damaged_chunk_on_the_medium_comes_from_the_network_or_fails_clearly() {
     require_qemu!();
@@ -257,17 +258,26 @@ fn a_damaged_chunk_on_the_medium_comes_from_the_network_or_fails_clearly() {
     let c = m.run("installed", None, "none");
     assert_has(&c, "test-os: v1 booted");
 
-    // The medium as the target, by name: refused before anything is written.
+    // A command line with no imprint.repo= (here a RAM-disk boot): the
+    // documented default, the medium labelled IMPRINT, is found. Naming that
+    // medium as the target is refused before anything is written.
     let stick = dir.join("stick.img");
-    build_medium(
-        &repo.path(),
-        &stick,
-        &[
-            "--cmdline",
-            "imprint.disk=/dev/sda imprint.on-error=poweroff",
-        ],
+    build_medium(&repo.path(), &stick, &[]);
+    let (_, c) = boot(
+        dir,
+        "medium-as-target",
+        Boot {
+            append: Some(
+                "console=ttyS0 quiet panic=-1 imprint.image=os:v1 imprint.disk=/dev/sda imprint.on-error=poweroff"
+                    .into(),
+            ),
+            net: "none",
+            usb: Some(&stick),
+            ..Boot::default()
+        },
+        &[m.disk.as_path()],
     );
-    let (_, c) = m.boot("medium-as-target", Some((&stick, Kind::Usb)), "none");
+    assert_has(&c, "medium labelled IMPRINT on /dev/sda1");
     assert_has(
         &c,
         "deploy failed: /dev/sda is the boot medium or in use; it is never a target",
