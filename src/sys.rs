@@ -427,6 +427,20 @@ pub fn wait_for_termination() -> i32 {
     }
 }
 
+/// Time since the kernel started (`/proc/uptime`, to the hundredth of a second).
+pub fn uptime() -> Option<std::time::Duration> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs))
+}
+
+/// Unix time in milliseconds (0 for a clock set before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Memory the kernel says is available for new allocations (`MemAvailable`),
 /// in bytes.
 pub fn available_memory() -> Option<u64> {

@@ -747,13 +747,14 @@ mod state {
                     (".{0,40}", any::<u64>())
                         .prop_map(|(tag, issued)| ReleaseStamp { tag, issued }),
                 ),
+                prop::option::of(timings()),
             ),
         )
             .prop_map(
                 |(
                     (mode, image_name, image_digest, deployed_at, previous),
                     (settings, boot_attempts, status_url, target),
-                    (deployed_mode, bundle, saved_boot_record, agent, release),
+                    (deployed_mode, bundle, saved_boot_record, agent, release, timings),
                 )| Record {
                     version: RECORD_VERSION,
                     mode,
@@ -770,8 +771,43 @@ mod state {
                     saved_boot_record,
                     agent,
                     release,
+                    timings,
                 },
             )
+    }
+
+    fn timings() -> impl Strategy<Value = imprint::format::timing::Timings> {
+        use imprint::format::timing::{ByteSources, DataWork, Phase, Timings};
+        let phase = prop::sample::select(Phase::ALL.to_vec());
+        (
+            any::<u64>(),
+            vec((phase, any::<u64>()), 0..12),
+            any::<[u64; 3]>(),
+            any::<[u64; 4]>(),
+            any::<u64>(),
+        )
+            .prop_map(|(started_ms, entries, work, bytes, handoff_at_ms)| {
+                let mut t = Timings {
+                    started_ms,
+                    data: DataWork {
+                        fetch_ms: work[0],
+                        verify_ms: work[1],
+                        disk_ms: work[2],
+                    },
+                    bytes: ByteSources {
+                        target: bytes[0],
+                        previous: bytes[1],
+                        media: bytes[2],
+                        network: bytes[3],
+                    },
+                    handoff_at_ms,
+                    ..Timings::default()
+                };
+                for (p, ms) in entries {
+                    t.add(p, ms);
+                }
+                t
+            })
     }
 
     const HEADER: usize = 24;

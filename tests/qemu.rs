@@ -9,6 +9,7 @@ use common::vm::*;
 use common::*;
 use imprint::format::state;
 use imprint::format::status::Phase;
+use imprint::format::timing::Phase as Timed;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -62,6 +63,44 @@ fn deploy_then_boot(firmware: &str) {
         status_of(&served.url)[format!("vm-{firmware}")]["phase"],
         Phase::Complete.as_str()
     );
+    // Where the time went, in the record: every phase of a network deploy, in
+    // order, and the bytes by where they came from.
+    let timings = read_state(&disk)
+        .0
+        .timings
+        .expect("no timings in the record");
+    let phases: Vec<Timed> = timings.phases.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        phases,
+        [
+            Timed::Drivers,
+            Timed::Network,
+            Timed::Manifest,
+            Timed::Disk,
+            Timed::Write,
+            Timed::BootRecords
+        ],
+        "{timings:?}"
+    );
+    assert!(timings.get(Timed::Write) > Some(0), "{timings:?}");
+    assert!(
+        timings.started_ms > 0 && timings.handoff_at_ms > 0,
+        "{timings:?}"
+    );
+    assert_eq!(
+        timings.bytes.network,
+        summary_figure(&console, "from_network"),
+        "{timings:?}"
+    );
+    assert!(timings.bytes.network >= summary_figure(&console, "fetched"));
+    assert_eq!(timings.bytes.target, summary_figure(&console, "skipped"));
+    assert_eq!(timings.bytes.previous + timings.bytes.media, 0);
+    assert!(
+        timings.data.fetch_ms + timings.data.verify_ms > 0,
+        "{timings:?}"
+    );
+    assert_line(&console, &["timings: drivers ", " write ", "% of "]);
+    assert_has(&console, "\"timings\":{");
     // Checked before the installed OS runs: it mounts its root read-write.
     check_deployed_disk(&disk, &image, &digest, Some("node-1"));
 
@@ -90,6 +129,21 @@ fn deploy_then_boot(firmware: &str) {
     let (record, _) = read_state(&disk);
     assert_eq!(record.mode, state::Mode::Committed);
     assert_eq!(record.deployed_mode, state::Mode::Deploy);
+    // The first boot added the hand-off (here: the deploy VM's power-off, the
+    // test's checks and a new VM's firmware) and its own start.
+    let after = record.timings.expect("the commit lost the timings");
+    assert_eq!(after.phases[..timings.phases.len()], timings.phases[..]);
+    assert!(after.get(Timed::Handoff) > Some(0), "{after:?}");
+    let os = after.get(Timed::OsBoot).unwrap_or(0);
+    assert!((100..120_000).contains(&os), "{after:?}");
+    assert_line(
+        &console,
+        &[
+            "imprint firstboot: timings: drivers ",
+            " handoff ",
+            " os-boot ",
+        ],
+    );
     assert_eq!(root_file(&disk, "/etc/hostname"), "node-1\n");
     assert_eq!(
         root_file(&disk, "/etc/imprint/settings/hostname"),

@@ -989,7 +989,8 @@ pub fn deploy(args: &DeployArgs) -> Result<Exit> {
     let p = result.with_context(|| format!("deploying to {}", disk.display()))?;
     println!(
         "deploy complete: image={} bytes={} written={} zeroed={} skipped={} fetched={} \
-         chunks={} fetched_chunks={} skipped_chunks={} retries={} seconds={:.2} rate={:.1}MB/s",
+         chunks={} fetched_chunks={} skipped_chunks={} retries={} seconds={:.2} rate={:.1}MB/s \
+         worker_fetch_s={:.2} worker_verify_s={:.2} worker_disk_s={:.2}",
         resolved.digest,
         p.total_bytes,
         p.written_bytes,
@@ -1001,7 +1002,10 @@ pub fn deploy(args: &DeployArgs) -> Result<Exit> {
         p.chunks_skipped,
         p.retries,
         p.elapsed.as_secs_f64(),
-        p.rate_mb_s()
+        p.rate_mb_s(),
+        p.fetch_time.as_secs_f64(),
+        p.verify_time.as_secs_f64(),
+        p.disk_time.as_secs_f64(),
     );
     Ok(Exit::Success)
 }

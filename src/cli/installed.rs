@@ -69,7 +69,12 @@ fn print_firstboot(event: Event) {
             }
         }
         Event::BootOrder(n) => println!("{p} Boot{n:04X} is now the first disk in BootOrder"),
-        Event::Committed => println!("{p} committed"),
+        Event::Committed(record) => {
+            println!("{p} committed");
+            if let Some(t) = &record.timings {
+                println!("{p} timings: {}", t.summary());
+            }
+        }
     }
 }
 
@@ -103,6 +108,9 @@ pub fn status() -> Result<Exit> {
         Agent::Skipped(why) => format!("none installed: {why}"),
     };
     println!("agent       {agent}");
+    if let Some(t) = &r.record.timings {
+        println!("timings     {}", t.summary());
+    }
     Ok(Exit::Success)
 }
 

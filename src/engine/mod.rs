@@ -271,6 +271,11 @@ pub struct Progress {
     pub chunks_seeded: u64,
     pub retries: u64,
     pub elapsed: Duration,
+    /// Worker time, summed over the workers: waiting for fetched chunks,
+    /// hashing and decompressing, reading and writing disks.
+    pub fetch_time: Duration,
+    pub verify_time: Duration,
+    pub disk_time: Duration,
 }
 
 impl Progress {
@@ -290,6 +295,9 @@ impl Progress {
             chunks_seeded: self.chunks_seeded + other.chunks_seeded,
             retries: self.retries + other.retries,
             elapsed: self.elapsed + other.elapsed,
+            fetch_time: self.fetch_time + other.fetch_time,
+            verify_time: self.verify_time + other.verify_time,
+            disk_time: self.disk_time + other.disk_time,
         }
     }
 
@@ -324,6 +332,17 @@ struct Counters {
     chunks_skipped: AtomicU64,
     chunks_seeded: AtomicU64,
     retries: RetryCounter,
+    fetch_ns: AtomicU64,
+    verify_ns: AtomicU64,
+    disk_ns: AtomicU64,
+}
+
+/// Adds the time since `since` to `counter` and returns now.
+fn lap(counter: &AtomicU64, since: Instant) -> Instant {
+    let now = Instant::now();
+    let ns = u64::try_from((now - since).as_nanos()).unwrap_or(u64::MAX);
+    counter.fetch_add(ns, Ordering::Relaxed);
+    now
 }
 
 impl Counters {
@@ -344,6 +363,9 @@ impl Counters {
             chunks_skipped: get(&self.chunks_skipped),
             retries: get(&self.retries.0),
             elapsed: started.elapsed(),
+            fetch_time: Duration::from_nanos(get(&self.fetch_ns)),
+            verify_time: Duration::from_nanos(get(&self.verify_ns)),
+            disk_time: Duration::from_nanos(get(&self.disk_ns)),
         }
     }
 }
@@ -528,6 +550,7 @@ impl Worker {
                 source,
             }
         };
+        let mut t = Instant::now();
         let hole = target.known_zero(offset, len as u64);
         let existing = &mut self.existing[..len];
         if !hole {
@@ -535,12 +558,14 @@ impl Worker {
                 .read_at(existing, offset)
                 .map_err(io_error("reading"))?;
         }
+        t = lap(&counters.disk_ns, t);
         let in_place = match chunk.kind {
             ChunkKind::Zero => hole || is_zero(existing),
             // blake3 rather than sha256: same certainty, a third of the CPU, and
             // this check runs over the whole disk on every redeploy and resume.
             ChunkKind::Data { blake3, .. } => !hole && blake3::hash(existing).as_bytes() == &blake3,
         };
+        t = lap(&counters.verify_ns, t);
         if in_place {
             counters.skipped.fetch_add(len as u64, Ordering::Relaxed);
             counters.chunks_skipped.fetch_add(1, Ordering::Relaxed);
@@ -550,6 +575,7 @@ impl Worker {
                     target
                         .zero_range(offset, len as u64)
                         .map_err(io_error("zeroing"))?;
+                    lap(&counters.disk_ns, t);
                     counters.zeroed.fetch_add(len as u64, Ordering::Relaxed);
                 }
                 ChunkKind::Data {
@@ -557,15 +583,17 @@ impl Worker {
                     stored_size,
                     blake3,
                 } => {
-                    if !self.take_from_seed(seed, offset, len, &blake3, &sha256) {
+                    if !self.take_from_seed(seed, offset, len, &blake3, &sha256, counters) {
                         self.fetch_verified(source, sha256, stored_size, len, opts, counters)?;
                     } else {
                         counters.seeded.fetch_add(len as u64, Ordering::Relaxed);
                         counters.chunks_seeded.fetch_add(1, Ordering::Relaxed);
                     }
+                    let t = Instant::now();
                     target
                         .write_at(&self.content, offset)
                         .map_err(io_error("writing"))?;
+                    lap(&counters.disk_ns, t);
                     counters.written.fetch_add(len as u64, Ordering::Relaxed);
                 }
             }
@@ -584,6 +612,7 @@ impl Worker {
         len: usize,
         blake3: &[u8; 32],
         sha256: &Digest,
+        counters: &Counters,
     ) -> bool {
         let Some(seed) = seed else {
             return false;
@@ -593,10 +622,16 @@ impl Worker {
         }
         self.content.clear();
         self.content.resize(len, 0);
-        if seed.read_at(&mut self.content, offset).is_err() {
+        let t = Instant::now();
+        let read = seed.read_at(&mut self.content, offset);
+        let t = lap(&counters.disk_ns, t);
+        if read.is_err() {
             return false;
         }
-        blake3::hash(&self.content).as_bytes() == blake3 && Digest::of(&self.content) == *sha256
+        let same = blake3::hash(&self.content).as_bytes() == blake3
+            && Digest::of(&self.content) == *sha256;
+        lap(&counters.verify_ns, t);
+        same
     }
 
     /// Leaves the chunk's verified content in `self.content`.
@@ -611,7 +646,10 @@ impl Worker {
     ) -> Result<(), DeployError> {
         let content = &mut self.content;
         let decompressor = &mut self.decompressor;
-        fetch_checked(
+        // The check's own time is verifying; the rest of the fetch is waiting.
+        let started = Instant::now();
+        let checking = AtomicU64::new(0);
+        let fetched = fetch_checked(
             source,
             &chunk_path(&sha256),
             stored_size as u64,
@@ -619,34 +657,57 @@ impl Worker {
             &opts.retry,
             &counters.retries,
             |body| {
+                let t = Instant::now();
+                let checked = check_chunk(body, content, decompressor, sha256, stored_size, len);
+                lap(&checking, t);
                 counters
                     .fetched
                     .fetch_add(body.len() as u64, Ordering::Relaxed);
-                if body.len() != stored_size as usize {
-                    return Err(format!(
-                        "{} bytes received, {stored_size} expected",
-                        body.len()
-                    ));
-                }
-                content.clear();
-                content.reserve(len);
-                let unpacked = match decompressor.as_mut() {
-                    Some(d) => d.decompress_to_buffer(body, content),
-                    None => zstd::bulk::decompress_to_buffer(body, content),
-                };
-                match unpacked {
-                    Ok(n) if n == len => {}
-                    Ok(n) => return Err(format!("decompressed to {n} bytes, {len} expected")),
-                    Err(e) => return Err(format!("does not decompress: {e}")),
-                }
-                let actual = Digest::of(content);
-                if actual != sha256 {
-                    return Err(format!("content hashes to {actual}, not {sha256}"));
-                }
-                Ok(())
+                checked
             },
-        )?;
+        );
+        let checking = checking.load(Ordering::Relaxed);
+        counters.verify_ns.fetch_add(checking, Ordering::Relaxed);
+        let waited = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        counters
+            .fetch_ns
+            .fetch_add(waited.saturating_sub(checking), Ordering::Relaxed);
+        fetched?;
         counters.chunks_fetched.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// The check of a fetched chunk: `body` is `stored_size` bytes that decompress
+/// to `len` bytes hashing to `sha256`, left in `content`.
+fn check_chunk(
+    body: &[u8],
+    content: &mut Vec<u8>,
+    decompressor: &mut Option<zstd::bulk::Decompressor<'static>>,
+    sha256: Digest,
+    stored_size: u32,
+    len: usize,
+) -> Result<(), String> {
+    if body.len() != stored_size as usize {
+        return Err(format!(
+            "{} bytes received, {stored_size} expected",
+            body.len()
+        ));
+    }
+    content.clear();
+    content.reserve(len);
+    let unpacked = match decompressor.as_mut() {
+        Some(d) => d.decompress_to_buffer(body, content),
+        None => zstd::bulk::decompress_to_buffer(body, content),
+    };
+    match unpacked {
+        Ok(n) if n == len => {}
+        Ok(n) => return Err(format!("decompressed to {n} bytes, {len} expected")),
+        Err(e) => return Err(format!("does not decompress: {e}")),
+    }
+    let actual = Digest::of(content);
+    if actual != sha256 {
+        return Err(format!("content hashes to {actual}, not {sha256}"));
+    }
+    Ok(())
 }

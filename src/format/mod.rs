@@ -25,6 +25,7 @@ pub mod signature;
 pub mod state;
 pub mod status;
 pub mod swap;
+pub mod timing;
 
 /// Whether every byte of `buf` is zero. Folds 64-byte blocks with OR so the compiler
 /// emits wide vector loads; stops early at the first non-zero block.

@@ -13,8 +13,8 @@
 //! there.
 //!
 //! Formats: the payload starts with its format number. Format 1 records (in the
-//! three shapes format 1 had) and format 2 records are read and brought to
-//! format 3 in memory; a record
+//! three shapes format 1 had) and formats 2 and 3 are read and brought to
+//! format 4 in memory; a record
 //! of a newer format is reported as such, and [`write`] refuses to replace it
 //! (only [`write_fresh`], for a deploy's new record, does). The bytes earlier builds
 //! wrote are kept in `tests/fixtures/state/`.
@@ -32,9 +32,9 @@ pub const SLOT_RESERVED: u64 = 4096;
 const HEADER: usize = 8 + 8 + 4 + 4;
 /// The largest payload a slot holds.
 const MAX_PAYLOAD: usize = (SLOT_SIZE - SLOT_RESERVED) as usize - HEADER;
-/// Format 2 added [`Record::agent`], format 3 [`Record::release`]; earlier
-/// formats are still read.
-pub const RECORD_VERSION: u32 = 3;
+/// Format 2 added [`Record::agent`], format 3 [`Record::release`], format 4
+/// [`Record::timings`]; earlier formats are still read.
+pub const RECORD_VERSION: u32 = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mode {
@@ -101,6 +101,9 @@ pub struct Record {
     /// The signed release deployed, when a key vouched for it: a later deploy
     /// of the same image refuses an earlier release.
     pub release: Option<ReleaseStamp>,
+    /// Where the deploy's time went and where its bytes came from; the first
+    /// boot adds the hand-off.
+    pub timings: Option<super::timing::Timings>,
 }
 
 /// What a release signature said about the image deployed.
@@ -148,6 +151,7 @@ impl Record {
             saved_boot_record: None,
             agent: Agent::NotChecked,
             release: None,
+            timings: None,
         }
     }
 }
@@ -224,9 +228,14 @@ fn decode_payload(payload: &[u8], generation: u64) -> Result<Record, StateError>
     };
     let decoded = match version {
         1 => decode_v1(payload),
-        // Format 3 only added `release` at the end: a format 2 payload is a
-        // format 3 one with an absent release (postcard's `None` is one 0 byte).
-        2 => take_whole::<Record>(&[payload, &[0]].concat()).map(|r| Record {
+        // Formats 3 and 4 each only added an optional field at the end: an
+        // earlier payload is a format 4 one with those absent (postcard's `None`
+        // is one 0 byte).
+        2 => take_whole::<Record>(&[payload, &[0, 0]].concat()).map(|r| Record {
+            version: RECORD_VERSION,
+            ..r
+        }),
+        3 => take_whole::<Record>(&[payload, &[0]].concat()).map(|r| Record {
             version: RECORD_VERSION,
             ..r
         }),
@@ -277,6 +286,7 @@ fn decode_v1(payload: &[u8]) -> Result<Record, String> {
         saved_boot_record,
         agent: Agent::NotChecked,
         release: None,
+        timings: None,
     })
 }
 
@@ -488,11 +498,16 @@ mod tests {
 
     #[test]
     fn format_1_records_are_still_read() {
-        // A format 1 record is a format 3 one without its last two fields.
+        // A format 1 record is a format 4 one without its last three fields.
         let mut v1 = record(Mode::Committed);
         v1.version = 1;
         let mut payload = postcard::to_stdvec(&v1).unwrap();
-        let tail = postcard::to_stdvec(&(Agent::NotChecked, None::<ReleaseStamp>)).unwrap();
+        let tail = postcard::to_stdvec(&(
+            Agent::NotChecked,
+            None::<ReleaseStamp>,
+            None::<super::super::timing::Timings>,
+        ))
+        .unwrap();
         payload.truncate(payload.len() - tail.len());
         let mut part = vec![0u8; 2 * SLOT_SIZE as usize];
         part[..8].copy_from_slice(MAGIC);
@@ -509,7 +524,7 @@ mod tests {
     /// The shapes the record has had on disk, oldest first, with the bytes a build
     /// of each wrote (slot 0's header and payload, generation 3): see
     /// tests/fixtures/state/README.md for the builds.
-    const FIXTURES: [(&str, &[u8]); 5] = [
+    const FIXTURES: [(&str, &[u8]); 6] = [
         (
             "format 1 as it began",
             include_bytes!("../../tests/fixtures/state/v1-base.bin"),
@@ -529,6 +544,10 @@ mod tests {
         (
             "format 3",
             include_bytes!("../../tests/fixtures/state/v3.bin"),
+        ),
+        (
+            "format 4",
+            include_bytes!("../../tests/fixtures/state/v4.bin"),
         ),
     ];
 
@@ -570,6 +589,38 @@ mod tests {
                 tag: "stable".into(),
                 issued: 1_799_990_000,
             }),
+            timings: (shape >= 5).then(fixture_timings),
+        }
+    }
+
+    /// The timings of format 4's fixture.
+    fn fixture_timings() -> super::super::timing::Timings {
+        use super::super::timing::{ByteSources, DataWork, Phase, Timings};
+        Timings {
+            started_ms: 1_520,
+            phases: vec![
+                (Phase::Drivers, 410),
+                (Phase::Network, 1_200),
+                (Phase::Manifest, 50),
+                (Phase::Disk, 0),
+                (Phase::Capture, 30),
+                (Phase::Write, 3_300),
+                (Phase::BootRecords, 200),
+                (Phase::Handoff, 9_000),
+                (Phase::OsBoot, 4_250),
+            ],
+            data: DataWork {
+                fetch_ms: 7_000,
+                verify_ms: 2_000,
+                disk_ms: 1_000,
+            },
+            bytes: ByteSources {
+                target: 1 << 20,
+                previous: 2 << 20,
+                media: 3 << 20,
+                network: 4 << 20,
+            },
+            handoff_at_ms: 1_800_000_300_000,
         }
     }
 
@@ -601,6 +652,7 @@ mod tests {
             assert_eq!(record.saved_boot_record, want.saved_boot_record, "{name}");
             assert_eq!(record.agent, want.agent, "{name}");
             assert_eq!(record.release, want.release, "{name}");
+            assert_eq!(record.timings, want.timings, "{name}");
             assert_eq!(record, want, "{name}");
         }
     }
@@ -629,7 +681,7 @@ mod tests {
     }
 
     #[test]
-    fn this_build_writes_format_3_as_the_fixture_has_it() {
+    fn this_build_writes_format_4_as_the_fixture_has_it() {
         // The current format, byte for byte: a change to the record's fields shows
         // up here, and needs a new format number and a new fixture.
         let mut part = Cursor::new(vec![0u8; 2 * SLOT_SIZE as usize]);
@@ -638,24 +690,24 @@ mod tests {
                 &mut part,
                 &Record {
                     mode,
-                    ..fixture_record(4)
+                    ..fixture_record(5)
                 },
             )
             .unwrap();
         }
-        assert_eq!(write(&mut part, &fixture_record(4)).unwrap(), 3);
-        let v3 = FIXTURES[4].1;
+        assert_eq!(write(&mut part, &fixture_record(5)).unwrap(), 3);
+        let current = FIXTURES[5].1;
         if std::env::var_os("IMPRINT_WRITE_STATE_FIXTURE").is_some() {
             // Made once, when the format was new: see tests/fixtures/state/README.md.
             let len =
                 HEADER + u32::from_le_bytes(part.get_ref()[16..20].try_into().unwrap()) as usize;
             std::fs::write(
-                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state/v3.bin"),
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state/v4.bin"),
                 &part.get_ref()[..len],
             )
             .unwrap();
         }
-        assert_eq!(&part.get_ref()[..v3.len()], v3);
+        assert_eq!(&part.get_ref()[..current.len()], current);
     }
 
     /// An intact slot whose payload is of format `version`, as a newer build might
@@ -670,9 +722,9 @@ mod tests {
     fn a_record_of_a_newer_format_is_named_and_kept() {
         let mut part = Cursor::new(vec![0u8; 2 * SLOT_SIZE as usize]);
         write(&mut part, &record(Mode::Deploy)).unwrap();
-        raw_slot(part.get_mut(), 1, 2, &newer_payload(4));
+        raw_slot(part.get_mut(), 1, 2, &newer_payload(5));
         let err = read(&mut part).unwrap_err();
-        assert!(matches!(err, StateError::Newer(4)), "{err:?}");
+        assert!(matches!(err, StateError::Newer(5)), "{err:?}");
         let text = err.to_string();
         assert!(
             text.contains("written by a newer imprint") && text.contains("upgrade imprint"),
@@ -681,13 +733,13 @@ mod tests {
         // An update refuses and changes nothing, not even the older slot.
         let before = part.get_ref().clone();
         let refused = write(&mut part, &record(Mode::Committed)).unwrap_err();
-        assert!(matches!(refused, StateError::Newer(4)), "{refused:?}");
+        assert!(matches!(refused, StateError::Newer(5)), "{refused:?}");
         assert!(*part.get_ref() == before);
         // A fresh deploy's record replaces it, as the next generation, in the other
         // slot.
         assert_eq!(write_fresh(&mut part, &record(Mode::Deploy)).unwrap(), 3);
         assert_eq!(read(&mut part).unwrap(), (record(Mode::Deploy), 3));
-        assert_eq!(&part.get_ref()[SLOT_SIZE as usize + HEADER], &4);
+        assert_eq!(&part.get_ref()[SLOT_SIZE as usize + HEADER], &5);
         // The newer record was only the older slot: updates go ahead again.
         assert_eq!(write(&mut part, &record(Mode::Committed)).unwrap(), 4);
     }
@@ -746,8 +798,13 @@ mod tests {
             ..record(Mode::Deploy)
         })
         .unwrap();
-        let tail =
-            postcard::to_stdvec(&(None::<Vec<u8>>, Agent::Own, None::<ReleaseStamp>)).unwrap();
+        let tail = postcard::to_stdvec(&(
+            None::<Vec<u8>>,
+            Agent::Own,
+            None::<ReleaseStamp>,
+            None::<super::super::timing::Timings>,
+        ))
+        .unwrap();
         payload.truncate(payload.len() - tail.len());
         payload.push(1); // Some(
         payload.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
@@ -755,7 +812,13 @@ mod tests {
         raw_slot(&mut part, 0, 5, &payload);
         let err = read(&mut Cursor::new(part)).unwrap_err();
         assert!(
-            matches!(err, StateError::Undecodable { version: 3, .. }),
+            matches!(
+                err,
+                StateError::Undecodable {
+                    version: RECORD_VERSION,
+                    ..
+                }
+            ),
             "{err:?}"
         );
         // And the slots are read a slot at a time, never by a length from the disk.
@@ -816,7 +879,10 @@ mod tests {
         raw_slot(&mut part, 0, 1, &payload);
         assert!(matches!(
             read(&mut Cursor::new(part)),
-            Err(StateError::Undecodable { version: 3, .. })
+            Err(StateError::Undecodable {
+                version: RECORD_VERSION,
+                ..
+            })
         ));
     }
 

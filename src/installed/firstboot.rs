@@ -39,8 +39,8 @@ pub enum Event<'a> {
     },
     /// This boot's UEFI entry went first in BootOrder.
     BootOrder(u16),
-    /// The record now says committed.
-    Committed,
+    /// The record now says committed (and has the first boot's timings).
+    Committed(&'a Record),
 }
 
 /// Writes `content` to `path` under `root` atomically (temporary name, rename).
@@ -133,14 +133,20 @@ pub fn run(root: &Path, on: &mut dyn FnMut(Event)) -> Result<()> {
             Err(e) => log::warn!("updating BootOrder: {}", crate::error_text(&e)),
         }
     }
+    // The hand-off and this OS's own start, measured now that it runs.
+    if let (Some(timings), Some(up)) = (record.timings.as_mut(), crate::sys::uptime()) {
+        timings.add_first_boot(
+            crate::sys::unix_ms(),
+            u64::try_from(up.as_millis()).unwrap_or(u64::MAX),
+        );
+    }
     let deployed = disk.commit(&mut record)?;
-    on(Event::Committed);
-    report(
-        root,
-        &record,
-        Phase::Complete,
-        serde_json::json!({ "committed": deployed.as_str() }),
-    );
+    on(Event::Committed(&record));
+    let mut extra = serde_json::json!({ "committed": deployed.as_str() });
+    if let Some(t) = &record.timings {
+        extra["timings"] = t.to_json();
+    }
+    report(root, &record, Phase::Complete, extra);
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use crate::format::cmdline::{self, Config, RepoSource};
 use crate::format::gpt::{self, Guid, Layout};
 use crate::format::state::{self, Record};
 use crate::format::status::Phase;
+use crate::format::timing::{ByteSources, DataWork, Phase as Timed, Timings};
 use crate::source::{Chain, DirSource, DnsResolver, HttpSource, NameResolver, RetryPolicy, Source};
 use crate::statepart::{self, StateDisk};
 use crate::sys;
@@ -24,8 +25,10 @@ use std::time::{Duration, Instant};
 
 /// One run of the deploy environment, from the command line to the hand-off.
 pub(super) fn run(cmdline_text: &str) -> Result<Never> {
+    let mut clock = Clock::start();
     let mut config = parse_config(cmdline_text)?;
     load_drivers();
+    clock.lap(Timed::Drivers);
     if config.mode == cmdline::Mode::Rollback {
         return rollback::run(&config);
     }
@@ -38,12 +41,20 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
     if let Some(chosen) = media_inventory_choice(cmdline_text, &media)? {
         config = chosen;
     }
+    if media.iter().any(Option::is_some) {
+        clock.lap(Timed::Media);
+    }
     let resolver = network_if_wanted(&config, &media)?;
+    if resolver.is_some() {
+        clock.lap(Timed::Network);
+    }
     let (source, resolved) = fetch_manifest(&config, resolver, &media)?;
     let host_data = fetch_host_data(&config, &source)?;
+    clock.lap(Timed::Manifest);
     let manifest = &resolved.manifest;
     let needed = install::required_size(manifest)?;
     let disk = wait_for_disk(&config, needed)?;
+    clock.lap(Timed::Disk);
     if config.mode == cmdline::Mode::Deploy
         && !config.redeploy
         && let Some(target) = already_deployed(&disk, &resolved)
@@ -57,16 +68,17 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
     refuse_downgrade(&config, &resolved, &disk, previous.as_ref())?;
     if let Some(previous) = &previous {
         capture_previous(previous);
+        clock.lap(Timed::Capture);
     }
-    let record = state_record(&config, &resolved, previous.as_ref());
+    let record = state_record(&config, &resolved, previous.as_ref(), &clock);
     let (installed, replaced, renames) = install_image(
         &config,
         &source,
         &resolved,
         &disk,
-        needed,
         previous.as_ref(),
         &record,
+        &mut clock,
     )?;
     let agent = finish_os(&disk, &installed, &record, &renames, host_data);
     match &previous {
@@ -77,16 +89,86 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
             boot_disk_after_current(&disk, &installed, &manifest.name, from_medium);
         }
     }
+    clock.lap(Timed::BootRecords);
+    let timings = clock.finish(&installed.progress, media_and_network(&source));
+    note_timings(&disk, &timings);
+    log::info!("timings: {}", timings.summary());
     status().send(
         Phase::BootRecords,
         serde_json::json!({
             "disk": disk.dev_path(),
             "image": resolved.digest.to_string(),
             "agent": agent::describe(&agent),
+            "timings": timings.to_json(),
         }),
     );
     sys::sync_all();
     handoff::handoff(&config, &disk, &installed.layout, manifest.boot.as_ref())
+}
+
+/// Where the deploy's time goes: each lap gives the time since the last one
+/// to a phase.
+struct Clock {
+    last: Instant,
+    timings: Timings,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock {
+            last: Instant::now(),
+            timings: Timings {
+                started_ms: (uptime() * 1000.0) as u64,
+                ..Timings::default()
+            },
+        }
+    }
+
+    fn lap(&mut self, phase: Timed) {
+        let now = Instant::now();
+        let ms = u64::try_from((now - self.last).as_millis()).unwrap_or(u64::MAX);
+        self.timings.add(phase, ms);
+        self.last = now;
+    }
+
+    /// The figures at the start of the hand-off, with the data pass's worker
+    /// time and where its bytes came from.
+    fn finish(&self, p: &Progress, (media, network): (u64, u64)) -> Timings {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Timings {
+            data: DataWork {
+                fetch_ms: ms(p.fetch_time),
+                verify_ms: ms(p.verify_time),
+                disk_ms: ms(p.disk_time),
+            },
+            bytes: ByteSources {
+                target: p.skipped_bytes,
+                previous: p.seeded_bytes,
+                media,
+                network,
+            },
+            handoff_at_ms: sys::unix_ms(),
+            ..self.timings.clone()
+        }
+    }
+}
+
+/// The deploy's figures into the state record, for the installed OS to add its
+/// own and `imprint status` to show. A failure loses only the figures.
+fn note_timings(disk: &disks::DiskInfo, timings: &Timings) {
+    let noted = StateDisk::open(&disk.dev_path())
+        .ok_or_else(|| anyhow!("no state partition on {}", disk.dev_path()))
+        .and_then(|d| {
+            let (mut record, _) = d.read_record()?;
+            record.timings = Some(timings.clone());
+            d.write_record(&record)
+        });
+    if let Err(e) = noted {
+        log::warn!(
+            "noting the timings in the state record: {}",
+            crate::error_text(&e)
+        );
+    }
 }
 
 /// Deploy-once: the target's state record names this very manifest, deployed
@@ -560,7 +642,12 @@ fn capture_previous(previous: &StateDisk) {
 }
 
 /// The record the installed OS's first boot reads.
-fn state_record(config: &Config, resolved: &Resolved, previous: Option<&StateDisk>) -> Record {
+fn state_record(
+    config: &Config,
+    resolved: &Resolved,
+    previous: Option<&StateDisk>,
+    clock: &Clock,
+) -> Record {
     let mode = if previous.is_some() {
         state::Mode::Upgrade
     } else {
@@ -585,6 +672,8 @@ fn state_record(config: &Config, resolved: &Resolved, previous: Option<&StateDis
             tag: r.tag.clone(),
             issued: r.issued,
         }),
+        // So far; the hand-off writes them whole.
+        timings: Some(clock.timings.clone()),
         ..Record::new(mode, &resolved.manifest.name, resolved.digest)
     }
 }
@@ -605,11 +694,12 @@ fn install_image(
     source: &dyn Source,
     resolved: &Resolved,
     disk: &disks::DiskInfo,
-    needed: u64,
     previous: Option<&StateDisk>,
     record: &Record,
+    clock: &mut Clock,
 ) -> Result<(Installed, Option<Guid>, Vec<identity::Rename>)> {
     let manifest = &resolved.manifest;
+    let needed = install::required_size(manifest)?;
     let disk_path = disk.dev_path();
     let seed = previous
         .map(|p| DiskTarget::open_for_read(Path::new(&p.device)))
@@ -663,6 +753,9 @@ fn install_image(
     };
     let mut after = |step: Step| {
         log::info!("install step done: {}", step.name());
+        if step == Step::WriteData {
+            clock.lap(Timed::Write);
+        }
         if step == Step::InvalidateBootRecords {
             log::info!(
                 "first write (old boot records invalidated) at {:.2} s",

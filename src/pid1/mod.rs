@@ -70,13 +70,13 @@ fn status() -> &'static Status {
     STATUS.get_or_init(|| Status::new("unknown"))
 }
 
-/// Seconds since PID 1 started, for the timing figures on the console.
+/// Seconds since the kernel started, for the timing figures on the console.
 fn uptime() -> f64 {
     // /proc/uptime counts from kernel start, which is what the figures compare.
-    std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|t| t.parse().ok()))
-        .unwrap_or_else(|| BOOTED.get().map_or(0.0, |b| b.elapsed().as_secs_f64()))
+    sys::uptime().map_or_else(
+        || BOOTED.get().map_or(0.0, |b| b.elapsed().as_secs_f64()),
+        |d| d.as_secs_f64(),
+    )
 }
 
 /// A run of the deploy environment never returns normally: it hands off.
