@@ -427,6 +427,19 @@ pub fn wait_for_termination() -> i32 {
     }
 }
 
+/// This process's peak resident memory so far (`VmHWM`), in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Time since the kernel started (`/proc/uptime`, to the hundredth of a second).
 pub fn uptime() -> Option<std::time::Duration> {
     let text = std::fs::read_to_string("/proc/uptime").ok()?;

@@ -587,12 +587,114 @@ fn a_root_the_deploy_environment_cannot_mount_is_skipped_and_the_disk_boots() {
     assert_eq!(read_state(&disk).0.mode, state::Mode::Committed);
 }
 
-/// The deploy runs in a process PID 1 supervises: when the kernel kills it for
-/// want of memory (an image of 64 MiB chunks, four at a time, on a 192 MiB
-/// machine), PID 1 reports the failure as a status event and follows the
-/// policy (power off). Before, PID 1 itself died and the kernel panicked.
+/// A 256 MiB machine deploys a 4 GiB image whose chunks (16 MiB) and
+/// `imprint.jobs=32` would ask for over 1 GiB of buffers: the deploy keeps as
+/// many chunks in flight as half its available memory holds, completes, and
+/// says what memory it used at its peak.
 #[test]
-fn a_deploy_killed_for_memory_is_reported_and_the_policy_followed() {
+fn a_256_mib_machine_deploys_a_4_gib_image() {
+    require_qemu!();
+    let repo = Repo::new();
+    let image = repo.file("big.img");
+    let size: u64 = 4 << 30;
+    sparse_disk(&image, size);
+    let mut child = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(&image)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk (fdisk)");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: gpt\nsize=4000MiB, type=linux\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    // 16 MiB of data every 256 MiB, the rest zeros: 256 MiB to fetch and check.
+    let data_chunks = 16u64;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut block = vec![0u8; 16 << 20];
+        for i in 0..data_chunks {
+            for b in block.chunks_exact_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                b.copy_from_slice(&state.to_le_bytes());
+            }
+            f.write_all_at(&block, (1 << 20) * 64 + i * (256 << 20))
+                .unwrap();
+        }
+    }
+    let out = imprint(&[
+        "image",
+        "add",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--chunk-size",
+        "16M",
+        "os:big",
+        image.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let served = Served::start(&repo.path());
+    let disk = repo.file("disk.img");
+    sparse_disk(&disk, size + (64 << 20));
+    let append = cmdline(
+        &served.url,
+        "imprint.image=os:big imprint.jobs=32 imprint.handoff=poweroff",
+    );
+    let (status, console) = boot(
+        repo.dir.path(),
+        "deploy",
+        Boot {
+            append: Some(append),
+            memory: 256,
+            timeout: 600,
+            ..Boot::default()
+        },
+        &[&disk],
+    );
+    assert!(status.success(), "{status:?}\n{console}");
+    assert_line(&console, &["chunks in flight, not 32: each needs 33 MiB"]);
+    // The data pass covers every chunk but the first, written with the head.
+    assert_eq!(summary_figure(&console, "bytes"), size - (16 << 20));
+    // And the last chunk holds the image's backup GPT.
+    assert_eq!(summary_figure(&console, "fetched_chunks"), data_chunks + 1);
+    let peak = summary_figure(&console, "memory_peak");
+    let available = summary_figure(&console, "memory_available");
+    eprintln!(
+        "256 MiB machine, 4 GiB image: peak resident memory {} MiB of {} MiB available",
+        peak >> 20,
+        available >> 20
+    );
+    assert!(available < 256 << 20, "{available}");
+    // The chunk buffers take at most half of what was available; the binary,
+    // the manifest and the HTTP connections fit in what is left of 60%.
+    assert!(peak < available / 10 * 6, "peak {peak} of {available}");
+    // Every byte of the image's partition is on the disk, read back.
+    let (record, _) = read_state(&disk);
+    assert_eq!(record.mode, state::Mode::Deploy);
+    let part = 1 << 20..(1 << 20) + (4000 << 20);
+    assert!(
+        same_range(&image, &disk, part.clone()),
+        "the disk's bytes {part:?} differ from the image's"
+    );
+}
+
+/// A chunk size the machine's memory cannot hold even once is refused before
+/// anything is written, reported as the failure, and the policy followed. (The
+/// deploy runs in a child process, so a deploy the kernel kills for memory is
+/// reported by PID 1 too; with the memory bound, no setting makes one.)
+#[test]
+fn a_chunk_larger_than_the_memory_allows_is_refused_and_the_policy_followed() {
     require_qemu!();
     let a = artifacts();
     let repo = Repo::new();
@@ -609,7 +711,11 @@ fn a_deploy_killed_for_memory_is_reported_and_the_policy_followed() {
     assert_success(&out);
     let served = Served::start(&repo.path());
     let disk = repo.file("disk.img");
-    sparse_disk(&disk, 300 << 20);
+    // The disk holds an OS already.
+    std::fs::copy(a.path("os-v1.img"), &disk).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.set_len(300 << 20).unwrap();
+    let before = std::fs::read(&disk).unwrap();
     let append = cmdline(
         &served.url,
         &format!(
@@ -631,7 +737,14 @@ fn a_deploy_killed_for_memory_is_reported_and_the_policy_followed() {
         status.success(),
         "deploy VM should power off: {status:?}\n{console}"
     );
-    assert_has(&console, "deploy failed: the deploy process ");
+    assert_line(
+        &console,
+        &[
+            "deploy failed: ",
+            "one chunk in flight needs 129 MiB (the image's chunks are 64 MiB)",
+            "smaller --chunk-size",
+        ],
+    );
     assert_has(&console, "powering off");
     let events = status_of(&served.url);
     assert_eq!(events["small"]["phase"], Phase::Failed.as_str(), "{events}");
@@ -639,8 +752,13 @@ fn a_deploy_killed_for_memory_is_reported_and_the_policy_followed() {
         events["small"]["error"]
             .as_str()
             .unwrap()
-            .contains("the deploy process"),
+            .contains("give it more memory"),
         "{events}"
+    );
+    // Refused before the first write: the old OS on the disk is untouched.
+    assert!(
+        std::fs::read(&disk).unwrap() == before,
+        "the refused deploy wrote to the disk"
     );
 }
 
@@ -720,4 +838,25 @@ fn an_older_signed_release_does_not_replace_a_newer_one() {
     let record = read_state(&disk).0;
     assert_eq!(record.image_digest.to_string(), v1.trim());
     assert_eq!(record.release.map(|r| r.issued), Some(2000));
+}
+
+/// Whether files `a` and `b` hold the same bytes in `range`.
+fn same_range(a: &std::path::Path, b: &std::path::Path, range: std::ops::Range<u64>) -> bool {
+    use std::os::unix::fs::FileExt;
+    let (fa, fb) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    let (mut ba, mut bb) = (vec![0u8; 16 << 20], vec![0u8; 16 << 20]);
+    let mut at = range.start;
+    while at < range.end {
+        let n = (range.end - at).min(ba.len() as u64) as usize;
+        fa.read_exact_at(&mut ba[..n], at).unwrap();
+        fb.read_exact_at(&mut bb[..n], at).unwrap();
+        if ba[..n] != bb[..n] {
+            return false;
+        }
+        at += n as u64;
+    }
+    true
 }

@@ -178,6 +178,12 @@ pub fn install(
     if manifest.layout.is_none() {
         return Err(InstallError::NoPartitionTable(manifest.name.clone()));
     }
+    // A chunk this machine cannot hold is refused before the old OS is touched.
+    super::fit_jobs(
+        plan.opts.jobs,
+        manifest.chunk_size,
+        crate::sys::available_memory(),
+    )?;
     invalidate_boot_records(disk, manifest)?;
     done(Step::InvalidateBootRecords)?;
     let progress = write_data(

@@ -29,6 +29,15 @@ use std::time::{Duration, Instant};
 pub enum DeployError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    #[error(
+        "one chunk in flight needs {} MiB (the image's chunks are {} MiB) and this machine has {} MiB of memory available; give it more memory, or build the image with a smaller --chunk-size",
+        .needed >> 20, .chunk_size >> 20, .available >> 20
+    )]
+    OutOfMemory {
+        chunk_size: u32,
+        needed: u64,
+        available: u64,
+    },
     #[error("ref {image} is malformed: {reason}")]
     BadRef { image: String, reason: String },
     #[error("manifest {digest}: {source}")]
@@ -417,6 +426,19 @@ fn deploy_chunks(
         }
         .into());
     }
+    let jobs = fit_jobs(
+        opts.jobs,
+        manifest.chunk_size,
+        crate::sys::available_memory(),
+    )?;
+    if jobs < opts.jobs {
+        log::info!(
+            "{jobs} chunks in flight, not {}: each needs {} MiB, and {} MiB of memory is available",
+            opts.jobs,
+            worker_memory(manifest.chunk_size) >> 20,
+            crate::sys::available_memory().unwrap_or(0) >> 20
+        );
+    }
     let started = Instant::now();
     let counters = Counters::default();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
@@ -440,7 +462,7 @@ fn deploy_chunks(
         });
         let written = crate::parallel::for_each_index(
             range.clone(),
-            opts.jobs,
+            jobs,
             || Worker::new(manifest.chunk_size as usize),
             |worker, index| worker.chunk(&job, index),
         );
@@ -513,18 +535,51 @@ struct Job<'a> {
     counters: &'a Counters,
 }
 
-/// Per-thread buffers, reused for every chunk the thread handles.
+/// Per-thread buffers, reused for every chunk the thread handles: the chunk's
+/// content (first what is in place, then what replaces it) and its stored bytes.
 struct Worker {
-    existing: Vec<u8>,
     compressed: Vec<u8>,
     content: Vec<u8>,
     decompressor: Option<zstd::bulk::Decompressor<'static>>,
 }
 
+/// The most memory one worker holds for chunks of `chunk_size`: the content,
+/// the stored bytes (zstd's bound: a little more than the content), and the
+/// decompressor's context.
+pub fn worker_memory(chunk_size: u32) -> u64 {
+    let c = chunk_size as u64;
+    2 * c + c / 128 + (1 << 20)
+}
+
+/// How many chunks may be in flight: `requested`, or fewer where the memory
+/// `available` would not hold their buffers in half of it (the other half is
+/// left to the page cache the writes go through, and to the rest of the
+/// system). At least one; an error when not even one fits.
+pub fn fit_jobs(
+    requested: usize,
+    chunk_size: u32,
+    available: Option<u64>,
+) -> Result<usize, DeployError> {
+    let Some(available) = available else {
+        return Ok(requested.max(1));
+    };
+    let needed = worker_memory(chunk_size);
+    let fits = (available / 2) / needed;
+    if fits == 0 {
+        return Err(DeployError::OutOfMemory {
+            chunk_size,
+            needed,
+            available,
+        });
+    }
+    Ok(requested
+        .max(1)
+        .min(usize::try_from(fits).unwrap_or(usize::MAX)))
+}
+
 impl Worker {
     fn new(chunk_size: usize) -> Worker {
         Worker {
-            existing: vec![0; chunk_size],
             compressed: Vec::new(),
             content: Vec::with_capacity(chunk_size),
             decompressor: zstd::bulk::Decompressor::new().ok(),
@@ -552,7 +607,8 @@ impl Worker {
         };
         let mut t = Instant::now();
         let hole = target.known_zero(offset, len as u64);
-        let existing = &mut self.existing[..len];
+        self.content.resize(len, 0);
+        let existing = &mut self.content[..];
         if !hole {
             target
                 .read_at(existing, offset)
@@ -710,4 +766,42 @@ fn check_chunk(
         return Err(format!("content hashes to {actual}, not {sha256}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn chunks_in_flight_fit_in_half_the_memory_available() {
+        // Plenty: what was asked for.
+        assert_eq!(fit_jobs(4, 1 << 20, Some(8 << 30)).unwrap(), 4);
+        // A 256 MiB machine asked for 32 chunks of 16 MiB in flight (over 1 GiB):
+        // as many as half of its ~200 MiB available holds.
+        let each = worker_memory(16 << 20);
+        assert!((32 * MIB..34 * MIB).contains(&each), "{each}");
+        let jobs = fit_jobs(32, 16 << 20, Some(200 * MIB)).unwrap();
+        assert_eq!(jobs, 3);
+        assert!(jobs as u64 * each <= 100 * MIB);
+        // Unknown memory (no /proc): as asked, never zero.
+        assert_eq!(fit_jobs(6, 1 << 20, None).unwrap(), 6);
+        assert_eq!(fit_jobs(0, 1 << 20, None).unwrap(), 1);
+        assert_eq!(fit_jobs(0, 1 << 20, Some(8 << 30)).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_chunk_that_cannot_fit_even_once_is_refused_with_what_to_do() {
+        let err = fit_jobs(4, 64 << 20, Some(200 * MIB)).unwrap_err();
+        assert!(matches!(err, DeployError::OutOfMemory { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("needs 129 MiB")
+                && text.contains("chunks are 64 MiB")
+                && text.contains("200 MiB of memory available")
+                && text.contains("smaller --chunk-size"),
+            "{text}"
+        );
+    }
 }

@@ -770,12 +770,13 @@ fn install_image(
         }
         true
     };
+    let available = sys::available_memory().unwrap_or(0);
     let installed = install::install(source, manifest, &target, &plan, &on_progress, &mut after)
         .with_context(|| format!("deploying to {disk_path}"))?;
     let p = &installed.progress;
     let (from_media, from_network) = media_and_network(source);
     log::info!(
-        "deploy complete: bytes={} written={} zeroed={} skipped={} fetched={} seeded={} fetched_chunks={} seeded_chunks={} from_media={from_media} from_network={from_network} retries={} seconds={:.1}",
+        "deploy complete: bytes={} written={} zeroed={} skipped={} fetched={} seeded={} fetched_chunks={} seeded_chunks={} from_media={from_media} from_network={from_network} retries={} seconds={:.1} memory_peak={} memory_available={available}",
         p.total_bytes,
         p.written_bytes,
         p.zeroed_bytes,
@@ -785,7 +786,8 @@ fn install_image(
         p.chunks_fetched,
         p.chunks_seeded,
         p.retries,
-        p.elapsed.as_secs_f64()
+        p.elapsed.as_secs_f64(),
+        sys::peak_rss().unwrap_or(0),
     );
     send_progress(p);
     if let Some(p) = &installed.added_state {
