@@ -429,10 +429,15 @@ pub fn wait_for_termination() -> i32 {
 
 /// This process's peak resident memory so far (`VmHWM`), in bytes.
 pub fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status
+    proc_kib("/proc/self/status", "VmHWM:")
+}
+
+/// The figure after `key` in a `/proc` file of `Key: N kB` lines, in bytes.
+fn proc_kib(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let kib: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(key))?
         .split_whitespace()
         .next()?
         .parse()
@@ -457,15 +462,7 @@ pub fn unix_ms() -> u64 {
 /// Memory the kernel says is available for new allocations (`MemAvailable`),
 /// in bytes.
 pub fn available_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    kib.checked_mul(1024)
+    proc_kib("/proc/meminfo", "MemAvailable:")
 }
 
 /// Raises this process's open-file limit to its hard limit; returns the limit

@@ -723,17 +723,7 @@ fn bootable_image(repo: &Repo, seed: u64, chunks: usize) -> Vec<u8> {
     img.resize(img.len().div_ceil(512) * 512, 0);
     let path = repo.file(&format!("gpt-{seed}.img"));
     std::fs::write(&path, &img).unwrap();
-    let mut child = Command::new("sfdisk")
-        .args(["-q", path.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("sfdisk (fdisk)");
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        b"label: gpt\nsize=4MiB, type=L, name=root\n",
-    )
-    .unwrap();
-    assert!(child.wait().unwrap().success());
+    sfdisk(&path, "label: gpt\nsize=4MiB, type=L, name=root\n");
     std::fs::read(&path).unwrap()
 }
 

@@ -598,40 +598,17 @@ fn a_256_mib_machine_deploys_a_4_gib_image() {
     let image = repo.file("big.img");
     let size: u64 = 4 << 30;
     sparse_disk(&image, size);
-    let mut child = Command::new("sfdisk")
-        .arg("--quiet")
-        .arg(&image)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("sfdisk (fdisk)");
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"label: gpt\nsize=4000MiB, type=linux\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    sfdisk(&image, "label: gpt\nsize=4000MiB, type=linux\n");
     // 16 MiB of data every 256 MiB, the rest zeros: 256 MiB to fetch and check.
     let data_chunks = 16u64;
-    {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
+    for i in 0..data_chunks {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&image)
+        f.write_all_at(&noise(i, 16 << 20), (64 << 20) + i * (256 << 20))
             .unwrap();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut block = vec![0u8; 16 << 20];
-        for i in 0..data_chunks {
-            for b in block.chunks_exact_mut(8) {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                b.copy_from_slice(&state.to_le_bytes());
-            }
-            f.write_all_at(&block, (1 << 20) * 64 + i * (256 << 20))
-                .unwrap();
-        }
     }
     let out = imprint(&[
         "image",

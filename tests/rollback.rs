@@ -2,6 +2,8 @@
 //! sfdisk: what PID 1's `imprint.mode=rollback` and `imprint rollback` share.
 //! The first disk in each list stands for the one the firmware boots.
 
+mod common;
+
 use imprint::bootswitch as upgrade;
 use imprint::format::digest::Digest;
 use imprint::format::gpt::Guid;
@@ -9,7 +11,6 @@ use imprint::format::mbr::{self, CHAIN_STUB};
 use imprint::format::state::{Mode, PreviousOs, Record};
 use imprint::statepart::{self, StateDisk};
 use std::path::Path;
-use std::process::Command;
 
 fn disk(dir: &Path, name: &str) -> StateDisk {
     let path = dir.join(name);
@@ -17,25 +18,13 @@ fn disk(dir: &Path, name: &str) -> StateDisk {
         .unwrap()
         .set_len(16 << 20)
         .unwrap();
-    let mut child = Command::new("sfdisk")
-        .args(["-q", path.to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("sfdisk (fdisk)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            format!(
-                "label: gpt\nsize=4MiB, type=L, name=root\nsize=4MiB, type={}, name=imprint-state\n",
-                imprint::statepart::TYPE_GUID
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    common::sfdisk(
+        &path,
+        &format!(
+            "label: gpt\nsize=4MiB, type=L, name=root\nsize=4MiB, type={}, name=imprint-state\n",
+            imprint::statepart::TYPE_GUID
+        ),
+    );
     // Some boot code, as a boot loader would have left; each disk's its own.
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[..440].fill(name.as_bytes()[0]);

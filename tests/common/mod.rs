@@ -16,6 +16,23 @@ use std::time::Duration;
 pub const BIN: &str = env!("CARGO_BIN_EXE_imprint");
 pub const CHUNK: usize = 64 << 10;
 
+/// Partitions the disk image at `path` by the sfdisk `script` (sfdisk from fdisk).
+pub fn sfdisk(path: &Path, script: &str) {
+    let mut child = Command::new("sfdisk")
+        .arg("-q")
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sfdisk (fdisk)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "sfdisk {script:?}");
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so tests need no RNG crate.
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
