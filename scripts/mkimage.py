@@ -4,7 +4,8 @@ random bytes, 3 MiB of compressible text and 3 MiB of zeros. Every MiB differs, 
 deduplication does not flatter anyone.
 
 usage: mkimage.py OUT SIZE_MIB [SEED]
-       mkimage.py --mutate IN OUT PERCENT SEED   (copy IN, rewriting PERCENT% of its MiBs)
+       mkimage.py --mutate IN OUT PERCENT SEED   (copy IN, rewriting PERCENT% of its
+                                                  MiBs with new content of their kind)
 """
 import os
 import random
@@ -41,6 +42,9 @@ def make(path, size_mib, seed):
 
 
 def mutate(src, dst, percent, seed):
+    """A changed MiB gets new content of its own kind, as an update's new files
+    compress like the old: random bytes stay random, text becomes other text,
+    and free space (zeros) gets text, a new file written there."""
     rng = random.Random(seed)
     with open(src, "rb") as f_in, open(dst, "wb") as f_out:
         size = os.fstat(f_in.fileno()).st_size
@@ -49,7 +53,7 @@ def mutate(src, dst, percent, seed):
         for i in range(n):
             block = f_in.read(MIB)
             if i in changed:
-                block = os.urandom(MIB)
+                block = os.urandom(MIB) if i % 10 < 4 else text_mib(rng)
             if block.count(0) == MIB:
                 f_out.seek(MIB, os.SEEK_CUR)
             else:

@@ -326,7 +326,7 @@ pub struct DeployArgs {
     #[arg(long)]
     disk: PathBuf,
     /// Chunks fetched and written in parallel.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = imprint::format::cmdline::DEFAULT_JOBS)]
     jobs: usize,
     /// Public key (base64) the manifest must be signed with.
     #[arg(long)]

@@ -253,7 +253,7 @@ pub struct DeployOptions {
 impl Default for DeployOptions {
     fn default() -> Self {
         DeployOptions {
-            jobs: 4,
+            jobs: crate::format::cmdline::DEFAULT_JOBS,
             retry: RetryPolicy::default(),
             progress_interval: Duration::from_secs(1),
         }
