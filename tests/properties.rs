@@ -2121,7 +2121,7 @@ mod cmdline {
                         network_config,
                         allow_downgrade: false,
                         redeploy: false,
-                        jobs: jobs.unwrap_or(4),
+                        jobs: jobs.unwrap_or(imprint::format::cmdline::DEFAULT_JOBS),
                         dhcp_timeout: Duration::from_secs(timeout.unwrap_or(60)),
                         ip: ip.map_or(IpConfig::Dhcp, |i| i.1),
                         bootif: bootif.map(|b| b.0),
