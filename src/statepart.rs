@@ -260,12 +260,18 @@ impl StateDisk {
         Ok(deployed)
     }
 
-    /// Marks an upgrade on this disk rolled back. Returns the record as written.
-    pub fn mark_rolled_back(&self) -> Result<Record> {
+    /// Reads this disk's record, lets `change` change it, and writes it back.
+    /// Returns the record as written.
+    pub fn update_record(&self, change: impl FnOnce(&mut Record)) -> Result<Record> {
         let (mut record, _) = self.read_record()?;
-        record.mode = Mode::RolledBack;
+        change(&mut record);
         self.write_record(&record)?;
         Ok(record)
+    }
+
+    /// Marks an upgrade on this disk rolled back. Returns the record as written.
+    pub fn mark_rolled_back(&self) -> Result<Record> {
+        self.update_record(|r| r.mode = Mode::RolledBack)
     }
 
     /// Captures `bundle` into this disk's state partition and points the record

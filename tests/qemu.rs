@@ -610,17 +610,12 @@ fn a_256_mib_machine_deploys_a_4_gib_image() {
         f.write_all_at(&noise(i, 16 << 20), (64 << 20) + i * (256 << 20))
             .unwrap();
     }
-    let out = imprint(&[
-        "image",
-        "add",
-        "--repo",
-        repo.path().to_str().unwrap(),
-        "--chunk-size",
-        "16M",
+    add_with(
+        &repo,
         "os:big",
         image.to_str().unwrap(),
-    ]);
-    assert_success(&out);
+        &["--chunk-size", "16M"],
+    );
     let served = Served::start(&repo.path());
     let disk = repo.file("disk.img");
     sparse_disk(&disk, size + (64 << 20));
@@ -675,17 +670,12 @@ fn a_chunk_larger_than_the_memory_allows_is_refused_and_the_policy_followed() {
     require_qemu!();
     let a = artifacts();
     let repo = Repo::new();
-    let out = imprint(&[
-        "image",
-        "add",
-        "--repo",
-        repo.path().to_str().unwrap(),
-        "--chunk-size",
-        "64M",
+    add_with(
+        &repo,
         "os:big-chunks",
         &a.path("os-v1.img"),
-    ]);
-    assert_success(&out);
+        &["--chunk-size", "64M"],
+    );
     let served = Served::start(&repo.path());
     let disk = repo.file("disk.img");
     // The disk holds an OS already.

@@ -426,17 +426,14 @@ fn deploy_chunks(
         }
         .into());
     }
-    let jobs = fit_jobs(
-        opts.jobs,
-        manifest.chunk_size,
-        crate::sys::available_memory(),
-    )?;
+    let available = crate::sys::available_memory();
+    let jobs = fit_jobs(opts.jobs, manifest.chunk_size, available)?;
     if jobs < opts.jobs {
         log::info!(
             "{jobs} chunks in flight, not {}: each needs {} MiB, and {} MiB of memory is available",
             opts.jobs,
             worker_memory(manifest.chunk_size) >> 20,
-            crate::sys::available_memory().unwrap_or(0) >> 20
+            available.unwrap_or(0) >> 20
         );
     }
     let started = Instant::now();

@@ -91,7 +91,8 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
     }
     clock.lap(Timed::BootRecords);
     let timings = clock.finish(&installed.progress, media_and_network(&source));
-    note_timings(&disk, &timings);
+    // For the installed OS to add its own, and `imprint status` to show.
+    note_in_record(&disk, "the timings", |r| r.timings = Some(timings.clone()));
     log::info!("timings: {}", timings.summary());
     status().send(
         Phase::BootRecords,
@@ -153,19 +154,15 @@ impl Clock {
     }
 }
 
-/// The deploy's figures into the state record, for the installed OS to add its
-/// own and `imprint status` to show. A failure loses only the figures.
-fn note_timings(disk: &disks::DiskInfo, timings: &Timings) {
+/// Notes `what` in the new disk's state record, by `change`. A failure loses
+/// only the note: it is said, and the deploy goes on.
+fn note_in_record(disk: &disks::DiskInfo, what: &str, change: impl FnOnce(&mut Record)) {
     let noted = StateDisk::open(&disk.dev_path())
         .ok_or_else(|| anyhow!("no state partition on {}", disk.dev_path()))
-        .and_then(|d| {
-            let (mut record, _) = d.read_record()?;
-            record.timings = Some(timings.clone());
-            d.write_record(&record)
-        });
+        .and_then(|d| d.update_record(change));
     if let Err(e) = noted {
         log::warn!(
-            "noting the timings in the state record: {}",
+            "noting {what} in the state record: {}",
             crate::error_text(&e)
         );
     }
@@ -920,19 +917,7 @@ fn finish_os(
         state::Agent::Skipped(_) => log::warn!("{}", agent::describe(&agent)),
         _ => log::info!("{}", agent::describe(&agent)),
     }
-    let noted = StateDisk::open(&disk.dev_path())
-        .ok_or_else(|| anyhow!("no state partition on {}", disk.dev_path()))
-        .and_then(|d| {
-            let (mut record, _) = d.read_record()?;
-            record.agent = agent.clone();
-            d.write_record(&record)
-        });
-    if let Err(e) = noted {
-        log::warn!(
-            "noting the agent in the state record: {}",
-            crate::error_text(&e)
-        );
-    }
+    note_in_record(disk, "the agent", |r| r.agent = agent.clone());
     agent
 }
 

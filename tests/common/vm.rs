@@ -624,14 +624,22 @@ pub fn machine_entry(served: &Served, mac: &str) -> serde_json::Value {
 
 /// Adds an image with the default (1 MiB) chunk size; returns the manifest digest.
 pub fn add(repo: &Repo, reference: &str, image: &str) -> String {
-    let out = imprint(&[
+    add_with(repo, reference, image, &[])
+}
+
+/// [`add`] with more arguments to `image add` (`--chunk-size 16M`, ...).
+pub fn add_with(repo: &Repo, reference: &str, image: &str, extra: &[&str]) -> String {
+    let repo_path = repo.path();
+    let mut args = vec![
         "image",
         "add",
         "--repo",
-        repo.path().to_str().unwrap(),
+        repo_path.to_str().unwrap(),
         reference,
         image,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = imprint(&args);
     assert_success(&out);
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
