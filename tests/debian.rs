@@ -9,6 +9,7 @@ mod common;
 use common::vm::*;
 use common::*;
 use imprint::format::state::{Agent, Mode};
+use imprint::format::timing::Phase as Timed;
 use imprint::statepart::StateDisk;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -234,6 +235,21 @@ fn stock_deploy_gets_the_agent_and_commits(firmware: &'static str) {
     let record = read_state(&m.disks[0]).0;
     assert_eq!(record.mode, Mode::Committed);
     assert_eq!(partition_file(&m.disks[0], 3, "/etc/hostname"), "stock-1\n");
+    // The deploy's timings, completed by Debian's first boot (the hand-off
+    // through the firmware, Debian's own start) and shown by its status.
+    let timings = record.timings.expect("no timings in the record");
+    assert!(timings.get(Timed::Write) > Some(0), "{timings:?}");
+    assert!(timings.get(Timed::Handoff).is_some(), "{timings:?}");
+    let os_boot = timings.get(Timed::OsBoot).unwrap_or(0);
+    assert!((1_000..300_000).contains(&os_boot), "{timings:?}");
+    assert_line(
+        &c,
+        &[
+            "debian-os: status: timings     drivers ",
+            " handoff ",
+            " os-boot ",
+        ],
+    );
 }
 
 #[test]
