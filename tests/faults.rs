@@ -290,3 +290,45 @@ fn a_seed_disk_supplies_unchanged_chunks_and_never_wrong_ones() {
         p.chunks_seeded * CHUNK as u64 - CHUNK as u64 + 1000
     );
 }
+
+/// Over plain HTTP each connection carries the next chunk's request while the
+/// server still answers the one before (pipelining): a server that takes a
+/// while per answer finds the next request waiting. Every chunk still lands
+/// verified, and only chunks the target lacks are asked for.
+#[test]
+fn chunks_are_requested_ahead_on_each_connection() {
+    let repo = Repo::new();
+    let v1 = mixed_image(34, 60);
+    let mut v2 = v1.clone();
+    for c in (0..60).step_by(4) {
+        v2[c * CHUNK..(c + 1) * CHUNK].copy_from_slice(&noise(700 + c as u64, CHUNK));
+    }
+    repo.add("os:v2", &v2, &[]);
+    let server = FaultyServer::start(
+        &repo.path(),
+        Arc::new(|_: &str, _| Fault::None),
+        Duration::from_millis(15),
+        Duration::ZERO,
+    );
+    let src = source(&server.url, Duration::from_secs(5));
+    let resolved = engine::resolve(&src, &"os:v2".parse().unwrap(), None, &fast_retry()).unwrap();
+    let target = CheckingTarget::new(v2.clone(), v1.clone());
+    let opts = DeployOptions {
+        jobs: 2,
+        retry: fast_retry(),
+        ..DeployOptions::default()
+    };
+    let before = server.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let p = engine::deploy(&src, &resolved.manifest, &target, &opts, &|_| {}).unwrap();
+    assert_eq!(*target.disk.lock().unwrap(), v2);
+    assert!(target.bad_writes.lock().unwrap().is_empty());
+    let changed = (0..60).step_by(4).count() as u64;
+    assert_eq!(p.chunks_fetched, changed, "{p:?}");
+    let requests = server.requests.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert_eq!(requests, changed, "one request per changed chunk");
+    let pipelined = server.pipelined.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        pipelined >= changed / 2,
+        "{pipelined} of {changed} answers had the next request waiting"
+    );
+}

@@ -512,6 +512,7 @@ pub fn write_image(
         chunks: 1,
         ..Progress::default()
     };
+    let head_in_place = fetched_head.is_none();
     match fetched_head {
         None => {
             put_back(0)?;
@@ -529,7 +530,11 @@ pub fn write_image(
         }
     }
     disk.sync().map_err(io("syncing", 0))?;
-    reread_partitions(disk);
+    // A head found in place is the partition table the kernel read already;
+    // re-reading it would only make the kernel drop the disk's page cache.
+    if !head_in_place {
+        reread_partitions(disk);
+    }
     let mut progress = data.merge(&first);
     progress.elapsed = started.elapsed();
     Ok(progress)

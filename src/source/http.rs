@@ -215,6 +215,8 @@ pub struct HttpSource {
     roots: Option<CaRoots>,
     /// For an `http://` repository: the forward proxy it is fetched through.
     proxy: Option<super::proxy::Proxy>,
+    resolver: Arc<dyn NameResolver>,
+    timeout: Duration,
 }
 
 impl HttpSource {
@@ -246,13 +248,15 @@ impl HttpSource {
         let agent = Agent::with_parts(
             config.build(),
             DefaultConnector::default(),
-            ResolverAdapter(resolver),
+            ResolverAdapter(resolver.clone()),
         );
         Ok(HttpSource {
             base: base.trim_end_matches('/').to_string(),
             agent,
             roots,
             proxy: None,
+            resolver,
+            timeout,
         })
     }
 
@@ -325,10 +329,20 @@ impl Source for HttpSource {
     fn location(&self, path: &str) -> String {
         self.url(path)
     }
+
+    /// Plain HTTP straight to the server (HTTPS and proxied fetches go one at
+    /// a time, through ureq and the proxy's client).
+    fn pipeline(&self) -> Option<Box<dyn super::Pipeline>> {
+        if self.proxy.is_some() {
+            return None;
+        }
+        let pipeline = super::wire::Pipeline::new(&self.base, self.resolver.clone(), self.timeout)?;
+        Some(Box::new(pipeline))
+    }
 }
 
 /// What a status other than 200 means for a fetch.
-fn status_error(location: String, status: u16) -> Option<FetchError> {
+pub(super) fn status_error(location: String, status: u16) -> Option<FetchError> {
     match status {
         200 => None,
         404 | 410 => Some(FetchError::NotFound { location }),

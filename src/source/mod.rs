@@ -5,6 +5,7 @@
 mod dns;
 mod http;
 mod proxy;
+mod wire;
 
 pub use dns::DnsResolver;
 pub use http::{
@@ -85,6 +86,29 @@ pub trait Source: Send + Sync {
     fn tally(&self) -> Vec<(String, u64)> {
         Vec::new()
     }
+    /// A connection that carries several requests at once, where the source
+    /// has one (a plain-HTTP repository): None means one fetch at a time.
+    fn pipeline(&self) -> Option<Box<dyn Pipeline>> {
+        None
+    }
+}
+
+/// Requests one [`Pipeline`] connection carries at once.
+pub const PIPELINE_DEPTH: usize = wire::Pipeline::DEPTH;
+
+/// Requests sent ahead of their responses on one connection, which come back
+/// in the order sent. After an error the requests still in flight are lost:
+/// the caller fetches them again with [`fetch_checked`].
+pub trait Pipeline: Send {
+    /// Sends a request for the repository file `path`.
+    fn send(&mut self, path: &str) -> Result<(), FetchError>;
+    /// The body of the oldest request sent and not yet received, at most
+    /// `limit` bytes, into `buf` (cleared first). An answer other than 200
+    /// leaves the connection and the requests behind it in place; a broken
+    /// connection loses them ([`Pipeline::pending`] drops to 0).
+    fn receive(&mut self, limit: u64, buf: &mut Vec<u8>) -> Result<(), FetchError>;
+    /// Requests sent whose responses are still to be received.
+    fn pending(&self) -> usize;
 }
 
 /// Several repositories holding the same content-addressed files, asked in

@@ -358,6 +358,9 @@ pub struct FaultyServer {
     pub url: String,
     stop: Arc<AtomicBool>,
     pub requests: Arc<AtomicU64>,
+    /// Requests answered while the client's next one on the same connection
+    /// was already waiting (pipelined).
+    pub pipelined: Arc<AtomicU64>,
     pub faults: Arc<Mutex<Vec<(String, Fault)>>>,
 }
 
@@ -367,11 +370,13 @@ impl FaultyServer {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicU64::new(0));
+        let pipelined = Arc::new(AtomicU64::new(0));
         let faults = Arc::new(Mutex::new(Vec::new()));
         let attempts = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
         let root = root.to_path_buf();
         {
             let (stop, requests, faults) = (stop.clone(), requests.clone(), faults.clone());
+            let pipelined = pipelined.clone();
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::Relaxed) {
@@ -383,6 +388,7 @@ impl FaultyServer {
                         plan: plan.clone(),
                         attempts: attempts.clone(),
                         requests: requests.clone(),
+                        pipelined: pipelined.clone(),
                         faults: faults.clone(),
                         delay,
                         stall,
@@ -395,6 +401,7 @@ impl FaultyServer {
             url,
             stop,
             requests,
+            pipelined,
             faults,
         }
     }
@@ -411,11 +418,23 @@ impl Drop for FaultyServer {
     }
 }
 
+/// Whether the client's next request has arrived before this one's answer.
+fn next_request_waiting(reader: &BufReader<TcpStream>, conn: &TcpStream) -> bool {
+    if !reader.buffer().is_empty() {
+        return true;
+    }
+    let _ = conn.set_nonblocking(true);
+    let waiting = conn.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0);
+    let _ = conn.set_nonblocking(false);
+    waiting
+}
+
 struct Ctx {
     root: PathBuf,
     plan: Arc<FaultPlan>,
     attempts: Arc<Mutex<HashMap<String, u64>>>,
     requests: Arc<AtomicU64>,
+    pipelined: Arc<AtomicU64>,
     faults: Arc<Mutex<Vec<(String, Fault)>>>,
     delay: Duration,
     stall: Duration,
@@ -457,6 +476,9 @@ impl Ctx {
                 self.faults.lock().unwrap().push((path.clone(), fault));
             }
             std::thread::sleep(self.delay);
+            if next_request_waiting(&reader, &conn) {
+                self.pipelined.fetch_add(1, Ordering::Relaxed);
+            }
             let body = match std::fs::read(self.root.join(&path)) {
                 Ok(b) => b,
                 Err(_) => {
@@ -495,7 +517,10 @@ impl Ctx {
                     body = zstd::bulk::compress(&fake, 1).expect("compress");
                 }
                 Fault::Stall => {
+                    // The client has given up on this connection by now.
                     std::thread::sleep(self.stall);
+                    let _ = conn.shutdown(Shutdown::Both);
+                    return;
                 }
             }
             let head = format!(

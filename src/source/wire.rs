@@ -1,0 +1,307 @@
+//! HTTP/1.1 on plain TCP connections, for what ureq does not do: requests in
+//! absolute form to a forward proxy ([`super::proxy`]), and several requests
+//! in flight on one connection ([`Pipeline`]). Every size a server declares is
+//! bounded before it is read.
+
+use super::FetchError;
+use super::http::{NameResolver, status_error};
+use crate::format::http::{
+    Framing, MAX_CHUNK_LINE, MAX_HEAD, Method, parse_chunk_size, parse_proxy_url,
+    parse_response_head,
+};
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A connection, read through a buffer (which may hold the start of the next
+/// response).
+pub type Conn = BufReader<TcpStream>;
+
+/// How an exchange on one connection ended badly.
+pub enum Exchange {
+    /// Nothing came back on a kept-alive connection: try a fresh one.
+    Stale,
+    TooLarge,
+    Failed(String),
+}
+
+/// Connects to `host:port` (a name is resolved by `resolver`), with `timeout`
+/// for connecting and for every read and write after.
+pub fn connect(
+    host: &str,
+    port: u16,
+    resolver: &dyn NameResolver,
+    timeout: Duration,
+) -> io::Result<Conn> {
+    let addrs = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => resolver.resolve(host, port)?,
+    };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to nothing");
+    for addr in addrs.into_iter().take(16) {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+                let _ = s.set_nodelay(true);
+                return Ok(BufReader::new(s));
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// A GET request's head for `target` (a path, or a whole URL for a proxy).
+pub fn get_request(target: &str, authority: &str) -> String {
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: imprint/{}\r\nAccept: */*\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Reads the response to a GET into `buf` (cleared first), refusing a body over
+/// `limit` bytes; returns its status and whether the connection stays open.
+pub fn read_response(
+    conn: &mut Conn,
+    limit: u64,
+    buf: &mut Vec<u8>,
+) -> Result<(u16, bool), Exchange> {
+    buf.clear();
+    let head = read_head(conn)?;
+    let response = parse_response_head(&head, Method::Get)
+        .map_err(|e| Exchange::Failed(format!("the response: {e}")))?;
+    match response.framing {
+        Framing::Empty => {}
+        Framing::Length(n) => {
+            if n > limit {
+                return Err(Exchange::TooLarge);
+            }
+            (&mut *conn)
+                .take(n)
+                .read_to_end(buf)
+                .map_err(|e| Exchange::Failed(format!("reading the body: {e}")))?;
+            if buf.len() as u64 != n {
+                return Err(Exchange::Failed("the body ended early".into()));
+            }
+        }
+        Framing::Chunked => read_chunked(conn, limit, buf)?,
+        Framing::UntilClose => {
+            (&mut *conn)
+                .take(limit + 1)
+                .read_to_end(buf)
+                .map_err(|e| Exchange::Failed(format!("reading the body: {e}")))?;
+            if buf.len() as u64 > limit {
+                return Err(Exchange::TooLarge);
+            }
+        }
+    }
+    Ok((response.status, response.keep_alive()))
+}
+
+/// One line, CRLF included, of at most `max` bytes.
+fn read_line(conn: &mut Conn, max: usize, line: &mut Vec<u8>) -> io::Result<usize> {
+    (&mut *conn).take(max as u64).read_until(b'\n', line)
+}
+
+/// The response head, up to its blank line; nothing read at all is `Stale`.
+fn read_head(conn: &mut Conn) -> Result<Vec<u8>, Exchange> {
+    let mut head = Vec::new();
+    loop {
+        let before = head.len();
+        let n =
+            read_line(conn, MAX_HEAD + 1 - head.len().min(MAX_HEAD), &mut head).map_err(|e| {
+                match before {
+                    0 => Exchange::Stale,
+                    _ => Exchange::Failed(format!("reading the response: {e}")),
+                }
+            })?;
+        if n == 0 {
+            return Err(match before {
+                0 => Exchange::Stale,
+                _ => Exchange::Failed("the response ended in its head".into()),
+            });
+        }
+        if head.len() > MAX_HEAD {
+            return Err(Exchange::Failed(format!(
+                "response head larger than {MAX_HEAD} bytes"
+            )));
+        }
+        if head.ends_with(b"\r\n\r\n") {
+            return Ok(head);
+        }
+    }
+}
+
+/// A chunked body into `buf`, at most `limit` bytes; trailers are read and dropped.
+fn read_chunked(conn: &mut Conn, limit: u64, buf: &mut Vec<u8>) -> Result<(), Exchange> {
+    let failed = |why: String| Exchange::Failed(why);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        read_line(conn, MAX_CHUNK_LINE + 2, &mut line)
+            .map_err(|e| failed(format!("reading a chunk size: {e}")))?;
+        let text = std::str::from_utf8(&line)
+            .ok()
+            .and_then(|l| l.strip_suffix("\r\n"))
+            .ok_or_else(|| failed("a malformed chunk size line".into()))?;
+        let size = parse_chunk_size(text).map_err(|e| failed(e.to_string()))?;
+        if size == 0 {
+            // Trailer lines, each bounded, up to the blank one.
+            for _ in 0..64 {
+                line.clear();
+                let n = read_line(conn, MAX_CHUNK_LINE + 2, &mut line)
+                    .map_err(|e| failed(format!("reading the trailer: {e}")))?;
+                if n == 0 || line == b"\r\n" {
+                    return Ok(());
+                }
+            }
+            return Err(failed("too many trailer lines".into()));
+        }
+        if buf.len() as u64 + size > limit {
+            return Err(Exchange::TooLarge);
+        }
+        let start = buf.len();
+        (&mut *conn)
+            .take(size)
+            .read_to_end(buf)
+            .map_err(|e| failed(format!("reading a chunk: {e}")))?;
+        if (buf.len() - start) as u64 != size {
+            return Err(failed("a chunk ended early".into()));
+        }
+        let mut crlf = [0u8; 2];
+        conn.read_exact(&mut crlf)
+            .ok()
+            .filter(|_| &crlf == b"\r\n")
+            .ok_or_else(|| failed("a chunk without its CRLF".into()))?;
+    }
+}
+
+/// Up to [`Pipeline::DEPTH`] GETs in flight on one kept-alive connection to a
+/// repository (HTTP/1.1 pipelining): the next request is on its way while a
+/// response arrives, so the connection never idles a round trip between two
+/// files. Any failure drops the connection with the requests still on it; the
+/// caller fetches those again its usual way, and the next request connects
+/// afresh.
+pub struct Pipeline {
+    host: String,
+    port: u16,
+    authority: String,
+    /// The repository's path on the server, without a trailing slash.
+    prefix: String,
+    base: String,
+    resolver: Arc<dyn NameResolver>,
+    timeout: Duration,
+    conn: Option<Conn>,
+    /// Paths sent whose responses have not been read, oldest first.
+    sent: VecDeque<String>,
+}
+
+impl Pipeline {
+    /// Requests one connection carries at once.
+    pub const DEPTH: usize = 2;
+
+    /// A pipeline to the `http://` repository at `base`; None for another
+    /// scheme or an address it cannot parse.
+    pub fn new(base: &str, resolver: Arc<dyn NameResolver>, timeout: Duration) -> Option<Pipeline> {
+        let rest = base.strip_prefix("http://")?;
+        let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = parse_proxy_url(&format!("http://{authority}")).ok()?;
+        Some(Pipeline {
+            host,
+            port,
+            authority: authority.to_string(),
+            prefix: prefix.trim_end_matches('/').to_string(),
+            base: base.trim_end_matches('/').to_string(),
+            resolver,
+            timeout,
+            conn: None,
+            sent: VecDeque::new(),
+        })
+    }
+
+    fn location(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+
+    fn drop_connection(&mut self) {
+        self.conn = None;
+        self.sent.clear();
+    }
+}
+
+impl super::Pipeline for Pipeline {
+    fn pending(&self) -> usize {
+        self.sent.len()
+    }
+
+    fn send(&mut self, path: &str) -> Result<(), FetchError> {
+        let location = self.location(path);
+        let network = |reason: String| FetchError::Network {
+            location: location.clone(),
+            reason,
+        };
+        if self.sent.len() >= Self::DEPTH {
+            return Err(network(format!(
+                "more than {} requests in flight",
+                Self::DEPTH
+            )));
+        }
+        if self.conn.is_none() {
+            if !self.sent.is_empty() {
+                return Err(network("the connection was lost".into()));
+            }
+            let conn = connect(&self.host, self.port, self.resolver.as_ref(), self.timeout)
+                .map_err(|e| network(format!("connecting: {e}")))?;
+            self.conn = Some(conn);
+        }
+        let request = get_request(&format!("{}/{path}", self.prefix), &self.authority);
+        let written = match self.conn.as_mut() {
+            Some(conn) => conn.get_mut().write_all(request.as_bytes()),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        };
+        if let Err(e) = written {
+            self.drop_connection();
+            return Err(network(format!("sending the request: {e}")));
+        }
+        self.sent.push_back(path.to_string());
+        Ok(())
+    }
+
+    fn receive(&mut self, limit: u64, buf: &mut Vec<u8>) -> Result<(), FetchError> {
+        let Some(path) = self.sent.pop_front() else {
+            return Err(FetchError::Network {
+                location: self.base.clone(),
+                reason: "no request is waiting for its response".into(),
+            });
+        };
+        let location = self.location(&path);
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(FetchError::Network {
+                location,
+                reason: "the connection was lost".into(),
+            });
+        };
+        match read_response(conn, limit, buf) {
+            Ok((status, keep_alive)) => {
+                if !keep_alive {
+                    self.drop_connection();
+                }
+                status_error(location, status).map_or(Ok(()), Err)
+            }
+            Err(e) => {
+                self.drop_connection();
+                Err(match e {
+                    Exchange::TooLarge => FetchError::TooLarge { location, limit },
+                    Exchange::Stale => FetchError::Network {
+                        location,
+                        reason: "the server closed the connection".into(),
+                    },
+                    Exchange::Failed(reason) => FetchError::Network { location, reason },
+                })
+            }
+        }
+    }
+}
