@@ -89,6 +89,20 @@ pub fn set_tcp_nodelay(socket: impl std::os::fd::AsFd) -> io::Result<()> {
     rustix::net::sockopt::set_tcp_nodelay(socket, true).map_err(io::Error::from)
 }
 
+/// Drops a range that has been written back from the page cache. A deploy
+/// writes a whole disk once; caching what it wrote only makes the kernel drop
+/// it all at the end (re-reading the partition table, closing the disk) while
+/// the deploy waits, and crowds a small machine's memory meanwhile.
+pub fn forget_written(file: &File, offset: u64, len: u64) {
+    // Pages still dirty or under writeback stay; this is a hint.
+    let _ = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::DontNeed,
+    );
+}
+
 /// Starts writeback of a just-written range without waiting for it, so the disk
 /// works while the next chunks are fetched and the final fsync has little left.
 pub fn start_writeback(file: &File, offset: u64, len: u64) {

@@ -688,6 +688,10 @@ fn scan_chunk(
     Ok(())
 }
 
+/// Chunks a fetcher writes after one before that one leaves the page cache:
+/// by then its writeback, started when it was written, is likely done.
+const WRITEBACK_LAG: usize = 4;
+
 /// A data chunk's sha256, stored size and length; None for a zero chunk.
 fn stored(manifest: &Manifest, index: usize) -> Option<(Digest, u32, usize)> {
     let chunk = &manifest.chunks[index];
@@ -711,6 +715,9 @@ struct Fetcher<'a> {
     in_flight: VecDeque<usize>,
     /// Connections the pipeline lost; past a few it is given up.
     lost: u32,
+    /// What this fetcher wrote last, oldest first, until its writeback is
+    /// likely done and it can leave the page cache.
+    written: VecDeque<(u64, u64)>,
 }
 
 impl<'a> Fetcher<'a> {
@@ -721,6 +728,7 @@ impl<'a> Fetcher<'a> {
             pipeline: job.source.pipeline(),
             in_flight: VecDeque::new(),
             lost: 0,
+            written: VecDeque::new(),
         }
     }
 
@@ -882,14 +890,9 @@ impl<'a> Fetcher<'a> {
             retry.attempts -= 1;
             retry.first_delay = (retry.first_delay * 2).min(retry.max_delay);
         }
-        let fetched = self.worker.fetch_verified(
-            job.source,
-            sha256,
-            stored_size,
-            len,
-            &retry,
-            job.counters,
-        );
+        let fetched =
+            self.worker
+                .fetch_verified(job.source, sha256, stored_size, len, &retry, job.counters);
         match fetched {
             Err(DeployError::Fetch(FetchError::GaveUp {
                 location,
@@ -916,6 +919,13 @@ impl<'a> Fetcher<'a> {
         job.target
             .write_at(&self.worker.content, offset)
             .map_err(job.io_error("writing", offset))?;
+        let len = self.worker.content.len() as u64;
+        self.written.push_back((offset, len));
+        if self.written.len() > WRITEBACK_LAG
+            && let Some((offset, len)) = self.written.pop_front()
+        {
+            job.target.forget_written(offset, len);
+        }
         lap(&job.counters.disk_ns, t);
         job.done(index, &job.counters.written, None);
         Ok(())

@@ -13,6 +13,9 @@ pub trait Target: Sync {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes the range read back as zeros.
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// The range was written a while ago (its writeback started then) and is
+    /// not read again: a hint to drop it from caches.
+    fn forget_written(&self, _offset: u64, _len: u64) {}
     /// True when the range is known to read back zeros without reading it (a hole
     /// in a sparse file). False means "unknown", not "non-zero".
     fn known_zero(&self, _offset: u64, _len: u64) -> bool {
@@ -146,6 +149,10 @@ impl Target for DiskTarget {
 
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
         sys::zero_range(&self.file, self.kind, offset, len)
+    }
+
+    fn forget_written(&self, offset: u64, len: u64) {
+        sys::forget_written(&self.file, offset, len);
     }
 
     fn known_zero(&self, offset: u64, len: u64) -> bool {
