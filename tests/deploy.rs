@@ -782,3 +782,46 @@ fn an_interrupted_deploy_leaves_a_disk_that_does_not_boot_and_a_rerun_completes(
     assert_eq!(figure(&summary(&again), "written"), 0);
     assert_eq!(std::fs::read(&disk).unwrap(), new);
 }
+
+/// A repository published as plain files by Debian's nginx: each connection of
+/// the host's deploy carries the next chunk's request before the answer to the
+/// one before (nginx logs a request as pipelined when it came in with the one
+/// before, as a connection's first two do), and the disk ends byte-identical;
+/// a redeploy after a change asks for the changed chunk only.
+#[test]
+fn a_deploy_from_nginx_keeps_requests_ahead_on_its_connections() {
+    if !common::vm::nginx_available() {
+        return;
+    }
+    let repo = Repo::new();
+    let v1 = mixed_image(41, 120);
+    repo.add("os:v1", &v1, &[]);
+    let mut v2 = v1.clone();
+    v2[77 * CHUNK + 5] ^= 0xA5;
+    repo.add("os:v2", &v2, &[]);
+    let nginx = common::vm::Nginx::start(&repo.path());
+    let disk = repo.file("disk");
+    let chunk_requests = || {
+        nginx
+            .requests()
+            .iter()
+            .filter(|r| r.contains("/chunks/"))
+            .count()
+    };
+
+    let out = deploy(&nginx.url, "os:v1", &disk, &["--jobs", "4"]);
+    assert_success(&out);
+    assert!(std::fs::read(&disk).unwrap() == v1, "disk differs from v1");
+    let fetched = figure(&summary(&out), "fetched_chunks") as usize;
+    assert_eq!(chunk_requests(), fetched, "one request per chunk");
+    let pipelined = nginx.pipelined("/chunks/");
+    assert!(
+        pipelined > 0,
+        "none of {fetched} chunk requests was waiting when nginx finished the one before"
+    );
+
+    let out = deploy(&nginx.url, "os:v2", &disk, &["--jobs", "2"]);
+    assert_success(&out);
+    assert!(std::fs::read(&disk).unwrap() == v2, "disk differs from v2");
+    assert_eq!(chunk_requests(), fetched + 1);
+}

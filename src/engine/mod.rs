@@ -787,7 +787,12 @@ impl<'a> Fetcher<'a> {
                 }
                 Err(e) => {
                     log::debug!("{e}; fetching without the pipeline");
+                    // The requests before this one went with the connection.
+                    let behind: Vec<usize> = self.in_flight.drain(..).collect();
                     self.lose_connection();
+                    for index in behind {
+                        self.refetch(index, None)?;
+                    }
                 }
             }
         }
@@ -837,26 +842,29 @@ impl<'a> Fetcher<'a> {
                 reason,
             })
         });
-        if !connected {
-            self.lose_connection();
-        }
+        // A connection that ended took the requests behind this one with it:
+        // closed in order (the server's limit of requests per connection), or
+        // broken, which counts against the pipeline.
+        let behind: Vec<usize> = match connected {
+            true => Vec::new(),
+            false => self.in_flight.drain(..).collect(),
+        };
         match checked {
             Ok(()) => {
                 counters.chunks_fetched.fetch_add(1, Ordering::Relaxed);
-                self.write(index)
+                self.write(index)?;
             }
             Err(e) => {
-                let behind: Vec<usize> = match connected {
-                    true => Vec::new(),
-                    false => self.in_flight.drain(..).collect(),
-                };
-                self.refetch(index, Some(e))?;
-                for index in behind {
-                    self.refetch(index, None)?;
+                if !connected {
+                    self.lose_connection();
                 }
-                Ok(())
+                self.refetch(index, Some(e))?;
             }
         }
+        for index in behind {
+            self.refetch(index, None)?;
+        }
+        Ok(())
     }
 
     fn lose_connection(&mut self) {

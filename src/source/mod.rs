@@ -16,6 +16,7 @@ pub use proxy::{Proxy, ProxyError, proxy_from_env};
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -116,7 +117,7 @@ pub trait Pipeline: Send {
 /// or holds damaged. Every body is checked before it counts, so a bad copy on
 /// one never hides a good copy on the next.
 pub struct Chain {
-    parts: Vec<(String, Box<dyn Source>, AtomicU64)>,
+    parts: Vec<(String, Box<dyn Source>, Arc<AtomicU64>)>,
 }
 
 impl Chain {
@@ -125,7 +126,7 @@ impl Chain {
         Chain {
             parts: parts
                 .into_iter()
-                .map(|(name, source)| (name, source, AtomicU64::new(0)))
+                .map(|(name, source)| (name, source, Arc::new(AtomicU64::new(0))))
                 .collect(),
         }
     }
@@ -173,6 +174,40 @@ impl Source for Chain {
             .iter()
             .map(|(name, _, bytes)| (name.clone(), bytes.load(Ordering::Relaxed)))
             .collect()
+    }
+
+    /// The pipeline of a chain of one source; a chain of several asks them in
+    /// order for every file, one at a time.
+    fn pipeline(&self) -> Option<Box<dyn Pipeline>> {
+        match self.parts.as_slice() {
+            [(_, source, bytes)] => Some(Box::new(Tallied {
+                inner: source.pipeline()?,
+                bytes: bytes.clone(),
+            })),
+            _ => None,
+        }
+    }
+}
+
+/// A pipeline that counts what it receives into its source's tally.
+struct Tallied {
+    inner: Box<dyn Pipeline>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Pipeline for Tallied {
+    fn send(&mut self, path: &str) -> Result<(), FetchError> {
+        self.inner.send(path)
+    }
+
+    fn receive(&mut self, limit: u64, buf: &mut Vec<u8>) -> Result<(), FetchError> {
+        self.inner.receive(limit, buf)?;
+        self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn pending(&self) -> usize {
+        self.inner.pending()
     }
 }
 

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A connection, read through a buffer (which may hold the start of the next
 /// response).
@@ -197,11 +197,16 @@ pub struct Pipeline {
     conn: Option<Conn>,
     /// Paths sent whose responses have not been read, oldest first.
     sent: VecDeque<String>,
+    /// Since when the connection has carried no request.
+    idle_since: Instant,
 }
 
 impl Pipeline {
     /// Requests one connection carries at once.
     pub const DEPTH: usize = 2;
+    /// A connection idle this long is not reused: servers close idle ones
+    /// (after 5 s and up), and a request sent on one just closed is lost.
+    const MAX_IDLE: Duration = Duration::from_secs(2);
 
     /// A pipeline to the `http://` repository at `base`; None for another
     /// scheme or an address it cannot parse.
@@ -219,6 +224,7 @@ impl Pipeline {
             timeout,
             conn: None,
             sent: VecDeque::new(),
+            idle_since: Instant::now(),
         })
     }
 
@@ -248,6 +254,9 @@ impl super::Pipeline for Pipeline {
                 "more than {} requests in flight",
                 Self::DEPTH
             )));
+        }
+        if self.sent.is_empty() && self.idle_since.elapsed() > Self::MAX_IDLE {
+            self.conn = None;
         }
         if self.conn.is_none() {
             if !self.sent.is_empty() {
@@ -284,7 +293,11 @@ impl super::Pipeline for Pipeline {
                 reason: "the connection was lost".into(),
             });
         };
-        match read_response(conn, limit, buf) {
+        let read = read_response(conn, limit, buf);
+        if self.sent.is_empty() {
+            self.idle_since = Instant::now();
+        }
+        match read {
             Ok((status, keep_alive)) => {
                 if !keep_alive {
                     self.drop_connection();
@@ -303,5 +316,121 @@ impl super::Pipeline for Pipeline {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Pipeline as _, SystemResolver};
+    use super::*;
+    use std::net::TcpListener;
+    use std::thread::JoinHandle;
+
+    /// One connection served in rounds: each round reads `n` more request
+    /// heads before it writes its bytes, so a client that did not send those
+    /// requests ahead would stall it (and time out). Returns the request lines.
+    fn serve(rounds: Vec<(usize, &'static [u8])>) -> (String, JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/repo/", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut seen = Vec::new();
+            let mut heads = Vec::new();
+            for (n, reply) in rounds {
+                while heads.len() < n {
+                    let mut byte = [0u8; 1];
+                    if conn.read(&mut byte).unwrap_or(0) == 0 {
+                        return heads;
+                    }
+                    seen.push(byte[0]);
+                    if seen.ends_with(b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen).to_string();
+                        heads.push(head.lines().next().unwrap_or("").to_string());
+                        seen.clear();
+                    }
+                }
+                heads.clear();
+                conn.write_all(reply).unwrap();
+            }
+            let mut rest = Vec::new();
+            let _ = conn.read_to_end(&mut rest);
+            String::from_utf8_lossy(&rest)
+                .lines()
+                .filter(|l| l.starts_with("GET "))
+                .map(str::to_string)
+                .collect()
+        });
+        (url, handle)
+    }
+
+    fn pipeline(url: &str) -> Pipeline {
+        Pipeline::new(url, Arc::new(SystemResolver), Duration::from_secs(5)).unwrap()
+    }
+
+    #[test]
+    fn requests_go_out_ahead_and_answers_come_back_in_order() {
+        let (url, server) = serve(vec![
+            (
+                2,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\ngone",
+            ),
+            (
+                1,
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n1\r\nz\r\n0\r\n\r\n",
+            ),
+        ]);
+        let mut p = pipeline(&url);
+        let mut buf = Vec::new();
+        p.send("chunks/a").unwrap();
+        p.send("chunks/b").unwrap();
+        assert!(p.send("chunks/c").is_err(), "no more than DEPTH at once");
+        assert_eq!(p.pending(), 2);
+        p.receive(10, &mut buf).unwrap();
+        assert_eq!(buf, b"abc");
+        // A refusal leaves the connection, and what follows it, in place.
+        let err = p.receive(10, &mut buf).unwrap_err();
+        assert!(matches!(err, FetchError::NotFound { .. }), "{err}");
+        assert!(err.to_string().contains("/repo/chunks/b"), "{err}");
+        assert_eq!(p.pending(), 0);
+        p.send("chunks/c").unwrap();
+        p.receive(10, &mut buf).unwrap();
+        assert_eq!(buf, b"xyz");
+        drop(p);
+        assert!(server.join().unwrap().is_empty(), "one connection for all");
+    }
+
+    #[test]
+    fn a_closing_or_oversized_answer_drops_the_requests_behind_it() {
+        let (url, server) = serve(vec![(
+            2,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        )]);
+        let mut p = pipeline(&url);
+        let mut buf = Vec::new();
+        p.send("a").unwrap();
+        p.send("b").unwrap();
+        p.receive(10, &mut buf).unwrap();
+        assert_eq!(buf, b"ok");
+        assert_eq!(p.pending(), 0, "b went with the connection");
+        assert!(p.receive(10, &mut buf).is_err());
+        server.join().unwrap();
+
+        let (url, server) = serve(vec![(
+            2,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n",
+        )]);
+        let mut p = pipeline(&url);
+        p.send("a").unwrap();
+        p.send("b").unwrap();
+        let err = p.receive(1000, &mut buf).unwrap_err();
+        assert!(
+            matches!(err, FetchError::TooLarge { limit: 1000, .. }),
+            "{err}"
+        );
+        assert_eq!(p.pending(), 0);
+        assert!(buf.len() <= 1000, "nothing past the limit is read");
+        drop(p);
+        server.join().unwrap();
     }
 }

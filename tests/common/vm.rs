@@ -208,7 +208,9 @@ impl Nginx {
             "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              user root root;\nevents {{ worker_connections 256; }}\n\
              http {{\n  include /etc/nginx/mime.types;\n  default_type application/octet-stream;\n\
-               sendfile on;\n  access_log {d}/access.log;\n\
+               sendfile on;\n\
+               log_format requests '$remote_addr \"$request\" $status $pipe $connection';\n\
+               access_log {d}/access.log requests;\n\
                client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
                server {{ listen 127.0.0.1:{port}{}; root {}; {} }}\n}}\n",
@@ -244,10 +246,32 @@ impl Nginx {
 
     /// The request lines ("GET /path HTTP/1.1") it has logged so far.
     pub fn requests(&self) -> Vec<String> {
+        self.log()
+            .iter()
+            .filter_map(|l| Some(l.split('"').nth(1)?.to_string()))
+            .collect()
+    }
+
+    /// Requests for `path_part` that nginx found already waiting on their
+    /// connection when it finished the one before (HTTP/1.1 pipelining).
+    pub fn pipelined(&self, path_part: &str) -> usize {
+        self.log()
+            .iter()
+            .filter(|l| l.contains(path_part))
+            .filter(|l| {
+                l.rsplit('"')
+                    .next()
+                    .and_then(|t| t.split_whitespace().nth(1))
+                    == Some("p")
+            })
+            .count()
+    }
+
+    fn log(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("access.log"))
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| Some(l.split('"').nth(1)?.to_string()))
+            .map(str::to_string)
             .collect()
     }
 }
