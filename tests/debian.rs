@@ -707,13 +707,7 @@ fn stock_debian_from_nginx_deploys_once_then_starts_by_kexec() {
     let disk = dir.join("disk.img");
     sparse_disk(&disk, 3 << 30);
     let run = |name: &str| boot_from_network(&dir, name, &net, &disk);
-    let chunk_requests = || {
-        nginx
-            .requests()
-            .iter()
-            .filter(|r| r.contains("/chunks/"))
-            .count()
-    };
+    let chunk_requests = || nginx.requested("/chunks/");
     let c = run("deploy");
     assert_has(&c, "install step done: write-head");
     assert_has(&c, "installed imprint as the first-boot agent");

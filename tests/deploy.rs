@@ -801,13 +801,7 @@ fn a_deploy_from_nginx_keeps_requests_ahead_on_its_connections() {
     repo.add("os:v2", &v2, &[]);
     let nginx = common::vm::Nginx::start(&repo.path());
     let disk = repo.file("disk");
-    let chunk_requests = || {
-        nginx
-            .requests()
-            .iter()
-            .filter(|r| r.contains("/chunks/"))
-            .count()
-    };
+    let chunk_requests = || nginx.requested("/chunks/");
 
     let out = deploy(&nginx.url, "os:v1", &disk, &["--jobs", "4"]);
     assert_success(&out);

@@ -252,6 +252,14 @@ impl Nginx {
             .collect()
     }
 
+    /// How many requests it has logged for paths containing `path_part`.
+    pub fn requested(&self, path_part: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.contains(path_part))
+            .count()
+    }
+
     /// Requests for `path_part` that nginx found already waiting on their
     /// connection when it finished the one before (HTTP/1.1 pipelining).
     pub fn pipelined(&self, path_part: &str) -> usize {
