@@ -603,11 +603,10 @@ impl Job<'_> {
         &self,
         what: &'static str,
         offset: u64,
-    ) -> impl FnOnce(std::io::Error) -> DeployError {
-        let target = self.target.describe();
+    ) -> impl FnOnce(std::io::Error) -> DeployError + '_ {
         move |source| DeployError::TargetIo {
             what,
-            target,
+            target: self.target.describe(),
             offset,
             source,
         }
