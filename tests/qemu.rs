@@ -635,7 +635,7 @@ fn a_256_mib_machine_deploys_a_4_gib_image() {
         &[&disk],
     );
     assert!(status.success(), "{status:?}\n{console}");
-    assert_line(&console, &["chunks in flight, not 32: each needs 33 MiB"]);
+    assert_line(&console, &["chunks in flight, not 32: each needs 34 MiB"]);
     // The data pass covers every chunk but the first, written with the head.
     assert_eq!(summary_figure(&console, "bytes"), size - (16 << 20));
     // And the last chunk holds the image's backup GPT.
@@ -708,7 +708,7 @@ fn a_chunk_larger_than_the_memory_allows_is_refused_and_the_policy_followed() {
         &console,
         &[
             "deploy failed: ",
-            "one chunk in flight needs 129 MiB (the image's chunks are 64 MiB)",
+            "one chunk in flight needs 130 MiB (the image's chunks are 64 MiB)",
             "smaller --chunk-size",
         ],
     );

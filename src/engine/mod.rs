@@ -477,6 +477,8 @@ fn deploy_chunks(
                 })
             })
             .collect();
+        // Should a scanner panic, the fetchers must not wait for it forever.
+        let _abandon = AbandonOnDrop(queue);
         let scanned = crate::parallel::for_each_index(
             range.clone(),
             scanners(jobs),
@@ -568,6 +570,16 @@ impl FetchQueue {
         self.lock().failed
     }
 
+    /// Fails the queue unless it was closed.
+    fn abandon(&self) {
+        let mut state = self.lock();
+        if !state.closed {
+            state.failed = true;
+            state.closed = true;
+            self.ready.notify_all();
+        }
+    }
+
     /// The next chunk to fetch; with `wait`, blocks until there is one or the
     /// queue is closed. None once it is closed and empty, or has failed.
     fn pop(&self, wait: bool) -> Option<usize> {
@@ -584,6 +596,15 @@ impl FetchQueue {
             }
             state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
         }
+    }
+}
+
+/// Abandons the queue when dropped before it was closed (a scanner panicked).
+struct AbandonOnDrop<'a>(&'a FetchQueue);
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.abandon();
     }
 }
 

@@ -182,9 +182,10 @@ fn read_chunked(conn: &mut Conn, limit: u64, buf: &mut Vec<u8>) -> Result<(), Ex
 /// Up to [`Pipeline::DEPTH`] GETs in flight on one kept-alive connection to a
 /// repository (HTTP/1.1 pipelining): the next request is on its way while a
 /// response arrives, so the connection never idles a round trip between two
-/// files. Any failure drops the connection with the requests still on it; the
-/// caller fetches those again its usual way, and the next request connects
-/// afresh.
+/// files. An answer other than 200 leaves the connection in place; a broken
+/// connection, or one the server closes, takes the requests still on it
+/// along: the caller fetches those again its usual way, and the next request
+/// connects afresh.
 pub struct Pipeline {
     host: String,
     port: u16,
@@ -214,6 +215,13 @@ impl Pipeline {
         let rest = base.strip_prefix("http://")?;
         let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let (host, port) = parse_proxy_url(&format!("http://{authority}")).ok()?;
+        // A path this client would have to encode is left to ureq.
+        if prefix
+            .bytes()
+            .any(|b| b <= b' ' || b >= 0x7f || b == b'?' || b == b'#')
+        {
+            return None;
+        }
         Some(Pipeline {
             host,
             port,
@@ -362,6 +370,20 @@ mod tests {
                 .collect()
         });
         (url, handle)
+    }
+
+    #[test]
+    fn only_plain_http_urls_it_can_send_as_they_are_are_pipelined() {
+        let made = |url: &str| {
+            Pipeline::new(url, Arc::new(SystemResolver), Duration::from_secs(1)).is_some()
+        };
+        assert!(made("http://10.0.2.2:8080"));
+        assert!(made("http://repo.example/images/"));
+        assert!(made("http://[::1]:80/r"));
+        assert!(!made("https://repo.example/"));
+        assert!(!made("http://user@repo.example/"));
+        assert!(!made("http://repo.example/a b"));
+        assert!(!made("http://repo.example/r?x=1"));
     }
 
     fn pipeline(url: &str) -> Pipeline {
