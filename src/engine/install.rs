@@ -461,29 +461,28 @@ pub fn write_image(
     // old one goes down before the first write, once the new one is in hand:
     // the old head never boots over new data, and a head that cannot be
     // fetched leaves the disk untouched.
-    let head_fetched: Mutex<Option<HeadFetch>> = Mutex::new(None);
     std::thread::scope(|scope| -> Result<Progress, DeployError> {
-        let fetching = Mutex::new(
+        // The head's fetch while it runs, then what it ended with.
+        let head_state = Mutex::new((
             (!in_place(0)).then(|| scope.spawn(|| fetch_chunk(source, manifest, 0, &opts.retry))),
-        );
+            None::<HeadFetch>,
+        ));
         // Waits, once, for the head's fetch to end; an error when it failed.
         let head = || -> io::Result<()> {
-            let mut slot = head_fetched.lock().unwrap_or_else(|e| e.into_inner());
-            if slot.is_none() {
-                let handle = fetching.lock().unwrap_or_else(|e| e.into_inner()).take();
-                *slot = Some(match handle {
-                    Some(h) => h
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                        .map(Some),
-                    None => Ok(None),
-                });
-            }
-            match slot.as_ref() {
-                Some(Err(_)) => Err(io::Error::other(
+            let mut state = head_state.lock().unwrap_or_else(|e| e.into_inner());
+            let (fetching, ended) = &mut *state;
+            let ended = ended.get_or_insert_with(|| match fetching.take() {
+                Some(h) => h
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    .map(Some),
+                None => Ok(None),
+            });
+            match ended {
+                Err(_) => Err(io::Error::other(
                     "the image's first chunk could not be fetched",
                 )),
-                _ => Ok(()),
+                Ok(_) => Ok(()),
             }
         };
         let target = TakeDownFirst {
@@ -527,9 +526,10 @@ pub fn write_image(
         );
         // The head's own error first: the data pass may have failed for it.
         let _ = head();
-        let fetched_head = match head_fetched
+        let fetched_head = match head_state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .1
             .take()
         {
             Some(Ok(fetched)) => fetched,
