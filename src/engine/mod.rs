@@ -411,9 +411,9 @@ pub fn deploy_with_seed(
 
 /// The chunks `range` of the image, in no particular order, in two stages that
 /// overlap. Scanners read the target (in offset order, one per core) and
-/// settle what is in place or zero; what is not goes to a queue, in the order
-/// found, which fetchers (`jobs` of them) take from the seed disk or the
-/// source, check and write. A delta's disk reads and fetches thus run side by
+/// settle what is in place, then zero the zero chunks that are not; any other
+/// goes to a queue, in the order found, which fetchers (`jobs` of them) take
+/// from the seed disk or the source, check and write. A delta's disk reads and fetches thus run side by
 /// side, and a fetcher with a pipelined connection keeps a request on the wire
 /// while it checks and writes the one before.
 fn deploy_chunks(
@@ -479,15 +479,31 @@ fn deploy_chunks(
             .collect();
         // Should a scanner panic, the fetchers must not wait for it forever.
         let _abandon = AbandonOnDrop(queue);
+        // Zero chunks to zero, after the scan: a write can wait (on a host
+        // deploy, for the image's head), and the scan must not, or the
+        // fetchers would start late.
+        let to_zero = Mutex::new(Vec::new());
         let scanned = crate::parallel::for_each_index(
             range.clone(),
             scanners(jobs),
             || vec![0u8; SCAN_PIECE.min(manifest.chunk_size as usize)],
             |piece, index| match queue.failed() {
                 true => Ok(()),
-                false => scan_chunk(job, queue, piece, index),
+                false => scan_chunk(job, queue, &to_zero, piece, index),
             },
-        );
+        )
+        .and_then(|()| {
+            let to_zero = to_zero.into_inner().unwrap_or_else(|e| e.into_inner());
+            crate::parallel::for_each_index(
+                0..to_zero.len(),
+                scanners(jobs),
+                || (),
+                |(), i| match queue.failed() {
+                    true => Ok(()),
+                    false => zero_chunk(job, to_zero[i]),
+                },
+            )
+        });
         match scanned {
             Ok(()) => queue.close(),
             Err(_) => queue.fail(),
@@ -645,11 +661,12 @@ impl Job<'_> {
 }
 
 /// The scan of chunk `index`: a chunk in place is counted, a zero chunk that
-/// is not is zeroed, any other is queued for the fetchers. Reads go through `piece`, so the scan's memory does not grow
-/// with the chunk size.
+/// is not goes to `to_zero`, any other is queued for the fetchers. Reads go
+/// through `piece`, so the scan's memory does not grow with the chunk size.
 fn scan_chunk(
     job: &Job,
     queue: &FetchQueue,
+    to_zero: &Mutex<Vec<usize>>,
     piece: &mut [u8],
     index: usize,
 ) -> Result<(), DeployError> {
@@ -695,16 +712,23 @@ fn scan_chunk(
         return Ok(());
     }
     match chunk.kind {
-        ChunkKind::Zero => {
-            let t = Instant::now();
-            target
-                .zero_range(offset, len)
-                .map_err(job.io_error("zeroing", offset))?;
-            lap(&counters.disk_ns, t);
-            job.done(index, &counters.zeroed, None);
-        }
+        ChunkKind::Zero => to_zero
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(index),
         ChunkKind::Data { .. } => queue.push(index),
     }
+    Ok(())
+}
+
+fn zero_chunk(job: &Job, index: usize) -> Result<(), DeployError> {
+    let chunk = &job.manifest.chunks[index];
+    let t = Instant::now();
+    job.target
+        .zero_range(chunk.offset, chunk.length as u64)
+        .map_err(job.io_error("zeroing", chunk.offset))?;
+    lap(&job.counters.disk_ns, t);
+    job.done(index, &job.counters.zeroed, None);
     Ok(())
 }
 
