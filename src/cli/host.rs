@@ -451,6 +451,9 @@ impl SourceArgs {
         let image = parse_image_ref(image)?;
         let pubkey = pubkey.map(signature::parse_public_key).transpose()?;
         let source = self.open(connections)?;
+        if connections > 1 {
+            source.preconnect(connections);
+        }
         let resolved = engine::resolve(
             source.as_ref(),
             &image,
@@ -962,7 +965,15 @@ pub fn deploy(args: &DeployArgs) -> Result<Exit> {
     let image = &args.image;
     let disk = &args.disk;
     let jobs = args.jobs.clamp(1, 64);
+    // The disk's first bytes are read while the manifest is fetched: the
+    // scan starts there.
+    let preread = engine::Preread::start(disk);
     let (src, resolved) = args.source.resolve(image, args.pubkey.as_deref(), jobs)?;
+    log::debug!(
+        "read {} MiB of {} ahead",
+        preread.finish() >> 20,
+        disk.display()
+    );
     let opts = DeployOptions {
         jobs,
         ..DeployOptions::default()

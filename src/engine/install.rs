@@ -735,6 +735,10 @@ mod tests {
         files: HashMap<String, Vec<u8>>,
         budget: AtomicUsize,
         refuse: Mutex<Option<String>>,
+        /// A file served this much later than the rest.
+        slow: Mutex<Option<(String, Duration)>>,
+        /// Every file served, and when.
+        served: Mutex<Vec<(String, std::time::Instant)>>,
     }
 
     impl Source for MemorySource {
@@ -750,10 +754,18 @@ mod tests {
                     location: path.to_string(),
                 });
             }
+            let slow = self.slow.lock().unwrap().clone();
+            if let Some((slow, delay)) = slow
+                && slow == path
+            {
+                std::thread::sleep(delay);
+            }
             match self.files.get(path) {
                 Some(bytes) if !refused => {
                     buf.clear();
                     buf.extend_from_slice(bytes);
+                    let now = std::time::Instant::now();
+                    self.served.lock().unwrap().push((path.to_string(), now));
                     Ok(())
                 }
                 _ => Err(FetchError::NotFound {
@@ -837,6 +849,8 @@ mod tests {
             files,
             budget: AtomicUsize::new(usize::MAX),
             refuse: Mutex::new(None),
+            slow: Mutex::new(None),
+            served: Mutex::new(Vec::new()),
         };
         (manifest, source)
     }
@@ -1180,6 +1194,52 @@ mod tests {
         let len = img.len();
         img[len - 512..].copy_from_slice(&header);
         img
+    }
+
+    #[test]
+    fn the_host_deploy_fetches_data_while_the_head_is_still_coming() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let new = image(5);
+        let (manifest, source) = manifest_and_source(&new, "new");
+        // A disk of other bytes: its zero chunks must be zeroed, and no write
+        // can happen before the new head is in hand.
+        let mut x = 99u64;
+        let other: Vec<u8> = (0..new.len())
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(&path, &other).unwrap();
+        let ChunkKind::Data { sha256: head, .. } = manifest.chunks[0].kind else {
+            panic!("the head is data");
+        };
+        let head = chunk_path(&head);
+        *source.slow.lock().unwrap() = Some((head.clone(), Duration::from_millis(400)));
+        let jobs = 3;
+        let p = write_image_to(&path, &manifest, &source, jobs).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), new);
+        assert!(p.zeroed_bytes > 0, "{p:?}");
+        // Every fetcher got a chunk while the head was fetched: the zero
+        // chunks before the first data (the scan meets them first) wait for
+        // the head, the scan does not.
+        let served = source.served.lock().unwrap();
+        let head_at = served.iter().find(|(p, _)| *p == head).unwrap().1;
+        let before = served
+            .iter()
+            .filter(|(p, at)| *p != head && *at < head_at)
+            .count();
+        let at: Vec<_> = served
+            .iter()
+            .map(|(p, t)| (p == &head, t.duration_since(served[0].1).as_millis()))
+            .collect();
+        assert!(
+            before >= jobs,
+            "{before} chunks fetched before the head: {at:?}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod install;
 mod target;
 mod verify;
 
-pub use target::{DiskTarget, Target, TargetError};
+pub use target::{DiskTarget, Preread, Target, TargetError};
 pub use verify::{VerifyReport, verify};
 
 use crate::format::digest::{Digest, ImageRef};
@@ -455,7 +455,10 @@ fn deploy_chunks(
         opts,
         counters,
     };
-    let queue = FetchQueue::default();
+    let queue = FetchQueue {
+        fetchers: jobs,
+        ..FetchQueue::default()
+    };
     let written = std::thread::scope(|scope| {
         let range = &range;
         let reporter = scope.spawn(move || {
@@ -549,6 +552,8 @@ const SCAN_PIECE: usize = 1 << 20;
 struct FetchQueue {
     state: Mutex<QueueState>,
     ready: Condvar,
+    /// Fetchers taking from it.
+    fetchers: usize,
 }
 
 #[derive(Default)]
@@ -584,6 +589,14 @@ impl FetchQueue {
 
     fn failed(&self) -> bool {
         self.lock().failed
+    }
+
+    /// Whether a fetcher busy with a chunk should send the next one's request
+    /// ahead: only while more chunks wait than there are fetchers. Otherwise a
+    /// chunk would wait behind another on one connection while a fetcher
+    /// sits idle (a delta's few chunks, the last chunks of any deploy).
+    fn ahead(&self) -> bool {
+        self.lock().indices.len() >= self.fetchers
     }
 
     /// Fails the queue unless it was closed.
@@ -783,7 +796,7 @@ impl<'a> Fetcher<'a> {
             } else {
                 1
             };
-            while self.in_flight.len() < depth {
+            while self.in_flight.is_empty() || (self.in_flight.len() < depth && queue.ahead()) {
                 let Some(index) = queue.pop(self.in_flight.is_empty()) else {
                     break;
                 };
@@ -1203,6 +1216,27 @@ mod tests {
         assert_eq!(fit_jobs(6, 1 << 20, None).unwrap(), 6);
         assert_eq!(fit_jobs(0, 1 << 20, None).unwrap(), 1);
         assert_eq!(fit_jobs(0, 1 << 20, Some(8 << 30)).unwrap(), 1);
+    }
+
+    #[test]
+    fn requests_go_ahead_only_while_more_chunks_wait_than_there_are_fetchers() {
+        let queue = FetchQueue {
+            fetchers: 3,
+            ..FetchQueue::default()
+        };
+        for index in 0..4 {
+            queue.push(index);
+        }
+        assert!(queue.ahead());
+        assert_eq!(queue.pop(false), Some(0));
+        assert!(queue.ahead(), "3 wait for 3 fetchers");
+        assert_eq!(queue.pop(false), Some(1));
+        assert!(!queue.ahead(), "an idle fetcher takes the next");
+        queue.close();
+        assert!(!queue.ahead());
+        assert_eq!(queue.pop(true), Some(2));
+        assert_eq!(queue.pop(true), Some(3));
+        assert_eq!(queue.pop(true), None, "closed and empty");
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub trait Target: Sync {
     fn size(&self) -> u64;
@@ -182,5 +184,90 @@ impl DiskTarget {
 
     pub fn is_block_device(&self) -> bool {
         self.kind == FileKind::BlockDevice
+    }
+}
+
+/// Reads the start of the disk at `path` into the page cache, in the
+/// background, until dropped. Started while the manifest is fetched, it lets a
+/// redeploy's scan, which reads the disk from its start, begin from memory
+/// instead of waiting those round trips for the disk. It reads at most a
+/// quarter of the memory available, so nothing it read is pushed out again
+/// before the scan gets there; an error only ends it early.
+pub struct Preread {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Preread {
+    pub fn start(path: &Path) -> Preread {
+        let limit = sys::available_memory().map_or(256 << 20, |m| m / 4);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let path = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("preread".into())
+            .spawn(move || {
+                let Ok(file) = File::open(&path) else {
+                    return 0;
+                };
+                let mut buf = vec![0u8; 1 << 20];
+                let mut at = 0;
+                while at < limit && !stopped.load(Ordering::Relaxed) {
+                    match file.read_at(&mut buf, at) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => at += n as u64,
+                    }
+                }
+                at
+            })
+            .ok();
+        Preread { stop, thread }
+    }
+
+    /// Stops it; the bytes it read.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for Preread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_preread_reads_the_disk_from_its_start_and_stops_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::write(&path, vec![7u8; (3 << 20) + 5]).unwrap();
+        let preread = Preread::start(&path);
+        let started = Instant::now();
+        while !preread.thread.as_ref().unwrap().is_finished() {
+            assert!(started.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(preread.finish(), (3 << 20) + 5, "all of a small disk");
+
+        assert_eq!(Preread::start(&dir.path().join("missing")).finish(), 0);
+
+        // A device without end: it stops when told, well before its limit.
+        let endless = Preread::start(Path::new("/dev/zero"));
+        std::thread::sleep(Duration::from_millis(20));
+        let asked = Instant::now();
+        let read = endless.finish();
+        assert!(
+            read > 0 && asked.elapsed() < Duration::from_secs(1),
+            "{read}"
+        );
     }
 }

@@ -482,6 +482,7 @@ fn fetch_manifest(
         .as_ref()
         .ok_or_else(|| anyhow!("imprint.image is missing"))?;
     let source = open_sources(config, media, resolver)?;
+    source.preconnect(config.jobs);
     let pubkey = config
         .pubkey
         .as_deref()

@@ -12,8 +12,8 @@ use std::fmt::Debug;
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use ureq::Agent;
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
@@ -217,6 +217,8 @@ pub struct HttpSource {
     proxy: Option<super::proxy::Proxy>,
     resolver: Arc<dyn NameResolver>,
     timeout: Duration,
+    /// Connections opened ahead for pipelines, and when.
+    opened: Arc<Mutex<Vec<(super::wire::Conn, Instant)>>>,
 }
 
 impl HttpSource {
@@ -257,6 +259,7 @@ impl HttpSource {
             proxy: None,
             resolver,
             timeout,
+            opened: Arc::default(),
         })
     }
 
@@ -336,8 +339,37 @@ impl Source for HttpSource {
         if self.proxy.is_some() {
             return None;
         }
-        let pipeline = super::wire::Pipeline::new(&self.base, self.resolver.clone(), self.timeout)?;
+        let mut pipeline =
+            super::wire::Pipeline::new(&self.base, self.resolver.clone(), self.timeout)?;
+        let opened = self.opened.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        if let Some((conn, since)) = opened {
+            pipeline.adopt(conn, since);
+        }
         Some(Box::new(pipeline))
+    }
+
+    fn preconnect(&self, n: usize) {
+        if self.proxy.is_some() {
+            return;
+        }
+        for _ in 0..n {
+            let Some(pipeline) =
+                super::wire::Pipeline::new(&self.base, self.resolver.clone(), self.timeout)
+            else {
+                return;
+            };
+            let opened = Arc::clone(&self.opened);
+            // Detached: a connection that comes too late is dropped with the
+            // source, and one that fails is made again at the first request.
+            let _ = std::thread::Builder::new()
+                .name("preconnect".into())
+                .spawn(move || {
+                    if let Ok(conn) = pipeline.open() {
+                        let mut opened = opened.lock().unwrap_or_else(|e| e.into_inner());
+                        opened.push((conn, Instant::now()));
+                    }
+                });
+        }
     }
 }
 
@@ -425,4 +457,52 @@ pub fn small_agent(
         DefaultConnector::default(),
         ResolverAdapter(resolver),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::SystemResolver;
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    #[test]
+    fn pipelines_take_the_connections_opened_ahead() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/repo", listener.local_addr().unwrap());
+        let timeout = Duration::from_secs(5);
+        let source = HttpSource::new(&url, Arc::new(SystemResolver), timeout, 2, None).unwrap();
+        source.preconnect(2);
+        let conns: Vec<_> = (0..2).map(|_| listener.accept().unwrap().0).collect();
+        let started = Instant::now();
+        while source.opened.lock().unwrap().len() < 2 {
+            assert!(started.elapsed() < timeout, "the connections were not kept");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut pipelines: Vec<_> = (0..2).map(|_| source.pipeline().unwrap()).collect();
+        for (i, p) in pipelines.iter_mut().enumerate() {
+            p.send(&format!("chunks/{i}")).unwrap();
+        }
+        // Each request arrives on a connection opened ahead, and no other is made.
+        for conn in &conns {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert!(line.starts_with("GET /repo/chunks/"), "{line:?}");
+            while line != "\r\n" {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+            }
+            (&*conn)
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .unwrap();
+        }
+        let mut buf = Vec::new();
+        for p in &mut pipelines {
+            p.receive(16, &mut buf).unwrap();
+            assert_eq!(buf, b"ok");
+        }
+        listener.set_nonblocking(true).unwrap();
+        assert!(listener.accept().is_err(), "a third connection was made");
+    }
 }

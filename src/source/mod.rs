@@ -92,6 +92,10 @@ pub trait Source: Send + Sync {
     fn pipeline(&self) -> Option<Box<dyn Pipeline>> {
         None
     }
+    /// Opens up to `n` connections for the pipelines made after, in the
+    /// background: called before the manifest is fetched, so a deploy's first
+    /// chunks do not also wait the round trip of connecting.
+    fn preconnect(&self, _n: usize) {}
 }
 
 /// Requests one [`Pipeline`] connection carries at once.
@@ -185,6 +189,12 @@ impl Source for Chain {
                 bytes: bytes.clone(),
             })),
             _ => None,
+        }
+    }
+
+    fn preconnect(&self, n: usize) {
+        if let [(_, source, _)] = self.parts.as_slice() {
+            source.preconnect(n);
         }
     }
 }

@@ -244,6 +244,21 @@ impl Pipeline {
         self.conn = None;
         self.sent.clear();
     }
+
+    /// A new connection to the repository's server.
+    pub fn open(&self) -> io::Result<Conn> {
+        connect(&self.host, self.port, self.resolver.as_ref(), self.timeout)
+    }
+
+    /// Starts with `conn`, opened by [`Pipeline::open`] at `since`, instead
+    /// of connecting at the first request; a connection idle too long by
+    /// then is not used.
+    pub fn adopt(&mut self, conn: Conn, since: Instant) {
+        if self.conn.is_none() && since.elapsed() <= Self::MAX_IDLE {
+            self.conn = Some(conn);
+            self.idle_since = since;
+        }
+    }
 }
 
 impl super::Pipeline for Pipeline {
@@ -270,7 +285,8 @@ impl super::Pipeline for Pipeline {
             if !self.sent.is_empty() {
                 return Err(network("the connection was lost".into()));
             }
-            let conn = connect(&self.host, self.port, self.resolver.as_ref(), self.timeout)
+            let conn = self
+                .open()
                 .map_err(|e| network(format!("connecting: {e}")))?;
             self.conn = Some(conn);
         }
@@ -370,6 +386,24 @@ mod tests {
                 .collect()
         });
         (url, handle)
+    }
+
+    #[test]
+    fn a_connection_idle_too_long_is_not_adopted() {
+        let (url, server) = serve(vec![(1, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")]);
+        let mut p = pipeline(&url);
+        // The server takes the first connection only.
+        let fresh = p.open().unwrap();
+        let stale = p.open().unwrap();
+        p.adopt(stale, Instant::now() - Pipeline::MAX_IDLE * 2);
+        assert!(p.conn.is_none());
+        p.adopt(fresh, Instant::now());
+        p.send("chunks/a").unwrap();
+        let mut buf = Vec::new();
+        p.receive(16, &mut buf).unwrap();
+        assert_eq!(buf, b"ok");
+        drop(p);
+        server.join().unwrap();
     }
 
     #[test]
