@@ -1232,14 +1232,7 @@ mod tests {
             .iter()
             .filter(|(p, at)| *p != head && *at < head_at)
             .count();
-        let at: Vec<_> = served
-            .iter()
-            .map(|(p, t)| (p == &head, t.duration_since(served[0].1).as_millis()))
-            .collect();
-        assert!(
-            before >= jobs,
-            "{before} chunks fetched before the head: {at:?}"
-        );
+        assert!(before >= jobs, "{before} chunks fetched before the head");
     }
 
     #[test]

@@ -413,9 +413,9 @@ pub fn deploy_with_seed(
 /// overlap. Scanners read the target (in offset order, one per core) and
 /// settle what is in place, then zero the zero chunks that are not; any other
 /// goes to a queue, in the order found, which fetchers (`jobs` of them) take
-/// from the seed disk or the source, check and write. A delta's disk reads and fetches thus run side by
-/// side, and a fetcher with a pipelined connection keeps a request on the wire
-/// while it checks and writes the one before.
+/// from the seed disk or the source, check and write. A delta's disk reads and
+/// fetches thus run side by side, and a fetcher with a pipelined connection
+/// keeps a request on the wire while it checks and writes the one before.
 fn deploy_chunks(
     source: &dyn Source,
     manifest: &Manifest,

@@ -226,6 +226,10 @@ impl Preread {
 
     /// Stops it; the bytes it read.
     pub fn finish(mut self) -> u64 {
+        self.stop_reading()
+    }
+
+    fn stop_reading(&mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
     }
@@ -233,10 +237,7 @@ impl Preread {
 
 impl Drop for Preread {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop_reading();
     }
 }
 

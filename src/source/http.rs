@@ -263,6 +263,14 @@ impl HttpSource {
         })
     }
 
+    /// A pipeline straight to a plain-HTTP server; None through a proxy.
+    fn direct_pipeline(&self) -> Option<super::wire::Pipeline> {
+        if self.proxy.is_some() {
+            return None;
+        }
+        super::wire::Pipeline::new(&self.base, self.resolver.clone(), self.timeout)
+    }
+
     /// Fetches through `proxy` (an `http://` repository only: HTTPS goes to
     /// its server directly).
     pub fn with_proxy(mut self, proxy: Option<super::proxy::Proxy>) -> HttpSource {
@@ -336,11 +344,7 @@ impl Source for HttpSource {
     /// Plain HTTP straight to the server (HTTPS and proxied fetches go one at
     /// a time, through ureq and the proxy's client).
     fn pipeline(&self) -> Option<Box<dyn super::Pipeline>> {
-        if self.proxy.is_some() {
-            return None;
-        }
-        let mut pipeline =
-            super::wire::Pipeline::new(&self.base, self.resolver.clone(), self.timeout)?;
+        let mut pipeline = self.direct_pipeline()?;
         let opened = self.opened.lock().unwrap_or_else(|e| e.into_inner()).pop();
         if let Some((conn, since)) = opened {
             pipeline.adopt(conn, since);
@@ -349,13 +353,8 @@ impl Source for HttpSource {
     }
 
     fn preconnect(&self, n: usize) {
-        if self.proxy.is_some() {
-            return;
-        }
         for _ in 0..n {
-            let Some(pipeline) =
-                super::wire::Pipeline::new(&self.base, self.resolver.clone(), self.timeout)
-            else {
+            let Some(pipeline) = self.direct_pipeline() else {
                 return;
             };
             let opened = Arc::clone(&self.opened);
