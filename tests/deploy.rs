@@ -749,8 +749,10 @@ fn an_interrupted_deploy_leaves_a_disk_that_does_not_boot_and_a_rerun_completes(
     assert!(looks_bootable(&old) && looks_bootable(&new));
 
     // One of the new image's chunks goes missing from the repository: the deploy
-    // fails there, after writing much of the rest. Early, in the middle, and the
-    // last, which holds the backup GPT.
+    // fails there. Early, in the middle, and the last, which holds the backup GPT.
+    // Nothing is written before the image's head is in hand, so an early failure
+    // may leave the old disk whole (and bootable as the old OS); any later one
+    // has written much of the rest, and then the disk must not look bootable.
     let stored = |index: usize| {
         let hex = sha256_hex(&new[index * CHUNK..((index + 1) * CHUNK).min(new.len())]);
         repo.path()
@@ -764,13 +766,22 @@ fn an_interrupted_deploy_leaves_a_disk_that_does_not_boot_and_a_rerun_completes(
         std::fs::rename(&chunk, &kept).unwrap();
         let failed = deploy(&served.url, "os:new", &disk, &["--jobs", "2"]);
         assert!(!failed.status.success(), "chunk {missing} was missing");
+        std::fs::rename(&kept, &chunk).unwrap();
         let partial = std::fs::read(&disk).unwrap();
-        assert_ne!(partial, old, "chunk {missing}: nothing was written");
+        let err = stderr_of(&failed);
+        if partial == old {
+            assert_eq!(missing, 1, "chunk {missing} missing: nothing was written");
+            assert!(err.contains("Nothing on the disk was changed"), "{err}");
+            continue;
+        }
         assert!(
             !looks_bootable(&partial),
             "chunk {missing} missing: the half-written disk looks bootable"
         );
-        std::fs::rename(&kept, &chunk).unwrap();
+        assert!(
+            err.contains("does not boot until a deploy completes: run the deploy again"),
+            "{err}"
+        );
     }
 
     let rerun = deploy(&served.url, "os:new", &disk, &[]);

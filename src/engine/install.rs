@@ -25,6 +25,7 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Bytes cleared at each end of the disk before anything else is written: the
 /// boot code, protective MBR and primary GPT at the start, the backup GPT at the
@@ -397,8 +398,6 @@ fn write_state_record(
     file.sync_all().map_err(io_error(disk, "syncing"))
 }
 
-/// The head last: boot code, protective MBR and primary GPT. Then the kernel is
-/// asked to read the new partition table.
 /// How much of the first chunk is boot code, protective MBR and primary GPT: up
 /// to the first sector a partition may use.
 fn head_span(layout: &Layout, chunk_len: usize) -> usize {
@@ -408,10 +407,34 @@ fn head_span(layout: &Layout, chunk_len: usize) -> usize {
     usize::try_from(table_end).map_or(chunk_len, |end| end.min(chunk_len))
 }
 
+/// The head last: boot code, protective MBR and primary GPT. Then the kernel is
+/// asked to read the new partition table.
 fn write_head(disk: &DiskTarget, head: &[u8]) -> Result<(), InstallError> {
     write_synced(disk, head, 0, "writing the boot record and GPT of")?;
     reread_partitions(disk);
     Ok(())
+}
+
+/// A host deploy that did not complete, and whether it changed the disk: the
+/// operator learns whether the old OS still boots or the deploy must be run again.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}. {}", if *.disk_changed {
+    "The disk was partly written and its boot records are cleared, so it does not boot until a deploy completes: run the deploy again (what is in place already is kept)"
+} else {
+    "Nothing on the disk was changed"
+})]
+pub struct WriteImageError {
+    pub source: DeployError,
+    pub disk_changed: bool,
+}
+
+impl WriteImageError {
+    fn unchanged(source: impl Into<DeployError>) -> Self {
+        WriteImageError {
+            source: source.into(),
+            disk_changed: false,
+        }
+    }
 }
 
 /// The host's deploy: `manifest`'s image onto `disk` as it is, byte for byte, in
@@ -429,16 +452,15 @@ pub fn write_image(
     disk: &DiskTarget,
     opts: &DeployOptions,
     on_progress: &(dyn Fn(&Progress) + Sync),
-) -> Result<Progress, DeployError> {
+) -> Result<Progress, WriteImageError> {
     let started = std::time::Instant::now();
     let needed = manifest.requirements.min_disk_size.max(manifest.size);
     if disk.size() < needed {
-        return Err(super::TargetError::TooSmall {
+        return Err(WriteImageError::unchanged(super::TargetError::TooSmall {
             path: disk.describe().into(),
             size: disk.size(),
             needed,
-        }
-        .into());
+        }));
     }
     let [head, end] = boot_regions(manifest, disk.size());
     // Only what is the image's own: the disk's end is left alone when the image
@@ -447,7 +469,7 @@ pub fn write_image(
     let tail = tail_index(manifest, disk.size());
     // What of the boot regions is in place already, verified, so that taking them
     // down costs no fetch: a delta or a redeploy fetches only what changed.
-    let kept = keep_in_place(manifest, disk, &regions, tail)?;
+    let kept = keep_in_place(manifest, disk, &regions, tail).map_err(WriteImageError::unchanged)?;
     let in_place = |chunk: usize| kept.iter().any(|k| k.chunk == chunk);
     let io = |what: &'static str, offset: u64| {
         move |source| DeployError::TargetIo {
@@ -461,7 +483,9 @@ pub fn write_image(
     // old one goes down before the first write, once the new one is in hand:
     // the old head never boots over new data, and a head that cannot be
     // fetched leaves the disk untouched.
-    std::thread::scope(|scope| -> Result<Progress, DeployError> {
+    // Set before the first byte on the disk changes.
+    let disk_changed = AtomicBool::new(false);
+    let result = std::thread::scope(|scope| -> Result<Progress, DeployError> {
         // The head's fetch while it runs, then what it ended with.
         let head_state = Mutex::new((
             (!in_place(0)).then(|| scope.spawn(|| fetch_chunk(source, manifest, 0, &opts.retry))),
@@ -489,6 +513,7 @@ pub fn write_image(
             inner: disk,
             regions: &regions,
             taken_down: Mutex::new(false),
+            changing: &disk_changed,
             first: &head,
         };
         let take_down = || {
@@ -555,6 +580,7 @@ pub fn write_image(
                 first.chunks_skipped = 1;
             }
             Some((bytes, fetched)) => {
+                disk_changed.store(true, Ordering::Relaxed);
                 disk.write_at(&bytes, 0).map_err(io("writing", 0))?;
                 first = first.merge(&fetched);
                 first.chunks = 1;
@@ -573,6 +599,10 @@ pub fn write_image(
         let mut progress = data.merge(&first);
         progress.elapsed = started.elapsed();
         Ok(progress)
+    });
+    result.map_err(|source| WriteImageError {
+        source,
+        disk_changed: disk_changed.into_inner(),
     })
 }
 
@@ -644,6 +674,8 @@ struct TakeDownFirst<'a> {
     inner: &'a DiskTarget,
     regions: &'a [Range<u64>],
     taken_down: Mutex<bool>,
+    /// Set before the take-down's first write.
+    changing: &'a AtomicBool,
     /// Runs before the take-down, which does not happen when it fails: the
     /// new head must be in hand before the old one goes.
     first: &'a (dyn Fn() -> io::Result<()> + Sync),
@@ -657,6 +689,7 @@ impl TakeDownFirst<'_> {
             .map_err(|_| io::Error::other("a writer panicked"))?;
         if !*done {
             (self.first)()?;
+            self.changing.store(true, Ordering::Relaxed);
             zero_synced(self.inner, self.regions)?;
             *done = true;
         }
@@ -1176,7 +1209,7 @@ mod tests {
         manifest: &Manifest,
         source: &MemorySource,
         jobs: usize,
-    ) -> Result<Progress, DeployError> {
+    ) -> Result<Progress, WriteImageError> {
         let disk = DiskTarget::open_for_write(path, manifest.size).unwrap();
         let opts = DeployOptions {
             jobs,
@@ -1259,14 +1292,19 @@ mod tests {
         for budget in [0, 1, 5, 17, fetches - 2, fetches - 1] {
             std::fs::write(&path, &old_disk).unwrap();
             source.budget.store(budget, Ordering::SeqCst);
-            let failed = write_image_to(&path, &manifest, &source, 3);
-            assert!(failed.is_err(), "budget {budget}");
+            let failed = write_image_to(&path, &manifest, &source, 3)
+                .expect_err(&format!("budget {budget}"));
             // Untouched (the head could not be fetched: nothing was written) or
-            // not bootable.
+            // not bootable, and the error says which.
             let disk = std::fs::read(&path).unwrap();
             assert!(
                 disk == old_disk || !looks_bootable(&disk),
                 "failed after {budget} chunks"
+            );
+            assert_eq!(
+                failed.disk_changed,
+                disk != old_disk,
+                "budget {budget}: {failed}"
             );
             if budget == 0 {
                 assert!(disk == old_disk, "nothing fetched, nothing written");
