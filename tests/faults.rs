@@ -292,8 +292,9 @@ fn a_seed_disk_supplies_unchanged_chunks_and_never_wrong_ones() {
 }
 
 /// Over plain HTTP each connection carries the next chunk's request while the
-/// server still answers the one before (pipelining): a server that takes a
-/// while per answer finds the next request waiting. Every chunk still lands
+/// server still answers the one before (pipelining): a server that holds each
+/// answer until the next request comes (or half a second has passed) finds it
+/// waiting, except for a connection's last chunks. Every chunk still lands
 /// verified, and only chunks the target lacks are asked for.
 #[test]
 fn chunks_are_requested_ahead_on_each_connection() {
@@ -304,12 +305,7 @@ fn chunks_are_requested_ahead_on_each_connection() {
         v2[c * CHUNK..(c + 1) * CHUNK].copy_from_slice(&noise(700 + c as u64, CHUNK));
     }
     repo.add("os:v2", &v2, &[]);
-    let server = FaultyServer::start(
-        &repo.path(),
-        Arc::new(|_: &str, _| Fault::None),
-        Duration::from_millis(15),
-        Duration::ZERO,
-    );
+    let server = FaultyServer::start_holding(&repo.path(), Duration::from_millis(500));
     let src = source(&server.url, Duration::from_secs(5));
     let resolved = engine::resolve(&src, &"os:v2".parse().unwrap(), None, &fast_retry()).unwrap();
     let target = CheckingTarget::new(v2.clone(), v1.clone());

@@ -112,6 +112,15 @@ fn deploy_through(url: &str, proxy: &str, disk: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Chunk requests squid has logged so far.
+fn chunk_lines_logged(squid: &Squid) -> usize {
+    squid
+        .log()
+        .iter()
+        .filter(|(_, url)| url.contains("/chunks/sha256/"))
+        .count()
+}
+
 #[test]
 fn deploys_through_squid_are_served_from_its_cache_after_the_first() {
     if !squid_available() {
@@ -130,6 +139,7 @@ fn deploys_through_squid_are_served_from_its_cache_after_the_first() {
         let out = deploy_through(&served.url, &squid.url, &disk);
         assert_success(&out);
         assert_eq!(std::fs::read(&disk).unwrap(), image, "{run}");
+        count_settled(chunks * (i + 1), || chunk_lines_logged(&squid));
         let log = squid.log();
         let chunk_lines: Vec<&(String, String)> = log
             .iter()
@@ -173,6 +183,8 @@ fn the_deploy_environment_fetches_through_the_proxy_it_is_given() {
     let squid = Squid::start();
     let warm = repo.file("warm.img");
     assert_success(&deploy_through(&served.url, &squid.url, &warm));
+    // Every chunk of the warm deploy logged before the count is taken.
+    count_settled(chunk_files(&repo).len(), || chunk_lines_logged(&squid));
     let before = squid.log().len();
 
     let dir = repo.dir.path();

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 
 fn setup() -> (Repo, Served, String) {
@@ -422,15 +422,30 @@ fn connections_beyond_the_limit_are_told_to_come_back() {
         std::process::Stdio::null(),
     );
     let addr = served.addr();
-    let held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(&addr).unwrap()).collect();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Each held connection is served (and so counted) once it has had an answer.
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut conn = TcpStream::connect(&addr).unwrap();
+            write!(conn, "GET {manifest} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            assert_eq!(read_response(&mut reader, false).0, 200);
+            conn
+        })
+        .collect();
     let mut extra = TcpStream::connect(&addr).unwrap();
     let (status, closed) = answer_within(&mut extra, std::time::Duration::from_secs(5));
     assert_eq!(status, Some(503));
     assert!(closed);
     drop(held);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(get_ok(&addr, &manifest));
+    // Served again once the server has seen the held connections close.
+    let start = std::time::Instant::now();
+    while !get_ok(&addr, &manifest) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "still refused after the held connections closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Slow clients (a header byte now and then) hold only their own connection,
@@ -650,7 +665,14 @@ fn sigterm_finishes_what_is_under_way_and_exits() {
     let big: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
     let big_name = format!("/manifests/sha256/{}", "ab".repeat(32));
     std::fs::write(repo.path().join(&big_name[1..]), &big).unwrap();
-    let mut served = Served::start(&repo.path());
+    let mut served = Served::start_with(&repo.path(), &[], None, std::process::Stdio::piped());
+    let log = served.take_stderr().unwrap();
+    let (line_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(log).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
     let addr = served.addr();
 
     // A kept-alive connection, idle after one request.
@@ -674,7 +696,17 @@ fn sigterm_finishes_what_is_under_way_and_exits() {
     download.read_exact(&mut got).unwrap();
 
     served.signal(rustix::process::Signal::TERM);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The server says it takes no new connections once it has stopped taking them.
+    let start = std::time::Instant::now();
+    loop {
+        let left = std::time::Duration::from_secs(10).saturating_sub(start.elapsed());
+        let line = lines
+            .recv_timeout(left)
+            .expect("no word of SIGTERM in the log");
+        if line.contains("no new connections") {
+            break;
+        }
+    }
     // No new connections: refused, or closed without an answer.
     if let Ok(mut late) = TcpStream::connect(&addr) {
         let _ = write!(

@@ -913,11 +913,12 @@ pub fn serve(args: &ServeArgs) -> Result<Exit> {
     let stopper = Arc::clone(&server);
     std::thread::spawn(move || {
         let signal = imprint::sys::wait_for_termination();
+        // Refusing first, so that once this line is out no connection is taken.
+        stopper.shutdown();
         log::info!(
             "signal {signal}: no new connections; finishing the {} open",
             stopper.open_connections()
         );
-        stopper.shutdown();
     });
     server.run();
     let left = server.drain(Duration::from_secs(60));

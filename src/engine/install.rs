@@ -768,8 +768,8 @@ mod tests {
         files: HashMap<String, Vec<u8>>,
         budget: AtomicUsize,
         refuse: Mutex<Option<String>>,
-        /// A file served this much later than the rest.
-        slow: Mutex<Option<(String, Duration)>>,
+        /// A file held back until this many others were served (or 10 s passed).
+        held: Mutex<Option<(String, usize)>>,
         /// Every file served, and when.
         served: Mutex<Vec<(String, std::time::Instant)>>,
     }
@@ -787,11 +787,16 @@ mod tests {
                     location: path.to_string(),
                 });
             }
-            let slow = self.slow.lock().unwrap().clone();
-            if let Some((slow, delay)) = slow
-                && slow == path
+            let held = self.held.lock().unwrap().clone();
+            if let Some((held, others)) = held
+                && held == path
             {
-                std::thread::sleep(delay);
+                let start = std::time::Instant::now();
+                while self.served.lock().unwrap().len() < others
+                    && start.elapsed() < Duration::from_secs(10)
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
             match self.files.get(path) {
                 Some(bytes) if !refused => {
@@ -882,7 +887,7 @@ mod tests {
             files,
             budget: AtomicUsize::new(usize::MAX),
             refuse: Mutex::new(None),
-            slow: Mutex::new(None),
+            held: Mutex::new(None),
             served: Mutex::new(Vec::new()),
         };
         (manifest, source)
@@ -1251,8 +1256,8 @@ mod tests {
             panic!("the head is data");
         };
         let head = chunk_path(&head);
-        *source.slow.lock().unwrap() = Some((head.clone(), Duration::from_millis(400)));
         let jobs = 3;
+        *source.held.lock().unwrap() = Some((head.clone(), jobs));
         let p = write_image_to(&path, &manifest, &source, jobs).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), new);
         assert!(p.zeroed_bytes > 0, "{p:?}");

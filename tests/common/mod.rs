@@ -324,6 +324,20 @@ pub fn read_response(
     (status, headers, body)
 }
 
+/// `count()` once it has reached `want`, or as it is after 5 s: a server logs a
+/// request just after its answer went out, so a client done with the answer may
+/// look before the line is there.
+pub fn count_settled(want: usize, count: impl Fn() -> usize) -> usize {
+    let start = std::time::Instant::now();
+    loop {
+        let n = count();
+        if n >= want || start.elapsed() > Duration::from_secs(5) {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
@@ -366,6 +380,29 @@ pub struct FaultyServer {
 
 impl FaultyServer {
     pub fn start(root: &Path, plan: Arc<FaultPlan>, delay: Duration, stall: Duration) -> Self {
+        Self::start_with(root, plan, delay, stall, false)
+    }
+
+    /// Fault-free, holding each answer until the client's next request on the
+    /// connection has arrived, or `hold` has passed: whether requests go ahead is
+    /// then counted without a race against the client's speed.
+    pub fn start_holding(root: &Path, hold: Duration) -> Self {
+        Self::start_with(
+            root,
+            Arc::new(|_: &str, _| Fault::None),
+            hold,
+            Duration::ZERO,
+            true,
+        )
+    }
+
+    fn start_with(
+        root: &Path,
+        plan: Arc<FaultPlan>,
+        delay: Duration,
+        stall: Duration,
+        hold: bool,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", listener.local_addr().unwrap());
         let stop = Arc::new(AtomicBool::new(false));
@@ -392,6 +429,7 @@ impl FaultyServer {
                         faults: faults.clone(),
                         delay,
                         stall,
+                        hold,
                     };
                     std::thread::spawn(move || ctx.serve(conn));
                 }
@@ -438,6 +476,8 @@ struct Ctx {
     faults: Arc<Mutex<Vec<(String, Fault)>>>,
     delay: Duration,
     stall: Duration,
+    /// `delay` is the longest wait for the next request, not a fixed one.
+    hold: bool,
 }
 
 impl Ctx {
@@ -475,7 +515,14 @@ impl Ctx {
             if fault != Fault::None {
                 self.faults.lock().unwrap().push((path.clone(), fault));
             }
-            std::thread::sleep(self.delay);
+            if self.hold {
+                let until = std::time::Instant::now() + self.delay;
+                while !next_request_waiting(&reader, &conn) && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            } else {
+                std::thread::sleep(self.delay);
+            }
             if next_request_waiting(&reader, &conn) {
                 self.pipelined.fetch_add(1, Ordering::Relaxed);
             }
