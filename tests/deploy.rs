@@ -181,15 +181,7 @@ fn killed_deploy_resumes_fetching_only_what_is_missing() {
     child.wait().unwrap();
 
     // What is missing now, judged against the image itself.
-    let partial = std::fs::read(&disk).unwrap();
-    let missing_data = image
-        .chunks(CHUNK)
-        .enumerate()
-        .filter(|(i, want)| {
-            let have = &partial[i * CHUNK..i * CHUNK + want.len()];
-            have != *want && want.iter().any(|&b| b != 0)
-        })
-        .count() as u64;
+    let missing_data = missing_data_chunks(&image, &std::fs::read(&disk).unwrap(), CHUNK);
     let data_chunks = image
         .chunks(CHUNK)
         .filter(|c| c.iter().any(|&b| b != 0))

@@ -19,15 +19,7 @@ fn changed_chunks(image: &str, disk: &Path) -> u64 {
     const CHUNK: usize = 1 << 20;
     let image = std::fs::read(image).unwrap();
     let disk = std::fs::read(disk).unwrap();
-    image
-        .chunks(CHUNK)
-        .enumerate()
-        .skip(1)
-        .filter(|(i, c)| {
-            let on_disk = &disk[i * CHUNK..i * CHUNK + c.len()];
-            c.iter().any(|&b| b != 0) && on_disk != *c
-        })
-        .count() as u64
+    missing_data_chunks(&image[CHUNK..], &disk[CHUNK..], CHUNK)
 }
 
 /// A machine with an empty disk whose network boots from `net`.

@@ -435,14 +435,7 @@ fn killed_half_way_the_next_boot_resumes() {
     );
     // What the first boot left missing, judged by the disk's bytes (requests the
     // server counted may have been in flight, not yet written, at the kill).
-    let partial = std::fs::read(&disk).unwrap();
-    let missing = image
-        .chunks(1 << 20)
-        .enumerate()
-        .filter(|(i, want)| {
-            want.iter().any(|&b| b != 0) && partial[i * (1 << 20)..][..want.len()] != **want
-        })
-        .count() as u64;
+    let missing = missing_data_chunks(&image, &std::fs::read(&disk).unwrap(), 1 << 20);
     assert!(missing < data_chunks, "nothing written before the kill");
 
     let served = Served::start(&repo.path());

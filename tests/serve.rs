@@ -311,6 +311,15 @@ fn answer_within(stream: &mut TcpStream, wait: std::time::Duration) -> (Option<u
     (status, closed)
 }
 
+/// A kept-alive connection, idle after one request for `path` was answered 200.
+fn kept_alive(addr: &str, path: &str) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    assert_eq!(read_response(&mut reader, false).0, 200);
+    conn
+}
+
 fn get_ok(addr: &str, path: &str) -> bool {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return false;
@@ -423,15 +432,7 @@ fn connections_beyond_the_limit_are_told_to_come_back() {
     );
     let addr = served.addr();
     // Each held connection is served (and so counted) once it has had an answer.
-    let held: Vec<TcpStream> = (0..4)
-        .map(|_| {
-            let mut conn = TcpStream::connect(&addr).unwrap();
-            write!(conn, "GET {manifest} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            assert_eq!(read_response(&mut reader, false).0, 200);
-            conn
-        })
-        .collect();
+    let held: Vec<TcpStream> = (0..4).map(|_| kept_alive(&addr, &manifest)).collect();
     let mut extra = TcpStream::connect(&addr).unwrap();
     let (status, closed) = answer_within(&mut extra, std::time::Duration::from_secs(5));
     assert_eq!(status, Some(503));
@@ -675,15 +676,7 @@ fn sigterm_finishes_what_is_under_way_and_exits() {
     });
     let addr = served.addr();
 
-    // A kept-alive connection, idle after one request.
-    let mut idle = TcpStream::connect(&addr).unwrap();
-    write!(
-        idle,
-        "GET /manifests/sha256/{hex} HTTP/1.1\r\nHost: x\r\n\r\n"
-    )
-    .unwrap();
-    let mut reader = BufReader::new(idle.try_clone().unwrap());
-    assert_eq!(read_response(&mut reader, false).0, 200);
+    let mut idle = kept_alive(&addr, &format!("/manifests/sha256/{hex}"));
 
     // A download under way.
     let mut download = TcpStream::connect(&addr).unwrap();

@@ -338,6 +338,19 @@ pub fn count_settled(want: usize, count: impl Fn() -> usize) -> usize {
     }
 }
 
+/// How many of `image`'s `chunk`-sized pieces that are not all zeros `disk` does
+/// not hold at the same offset: what a deploy onto it must fetch.
+pub fn missing_data_chunks(image: &[u8], disk: &[u8], chunk: usize) -> u64 {
+    image
+        .chunks(chunk)
+        .enumerate()
+        .filter(|(i, want)| {
+            want.iter().any(|&b| b != 0)
+                && disk.get(i * chunk..i * chunk + want.len()) != Some(*want)
+        })
+        .count() as u64
+}
+
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
