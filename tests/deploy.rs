@@ -22,14 +22,6 @@ fn deploy(url: &str, image: &str, disk: &std::path::Path, extra: &[&str]) -> std
     imprint(&args)
 }
 
-/// A signing key in the repository's directory: its file and public key.
-fn keygen(repo: &Repo) -> (std::path::PathBuf, String) {
-    let key = repo.file("key");
-    let out = imprint(&["keygen", "--out", key.to_str().unwrap()]);
-    assert_success(&out);
-    (key, String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 fn disk_verify(url: &str, image: &str, disk: &std::path::Path) -> std::process::Output {
     imprint(&[
         "disk",

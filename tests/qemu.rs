@@ -730,19 +730,17 @@ fn a_chunk_larger_than_the_memory_allows_is_refused_and_the_policy_followed() {
 }
 
 /// A replayed signature cannot take a machine back: `os:stable` was signed for
-/// v1 (issued 2000) and then for v2 (issued 3000); v2 is on the disk; the ref
-/// pointed back at v1's manifest (whose old `stable` signature still verifies)
-/// is refused and nothing is written, unless the operator allows a downgrade.
+/// v1 (issued 2000) and then for v2 (issued 3000); a blank disk refuses v1
+/// below its `imprint.min-issued=`; v2 is on the disk; the ref pointed back at
+/// v1's manifest (whose old `stable` signature still verifies) is refused and
+/// nothing is written, unless the operator allows a downgrade.
 #[test]
 fn an_older_signed_release_does_not_replace_a_newer_one() {
     require_qemu!();
     let a = artifacts();
     let repo = Repo::new();
     let r = repo.path();
-    let key = repo.file("key");
-    let out = imprint(&["keygen", "--out", key.to_str().unwrap()]);
-    assert_success(&out);
-    let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (key, public) = keygen(&repo);
     let add = |image: &str, issued: &str| {
         let out = imprint(&[
             "image",
@@ -781,7 +779,20 @@ fn an_older_signed_release_does_not_replace_a_newer_one() {
         assert!(status.success(), "{name}: {status:?}\n{console}");
         console
     };
-    let c = deploy("deploy-v2", "");
+    // A blank disk has no record to refuse an old release by: the command
+    // line's floor does it (a replayed v1 while v2 is current).
+    std::fs::write(r.join("refs/os/stable"), &v1).unwrap();
+    let c = deploy("fresh-floor", "imprint.min-issued=2500");
+    assert_has(
+        &c,
+        "was issued at 2000 (Unix time), before 2500, the earliest this machine takes (imprint.min-issued): a newer release is wanted; nothing was written",
+    );
+    assert!(
+        std::fs::read(&disk).unwrap().iter().all(|&b| b == 0),
+        "the blank disk was written"
+    );
+    std::fs::write(r.join("refs/os/stable"), &v2).unwrap();
+    let c = deploy("deploy-v2", "imprint.min-issued=2500");
     assert_has(&c, "handing off (reboot)");
     let record = read_state(&disk).0;
     assert_eq!(record.image_digest.to_string(), v2.trim());

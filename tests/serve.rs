@@ -278,10 +278,7 @@ fn status_events_keep_the_latest_per_target() {
     assert_eq!(post(r#"{"phase":"anonymous"}"#), 204);
     assert_eq!(post("not json"), 400);
     assert_eq!(post("[1,2]"), 400);
-    let (status, _, body) = raw_request(
-        &addr,
-        "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
+    let (status, _, body) = operator_get(&addr, "/status");
     assert_eq!(status, 200);
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(doc["m1"]["phase"], "writing");
@@ -313,7 +310,20 @@ fn answer_within(stream: &mut TcpStream, wait: std::time::Duration) -> (Option<u
 
 /// A kept-alive connection, idle after one request for `path` was answered 200.
 fn kept_alive(addr: &str, path: &str) -> TcpStream {
-    let mut conn = TcpStream::connect(addr).unwrap();
+    kept_alive_on(TcpStream::connect(addr).unwrap(), path)
+}
+
+/// A connection from the loopback address `source`.
+fn connect_from(source: [u8; 4], addr: &str) -> TcpStream {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    bind(&fd, &std::net::SocketAddr::from((source, 0))).unwrap();
+    connect(&fd, &addr.parse::<std::net::SocketAddr>().unwrap()).unwrap();
+    TcpStream::from(fd)
+}
+
+/// `conn` once it has had one answer (so the server counts it), kept open.
+fn kept_alive_on(mut conn: TcpStream, path: &str) -> TcpStream {
     write!(conn, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     assert_eq!(read_response(&mut reader, false).0, 200);
@@ -449,6 +459,96 @@ fn connections_beyond_the_limit_are_told_to_come_back() {
     }
 }
 
+/// One client address cannot take every connection: beyond its share it is
+/// told to come back, while another client is served. (Before: one client
+/// holding every slot got everyone else 503.)
+#[test]
+fn one_client_cannot_hold_every_connection() {
+    let (repo, _, digest) = setup();
+    let manifest = format!("/manifests/sha256/{}", digest.trim_start_matches("sha256:"));
+    let served = Served::start_with(
+        &repo.path(),
+        &[
+            "--max-connections",
+            "8",
+            "--max-connections-per-client",
+            "3",
+        ],
+        None,
+        std::process::Stdio::null(),
+    );
+    let addr = served.addr();
+    let greedy = [127, 0, 0, 2];
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| kept_alive_on(connect_from(greedy, &addr), &manifest))
+        .collect();
+    let mut extra = connect_from(greedy, &addr);
+    let (status, closed) = answer_within(&mut extra, std::time::Duration::from_secs(5));
+    assert_eq!(status, Some(503));
+    assert!(closed);
+    assert!(get_ok(&addr, &manifest), "another client must be served");
+    drop(held);
+}
+
+/// Many clients that ask for the status table and read the answer slowly (or
+/// never) share the server's one copy of it: its memory grows by a few copies
+/// of the table at most, not by one per client. (Before: each answer was a
+/// copy of its own; twelve such clients took 1.5 GB.)
+#[test]
+fn slow_readers_share_one_copy_of_the_status_table() {
+    let repo = Repo::new();
+    std::fs::create_dir_all(repo.path()).unwrap();
+    let served = Served::start_with(
+        &repo.path(),
+        &[
+            "--max-connections",
+            "200",
+            "--max-connections-per-client",
+            "200",
+        ],
+        None,
+        std::process::Stdio::null(),
+    );
+    let addr = served.addr();
+    let pad = "x".repeat(12_000);
+    for i in 0..2000 {
+        let body = format!(r#"{{"target":"m{i}","phase":"writing","pad":"{pad}"}}"#);
+        assert_eq!(post_status(&addr, "/status", "", &body), 204);
+    }
+    let (status, _, table) = operator_get(&addr, "/status");
+    assert_eq!(status, 200);
+    let table_kib = table.len() as u64 / 1024;
+    assert!(table_kib > 20_000, "{table_kib} KiB");
+    let before = served.peak_rss_kib();
+    // Fifty readers: each has the start of its answer, and reads no more.
+    let readers: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            write!(
+                s,
+                "GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {OPERATOR_TOKEN}\r\n\r\n"
+            )
+            .unwrap();
+            let mut first = [0u8; 12];
+            use std::io::Read;
+            s.read_exact(&mut first).unwrap();
+            assert_eq!(&first, b"HTTP/1.1 200");
+            s
+        })
+        .collect();
+    let peak = served.peak_rss_kib();
+    let grew = peak.saturating_sub(before);
+    let _ = writeln!(
+        std::io::stderr(),
+        "status table {table_kib} KiB; 50 slow readers: peak resident memory {before} KiB before, {peak} KiB with them (+{grew} KiB)"
+    );
+    assert!(
+        grew < 4 * table_kib,
+        "+{grew} KiB for 50 readers of a {table_kib} KiB table"
+    );
+    drop(readers);
+}
+
 /// Slow clients (a header byte now and then) hold only their own connection,
 /// and only until the header timeout; everyone else is served meanwhile.
 /// (Before: eight slow clients stopped all service.)
@@ -535,11 +635,7 @@ fn post_status(addr: &str, path: &str, extra_headers: &str, body: &str) -> u16 {
 
 /// A connection from another loopback address (127.0.0.2), as another machine.
 fn post_from(source: [u8; 4], addr: &str, body: &str) -> u16 {
-    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
-    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
-    bind(&fd, &std::net::SocketAddr::from((source, 0))).unwrap();
-    connect(&fd, &addr.parse::<std::net::SocketAddr>().unwrap()).unwrap();
-    let mut s = TcpStream::from(fd);
+    let mut s = connect_from(source, addr);
     write!(
         s,
         "POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -572,10 +668,7 @@ fn the_status_table_is_bounded_checked_and_owned() {
     }
     let big = format!(r#"{{"target":"big","pad":"{}"}}"#, "x".repeat(60_000));
     assert_eq!(post_status(&addr, "/status", "", &big), 413);
-    let (_, _, body) = raw_request(
-        &addr,
-        "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
+    let (_, _, body) = operator_get(&addr, "/status");
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let machines = doc.as_object().unwrap();
     assert_eq!(machines.len(), 50);
@@ -597,10 +690,7 @@ fn the_status_table_is_bounded_checked_and_owned() {
         ),
         409
     );
-    let (_, _, body) = raw_request(
-        &addr,
-        "GET /status?target=m-esc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
+    let (_, _, body) = operator_get(&addr, "/status?target=m-esc");
     let history: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(history.as_array().unwrap().len(), 1);
     assert!(served.alive());

@@ -116,6 +116,11 @@ pub struct ImageSignArgs {
     /// When the release is issued, in Unix seconds (default: now).
     #[arg(long)]
     issued: Option<u64>,
+    /// When the release expires: a span after it is issued (90d, 12h, 2w),
+    /// a UTC date (2027-01-31) or Unix seconds. Deploy environments refuse
+    /// it after that, by their clock. Default: it does not expire.
+    #[arg(long)]
+    expires: Option<String>,
 }
 
 #[derive(Args)]
@@ -139,6 +144,11 @@ pub struct ImageAddArgs {
     /// Deploy environments refuse to go back to an earlier one.
     #[arg(long, requires = "sign_key")]
     issued: Option<u64>,
+    /// When the signed release expires: a span after it is issued (90d, 12h,
+    /// 2w), a UTC date (2027-01-31) or Unix seconds. Deploy environments
+    /// refuse it after that, by their clock. Default: it does not expire.
+    #[arg(long, requires = "sign_key")]
+    expires: Option<String>,
     /// Architecture the image needs (uname -m style).
     #[arg(long)]
     arch: Option<String>,
@@ -227,12 +237,31 @@ pub struct ServeArgs {
     /// Seconds a body read or a response write may stall.
     #[arg(long, default_value_t = 30)]
     io_timeout: u64,
-    /// Status events must carry this token (`Authorization: Bearer TOKEN`, or
-    /// `?token=TOKEN` in the imprint.status= URL). Without it, a machine's
-    /// status takes events only from the address that first reported it, until
-    /// it has been quiet for 10 minutes.
+    /// Connections one client address may have open at once (a cache in
+    /// front of the server may need more). Default: a quarter of
+    /// --max-connections, and at least 64 (a deploy's most).
+    #[arg(long)]
+    max_connections_per_client: Option<usize>,
+    /// Status events of deploy environments this server did not boot (static
+    /// boot scripts, media) must carry this token (`Authorization: Bearer
+    /// TOKEN`, or `?token=TOKEN` in their imprint.status= URL). Without it, a
+    /// name takes events only from the address that first reported it, until
+    /// it has been quiet for 10 minutes. Machines this server boots report
+    /// with a credential of their own deploy instead.
     #[arg(long, env = "IMPRINT_STATUS_TOKEN")]
     status_token: Option<String>,
+    /// A file holding the operator's token (one line, 16 characters or more):
+    /// needed for actions (reprovision) and to see what machines reported.
+    /// Default with --hosts: DATA/operator-token, made on the first start.
+    #[arg(long)]
+    operator_token_file: Option<PathBuf>,
+    /// What clients without the operator's token see on the page, /machines
+    /// and /status: `counts` (how many machines in each phase, and each one's
+    /// phase and progress, without names, addresses, images or errors),
+    /// `none`, or `full` (everything: for networks where every client is
+    /// trusted).
+    #[arg(long, default_value = "counts")]
+    public_view: imprint::host::serve::PublicView,
     /// Machines the status table keeps (the least recently heard go first).
     #[arg(long, default_value_t = 4096)]
     status_machines: usize,
@@ -269,11 +298,19 @@ pub struct ReprovisionArgs {
     /// The `imprint serve --hosts` server.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// The server's status token, if it has one (then needed from any host;
-    /// without one, only the server's own host may ask).
-    #[arg(long, env = "IMPRINT_STATUS_TOKEN")]
+    /// The server's operator token.
+    #[arg(long, env = "IMPRINT_OPERATOR_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the operator token (the server's --operator-token-file,
+    /// or DATA/operator-token). Default: /var/lib/imprint/serve/operator-token,
+    /// where a server on this host with the default --data keeps it.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
 }
+
+/// Where `imprint serve --hosts` with the default --data keeps its operator
+/// token.
+const DEFAULT_TOKEN_FILE: &str = "/var/lib/imprint/serve/operator-token";
 
 pub fn reprovision(args: &ReprovisionArgs) -> Result<Exit> {
     let mac: imprint::format::inventory::Mac = args
@@ -290,10 +327,17 @@ pub fn reprovision(args: &ReprovisionArgs) -> Result<Exit> {
         .timeout_global(Some(Duration::from_secs(30)))
         .build()
         .into();
-    let mut request = agent.post(&url);
-    if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
-        request = request.header("Authorization", &format!("Bearer {token}"));
-    }
+    let token = match (args.token.as_deref().filter(|t| !t.is_empty()), &args.token_file) {
+        (Some(token), _) => token.to_string(),
+        (None, Some(file)) => imprint::host::access::read_token(file)?,
+        (None, None) => imprint::host::access::read_token(Path::new(DEFAULT_TOKEN_FILE))
+            .with_context(|| {
+                "the operator's token: give --token-file FILE (the server's --operator-token-file, or DATA/operator-token) or set IMPRINT_OPERATOR_TOKEN"
+            })?,
+    };
+    let request = agent
+        .post(&url)
+        .header("Authorization", &format!("Bearer {token}"));
     let mut response = request.send_empty().with_context(|| {
         format!(
             "asking {} to reprovision {mac}; is imprint serve running there?",
@@ -504,6 +548,7 @@ pub fn image_add(args: &ImageAddArgs) -> Result<Exit> {
             )
         })?;
     let sign_key = args.sign_key.as_deref().map(read_secret_key).transpose()?;
+    let issued = args.issued.unwrap_or_else(unix_now);
     let local = LocalRepo::open_or_create(&args.repo)?;
     let opts = AddOptions {
         chunk_size,
@@ -512,7 +557,8 @@ pub fn image_add(args: &ImageAddArgs) -> Result<Exit> {
         sign_key,
         arch: args.arch.clone(),
         boot: args.boot_facts(),
-        issued: args.issued.unwrap_or_else(unix_now),
+        issued,
+        expires: expiry(args.expires.as_deref(), issued)?,
     };
     let report = repo::add_image(&local, name, tag, &args.image, &opts)
         .with_context(|| format!("adding {} as {reference}", args.image.display()))?;
@@ -568,21 +614,31 @@ pub fn image_sign(args: &ImageSignArgs) -> Result<Exit> {
     let key = read_secret_key(&args.sign_key)?;
     let local = LocalRepo::open(&args.repo)?;
     let digest = local.resolve_ref(name, tag)?;
+    let issued = args.issued.unwrap_or_else(unix_now);
+    let expires = expiry(args.expires.as_deref(), issued)?;
     let release = local
-        .sign(
-            &key,
-            name,
-            tag,
-            &digest,
-            args.issued.unwrap_or_else(unix_now),
-        )
+        .sign(&key, name, tag, &digest, issued, expires)
         .with_context(|| format!("signing {}", args.reference))?;
     local.sync_dir("manifests/sha256")?;
+    let until = release
+        .expires
+        .map_or(String::new(), |e| format!(", expires {e}"));
     println!(
-        "signed {name}:{tag} {digest} ({} bytes, issued {})",
+        "signed {name}:{tag} {digest} ({} bytes, issued {}{until})",
         release.size, release.issued
     );
     Ok(Exit::Success)
+}
+
+/// `--expires`, read against the release's issue time.
+fn expiry(text: Option<&str>, issued: u64) -> Result<Option<u64>> {
+    let Some(text) = text else { return Ok(None) };
+    let expires = imprint::format::signature::parse_when(text, Some(issued))
+        .map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
+    if expires <= issued {
+        bail!("--expires: {expires} is not after the release is issued ({issued})");
+    }
+    Ok(Some(expires))
 }
 
 pub fn image_inspect(args: &ImageInspectArgs) -> Result<Exit> {
@@ -873,7 +929,29 @@ pub fn serve(args: &ServeArgs) -> Result<Exit> {
         header_timeout: Duration::from_secs(args.header_timeout.max(1)),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         io_timeout: Duration::from_secs(args.io_timeout.max(1)),
+        // A deploy environment opens up to 64 (imprint.jobs=): a client
+        // gets that many, or a quarter of all, whichever is more.
+        max_per_client: args
+            .max_connections_per_client
+            .unwrap_or((max_connections / 4).max(max_connections.min(64)))
+            .max(1),
         status_token: args.status_token.clone().filter(|t| !t.is_empty()),
+        operator_token: match (&args.operator_token_file, &args.hosts) {
+            (Some(file), _) => Some(imprint::host::access::read_token(file)?),
+            (None, Some(_)) => {
+                std::fs::create_dir_all(&args.data)
+                    .with_context(|| format!("creating {}", args.data.display()))?;
+                let file = args.data.join("operator-token");
+                let token = imprint::host::access::read_or_make_token(&file)?;
+                log::info!(
+                    "the operator's token is in {} (imprint host commands on this host read it)",
+                    file.display()
+                );
+                Some(token)
+            }
+            (None, None) => None,
+        },
+        public_view: args.public_view,
         status_machines: args.status_machines,
         ..Default::default()
     };

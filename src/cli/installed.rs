@@ -135,6 +135,9 @@ pub fn report(args: &ReportArgs) -> Result<Exit> {
             println!("{p} not sent ({why}); kept for the next boot");
             return Ok(Exit::Failure);
         }
+        Reported::Refused(why) => {
+            println!("{p} the server refused the first boot's report ({why}); dropped");
+        }
     }
     // Nothing waits: later boots need not wait for the network on its account.
     if let Err(e) = imprint::sys::Root::open(&args.root).and_then(|r| want_reporter(&r, false)) {

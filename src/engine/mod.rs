@@ -165,12 +165,14 @@ pub fn resolve(
                 ImageRef::Tag { name, tag } => Wanted::Tag { name, tag },
                 ImageRef::Digest(_) => Wanted::Any,
             };
-            Some(signature::verify(
-                &String::from_utf8_lossy(&sig),
-                &digest,
-                key,
-                wanted,
-            )?)
+            let release = signature::verify(&String::from_utf8_lossy(&sig), &digest, key, wanted)?;
+            // An expired release is refused as a bad signature would be; the
+            // clock is this machine's, so a clock behind lets it through.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            release.check_fresh(now, None)?;
+            Some(release)
         }
         None => None,
     };

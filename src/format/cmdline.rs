@@ -30,6 +30,9 @@ pub struct Config {
     pub pubkey: Option<String>,
     /// URL status events are POSTed to.
     pub status: Option<String>,
+    /// The credential a provisioning server gave this deploy: its status
+    /// events and the host's files are sent and fetched with it.
+    pub credential: Option<Secret>,
     /// Forward proxy (`http://host:port`) for `http://` repositories.
     pub proxy: Option<String>,
     pub on_error: ErrorPolicy,
@@ -42,6 +45,9 @@ pub struct Config {
     pub network_config: Option<String>,
     /// Deploy a signed release older than the one the disk holds.
     pub allow_downgrade: bool,
+    /// Refuse a signed release issued before this (Unix seconds): a fresh
+    /// disk has no record to refuse a replayed old release by.
+    pub min_issued: Option<u64>,
     /// Deploy even when the target's record says it holds the image already.
     pub redeploy: bool,
     pub jobs: usize,
@@ -117,6 +123,20 @@ pub enum ErrorPolicy {
     Retry,
 }
 
+/// A value that is not to be shown: its `Debug` says only that it is there.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Longest `imprint.credential=`.
+pub const MAX_CREDENTIAL: usize = 256;
+
 /// `imprint.disk=`: a device path, or hints that must all match.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DiskSelector {
@@ -177,6 +197,7 @@ const KNOWN: &[&str] = &[
     "imprint.handoff",
     "imprint.pubkey",
     "imprint.status",
+    "imprint.credential",
     "imprint.proxy",
     "imprint.on-error",
     "imprint.hostname",
@@ -184,6 +205,7 @@ const KNOWN: &[&str] = &[
     "imprint.user-data",
     "imprint.network-config",
     "imprint.allow-downgrade",
+    "imprint.min-issued",
     "imprint.redeploy",
     "imprint.jobs",
     "imprint.dhcp-timeout",
@@ -237,12 +259,14 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
         handoff: Handoff::Reboot,
         pubkey: None,
         status: None,
+        credential: None,
         on_error: ErrorPolicy::Poweroff,
         hostname: None,
         target: None,
         user_data: None,
         network_config: None,
         allow_downgrade: false,
+        min_issued: None,
         redeploy: false,
         jobs: DEFAULT_JOBS,
         dhcp_timeout: Duration::from_secs(60),
@@ -286,6 +310,20 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                 super::http::parse_proxy_url(&value).map(|_| cfg.proxy = Some(value.clone()))
             }
             "imprint.status" => parse_url(&value).map(|v| cfg.status = Some(v)),
+            "imprint.credential" => {
+                let ok = value.len() <= MAX_CREDENTIAL
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if ok {
+                    cfg.credential = Some(Secret(value.clone()));
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "must be up to {MAX_CREDENTIAL} letters, digits, - and _ (as the provisioning server gives it)"
+                    ))
+                }
+            }
             "imprint.image" => value
                 .parse::<ImageRef>()
                 .map(|v| cfg.image = Some(v))
@@ -354,6 +392,9 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
             "imprint.debug" => Ok(()),
             "imprint.redeploy" => flag(&value).map(|()| cfg.redeploy = true),
             "imprint.allow-downgrade" => flag(&value).map(|()| cfg.allow_downgrade = true),
+            "imprint.min-issued" => {
+                super::signature::parse_when(&value, None).map(|t| cfg.min_issued = Some(t))
+            }
             "ip" => parse_ip(&value).map(|v| cfg.ip = v),
             "BOOTIF" => parse_bootif(&value).map(|v| cfg.bootif = Some(v)),
             _ => Ok(()),
@@ -775,6 +816,35 @@ mod tests {
         assert_eq!(cfg.ip, IpConfig::Dhcp);
         assert_eq!(cfg.jobs, DEFAULT_JOBS);
         assert_eq!(cfg.disk, None);
+    }
+
+    /// The provisioning server's credential and the freshness floor: read,
+    /// checked, and never shown by `Debug`.
+    #[test]
+    fn a_credential_and_a_minimum_issue_time() {
+        let c = parse(&format!(
+            "{BASE} imprint.credential=abc-DEF_123 imprint.min-issued=2027-01-31"
+        ))
+        .unwrap();
+        assert_eq!(c.credential, Some(Secret("abc-DEF_123".into())));
+        assert_eq!(c.min_issued, Some(1_801_353_600));
+        assert!(!format!("{c:?}").contains("abc-DEF_123"));
+        let c = parse(&format!("{BASE} imprint.min-issued=1801353600")).unwrap();
+        assert_eq!(c.min_issued, Some(1_801_353_600));
+        for bad in [
+            "imprint.credential=a;b",
+            "imprint.credential=a$b",
+            "imprint.min-issued=soon",
+            "imprint.min-issued=90d",
+        ] {
+            let key = bad.split('=').next().unwrap();
+            assert_eq!(problems(&format!("{BASE} {bad}")), [key], "{bad}");
+        }
+        let long = "a".repeat(MAX_CREDENTIAL + 1);
+        assert_eq!(
+            problems(&format!("{BASE} imprint.credential={long}")),
+            ["imprint.credential"]
+        );
     }
 
     fn problems(cmdline: &str) -> Vec<String> {

@@ -20,7 +20,8 @@
 //! A file that is not TOML is rejected whole (the server keeps the inventory it
 //! had). An entry that is wrong is reported by its name and line and left out;
 //! the others work. Everything here ends up on a kernel command line inside an
-//! iPXE script, so values are kept to characters that cannot break out of it.
+//! iPXE script, so values are kept to characters that cannot break out of it
+//! ([`super::ipxe::is_word`]).
 
 use super::cmdline;
 use super::digest::ImageRef;
@@ -100,13 +101,12 @@ impl FromStr for LocalBoot {
         }
         if let Some(url) = s.strip_prefix("chain:") {
             let ok = (url.starts_with("http://") || url.starts_with("https://"))
-                && url.len() <= 1024
-                && url.bytes().all(safe_byte);
+                && super::ipxe::is_word(url);
             return if ok {
                 Ok(LocalBoot::Chain(url.to_string()))
             } else {
                 Err(format!(
-                    "{url:?} is not an http:// or https:// URL iPXE can load"
+                    "{url:?} is not an http:// or https:// URL iPXE can load (letters, digits and - . _ ~ : / ? = + , @ % * ( ) [ ] only)"
                 ))
             };
         }
@@ -204,6 +204,7 @@ const SETTINGS: &[&str] = &[
     "pubkey",
     "on-error",
     "allow-downgrade",
+    "min-issued",
     "jobs",
     "dhcp-timeout",
     "debug",
@@ -378,7 +379,7 @@ fn host(mac: Mac, line: usize, value: &Value) -> Result<Host, String> {
     };
     let reprovision = match raw.reprovision {
         None => None,
-        Some(Value::String(s)) if s.len() <= 64 && s.bytes().all(safe_byte) => Some(s),
+        Some(Value::String(s)) if s.len() <= 64 && super::ipxe::is_word(&s) => Some(s),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
         Some(_) => {
             return Err(
@@ -447,9 +448,9 @@ fn common(
         Some(_) => return Err("cmdline: give a string or a list of strings".into()),
     };
     for w in &words {
-        if w.is_empty() || w.len() > 1024 || !w.bytes().all(safe_byte) {
+        if !super::ipxe::is_word(w) {
             return Err(format!(
-                "cmdline: {:?} is not one kernel argument (no spaces, quotes, $ or control characters)",
+                "cmdline: {:?} is not one kernel argument (letters, digits and - . _ ~ : / ? = + , @ % * ( ) [ ] only)",
                 escape(w)
             ));
         }
@@ -488,9 +489,9 @@ fn setting(key: &str, value: &Value) -> Result<Option<String>, String> {
         Value::Bool(false) => return Ok(None),
         _ => return Err(format!("settings: {key}: give a string, number or true")),
     };
-    if text.len() > 1024 || !text.bytes().all(safe_byte) {
+    if !text.is_empty() && !super::ipxe::is_word(&text) {
         return Err(format!(
-            "settings: {key}: {:?} has spaces, quotes, $ or control characters",
+            "settings: {key}: {:?} is not one kernel argument (letters, digits and - . _ ~ : / ? = + , @ % * ( ) [ ] only)",
             escape(&text)
         ));
     }
@@ -529,10 +530,6 @@ fn check_file_name(name: &str) -> Result<String, String> {
 
 /// Bytes that may stand in a kernel argument inside an iPXE script: printable
 /// ASCII without spaces, quotes, backslashes or `$` (iPXE expands `${…}`).
-fn safe_byte(b: u8) -> bool {
-    b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'\\' | b'$')
-}
-
 /// `s` as it may be shown in a message: control characters escaped, at most
 /// 64 characters.
 fn escape(s: &str) -> String {

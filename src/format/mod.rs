@@ -16,6 +16,7 @@ pub mod glob;
 pub mod gpt;
 pub mod http;
 pub mod inventory;
+pub mod ipxe;
 pub mod kmod;
 pub mod manifest;
 pub mod mbr;

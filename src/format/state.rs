@@ -13,8 +13,8 @@
 //! there.
 //!
 //! Formats: the payload starts with its format number. Format 1 records (in the
-//! three shapes format 1 had) and formats 2 and 3 are read and brought to
-//! format 4 in memory; a record
+//! three shapes format 1 had) and formats 2 to 4 are read and brought to
+//! format 5 in memory; a record
 //! of a newer format is reported as such, and [`write`] refuses to replace it
 //! (only [`write_fresh`], for a deploy's new record, does). The bytes earlier builds
 //! wrote are kept in `tests/fixtures/state/`.
@@ -33,8 +33,9 @@ const HEADER: usize = 8 + 8 + 4 + 4;
 /// The largest payload a slot holds.
 const MAX_PAYLOAD: usize = (SLOT_SIZE - SLOT_RESERVED) as usize - HEADER;
 /// Format 2 added [`Record::agent`], format 3 [`Record::release`], format 4
-/// [`Record::timings`]; earlier formats are still read.
-pub const RECORD_VERSION: u32 = 4;
+/// [`Record::timings`], format 5 [`Record::credential`]; earlier formats are
+/// still read.
+pub const RECORD_VERSION: u32 = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mode {
@@ -104,6 +105,9 @@ pub struct Record {
     /// Where the deploy's time went and where its bytes came from; the first
     /// boot adds the hand-off.
     pub timings: Option<super::timing::Timings>,
+    /// The credential the provisioning server gave the deploy: the installed
+    /// OS's report goes with it.
+    pub credential: Option<super::cmdline::Secret>,
 }
 
 /// What a release signature said about the image deployed.
@@ -152,6 +156,7 @@ impl Record {
             agent: Agent::NotChecked,
             release: None,
             timings: None,
+            credential: None,
         }
     }
 }
@@ -228,17 +233,16 @@ fn decode_payload(payload: &[u8], generation: u64) -> Result<Record, StateError>
     };
     let decoded = match version {
         1 => decode_v1(payload),
-        // Formats 3 and 4 each only added an optional field at the end: an
-        // earlier payload is a format 4 one with those absent (postcard's `None`
-        // is one 0 byte).
-        2 => take_whole::<Record>(&[payload, &[0, 0]].concat()).map(|r| Record {
-            version: RECORD_VERSION,
-            ..r
-        }),
-        3 => take_whole::<Record>(&[payload, &[0]].concat()).map(|r| Record {
-            version: RECORD_VERSION,
-            ..r
-        }),
+        // Formats 3, 4 and 5 each only added an optional field at the end:
+        // an earlier payload is a format 5 one with those absent (postcard's
+        // `None` is one 0 byte).
+        2..=4 => {
+            let absent = vec![0u8; (RECORD_VERSION - version) as usize];
+            take_whole::<Record>(&[payload, &absent].concat()).map(|r| Record {
+                version: RECORD_VERSION,
+                ..r
+            })
+        }
         RECORD_VERSION => take_whole::<Record>(payload),
         v if v > RECORD_VERSION => return Err(StateError::Newer(v)),
         v => return Err(undecodable(v, "no imprint wrote this format".into())),
@@ -287,6 +291,7 @@ fn decode_v1(payload: &[u8]) -> Result<Record, String> {
         agent: Agent::NotChecked,
         release: None,
         timings: None,
+        credential: None,
     })
 }
 
@@ -498,7 +503,7 @@ mod tests {
 
     #[test]
     fn format_1_records_are_still_read() {
-        // A format 1 record is a format 4 one without its last three fields.
+        // A format 1 record is a format 5 one without its last four fields.
         let mut v1 = record(Mode::Committed);
         v1.version = 1;
         let mut payload = postcard::to_stdvec(&v1).unwrap();
@@ -506,6 +511,7 @@ mod tests {
             Agent::NotChecked,
             None::<ReleaseStamp>,
             None::<super::super::timing::Timings>,
+            None::<super::super::cmdline::Secret>,
         ))
         .unwrap();
         payload.truncate(payload.len() - tail.len());
@@ -524,7 +530,7 @@ mod tests {
     /// The shapes the record has had on disk, oldest first, with the bytes a build
     /// of each wrote (slot 0's header and payload, generation 3): see
     /// tests/fixtures/state/README.md for the builds.
-    const FIXTURES: [(&str, &[u8]); 6] = [
+    const FIXTURES: [(&str, &[u8]); 7] = [
         (
             "format 1 as it began",
             include_bytes!("../../tests/fixtures/state/v1-base.bin"),
@@ -548,6 +554,10 @@ mod tests {
         (
             "format 4",
             include_bytes!("../../tests/fixtures/state/v4.bin"),
+        ),
+        (
+            "format 5",
+            include_bytes!("../../tests/fixtures/state/v5.bin"),
         ),
     ];
 
@@ -590,6 +600,9 @@ mod tests {
                 issued: 1_799_990_000,
             }),
             timings: (shape >= 5).then(fixture_timings),
+            credential: (shape >= 6).then(|| {
+                super::super::cmdline::Secret("Zm9yIHRoZSBmaXh0dXJlIG9ubHkgMTIzNDU2Nzg5".into())
+            }),
         }
     }
 
@@ -653,6 +666,7 @@ mod tests {
             assert_eq!(record.agent, want.agent, "{name}");
             assert_eq!(record.release, want.release, "{name}");
             assert_eq!(record.timings, want.timings, "{name}");
+            assert_eq!(record.credential, want.credential, "{name}");
             assert_eq!(record, want, "{name}");
         }
     }
@@ -681,7 +695,7 @@ mod tests {
     }
 
     #[test]
-    fn this_build_writes_format_4_as_the_fixture_has_it() {
+    fn this_build_writes_format_5_as_the_fixture_has_it() {
         // The current format, byte for byte: a change to the record's fields shows
         // up here, and needs a new format number and a new fixture.
         let mut part = Cursor::new(vec![0u8; 2 * SLOT_SIZE as usize]);
@@ -690,19 +704,19 @@ mod tests {
                 &mut part,
                 &Record {
                     mode,
-                    ..fixture_record(5)
+                    ..fixture_record(6)
                 },
             )
             .unwrap();
         }
-        assert_eq!(write(&mut part, &fixture_record(5)).unwrap(), 3);
-        let current = FIXTURES[5].1;
+        assert_eq!(write(&mut part, &fixture_record(6)).unwrap(), 3);
+        let current = FIXTURES[6].1;
         if std::env::var_os("IMPRINT_WRITE_STATE_FIXTURE").is_some() {
             // Made once, when the format was new: see tests/fixtures/state/README.md.
             let len =
                 HEADER + u32::from_le_bytes(part.get_ref()[16..20].try_into().unwrap()) as usize;
             std::fs::write(
-                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state/v4.bin"),
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state/v5.bin"),
                 &part.get_ref()[..len],
             )
             .unwrap();
@@ -722,9 +736,9 @@ mod tests {
     fn a_record_of_a_newer_format_is_named_and_kept() {
         let mut part = Cursor::new(vec![0u8; 2 * SLOT_SIZE as usize]);
         write(&mut part, &record(Mode::Deploy)).unwrap();
-        raw_slot(part.get_mut(), 1, 2, &newer_payload(5));
+        raw_slot(part.get_mut(), 1, 2, &newer_payload(6));
         let err = read(&mut part).unwrap_err();
-        assert!(matches!(err, StateError::Newer(5)), "{err:?}");
+        assert!(matches!(err, StateError::Newer(6)), "{err:?}");
         let text = err.to_string();
         assert!(
             text.contains("written by a newer imprint") && text.contains("upgrade imprint"),
@@ -733,13 +747,13 @@ mod tests {
         // An update refuses and changes nothing, not even the older slot.
         let before = part.get_ref().clone();
         let refused = write(&mut part, &record(Mode::Committed)).unwrap_err();
-        assert!(matches!(refused, StateError::Newer(5)), "{refused:?}");
+        assert!(matches!(refused, StateError::Newer(6)), "{refused:?}");
         assert!(*part.get_ref() == before);
         // A fresh deploy's record replaces it, as the next generation, in the other
         // slot.
         assert_eq!(write_fresh(&mut part, &record(Mode::Deploy)).unwrap(), 3);
         assert_eq!(read(&mut part).unwrap(), (record(Mode::Deploy), 3));
-        assert_eq!(&part.get_ref()[SLOT_SIZE as usize + HEADER], &5);
+        assert_eq!(&part.get_ref()[SLOT_SIZE as usize + HEADER], &6);
         // The newer record was only the older slot: updates go ahead again.
         assert_eq!(write(&mut part, &record(Mode::Committed)).unwrap(), 4);
     }
@@ -803,6 +817,7 @@ mod tests {
             Agent::Own,
             None::<ReleaseStamp>,
             None::<super::super::timing::Timings>,
+            None::<super::super::cmdline::Secret>,
         ))
         .unwrap();
         payload.truncate(payload.len() - tail.len());

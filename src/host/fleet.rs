@@ -3,20 +3,26 @@
 //! file per machine under `--data DIR`, replaced atomically, so a restart of the
 //! server loses nothing), and the boot script each machine gets.
 //!
-//! Machines move through the [`provision`] rules on what they report: a deploy
-//! script sent marks a deploy under way; its `complete` event marks it deployed
-//! (it boots its own disk from then on), a `failed` event counts a failure, and a
-//! deploy script asked for while one is still under way counts one too (the
-//! machine started again before it reported an end).
+//! Machines move through the [`provision`] rules on what their deploy
+//! environments report, each with the credential its boot script gave it
+//! ([`access`]): `booted` marks a deploy under way (and, when one was under way
+//! already, counts that one as failed: the machine started again before it
+//! reported an end); `complete` marks it deployed (it boots its own disk from
+//! then on), `failed` counts a failure. Asking for a script changes nothing,
+//! except that a machine never seen before is remembered, a few at a time from
+//! any one address.
 
+use super::access::{self, Keys};
 use super::provision::{self, Decision, Machine, Platform};
 use crate::format::http::printable;
 use crate::format::inventory::{self, Inventory, Mac};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Largest inventory file read.
@@ -27,6 +33,11 @@ const MAX_MACHINE_FILE: u64 = 64 << 10;
 pub const MAX_MACHINES: usize = 65536;
 /// Longest error kept from a machine's report.
 const MAX_ERROR: usize = 400;
+/// New machines remembered from one address per [`NEW_WINDOW_SECS`].
+pub const NEW_PER_ADDRESS: u32 = 16;
+pub const NEW_WINDOW_SECS: u64 = 600;
+/// Addresses the count of new machines is kept for.
+const ADDRESSES_KEPT: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -41,6 +52,43 @@ pub enum FleetError {
     },
     #[error("data directory {path}: {source}")]
     Data { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Key(#[from] access::AccessError),
+}
+
+/// Why an event, or a request for a machine's files, was not taken.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error(
+        "{0} is provisioned by this server: its events and files need the credential its boot script gave (imprint.credential=, sent as Authorization: Bearer)"
+    )]
+    NoCredential(Mac),
+    #[error(
+        "this is not a credential this server gave {0} for its deploy (one given before the machine was deployed or reprovisioned no longer counts)"
+    )]
+    WrongCredential(Mac),
+    #[error("{0}: this deploy has not started: its deploy environment reports `booted` first")]
+    NotStarted(Mac),
+    #[error(
+        "{0}: its deploy completed; it deploys again only when reprovisioned (imprint host reprovision)"
+    )]
+    Completed(Mac),
+    #[error(
+        "{0}: no more new machines are taken from this address for now ({NEW_PER_ADDRESS} per {NEW_WINDOW_SECS} s)"
+    )]
+    TooManyNew(Mac),
+}
+
+impl Refusal {
+    /// The HTTP status that says it.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::NoCredential(_) => 401,
+            Refusal::WrongCredential(_) => 403,
+            Refusal::NotStarted(_) | Refusal::Completed(_) => 409,
+            Refusal::TooManyNew(_) => 429,
+        }
+    }
 }
 
 /// Where things are, and how many failures a machine may have in a row.
@@ -61,6 +109,12 @@ pub struct Fleet {
     opts: FleetOptions,
     loaded: Mutex<Loaded>,
     machines: Mutex<BTreeMap<Mac, Machine>>,
+    keys: Keys,
+    /// Moves on with every change to what is shown of the machines.
+    version: AtomicU64,
+    /// New machines remembered lately, by the address that made them known:
+    /// (start of the window, how many).
+    newcomers: Mutex<HashMap<IpAddr, (u64, u32)>>,
 }
 
 /// Seconds since the Unix epoch (0 on a clock before it).
@@ -106,6 +160,7 @@ impl Fleet {
             source,
         };
         std::fs::create_dir_all(&dir).map_err(data_err)?;
+        let keys = Keys::load_or_create(&opts.data.join("server.key"))?;
         let mut machines = BTreeMap::new();
         for entry in std::fs::read_dir(&dir).map_err(data_err)? {
             let Ok(entry) = entry else { continue };
@@ -143,7 +198,24 @@ impl Fleet {
             opts,
             loaded: Mutex::new(Loaded { inventory, stamp }),
             machines: Mutex::new(machines),
+            keys,
+            version: AtomicU64::new(0),
+            newcomers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// What credentials and sessions are signed with.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Moves on with every change to the inventory or a machine.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Reads the inventory again if the file changed. A file that is no longer
@@ -171,6 +243,7 @@ impl Fleet {
                     inv.hosts.len()
                 );
                 loaded.inventory = inv;
+                self.changed();
             }
             Err(problem) => log::warn!(
                 "inventory {}, {problem}; it stays as it was until the file is fixed",
@@ -187,26 +260,18 @@ impl Fleet {
             .clone()
     }
 
-    /// The boot script for `mac` on `platform`, with URLs under `base`; what it
-    /// decides is remembered.
-    pub fn boot_script(&self, mac: Mac, platform: Platform, base: &str) -> String {
+    /// The boot script for `mac` on `platform`, with URLs under `base`, asked
+    /// for from `from`. It changes nothing the server remembers of a known
+    /// machine; one never seen before is remembered (a few at a time from one
+    /// address), for the operator to see.
+    pub fn boot_script(&self, mac: Mac, platform: Platform, base: &str, from: IpAddr) -> String {
         self.reload_if_changed();
         let inventory = self.inventory();
         let mut machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
-        let known = machines.contains_key(&mac);
-        let mut m = machines.get(&mac).cloned().unwrap_or_default();
+        let known = machines.get(&mac).cloned();
+        let m = known.clone().unwrap_or_default();
         let mut decision = provision::decide(&inventory, mac, &m, platform, self.opts.attempts);
-        if matches!(decision, Decision::Deploy(_)) && m.in_progress {
-            m.in_progress = false;
-            m.failures += 1;
-            m.last_error = Some(
-                "the machine started again before its deploy reported an end (a reset, a power loss, or a crash)"
-                    .into(),
-            );
-            log::warn!("{mac}: {}", m.last_error.as_deref().unwrap_or_default());
-            decision = provision::decide(&inventory, mac, &m, platform, self.opts.attempts);
-        }
-        m.last_seen = unix_now();
+        let mut credential = None;
         match &decision {
             Decision::Deploy(d) => {
                 log::info!(
@@ -215,35 +280,34 @@ impl Fleet {
                     d.attempt,
                     d.attempts
                 );
-                m.deploys += 1;
-                m.in_progress = true;
-                m.phase = Some("sent".into());
-                m.image_seen = None;
-                // A reprovision answered now: the disk is about to be rewritten,
-                // so it no longer counts as deployed, whatever happens next.
-                m.completed = None;
-                m.committed = false;
-                m.reprovision_asked = false;
-                m.pending_token = inventory
-                    .hosts
-                    .get(&mac)
-                    .and_then(|h| h.reprovision.clone());
+                match self.keys.credential(mac, m.generation) {
+                    Ok(c) => credential = Some(c),
+                    Err(e) => {
+                        log::warn!("{mac}: making a credential: {e}");
+                        decision = Decision::Hold(
+                            "the server could not make a credential for the deploy (it reads /dev/urandom); see its log".into(),
+                        );
+                    }
+                }
             }
             Decision::Local { why, .. } => {
                 log::info!("{mac}: boots its own disk ({why:?})");
-                if !known {
-                    m.phase = Some("registered".into());
+                if known.is_none()
+                    && machines.len() < MAX_MACHINES
+                    && self.admit_new(from, unix_now())
+                {
+                    let m = Machine {
+                        phase: Some("registered".into()),
+                        last_seen: unix_now(),
+                        ..Machine::default()
+                    };
+                    machines.insert(mac, m.clone());
+                    drop(machines);
+                    self.changed();
+                    self.store(mac, &m);
                 }
             }
             Decision::Hold(message) => log::warn!("{mac}: held: {}", printable(message)),
-        }
-        let changed = machines.get(&mac) != Some(&m);
-        if known || machines.len() < MAX_MACHINES {
-            machines.insert(mac, m.clone());
-        }
-        drop(machines);
-        if changed {
-            self.store(mac, &m);
         }
         provision::script(
             &decision,
@@ -253,30 +317,96 @@ impl Fleet {
                 kernel: "/boot/vmlinuz",
                 initrd: "/boot/initramfs.img",
             },
+            credential.as_deref(),
         )
     }
 
-    /// A status event the status table took from machine `name`.
-    pub fn on_event(&self, name: &str, event: &Value) {
-        let Ok(mac) = name.parse::<Mac>() else {
-            return;
-        };
+    /// Whether one more new machine may be remembered for `from` at `now`.
+    fn admit_new(&self, from: IpAddr, now: u64) -> bool {
+        let mut newcomers = self.newcomers.lock().unwrap_or_else(|e| e.into_inner());
+        if newcomers.len() >= ADDRESSES_KEPT {
+            newcomers.retain(|_, (start, _)| now.saturating_sub(*start) < NEW_WINDOW_SECS);
+            if newcomers.len() >= ADDRESSES_KEPT {
+                return false;
+            }
+        }
+        let (start, count) = newcomers.entry(from).or_insert((now, 0));
+        if now.saturating_sub(*start) >= NEW_WINDOW_SECS {
+            (*start, *count) = (now, 0);
+        }
+        if *count >= NEW_PER_ADDRESS {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// A status event from machine `mac`'s deploy environment or installed OS,
+    /// sent from `from` with `credential`: checked, then what it says is
+    /// remembered. An error says why it was not taken.
+    pub fn on_event(
+        &self,
+        mac: Mac,
+        event: &Value,
+        credential: Option<&str>,
+        from: IpAddr,
+    ) -> Result<(), Refusal> {
+        let credential = credential.ok_or(Refusal::NoCredential(mac))?;
+        let inventory = self.inventory();
         let mut machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(m) = machines.get_mut(&mac) else {
-            return;
-        };
-        let before = m.clone();
+        let known = machines.contains_key(&mac);
+        let before = machines.get(&mac).cloned().unwrap_or_default();
+        let mut m = before.clone();
         let phase = event.get("phase").and_then(Value::as_str).unwrap_or("");
+        let fingerprint = access::fingerprint(credential);
+        let bound = m.credential.as_deref() == Some(fingerprint.as_str());
+        if !bound && !self.keys.credential_valid(credential, mac, m.generation) {
+            return Err(Refusal::WrongCredential(mac));
+        }
+        if !bound && phase != "booted" {
+            return Err(Refusal::NotStarted(mac));
+        }
+        let agent = event.get("committed").is_some();
+        if phase == "booted" && !agent && bound && m.completed.is_some() {
+            return Err(Refusal::Completed(mac));
+        }
+        let now = unix_now();
+        if !known && (machines.len() >= MAX_MACHINES || !self.admit_new(from, now)) {
+            return Err(Refusal::TooManyNew(mac));
+        }
         if let Some(image) = event.get("image").and_then(Value::as_str)
             && image.starts_with("sha256:")
             && image.len() <= 71
         {
             m.image_seen = Some(printable(image));
         }
-        m.last_seen = unix_now();
+        m.last_seen = now;
         match phase {
+            "booted" if !agent => {
+                if m.in_progress {
+                    m.failures += 1;
+                    m.last_error = Some(
+                        "the machine started again before its deploy reported an end (a reset, a power loss, or a crash)"
+                            .into(),
+                    );
+                    log::warn!("{mac}: {}", m.last_error.as_deref().unwrap_or_default());
+                }
+                m.in_progress = true;
+                m.credential = Some(fingerprint);
+                m.deploys += 1;
+                m.image_seen = None;
+                // The disk is about to be rewritten: it no longer counts as
+                // deployed, whatever happens next.
+                m.completed = None;
+                m.committed = false;
+                m.reprovision_asked = false;
+                m.pending_token = inventory
+                    .hosts
+                    .get(&mac)
+                    .and_then(|h| h.reprovision.clone());
+            }
             // The installed OS's agent: it booted, and committed the deploy.
-            "complete" if event.get("committed").is_some() => {
+            "complete" if agent => {
                 m.committed = m.completed.is_some();
             }
             "complete" if m.in_progress => {
@@ -285,6 +415,9 @@ impl Fleet {
                 m.failures = 0;
                 m.last_error = None;
                 m.reprovisioned = m.pending_token.take();
+                // Credentials given out for this deploy stop counting; the
+                // one it started with stays, for its installed OS's report.
+                m.generation += 1;
                 log::info!("{mac}: deployed; it boots its own disk from now on");
             }
             "failed" if m.in_progress => {
@@ -304,16 +437,37 @@ impl Fleet {
         {
             m.phase = Some(phase.to_string());
         }
-        // Progress events come often; only a change of phase is written down.
-        let store = m.phase != before.phase
-            || m.completed != before.completed
-            || m.committed != before.committed
-            || m.failures != before.failures
-            || m.in_progress != before.in_progress;
-        let m = m.clone();
+        // Progress events come often; only a change of state is written down.
+        let store = !known
+            || Machine {
+                last_seen: 0,
+                image_seen: None,
+                ..m.clone()
+            } != Machine {
+                last_seen: 0,
+                image_seen: None,
+                ..before
+            };
+        machines.insert(mac, m.clone());
         drop(machines);
+        self.changed();
         if store {
             self.store(mac, &m);
+        }
+        Ok(())
+    }
+
+    /// Whether `credential` may read machine `mac`'s cloud-init files: the
+    /// credential of its deploy, started or about to.
+    pub fn may_read_files(&self, mac: Mac, credential: Option<&str>) -> Result<(), Refusal> {
+        let credential = credential.ok_or(Refusal::NoCredential(mac))?;
+        let machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
+        let m = machines.get(&mac).cloned().unwrap_or_default();
+        let bound = m.credential.as_deref() == Some(access::fingerprint(credential).as_str());
+        if bound || self.keys.credential_valid(credential, mac, m.generation) {
+            Ok(())
+        } else {
+            Err(Refusal::WrongCredential(mac))
         }
     }
 
@@ -328,8 +482,14 @@ impl Fleet {
         m.reprovision_asked = true;
         m.failures = 0;
         m.last_error = None;
+        // The deploy under way, if any, is given up: its credential and any
+        // given out for it stop counting.
+        m.in_progress = false;
+        m.credential = None;
+        m.generation += 1;
         let m = m.clone();
         drop(machines);
+        self.changed();
         log::info!("{mac}: reprovision asked; it deploys on its next network boot");
         self.store(mac, &m);
     }

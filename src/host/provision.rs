@@ -11,12 +11,18 @@
 //!    of its entry's `reprovision`). A changed `image` alone never redeploys: a
 //!    reboot does not wipe a machine by surprise.
 //! 3. Otherwise it deploys, up to `attempts` times in a row; a deploy that never
-//!    reported its end (the machine network-booted again mid-deploy) counts as
-//!    failed. After that it holds: iPXE shows the last error and asks the server
-//!    again every minute, so a reprovision takes effect without touching it.
+//!    reported its end counts as failed (the machine's next deploy environment
+//!    says it started, or its script is asked for while it is under way). After
+//!    that it holds: iPXE shows the last error and asks the server again every
+//!    minute, so a reprovision takes effect without touching it.
+//!
+//! Deciding changes nothing: what a machine is remembered as moves only on the
+//! events of its deploy environment (which carry its credential) and on the
+//! operator's actions, never on a script asked for.
 
 use crate::format::digest::ImageRef;
 use crate::format::inventory::{Common, DefaultAction, Inventory, LocalBoot, Mac};
+use crate::format::ipxe::{self, Piece};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -47,10 +53,17 @@ pub struct Machine {
     pub pending_token: Option<String>,
     /// The manifest digest the deploy under way reported.
     pub image_seen: Option<String>,
-    /// The last phase heard (a status event's, or `sent` for a script).
+    /// The last phase heard (a status event's, or `registered`).
     pub phase: Option<String>,
-    /// When it was last heard from (a script or an event), Unix seconds.
+    /// When it was last heard from (an event), Unix seconds.
     pub last_seen: u64,
+    /// Counts the deploys a credential may be for: it moves on when a deploy
+    /// completes and when the machine is reprovisioned, so credentials given
+    /// out before stop counting.
+    pub generation: u64,
+    /// The SHA-256 of the credential of the deploy environment that started
+    /// last: its events, and its installed OS's report, are taken.
+    pub credential: Option<String>,
 }
 
 /// The firmware iPXE runs on (its `${platform}`).
@@ -135,14 +148,23 @@ pub fn decide(
         return local(Why::Deployed);
     }
     let attempts = attempts.max(1);
-    if machine.failures >= attempts {
+    // A deploy under way whose machine asks for a script again has ended
+    // without saying so (a reset, a power loss, a crash).
+    let failures = machine.failures + u32::from(machine.in_progress);
+    if failures >= attempts {
+        let last = machine
+            .last_error
+            .as_deref()
+            .unwrap_or("no error was reported");
+        let last = if machine.in_progress {
+            format!(
+                "the last one did not report its end (a reset, a power loss or a crash), the one before: {last}"
+            )
+        } else {
+            format!("last: {last}")
+        };
         return Decision::Hold(format!(
-            "the deploy failed {} times in a row, last: {}; fix it, then run `imprint host reprovision {mac}`",
-            machine.failures,
-            machine
-                .last_error
-                .as_deref()
-                .unwrap_or("no error was reported"),
+            "the deploy failed {failures} times in a row, {last}; fix it, then run: imprint host reprovision {mac}",
         ));
     }
     let host_common = entry.map(|h| &h.common);
@@ -172,7 +194,7 @@ pub fn decide(
         cmdline,
         user_data: entry.and_then(|h| h.user_data.clone()),
         network_config: entry.and_then(|h| h.network_config.clone()),
-        attempt: machine.failures + 1,
+        attempt: failures + 1,
         attempts,
     }))
 }
@@ -219,17 +241,19 @@ pub struct Server<'a> {
     pub initrd: &'a str,
 }
 
-/// The iPXE script for `decision`. Everything in it that came from a machine or
-/// the inventory is kept to characters iPXE neither expands nor splits on.
-pub fn script(decision: &Decision, mac: Mac, server: &Server) -> String {
+/// The iPXE script for `decision`; a deploy carries `credential`, the one its
+/// deploy environment reports with. Everything in it that came from a machine
+/// or the inventory passes [`ipxe::safe`]: a message is words of an `echo`, an
+/// argument is one word, whatever they held.
+pub fn script(decision: &Decision, mac: Mac, server: &Server, credential: Option<&str>) -> String {
     let mut s = String::from("#!ipxe\n");
     match decision {
         Decision::Deploy(d) => {
             let _ = writeln!(
                 s,
                 "echo imprint: deploying {} to {} (attempt {} of {})",
-                clean(&d.image.to_string()),
-                clean(d.hostname.as_deref().unwrap_or(&mac.to_string())),
+                text(&d.image.to_string()),
+                text(d.hostname.as_deref().unwrap_or(&mac.to_string())),
                 d.attempt,
                 d.attempts
             );
@@ -243,16 +267,19 @@ pub fn script(decision: &Decision, mac: Mac, server: &Server) -> String {
                 // skip it for finding the image already on the disk.
                 "imprint.redeploy".to_string(),
             ];
+            if let Some(c) = credential {
+                args.push(format!("imprint.credential={c}"));
+            }
             args.extend(deploy_args(d, mac));
-            let args: Vec<String> = args.iter().map(|a| clean(a)).collect();
+            let args: Vec<String> = args.iter().map(|a| word(a).into_owned()).collect();
             let _ = writeln!(
                 s,
                 "kernel {}{} {}",
-                server.base,
-                server.kernel,
+                word(server.base),
+                word(server.kernel),
                 args.join(" ")
             );
-            let _ = writeln!(s, "initrd {}{}", server.base, server.initrd);
+            let _ = writeln!(s, "initrd {}{}", word(server.base), word(server.initrd));
             s.push_str("boot\n");
         }
         Decision::Local { method, why } => {
@@ -270,7 +297,7 @@ pub fn script(decision: &Decision, mac: Mac, server: &Server) -> String {
                     let _ = writeln!(s, "sanboot --no-describe --drive {drive:#04x}");
                 }
                 LocalBoot::Chain(url) => {
-                    let _ = writeln!(s, "chain {}", clean(url));
+                    let _ = writeln!(s, "chain {}", word(url));
                 }
             }
             // Reached only when that method failed: say so rather than loop.
@@ -281,12 +308,12 @@ pub fn script(decision: &Decision, mac: Mac, server: &Server) -> String {
             s.push_str("shell\n");
         }
         Decision::Hold(message) => {
-            let _ = writeln!(s, "echo imprint: {mac}: {}", clean(message));
+            let _ = writeln!(s, "echo imprint: {mac}: {}", text(message));
             s.push_str("echo imprint: asking again in 60 s\nsleep 60\n");
             let _ = writeln!(
                 s,
                 "chain {}/boot.ipxe?mac=${{net0/mac}}&platform=${{platform}}",
-                server.base
+                word(server.base)
             );
         }
     }
@@ -297,19 +324,12 @@ fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// `text` with every byte iPXE would act on replaced: control characters (a new
-/// line is a new command), `$` (expansion), and at most 400 characters.
-fn clean(text: &str) -> String {
-    text.chars()
-        .take(400)
-        .map(|c| {
-            if c.is_ascii_graphic() && c != '$' || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
+fn text(value: &str) -> std::borrow::Cow<'_, str> {
+    ipxe::safe(value, Piece::Text)
+}
+
+fn word(value: &str) -> std::borrow::Cow<'_, str> {
+    ipxe::safe(value, Piece::Word)
 }
 
 #[cfg(test)]
@@ -387,6 +407,23 @@ user-data = "node-1.yaml"
             deploy_of(decide(&inv, mac(), &failing(2), Platform::Bios, 3)).attempt,
             3
         );
+        // A deploy under way whose machine asks again ended without a word:
+        // it counts, without anything being changed.
+        let under_way = |failures| Machine {
+            in_progress: true,
+            ..failing(failures)
+        };
+        assert_eq!(
+            deploy_of(decide(&inv, mac(), &under_way(1), Platform::Bios, 3)).attempt,
+            3
+        );
+        match decide(&inv, mac(), &under_way(2), Platform::Bios, 3) {
+            Decision::Hold(m) => assert!(
+                m.contains("failed 3 times in a row, the last one did not report its end"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
         match decide(&inv, mac(), &failing(3), Platform::Bios, 3) {
             Decision::Hold(m) => {
                 assert!(
@@ -466,7 +503,8 @@ user-data = "node-1.yaml"
             kernel: "/boot/vmlinuz",
             initrd: "/boot/initramfs.img",
         };
-        let s = script(&d, mac(), &server);
+        let credential = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let s = script(&d, mac(), &server, Some(credential));
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(lines[0], "#!ipxe");
         assert_eq!(
@@ -477,7 +515,7 @@ user-data = "node-1.yaml"
             lines[2],
             "kernel http://10.0.2.2:8080/boot/vmlinuz initrd=initramfs.img imprint.repo=http://10.0.2.2:8080 \
              imprint.status=http://10.0.2.2:8080/status imprint.target=52:54:00:12:34:56 \
-             BOOTIF=01-52-54-00-12-34-56 imprint.redeploy imprint.image=web:v2 imprint.hostname=node-1 imprint.user-data=hosts/52-54-00-12-34-56/user-data \
+             BOOTIF=01-52-54-00-12-34-56 imprint.redeploy imprint.credential=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA imprint.image=web:v2 imprint.hostname=node-1 imprint.user-data=hosts/52-54-00-12-34-56/user-data \
              imprint.disk=/dev/vda imprint.on-error=retry console=ttyS0"
         );
         assert_eq!(lines[3], "initrd http://10.0.2.2:8080/boot/initramfs.img");
@@ -506,13 +544,14 @@ user-data = "node-1.yaml"
             method: LocalBoot::Sanboot(0x81),
             why: Why::Deployed,
         };
-        let s = script(&local, mac(), &server);
+        let s = script(&local, mac(), &server, None);
         assert!(s.contains("\nsanboot --no-describe --drive 0x81\n"), "{s}");
         assert!(s.ends_with("shell\n"), "{s}");
-        let hold = Decision::Hold("failed: ${evil}\nreboot".into());
-        let s = script(&hold, mac(), &server);
+        let hold = Decision::Hold("failed: ${evil}\nreboot ; chain http://x/y.ipxe #".into());
+        let s = script(&hold, mac(), &server, None);
         assert_eq!(s.lines().count(), 5, "{s}");
         assert!(!s.contains("${evil}"), "{s}");
+        assert!(!s.contains(" ; ") && !s.contains(" #"), "{s}");
         assert!(
             s.contains("chain http://s/boot.ipxe?mac=${net0/mac}&platform=${platform}"),
             "{s}"

@@ -5,7 +5,7 @@
 //! from the address that reported it, until it has been quiet for a while, so
 //! one machine cannot overwrite another's progress.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 
@@ -20,6 +20,8 @@ pub const MAX_NAME: usize = 128;
 pub const CLAIM_AFTER_SECS: u64 = 600;
 /// Machines silent this long are dropped.
 pub const EXPIRE_SECS: u64 = 7 * 24 * 3600;
+/// Most bytes of one machine's history sent in one answer (its newest events).
+pub const MAX_HISTORY_ANSWER: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StatusError {
@@ -47,6 +49,39 @@ pub struct StatusTable {
     max_machines: usize,
     max_bytes: usize,
     bytes: usize,
+    /// Moves on with every change, so a view made of the table knows when it
+    /// is out of date.
+    version: u64,
+}
+
+/// An event as it came, checked: the machine it names and its fields.
+#[derive(Debug)]
+pub struct Event {
+    pub name: String,
+    pub fields: Value,
+}
+
+/// The event in `body`, sent from `from`: a JSON object of at most
+/// [`MAX_EVENT`] bytes whose `target` (or else the sender's address) names the
+/// machine.
+pub fn parse(body: &[u8], from: IpAddr) -> Result<Event, StatusError> {
+    if body.len() > MAX_EVENT {
+        return Err(StatusError::TooLarge);
+    }
+    let fields: Map<String, Value> = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(StatusError::NotJson("not an object".into())),
+        Err(e) => return Err(StatusError::NotJson(e.to_string())),
+    };
+    let name = match fields.get("target") {
+        None => from.to_string(),
+        Some(Value::String(t)) if valid_name(t) => t.clone(),
+        Some(_) => return Err(StatusError::BadName),
+    };
+    Ok(Event {
+        name,
+        fields: Value::Object(fields),
+    })
 }
 
 /// A name a machine may report under.
@@ -61,30 +96,23 @@ impl StatusTable {
             max_machines: max_machines.max(1),
             max_bytes,
             bytes: 0,
+            version: 0,
         }
     }
 
-    /// Records an event `body` from `from` at `now` (Unix seconds); `trusted`
-    /// when it carried the server's token. Returns the machine name.
+    /// Records `event` (see [`parse`]) from `from` at `now` (Unix seconds);
+    /// `trusted` when its sender proved it may report for the machine it
+    /// names. Returns the machine name.
     pub fn post(
         &mut self,
-        body: &[u8],
+        event: Event,
         from: IpAddr,
         now: u64,
         trusted: bool,
     ) -> Result<String, StatusError> {
-        if body.len() > MAX_EVENT {
-            return Err(StatusError::TooLarge);
-        }
-        let mut event = match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(map)) => map,
-            Ok(_) => return Err(StatusError::NotJson("not an object".into())),
-            Err(e) => return Err(StatusError::NotJson(e.to_string())),
-        };
-        let name = match event.get("target") {
-            None => from.to_string(),
-            Some(Value::String(t)) if valid_name(t) => t.clone(),
-            Some(_) => return Err(StatusError::BadName),
+        let Event { name, fields } = event;
+        let Value::Object(mut event) = fields else {
+            return Err(StatusError::NotJson("not an object".into()));
         };
         if let Some(m) = self.machines.get(&name)
             && m.owner != from
@@ -120,7 +148,13 @@ impl StatusTable {
             }
         }
         self.shrink(&name);
+        self.version += 1;
         Ok(name)
+    }
+
+    /// Moves on with every event taken.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     fn expire(&mut self, now: u64) {
@@ -168,10 +202,48 @@ impl StatusTable {
         )
     }
 
-    /// One machine's recent events, oldest first.
+    /// [`StatusTable::latest`] as JSON, written from the table as it is (no
+    /// copy of the events is made first).
+    pub fn latest_json(&self) -> Vec<u8> {
+        let latest: BTreeMap<&str, &Value> = self
+            .machines
+            .iter()
+            .filter_map(|(n, m)| Some((n.as_str(), m.events.back()?)))
+            .collect();
+        serde_json::to_vec(&latest).unwrap_or_default()
+    }
+
+    /// How many machines are in each phase, by their latest events.
+    pub fn phase_counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for m in self.machines.values() {
+            let phase = m
+                .events
+                .back()
+                .and_then(|e| e.get("phase"))
+                .and_then(Value::as_str)
+                .filter(|p| p.len() <= 32 && p.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+                .unwrap_or("unknown");
+            *counts.entry(phase.to_string()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// One machine's recent events, oldest first, as many of the newest as fit
+    /// in [`MAX_HISTORY_ANSWER`] bytes of JSON.
     pub fn history(&self, name: &str) -> Option<Value> {
         let m = self.machines.get(name)?;
-        Some(Value::Array(m.events.iter().cloned().collect()))
+        let mut size = 0;
+        let mut newest: Vec<Value> = Vec::new();
+        for event in m.events.iter().rev() {
+            size += event.to_string().len() + 1;
+            if size > MAX_HISTORY_ANSWER && !newest.is_empty() {
+                break;
+            }
+            newest.push(event.clone());
+        }
+        newest.reverse();
+        Some(Value::Array(newest))
     }
 
     pub fn len(&self) -> usize {
@@ -195,6 +267,16 @@ mod tests {
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
 
+    fn post(
+        t: &mut StatusTable,
+        body: &[u8],
+        from: IpAddr,
+        now: u64,
+        trusted: bool,
+    ) -> Result<String, StatusError> {
+        t.post(parse(body, from)?, from, now, trusted)
+    }
+
     fn event(target: &str, phase: &str) -> Vec<u8> {
         serde_json::json!({ "target": target, "phase": phase })
             .to_string()
@@ -205,10 +287,9 @@ mod tests {
     fn latest_and_history_per_machine() {
         let mut t = StatusTable::new(10, 1 << 20);
         for i in 0..HISTORY + 5 {
-            t.post(&event("m1", &format!("p{i}")), A, 100, false)
-                .unwrap();
+            post(&mut t, &event("m1", &format!("p{i}")), A, 100, false).unwrap();
         }
-        t.post(br#"{"phase":"anonymous"}"#, B, 100, false).unwrap();
+        post(&mut t, br#"{"phase":"anonymous"}"#, B, 100, false).unwrap();
         assert_eq!(t.latest()["m1"]["phase"], format!("p{}", HISTORY + 4));
         assert_eq!(t.latest()["10.0.0.2"]["phase"], "anonymous");
         let h = t.history("m1").unwrap();
@@ -221,28 +302,28 @@ mod tests {
     fn bad_events_and_names_are_refused() {
         let mut t = StatusTable::new(10, 1 << 20);
         assert!(matches!(
-            t.post(b"[1]", A, 1, false),
+            post(&mut t, b"[1]", A, 1, false),
             Err(StatusError::NotJson(_))
         ));
         assert_eq!(
-            t.post(&event("a b", "x"), A, 1, false),
+            post(&mut t, &event("a b", "x"), A, 1, false),
             Err(StatusError::BadName)
         );
         assert_eq!(
-            t.post(&event("evil\u{1b}[2J", "x"), A, 1, false),
+            post(&mut t, &event("evil\u{1b}[2J", "x"), A, 1, false),
             Err(StatusError::BadName)
         );
         assert_eq!(
-            t.post(&event(&"n".repeat(MAX_NAME + 1), "x"), A, 1, false),
+            post(&mut t, &event(&"n".repeat(MAX_NAME + 1), "x"), A, 1, false),
             Err(StatusError::BadName)
         );
         assert_eq!(
-            t.post(br#"{"target":5}"#, A, 1, false),
+            post(&mut t, br#"{"target":5}"#, A, 1, false),
             Err(StatusError::BadName)
         );
         let big = format!(r#"{{"target":"m","pad":"{}"}}"#, "x".repeat(MAX_EVENT));
         assert_eq!(
-            t.post(big.as_bytes(), A, 1, false),
+            post(&mut t, big.as_bytes(), A, 1, false),
             Err(StatusError::TooLarge)
         );
         assert!(t.is_empty());
@@ -251,16 +332,17 @@ mod tests {
     #[test]
     fn another_address_cannot_overwrite_a_machine_until_it_is_quiet() {
         let mut t = StatusTable::new(10, 1 << 20);
-        t.post(&event("m1", "writing"), A, 1000, false).unwrap();
+        post(&mut t, &event("m1", "writing"), A, 1000, false).unwrap();
         assert!(matches!(
-            t.post(&event("m1", "failed"), B, 1001, false),
+            post(&mut t, &event("m1", "failed"), B, 1001, false),
             Err(StatusError::NotOwner { .. })
         ));
         assert_eq!(t.latest()["m1"]["phase"], "writing");
         // With the token, or after a quiet spell, it may.
-        t.post(&event("m1", "booted"), B, 1002, true).unwrap();
+        post(&mut t, &event("m1", "booted"), B, 1002, true).unwrap();
         assert_eq!(t.latest()["m1"]["phase"], "booted");
-        t.post(
+        post(
+            &mut t,
             &event("m1", "network-up"),
             A,
             1002 + CLAIM_AFTER_SECS,
@@ -276,7 +358,7 @@ mod tests {
         let pad = "x".repeat(2000);
         for i in 0..5000u64 {
             let body = format!(r#"{{"target":"m{i}","pad":"{pad}"}}"#);
-            t.post(body.as_bytes(), A, 10 + i, false).unwrap();
+            post(&mut t, body.as_bytes(), A, 10 + i, false).unwrap();
             assert!(t.len() <= 100);
             assert!(t.bytes() <= 64 << 10);
         }
@@ -285,8 +367,7 @@ mod tests {
         assert!(t.history("m0").is_none());
         assert!(t.latest().to_string().len() < 80 << 10);
         // A week of silence: gone.
-        t.post(&event("late", "x"), A, 5010 + EXPIRE_SECS, false)
-            .unwrap();
+        post(&mut t, &event("late", "x"), A, 5010 + EXPIRE_SECS, false).unwrap();
         assert_eq!(t.len(), 1);
     }
 }

@@ -236,10 +236,17 @@ fn report(root: &Path, record: &Record, phase: Phase, extra: serde_json::Value) 
     if event.get("image").is_none() {
         event["image"] = serde_json::Value::from(record.image_digest.to_string());
     }
-    if post(url, &event).is_ok() {
-        return;
+    let credential = record.credential.as_ref().map(|c| c.0.as_str());
+    match post(url, &event, credential) {
+        Ok(()) => return,
+        Err(Unsent::Refused(why)) => {
+            // Sending it again would get the same answer.
+            log::warn!("the report was refused: {why}");
+            return;
+        }
+        Err(Unsent::Failed(_)) => {}
     }
-    let pending = serde_json::json!({ "url": url, "event": event });
+    let pending = serde_json::json!({ "url": url, "event": event, "credential": credential });
     let written = crate::sys::Root::open(root).and_then(|r| {
         r.write_file(
             "var/lib/imprint",
@@ -276,13 +283,25 @@ fn report(root: &Path, record: &Record, phase: Phase, extra: serde_json::Value) 
     }
 }
 
-fn post(url: &str, event: &serde_json::Value) -> Result<(), String> {
+/// Why a report did not go.
+enum Unsent {
+    /// The server said no (4xx): sending it again changes nothing.
+    Refused(String),
+    /// It could not be sent now.
+    Failed(String),
+}
+
+fn post(url: &str, event: &serde_json::Value, credential: Option<&str>) -> Result<(), Unsent> {
     // The installed OS's own CA bundle, for a server that speaks only HTTPS.
     let roots = match url.starts_with("https://") {
         true => match crate::source::CaRoots::system() {
             Some(Ok(roots)) => Some(roots),
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("no CA bundle in this OS to check the server with".into()),
+            Some(Err(e)) => return Err(Unsent::Failed(e.to_string())),
+            None => {
+                return Err(Unsent::Failed(
+                    "no CA bundle in this OS to check the server with".into(),
+                ));
+            }
         },
         false => None,
     };
@@ -291,14 +310,21 @@ fn post(url: &str, event: &serde_json::Value) -> Result<(), String> {
         std::time::Duration::from_secs(5),
         roots.as_ref(),
     );
-    match agent
-        .post(url)
-        .header("Content-Type", "application/json")
-        .send(event.to_string().as_bytes())
-    {
+    let mut request = agent.post(url).header("Content-Type", "application/json");
+    if let Some(c) = credential {
+        request = request.header("Authorization", &format!("Bearer {c}"));
+    }
+    match request.send(event.to_string().as_bytes()) {
         Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(format!("the server answered {}", r.status())),
-        Err(e) => Err(crate::source::describe(&e, roots.as_ref())),
+        Ok(r) if r.status().is_client_error() => Err(Unsent::Refused(format!(
+            "the server answered {}",
+            r.status()
+        ))),
+        Ok(r) => Err(Unsent::Failed(format!(
+            "the server answered {}",
+            r.status()
+        ))),
+        Err(e) => Err(Unsent::Failed(crate::source::describe(&e, roots.as_ref()))),
     }
 }
 
@@ -309,6 +335,8 @@ pub enum Reported {
     Sent(String),
     /// Still there, for the next boot: why.
     Kept(String),
+    /// The server refused it (it would again): dropped, and why.
+    Refused(String),
 }
 
 /// Sends the report the first boot left in `root` (see [`report`]), retrying
@@ -320,11 +348,18 @@ pub fn send_pending(root: &Path, patience: std::time::Duration) -> Result<Report
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Reported::Nothing),
         Err(e) => return Err(e).context("reading the pending report"),
     };
-    let parsed: Option<(String, serde_json::Value)> = (bytes.len() as u64 <= MAX_PENDING)
+    let parsed: Option<(String, serde_json::Value, Option<String>)> = (bytes.len() as u64
+        <= MAX_PENDING)
         .then(|| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
         .flatten()
-        .and_then(|v| Some((v["url"].as_str()?.to_string(), v["event"].clone())));
-    let Some((url, event)) = parsed else {
+        .and_then(|v| {
+            Some((
+                v["url"].as_str()?.to_string(),
+                v["event"].clone(),
+                v["credential"].as_str().map(str::to_string),
+            ))
+        });
+    let Some((url, event, credential)) = parsed else {
         let _ = std::fs::remove_file(root.join(PENDING_REPORT));
         return Ok(Reported::Kept(
             "the pending report was unreadable; removed".into(),
@@ -333,16 +368,21 @@ pub fn send_pending(root: &Path, patience: std::time::Duration) -> Result<Report
     let start = std::time::Instant::now();
     let mut wait = std::time::Duration::from_secs(1);
     loop {
-        match post(&url, &event) {
+        match post(&url, &event, credential.as_deref()) {
             Ok(()) => {
                 std::fs::remove_file(root.join(PENDING_REPORT))
                     .context("removing the sent report")?;
                 return Ok(Reported::Sent(url));
             }
-            Err(e) if start.elapsed() + wait > patience => {
+            Err(Unsent::Refused(why)) => {
+                std::fs::remove_file(root.join(PENDING_REPORT))
+                    .context("removing the refused report")?;
+                return Ok(Reported::Refused(format!("{url}: {why}")));
+            }
+            Err(Unsent::Failed(e)) if start.elapsed() + wait > patience => {
                 return Ok(Reported::Kept(format!("{url}: {e}")));
             }
-            Err(_) => {
+            Err(Unsent::Failed(_)) => {
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(std::time::Duration::from_secs(10));
             }

@@ -64,6 +64,8 @@ const ENDPOINT_FILE: &str = "/run/imprint/status-endpoint.json";
 pub struct Status {
     target: Mutex<String>,
     url: Mutex<Option<String>>,
+    /// The deploy's credential, sent with every event (never shown).
+    credential: Mutex<Option<String>>,
     agent: Mutex<Option<ureq::Agent>>,
     queue: Arc<Queue>,
 }
@@ -105,6 +107,7 @@ impl Status {
         Status {
             target: Mutex::new(target.to_string()),
             url: Mutex::new(None),
+            credential: Mutex::new(None),
             agent: Mutex::new(None),
             queue: Arc::new(Queue {
                 state: Mutex::new((VecDeque::new(), false)),
@@ -123,13 +126,15 @@ impl Status {
         self.target.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
-    /// Writes where events go (target, URL, name servers) for the supervising
-    /// PID 1, which reports for a deploy process that died.
+    /// Writes where events go (target, URL, credential, name servers) for the
+    /// supervising PID 1, which reports for a deploy process that died.
     pub fn remember(&self, dns: &[std::net::SocketAddr]) {
         let url = self.url.lock().ok().and_then(|u| u.clone());
+        let credential = self.credential.lock().ok().and_then(|c| c.clone());
         let saved = serde_json::json!({
             "target": self.target(),
             "url": url,
+            "credential": credential,
             "dns": dns.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         });
         let _ = std::fs::create_dir_all("/run/imprint");
@@ -151,14 +156,29 @@ impl Status {
                 .flatten()
                 .filter_map(|a| a.as_str()?.parse().ok())
                 .collect();
-            status.connect(url, Arc::new(crate::source::DnsResolver { servers }));
+            let credential = saved["credential"].as_str().map(str::to_string);
+            status.connect(
+                url,
+                credential,
+                Arc::new(crate::source::DnsResolver { servers }),
+            );
         }
         status
     }
 
-    /// Starts POSTing events to `url` (after the network is up).
-    pub fn connect(&self, url: &str, resolver: Arc<dyn NameResolver>) {
+    /// Starts POSTing events to `url` (after the network is up), with the
+    /// deploy's `credential` when it has one. An `https://` URL needs the
+    /// initramfs's CA certificates: without them nothing is sent (the deploy
+    /// refuses such a URL before it writes anything, see [`usable_url`]).
+    pub fn connect(&self, url: &str, credential: Option<String>, resolver: Arc<dyn NameResolver>) {
+        if let Err(e) = usable_url(url) {
+            log::error!("imprint.status: {e}");
+            return;
+        }
         let agent = small_agent(resolver, Duration::from_secs(5), super::ca_roots().as_ref());
+        if let Ok(mut c) = self.credential.lock() {
+            c.clone_from(&credential);
+        }
         let first = self.url.lock().map(|u| u.is_none()).unwrap_or(false);
         if let Ok(mut u) = self.url.lock() {
             *u = Some(url.to_string());
@@ -171,7 +191,7 @@ impl Status {
             let url = url.to_string();
             let _ = std::thread::Builder::new()
                 .name("status".into())
-                .spawn(move || deliver(&queue, &url, &agent));
+                .spawn(move || deliver(&queue, &url, credential.as_deref(), &agent));
         }
     }
 
@@ -210,9 +230,21 @@ impl Status {
     }
 }
 
+/// Whether status events can go to `url` from here: an `https://` one needs
+/// the CA certificates the initramfs was built with.
+pub fn usable_url(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") && super::ca_roots().is_none() {
+        return Err(format!(
+            "{} is an https:// URL, but this deploy environment carries no CA certificates to check its server with: build the initramfs with --ca FILE (imprint initramfs build), or give an http:// URL",
+            crate::format::http::printable(url)
+        ));
+    }
+    Ok(())
+}
+
 /// The sender thread: the oldest event until the server takes it (a refusal
 /// that retrying cannot change drops it), then the next.
-fn deliver(queue: &Queue, url: &str, agent: &ureq::Agent) {
+fn deliver(queue: &Queue, url: &str, credential: Option<&str>, agent: &ureq::Agent) {
     let mut backoff = Duration::from_millis(500);
     loop {
         let event = {
@@ -230,10 +262,11 @@ fn deliver(queue: &Queue, url: &str, agent: &ureq::Agent) {
             state.1 = true;
             state.0.front().cloned().unwrap_or_default()
         };
-        let result = agent
-            .post(url)
-            .header("Content-Type", "application/json")
-            .send(event.as_bytes());
+        let mut request = agent.post(url).header("Content-Type", "application/json");
+        if let Some(c) = credential {
+            request = request.header("Authorization", &format!("Bearer {c}"));
+        }
+        let result = request.send(event.as_bytes());
         let done = match result {
             Ok(r) if r.status().is_success() => true,
             Ok(r) if r.status().is_client_error() => {

@@ -49,6 +49,7 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
         clock.lap(Timed::Network);
     }
     let (source, resolved) = fetch_manifest(&config, resolver, &media)?;
+    refuse_stale(&config, &resolved)?;
     let host_data = fetch_host_data(&config, &source)?;
     clock.lap(Timed::Manifest);
     let manifest = &resolved.manifest;
@@ -226,6 +227,10 @@ fn parse_config(cmdline_text: &str) -> Result<Config> {
     let config = cmdline::parse(cmdline_text).map_err(|e| {
         anyhow!("{e}; nothing was written. Fix the boot entry's kernel command line")
     })?;
+    if let Some(url) = &config.status {
+        super::console::usable_url(url)
+            .map_err(|e| anyhow!("imprint.status: {e}; nothing was written"))?;
+    }
     if let Some(name) = config.target.as_ref().or(config.hostname.as_ref()) {
         status().set_target(name);
     }
@@ -273,7 +278,11 @@ fn bring_up_network(config: &Config) -> Result<Arc<dyn NameResolver>> {
         servers: servers.clone(),
     });
     if let Some(url) = &config.status {
-        status().connect(url, resolver.clone());
+        status().connect(
+            url,
+            config.credential.as_ref().map(|c| c.0.clone()),
+            resolver.clone(),
+        );
     }
     status().remember(&servers);
     log::info!(
@@ -503,10 +512,16 @@ fn fetch_manifest(
 fn fetch_host_data(config: &Config, source: &dyn Source) -> Result<agent::HostData> {
     /// cloud-init's own files run to a few KiB; this leaves room for scripts.
     const LIMIT: u64 = 1 << 20;
+    let credential = config.credential.as_ref().map(|c| c.0.as_str());
     let fetch = |key: &str, path: &Option<String>| -> Result<Option<Vec<u8>>> {
         let Some(path) = path else { return Ok(None) };
         let mut buf = Vec::new();
-        source.fetch(path, LIMIT, &mut buf).with_context(|| {
+        let fetched = match credential {
+            // The host's own files: only its deploy may read them.
+            Some(c) => source.fetch_as(path, LIMIT, &mut buf, c),
+            None => source.fetch(path, LIMIT, &mut buf),
+        };
+        fetched.with_context(|| {
             format!("fetching {key}={path} from the repository; nothing was written")
         })?;
         log::info!("{key}: {} bytes from {path}", buf.len());
@@ -569,6 +584,22 @@ fn previous_os(config: &Config, new_disk: &str) -> Result<StateDisk> {
         found.device
     );
     Ok(found.clone())
+}
+
+/// `imprint.min-issued=`: a release issued before it is refused, so a machine
+/// whose disk holds no record yet cannot be given a replayed old release.
+fn refuse_stale(config: &Config, resolved: &Resolved) -> Result<()> {
+    let Some(min_issued) = config.min_issued else {
+        return Ok(());
+    };
+    match &resolved.release {
+        Some(release) => release
+            .check_fresh(0, Some(min_issued))
+            .map_err(|e| anyhow!("{e}; nothing was written")),
+        None => bail!(
+            "imprint.min-issued= needs a signed release to know when it was issued: give imprint.pubkey= (and sign the image); nothing was written"
+        ),
+    }
 }
 
 /// A signed release never replaces a later release of the same image: not on
@@ -672,6 +703,7 @@ fn state_record(
         }),
         // So far; the hand-off writes them whole.
         timings: Some(clock.timings.clone()),
+        credential: config.credential.clone(),
         ..Record::new(mode, &resolved.manifest.name, resolved.digest)
     }
 }

@@ -285,9 +285,17 @@ impl HttpSource {
     }
 }
 
-impl Source for HttpSource {
-    fn fetch(&self, path: &str, limit: u64, buf: &mut Vec<u8>) -> Result<(), FetchError> {
+impl HttpSource {
+    /// A GET of `path`, with `credential` as a bearer token when given.
+    fn get(
+        &self,
+        path: &str,
+        limit: u64,
+        buf: &mut Vec<u8>,
+        credential: Option<&str>,
+    ) -> Result<(), FetchError> {
         let location = self.url(path);
+        let authorization = credential.map(|c| format!("Bearer {c}"));
         buf.clear();
         let network = |e: ureq::Error| {
             let reason = describe(&e, self.roots.as_ref());
@@ -304,19 +312,25 @@ impl Source for HttpSource {
             }
         };
         if let Some(proxy) = &self.proxy {
-            let status = proxy.get(&location, limit, buf).map_err(|e| match e {
-                super::proxy::ProxyError::TooLarge => FetchError::TooLarge {
-                    location: location.clone(),
-                    limit,
-                },
-                super::proxy::ProxyError::Failed(reason) => FetchError::Network {
-                    location: location.clone(),
-                    reason,
-                },
-            })?;
+            let status = proxy
+                .get(&location, limit, buf, authorization.as_deref())
+                .map_err(|e| match e {
+                    super::proxy::ProxyError::TooLarge => FetchError::TooLarge {
+                        location: location.clone(),
+                        limit,
+                    },
+                    super::proxy::ProxyError::Failed(reason) => FetchError::Network {
+                        location: location.clone(),
+                        reason,
+                    },
+                })?;
             return status_error(location, status).map_or(Ok(()), Err);
         }
-        let mut response = self.agent.get(&location).call().map_err(network)?;
+        let mut request = self.agent.get(&location);
+        if let Some(value) = &authorization {
+            request = request.header("Authorization", value);
+        }
+        let mut response = request.call().map_err(network)?;
         let status = response.status().as_u16();
         if let Some(e) = status_error(location.clone(), status) {
             return Err(e);
@@ -335,6 +349,22 @@ impl Source for HttpSource {
                 reason: format!("reading the body: {e}"),
             }),
         }
+    }
+}
+
+impl Source for HttpSource {
+    fn fetch(&self, path: &str, limit: u64, buf: &mut Vec<u8>) -> Result<(), FetchError> {
+        self.get(path, limit, buf, None)
+    }
+
+    fn fetch_as(
+        &self,
+        path: &str,
+        limit: u64,
+        buf: &mut Vec<u8>,
+        credential: &str,
+    ) -> Result<(), FetchError> {
+        self.get(path, limit, buf, Some(credential))
     }
 
     fn location(&self, path: &str) -> String {

@@ -66,6 +66,19 @@ pub trait Source: Send + Sync {
     /// Reads the repository file `path` into `buf` (cleared first), refusing bodies
     /// larger than `limit`.
     fn fetch(&self, path: &str, limit: u64, buf: &mut Vec<u8>) -> Result<(), FetchError>;
+    /// [`Source::fetch`] of a file only this machine's deploy may read (its
+    /// cloud-init files on a provisioning server), sent with the deploy's
+    /// `credential`. A source with no one to show it to (a medium) fetches as
+    /// usual.
+    fn fetch_as(
+        &self,
+        path: &str,
+        limit: u64,
+        buf: &mut Vec<u8>,
+        _credential: &str,
+    ) -> Result<(), FetchError> {
+        self.fetch(path, limit, buf)
+    }
     /// Human-readable address of `path`, for messages.
     fn location(&self, path: &str) -> String;
     /// [`Source::fetch`], then `check` on the body. A source made of several
@@ -136,26 +149,18 @@ impl Chain {
     }
 }
 
-impl Source for Chain {
-    fn fetch(&self, path: &str, limit: u64, buf: &mut Vec<u8>) -> Result<(), FetchError> {
-        self.fetch_verified(path, limit, buf, &mut |_| Ok(()))
-    }
-
-    fn location(&self, path: &str) -> String {
-        let names: Vec<&str> = self.parts.iter().map(|(n, _, _)| n.as_str()).collect();
-        format!("{path} (from {})", names.join(", then "))
-    }
-
-    fn fetch_verified(
+impl Chain {
+    /// `fetch` from each part in turn until one has the file; the error of
+    /// the last when none has.
+    fn first(
         &self,
         path: &str,
-        limit: u64,
         buf: &mut Vec<u8>,
-        check: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+        mut fetch: impl FnMut(&dyn Source, &mut Vec<u8>) -> Result<(), FetchError>,
     ) -> Result<(), FetchError> {
         let mut last = None;
         for (i, (name, source, bytes)) in self.parts.iter().enumerate() {
-            match source.fetch_verified(path, limit, buf, check) {
+            match fetch(source.as_ref(), buf) {
                 Ok(()) => {
                     bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
                     return Ok(());
@@ -171,6 +176,41 @@ impl Source for Chain {
         Err(last.unwrap_or_else(|| FetchError::NotFound {
             location: path.to_string(),
         }))
+    }
+}
+
+impl Source for Chain {
+    fn fetch(&self, path: &str, limit: u64, buf: &mut Vec<u8>) -> Result<(), FetchError> {
+        self.fetch_verified(path, limit, buf, &mut |_| Ok(()))
+    }
+
+    fn fetch_as(
+        &self,
+        path: &str,
+        limit: u64,
+        buf: &mut Vec<u8>,
+        credential: &str,
+    ) -> Result<(), FetchError> {
+        self.first(path, buf, |source, buf| {
+            source.fetch_as(path, limit, buf, credential)
+        })
+    }
+
+    fn location(&self, path: &str) -> String {
+        let names: Vec<&str> = self.parts.iter().map(|(n, _, _)| n.as_str()).collect();
+        format!("{path} (from {})", names.join(", then "))
+    }
+
+    fn fetch_verified(
+        &self,
+        path: &str,
+        limit: u64,
+        buf: &mut Vec<u8>,
+        check: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), FetchError> {
+        self.first(path, buf, |source, buf| {
+            source.fetch_verified(path, limit, buf, check)
+        })
     }
 
     fn tally(&self) -> Vec<(String, u64)> {

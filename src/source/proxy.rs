@@ -83,13 +83,24 @@ impl Proxy {
     /// GETs `url` (`http://…`) through the proxy into `buf` (cleared first),
     /// refusing a body over `limit` bytes; returns the status. A kept-alive
     /// connection that fails before answering is replaced once.
-    pub fn get(&self, url: &str, limit: u64, buf: &mut Vec<u8>) -> Result<u16, ProxyError> {
+    pub fn get(
+        &self,
+        url: &str,
+        limit: u64,
+        buf: &mut Vec<u8>,
+        authorization: Option<&str>,
+    ) -> Result<u16, ProxyError> {
         let authority = url
             .strip_prefix("http://")
             .and_then(|r| r.split('/').next())
             .filter(|a| !a.is_empty())
             .ok_or_else(|| ProxyError::Failed(format!("{url:?} is not an http:// URL")))?;
-        let request = get_request(url, authority);
+        let mut request = get_request(url, authority);
+        if let Some(value) = authorization {
+            // Just before the blank line that ends the head.
+            request.truncate(request.len() - 2);
+            request.push_str(&format!("Authorization: {value}\r\n\r\n"));
+        }
         let reused = self.idle.lock().ok().and_then(|mut i| i.pop());
         if let Some(conn) = reused {
             match self.exchange(conn, &request, limit, buf) {

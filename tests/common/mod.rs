@@ -2,6 +2,7 @@
 //! a running `imprint serve`, and a fault-injecting HTTP server.
 #![allow(dead_code)]
 
+pub mod rig;
 pub mod vm;
 
 use std::collections::HashMap;
@@ -149,6 +150,55 @@ pub fn figure(summary: &HashMap<String, String>, key: &str) -> u64 {
     summary[key].parse().expect("numeric figure")
 }
 
+/// The operator's token every server the tests start has
+/// (`--operator-token-file`, unless a test gives its own).
+pub const OPERATOR_TOKEN: &str = "the-tests-operator-token-0123456789";
+
+/// A file holding [`OPERATOR_TOKEN`], as `imprint serve` and `imprint host`
+/// read it.
+pub fn operator_token_file() -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator-token");
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(&format!("{OPERATOR_TOKEN}\n")) {
+        // Renamed into place: tests starting servers at once never read half of it.
+        let tmp = path.with_extension(format!("{}", std::process::id()));
+        std::fs::write(&tmp, format!("{OPERATOR_TOKEN}\n")).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+/// A GET the operator sends (with the token), answered whole.
+pub fn operator_get(addr: &str, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    raw_request(
+        addr,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {OPERATOR_TOKEN}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+}
+
+/// `imprint host reprovision MAC` against `served`, with the operator token
+/// in `token_file`.
+pub fn reprovision(served: &Served, mac: &str, token_file: &Path) -> Output {
+    imprint(&[
+        "host",
+        "reprovision",
+        mac,
+        "--server",
+        &served.url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ])
+}
+
+/// A signing key in the repository's directory: its file and public key.
+pub fn keygen(repo: &Repo) -> (PathBuf, String) {
+    let key = repo.file("key");
+    let out = imprint(&["keygen", "--out", key.to_str().unwrap()]);
+    assert_success(&out);
+    (key, String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// `imprint serve` on a free loopback port, killed on drop.
 pub struct Served {
     child: Child,
@@ -179,6 +229,18 @@ impl Served {
         Served::spawn(cmd, repo, "127.0.0.1:0", options, stderr)
     }
 
+    /// With `options` alone: no operator token unless they give one.
+    pub fn start_with_own_token(repo: &Path, options: &[&str]) -> Served {
+        Served::spawn_as(
+            Command::new(BIN),
+            repo,
+            "127.0.0.1:0",
+            options,
+            Stdio::null(),
+            false,
+        )
+    }
+
     /// Listening on `listen` (a fixed address, e.g. to start again on it).
     pub fn start_at(repo: &Path, listen: &str, options: &[&str]) -> Served {
         Served::spawn(Command::new(BIN), repo, listen, options, Stdio::null())
@@ -191,21 +253,31 @@ impl Served {
         Served::spawn(cmd, repo, listen, &[], Stdio::null())
     }
 
-    fn spawn(
+    fn spawn(cmd: Command, repo: &Path, listen: &str, options: &[&str], stderr: Stdio) -> Served {
+        Served::spawn_as(cmd, repo, listen, options, stderr, true)
+    }
+
+    /// Starts `cmd` as `imprint serve`, with the tests' operator token when
+    /// `test_token` and the options give none.
+    fn spawn_as(
         mut cmd: Command,
         repo: &Path,
         listen: &str,
         options: &[&str],
         stderr: Stdio,
+        test_token: bool,
     ) -> Served {
+        cmd.args([
+            "serve",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--listen",
+            listen,
+        ]);
+        if test_token && !options.contains(&"--operator-token-file") {
+            cmd.arg("--operator-token-file").arg(operator_token_file());
+        }
         let mut child = cmd
-            .args([
-                "serve",
-                "--repo",
-                repo.to_str().unwrap(),
-                "--listen",
-                listen,
-            ])
             .args(options)
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -255,13 +327,23 @@ impl Served {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The most resident memory the server has had, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.memory_kib("VmHWM:")
+    }
+
     /// The server's resident memory, in KiB.
     pub fn rss_kib(&self) -> u64 {
+        self.memory_kib("VmRSS:")
+    }
+
+    /// A figure of the server's /proc/PID/status, in KiB.
+    fn memory_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
     }
@@ -277,6 +359,23 @@ impl Drop for Served {
 /// Sends one raw HTTP request and returns the whole response (connection closed).
 pub fn raw_request(addr: &str, request: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut reader = BufReader::new(stream);
+    read_response(&mut reader, request.starts_with("HEAD"))
+}
+
+/// [`raw_request`] from the loopback address `source` (127.0.0.2, ...), as
+/// another machine would send it.
+pub fn raw_request_from(
+    source: [u8; 4],
+    addr: &str,
+    request: &str,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    bind(&fd, &std::net::SocketAddr::from((source, 0))).unwrap();
+    connect(&fd, &addr.parse::<std::net::SocketAddr>().unwrap()).unwrap();
+    let mut stream = TcpStream::from(fd);
     stream.write_all(request.as_bytes()).expect("send");
     let mut reader = BufReader::new(stream);
     read_response(&mut reader, request.starts_with("HEAD"))

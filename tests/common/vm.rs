@@ -610,21 +610,33 @@ pub fn boot(dir: &Path, name: &str, b: Boot, disks: &[&Path]) -> (ExitStatus, St
 /// the repository's directory. Returns the server and the `qemu/run --net`
 /// that network-boots from it.
 pub fn provisioning_server(repo: &Repo, inventory: &str, listen: Option<&str>) -> (Served, String) {
+    provisioning_server_with(repo, inventory, listen, &[])
+}
+
+/// [`provisioning_server`] with more `serve` options.
+pub fn provisioning_server_with(
+    repo: &Repo,
+    inventory: &str,
+    listen: Option<&str>,
+    extra: &[&str],
+) -> (Served, String) {
     let a = artifacts();
     let dir = repo.dir.path();
     let hosts = dir.join("hosts.toml");
     std::fs::write(&hosts, inventory).unwrap();
     let data = dir.join("data");
-    let options = [
+    let (kernel, initrd) = (a.path("vmlinuz"), a.path("initramfs.img"));
+    let mut options = vec![
         "--hosts",
         hosts.to_str().unwrap(),
         "--data",
         data.to_str().unwrap(),
         "--kernel",
-        &a.path("vmlinuz"),
+        &kernel,
         "--initrd",
-        &a.path("initramfs.img"),
+        &initrd,
     ];
+    options.extend_from_slice(extra);
     std::fs::create_dir_all(repo.path()).unwrap();
     let served = match listen {
         Some(addr) => Served::start_at(&repo.path(), addr, &options),
@@ -639,10 +651,7 @@ pub fn provisioning_server(repo: &Repo, inventory: &str, listen: Option<&str>) -
 
 /// What the provisioning server says of machine `mac` (`GET /machines`).
 pub fn machine_entry(served: &Served, mac: &str) -> serde_json::Value {
-    let (status, _, body) = raw_request(
-        &served.addr(),
-        "GET /machines HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
+    let (status, _, body) = operator_get(&served.addr(), "/machines");
     assert_eq!(status, 200);
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
     doc["machines"]
@@ -799,10 +808,7 @@ pub fn assert_has(console: &str, needle: &str) {
 
 pub fn status_of(url: &str) -> serde_json::Value {
     let addr = url.trim_start_matches("http://");
-    let (status, _, body) = raw_request(
-        addr,
-        "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
+    let (status, _, body) = operator_get(addr, "/status");
     assert_eq!(status, 200);
     serde_json::from_slice(&body).unwrap()
 }

@@ -30,6 +30,8 @@ pub struct AddOptions {
     pub boot: Option<BootFacts>,
     /// When the signed release is issued (Unix seconds).
     pub issued: u64,
+    /// When it expires (Unix seconds), if it does.
+    pub expires: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,7 +215,7 @@ pub fn add_image(
     make_chunks_durable(repo, name, &manifest, jobs)?;
     repo.write_atomic(&manifest_path(&digest), &bytes)?;
     if let Some(key) = &opts.sign_key {
-        repo.sign(key, name, tag, &digest, opts.issued)?;
+        repo.sign(key, name, tag, &digest, opts.issued, opts.expires)?;
     }
     repo.sync_dir("manifests/sha256")?;
     repo.write_atomic(&ref_path(name, tag), ref_text(&digest).as_bytes())?;
@@ -336,6 +338,7 @@ mod tests {
             arch: None,
             boot: None,
             issued: 0,
+            expires: None,
         }
     }
 

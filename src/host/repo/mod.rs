@@ -179,9 +179,9 @@ impl LocalRepo {
     }
 
     /// Signs the manifest `digest` as release `name:tag`, issued at `issued`
-    /// (Unix seconds): its line in the `.sig` file replaces this key's earlier
-    /// line for the tag; other signers' lines stay. The caller syncs the
-    /// directory.
+    /// (Unix seconds), expiring at `expires` if given: its line in the `.sig`
+    /// file replaces this key's earlier line for the tag; other signers' lines
+    /// stay. The caller syncs the directory.
     pub fn sign(
         &self,
         key: &SigningKey,
@@ -189,6 +189,7 @@ impl LocalRepo {
         tag: &str,
         digest: &Digest,
         issued: u64,
+        expires: Option<u64>,
     ) -> Result<Release, RepoError> {
         let size = fs::metadata(self.path(&manifest_path(digest)))
             .map_err(io_err(&self.path(&manifest_path(digest))))?
@@ -199,6 +200,7 @@ impl LocalRepo {
             digest: *digest,
             size,
             issued,
+            expires,
         };
         let sig_rel = signature_path(digest);
         let old = match self.read(&sig_rel) {

@@ -1,11 +1,16 @@
 // The machines page of `imprint serve`. It polls /machines every two seconds
 // and draws every value with textContent, never as markup: names, phases and
-// errors come from the machines themselves. Actions appear only when the page
-// was opened with ?token=TOKEN (the server's status token).
+// errors come from the machines themselves.
+//
+// Without the operator's token it shows the public view. Signing in trades the
+// token for a session cookie (HttpOnly, SameSite=Strict) once; the token is
+// never kept by the page nor put in a URL. A link may carry it in its fragment
+// (#token=...), which never reaches a server: the page signs in with it and
+// drops it from the address at once.
 "use strict";
 
-const token = new URLSearchParams(location.search).get("token");
 const seen = new Map(); // name -> { done, at } of the previous poll, for rates
+let operator = false;
 
 function text(tag, value, cls) {
   const el = document.createElement(tag);
@@ -23,7 +28,7 @@ function bytes(n) {
 
 function age(seconds) {
   if (seconds == null) return "never";
-  if (seconds < 60) return seconds + " s ago";
+  if (seconds < 60) return Math.max(0, seconds) + " s ago";
   if (seconds < 3600) return Math.floor(seconds / 60) + " min ago";
   if (seconds < 86400) return Math.floor(seconds / 3600) + " h ago";
   return Math.floor(seconds / 86400) + " d ago";
@@ -45,12 +50,18 @@ function progressCell(name, event, now) {
   bar.max = total; bar.value = Math.min(done, total);
   td.append(bar);
   let line = bytes(done) + " of " + bytes(total);
-  const before = seen.get(name);
+  const before = name && seen.get(name);
   if (before && done > before.done && now > before.at) {
     line += ", " + bytes((done - before.done) / (now - before.at)) + "/s";
   }
-  seen.set(name, { done, at: now });
+  if (name) seen.set(name, { done, at: now });
   td.append(text("span", line, "bytes"));
+  return td;
+}
+
+function phaseCell(shown) {
+  const td = document.createElement("td");
+  if (shown) td.append(text("span", shown, "phase " + shown.replace(/[^a-z-]/g, "")));
   return td;
 }
 
@@ -62,12 +73,10 @@ function row(m, now) {
   tr.append(text("td", m.mac || m.name, "mac"));
   tr.append(text("td", m.hostname || (event && event.hostname) || ""));
   tr.append(text("td", m.image || (event && event.image) || state.completed || "", "image"));
-  const phaseCell = document.createElement("td");
   let shown = phase;
   if (state.committed) shown = "committed";
   if (m.next === "hold") shown = "hold";
-  if (shown) phaseCell.append(text("span", shown, "phase " + shown.replace(/[^a-z-]/g, "")));
-  tr.append(phaseCell);
+  tr.append(phaseCell(shown));
   tr.append(progressCell(m.mac || m.name, event, now));
   const heard = event && event.received ? now - event.received
     : state.last_seen ? now - state.last_seen : null;
@@ -75,7 +84,7 @@ function row(m, now) {
   tr.append(text("td", m.next || ""));
   const error = (event && event.phase === "failed" && event.error) || state.last_error || "";
   tr.append(text("td", error, "error"));
-  if (token) {
+  if (operator) {
     const td = document.createElement("td");
     if (m.mac) {
       const button = text("button", "reprovision");
@@ -87,12 +96,27 @@ function row(m, now) {
   return tr;
 }
 
+// A row of the public view: no name, image, address or error.
+function publicRow(m, i, now) {
+  const tr = document.createElement("tr");
+  tr.append(text("td", "#" + (i + 1), "mac"));
+  tr.append(text("td", ""));
+  tr.append(text("td", ""));
+  tr.append(phaseCell(m.phase));
+  tr.append(progressCell(null, m, now));
+  tr.append(text("td", ""));
+  tr.append(text("td", m.next || ""));
+  tr.append(text("td", ""));
+  return tr;
+}
+
 async function reprovision(mac, button) {
   button.disabled = true;
   try {
+    // The session cookie goes with it (same origin); the server also checks
+    // that the request comes from this page.
     const r = await fetch("/machines/" + encodeURIComponent(mac.replaceAll(":", "-")) + "/reprovision", {
       method: "POST",
-      headers: { Authorization: "Bearer " + token },
     });
     button.textContent = r.ok ? "asked" : "refused (" + r.status + ")";
   } catch (e) {
@@ -101,37 +125,86 @@ async function reprovision(mac, button) {
   refresh();
 }
 
+async function signIn(token) {
+  const r = await fetch("/session", { method: "POST", body: token });
+  return r.ok;
+}
+
 async function refresh() {
-  let doc;
+  let doc, view, now;
   try {
     const r = await fetch("/machines", { cache: "no-store" });
-    doc = await r.json();
+    view = r.headers.get("X-Imprint-View") || "";
+    if (r.status === 401) {
+      doc = { machines: [], signin: true, hidden: true };
+    } else {
+      doc = await r.json();
+    }
+    // The server's clock, for ages; a shared answer may be older than now.
+    const date = Date.parse(r.headers.get("Date") || "");
+    now = Number.isFinite(date) ? Math.floor(date / 1000) : Number(doc.now);
   } catch (e) {
     document.getElementById("updated").textContent = "server unreachable";
     return;
   }
-  const now = Number(doc.now) || Math.floor(Date.now() / 1000);
+  if (!(now > 0)) now = Math.floor(Date.now() / 1000);
+  operator = view === "operator";
   const rows = [];
-  for (const m of doc.machines || []) rows.push(row(m, now));
-  for (const [name, event] of Object.entries(doc.others || {})) {
-    rows.push(row({ name, event }, now));
+  if (doc.public) {
+    (doc.machines || []).forEach((m, i) => rows.push(publicRow(m, i, now)));
+  } else {
+    for (const m of doc.machines || []) rows.push(row(m, now));
+    for (const [name, event] of Object.entries(doc.others || {})) {
+      rows.push(row({ name, event }, now));
+    }
   }
   document.querySelector("#machines tbody").replaceChildren(...rows);
-  document.getElementById("empty").hidden = rows.length > 0;
-  document.getElementById("actions-head").hidden = !token;
-  const counts = {};
-  for (const m of doc.machines || []) {
-    const k = m.state && m.state.committed ? "committed" : (m.next || "unknown").split(" ")[0];
-    counts[k] = (counts[k] || 0) + 1;
+  document.getElementById("empty").hidden = rows.length > 0 || doc.hidden;
+  document.getElementById("actions-head").hidden = !operator;
+  document.getElementById("public").hidden = operator || view === "full";
+  document.getElementById("signin").hidden = operator || !doc.signin;
+  document.getElementById("signout").hidden = !operator;
+  let counts = doc.counts;
+  if (!counts) {
+    counts = {};
+    for (const m of doc.machines || []) {
+      const k = m.state && m.state.committed ? "committed" : (m.next || "unknown").split(" ")[0];
+      counts[k] = (counts[k] || 0) + 1;
+    }
   }
   const parts = Object.entries(counts).map(([k, n]) => n + " " + k);
   const others = Object.keys(doc.others || {}).length;
   if (others) parts.push(others + " reporting without an inventory entry");
-  document.getElementById("summary").textContent =
-    rows.length + " machines" + (parts.length ? ": " + parts.join(", ") : "");
+  document.getElementById("summary").textContent = doc.hidden
+    ? "sign in to see the machines"
+    : rows.length + " machines" + (parts.length ? ": " + parts.join(", ") : "");
   document.getElementById("updated").textContent =
     "updated " + new Date(now * 1000).toLocaleTimeString();
 }
 
-refresh();
-setInterval(refresh, 2000);
+document.getElementById("signin").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const input = document.getElementById("token");
+  const ok = await signIn(input.value);
+  input.value = "";
+  if (!ok) input.placeholder = "not the operator's token";
+  refresh();
+});
+
+document.getElementById("signout").addEventListener("click", async () => {
+  await fetch("/session/end", { method: "POST" });
+  refresh();
+});
+
+async function start() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const token = fragment.get("token");
+  if (token) {
+    history.replaceState(null, "", location.pathname + location.search);
+    await signIn(token);
+  }
+  refresh();
+  setInterval(refresh, 2000);
+}
+
+start();

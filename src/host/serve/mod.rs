@@ -1,26 +1,35 @@
 //! `imprint serve`: a small HTTP/1.1 server for a repository directory, plus the
-//! status endpoint deploy environments report to.
+//! status endpoint deploy environments report to, and (with an inventory) the
+//! provisioning server of a rack.
 //!
 //! Any static web server can serve a repository; this one exists so a single
 //! binary is enough on the host, and so status events have somewhere to go. It is
-//! built to stay up in front of a rack: one thread per connection up to a cap
-//! (beyond it new connections are closed at once), a deadline for each request
-//! head and an idle timeout between requests, bounded heads and bodies (a
-//! declared length is never what decides an allocation), accept errors such as
-//! running out of descriptors survived, and nothing from a client logged raw.
+//! built to stay up in front of a rack: one thread per connection up to a cap,
+//! and a smaller cap per client address (beyond them new connections are closed
+//! at once), a deadline for each request head and an idle timeout between
+//! requests, bounded heads and bodies (a declared length is never what decides
+//! an allocation), accept errors such as running out of descriptors survived,
+//! and nothing from a client logged raw.
 //!
-//! It serves regular files below the root only: path segments are restricted to
-//! the repository's own character set (no `..`, no escapes), and the resolved
-//! path must still lie inside the root, so a symlink cannot lead out of it.
+//! - [`files`]: what it sends from the repository, and the deploy environment;
+//! - [`operator`]: who sees what, the operator's actions and sign-in;
+//! - [`reply`]: responses, and how they are written.
 
+mod files;
+mod operator;
+mod reply;
+
+pub use operator::PublicView;
+
+use super::access::{Keys, constant_time_eq};
 use super::fleet::{self, Fleet};
 use super::provision::Platform;
 use super::statuses::{self, StatusTable};
-use crate::format::http::{self, Method, RangeRequest, RequestHead};
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use crate::format::http::{self, Method, RequestHead};
+use reply::{Reply, page_asset, refuse_busy, write_reply};
+use std::collections::HashMap;
+use std::io::{self, Read};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,9 +58,16 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Time one read of a body or one write of a response may stall.
     pub io_timeout: Duration,
-    /// When set, status events must carry it (`Authorization: Bearer TOKEN` or
-    /// `?token=TOKEN`) and may then report for any machine.
+    /// Connections one client address may have open at once.
+    pub max_per_client: usize,
+    /// When set, status events of deploy environments this server did not
+    /// boot (static scripts, media) must carry it (`Authorization: Bearer
+    /// TOKEN` or `?token=TOKEN`). Machines it boots carry their own credential.
     pub status_token: Option<String>,
+    /// The operator's token: for actions, and to see what machines reported.
+    pub operator_token: Option<String>,
+    /// What everyone else sees.
+    pub public_view: PublicView,
     /// Machines the status table keeps.
     pub status_machines: usize,
     /// Bytes of events the status table keeps.
@@ -65,7 +81,10 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             io_timeout: Duration::from_secs(30),
+            max_per_client: 256,
             status_token: None,
+            operator_token: None,
+            public_view: PublicView::Counts,
             status_machines: 4096,
             status_bytes: 64 << 20,
         }
@@ -89,69 +108,14 @@ pub struct RepoServer {
     limits: Limits,
     provisioning: Provisioning,
     statuses: Mutex<StatusTable>,
+    /// What operator sessions are signed with (the fleet's key, else one for
+    /// this run).
+    keys: Keys,
+    views: operator::Views,
     open: AtomicUsize,
+    /// Connections open, by client address.
+    per_client: Mutex<HashMap<IpAddr, usize>>,
     stopping: AtomicBool,
-}
-
-/// A response about to be written.
-struct Reply {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: Body,
-    /// Close the connection after it (the request could not be read whole).
-    close: bool,
-}
-
-enum Body {
-    Bytes(Vec<u8>),
-    File { file: File, len: u64 },
-}
-
-impl Reply {
-    fn text(status: u16, body: &str) -> Reply {
-        Reply {
-            status,
-            headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
-            body: Body::Bytes(body.as_bytes().to_vec()),
-            close: false,
-        }
-    }
-
-    fn closing(mut self) -> Reply {
-        self.close = true;
-        self
-    }
-
-    fn len(&self) -> u64 {
-        match &self.body {
-            Body::Bytes(b) => b.len() as u64,
-            Body::File { len, .. } => *len,
-        }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        204 => "No Content",
-        206 => "Partial Content",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Content Too Large",
-        416 => "Range Not Satisfiable",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Status",
-    }
 }
 
 /// Why reading a request ended.
@@ -192,13 +156,20 @@ impl RepoServer {
         let listener = TcpListener::bind(listen).map_err(|e| listen_err(e.to_string()))?;
         crate::sys::set_tcp_nodelay(&listener).map_err(|e| listen_err(e.to_string()))?;
         let statuses = StatusTable::new(limits.status_machines, limits.status_bytes);
+        let keys = match &provisioning.fleet {
+            Some(fleet) => fleet.keys().clone(),
+            None => Keys::ephemeral().map_err(|e| listen_err(format!("making a key: {e}")))?,
+        };
         Ok(Arc::new(RepoServer {
             listener,
             root,
             limits,
             provisioning,
             statuses: Mutex::new(statuses),
+            keys,
+            views: operator::Views::default(),
             open: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
         }))
     }
@@ -234,17 +205,46 @@ impl RepoServer {
                 refuse_busy(stream);
                 continue;
             }
+            let client = peer.ip();
+            if !self.take_client_slot(client) {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                refuse_busy(stream);
+                continue;
+            }
             let server = Arc::clone(self);
             let spawned = std::thread::Builder::new()
                 .stack_size(THREAD_STACK)
                 .spawn(move || {
-                    server.serve_connection(stream, peer.ip());
+                    server.serve_connection(stream, client);
+                    server.free_client_slot(client);
                     server.open.fetch_sub(1, Ordering::AcqRel);
                 });
             if let Err(e) = spawned {
-                // The stream went down with the closure; the slot is ours to free.
+                // The stream went down with the closure; the slots are ours to free.
+                self.free_client_slot(client);
                 self.open.fetch_sub(1, Ordering::AcqRel);
                 log::warn!("starting a connection thread: {e}");
+            }
+        }
+    }
+
+    /// One more connection for `client`, unless it has its share open already.
+    fn take_client_slot(&self, client: IpAddr) -> bool {
+        let mut open = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(client).or_insert(0);
+        if *n >= self.limits.max_per_client.max(1) {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn free_client_slot(&self, client: IpAddr) {
+        let mut open = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&client) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&client);
             }
         }
     }
@@ -430,15 +430,20 @@ impl RepoServer {
         peer: IpAddr,
     ) -> Reply {
         let path = head.path();
-        if head.method == Method::Post && path == "/status" {
-            return match self.read_body(
-                stream,
-                buf,
-                head.content_length,
-                statuses::MAX_EVENT as u64,
-            ) {
-                Ok(body) => self.post_status(head, &body, peer),
-                Err(reply) => reply,
+        let body_limit = match (head.method, path) {
+            (Method::Post, "/status") => Some(statuses::MAX_EVENT as u64),
+            (Method::Post, "/session" | "/session/end") => Some(operator::MAX_SIGN_IN),
+            _ => None,
+        };
+        if let Some(limit) = body_limit {
+            let body = match self.read_body(stream, buf, head.content_length, limit) {
+                Ok(body) => body,
+                Err(reply) => return reply,
+            };
+            return match path {
+                "/status" => self.post_status(head, &body, peer),
+                "/session" => self.sign_in(head, &body),
+                _ => self.sign_out(head),
             };
         }
         // Other requests carry no body worth keeping: drain a small one, close
@@ -453,8 +458,10 @@ impl RepoServer {
             (Method::Get | Method::Head, "/status") => self.get_status(head),
             // Without an inventory, /boot.ipxe is a file like any other: one
             // static script for every machine.
-            (Method::Get | Method::Head, "/boot.ipxe") if fleet.is_some() => self.boot_script(head),
-            (Method::Get | Method::Head, "/machines") => self.machines(),
+            (Method::Get | Method::Head, "/boot.ipxe") if fleet.is_some() => {
+                self.boot_script(head, peer)
+            }
+            (Method::Get | Method::Head, "/machines") => self.machines(head),
             (Method::Get | Method::Head, "/" | "/index.html") => {
                 page_asset("text/html; charset=utf-8", include_str!("page.html"))
             }
@@ -468,52 +475,23 @@ impl RepoServer {
                 self.machine_action(head, path, peer)
             }
             (Method::Get | Method::Head, _) => {
-                if let Some(reply) = self.provisioning_file(head, path) {
+                let operator = path.starts_with("/hosts/") && self.operator(head).is_some();
+                if let Some(reply) = self.provisioning_file(head, path, operator) {
                     return reply;
                 }
                 self.file(head, path)
             }
             _ => Reply::text(
                 405,
-                "only GET and HEAD on repository files, POST on /status\n",
+                "only GET and HEAD on repository files; POST on /status, /session and machine actions\n",
             ),
         }
-    }
-
-    /// `GET /machines`, what the page shows: the server's time, the machines of
-    /// the inventory or remembered (each with its latest status event), and
-    /// the other names that report status.
-    fn machines(&self) -> Reply {
-        let mut latest = match self.statuses.lock() {
-            Ok(table) => table.latest(),
-            Err(_) => return Reply::text(500, "status table unavailable\n"),
-        };
-        let mut machines = match &self.provisioning.fleet {
-            Some(f) => f.machines_json(),
-            None => serde_json::Value::Array(Vec::new()),
-        };
-        if let (Some(list), Some(events)) = (machines.as_array_mut(), latest.as_object_mut()) {
-            for m in list {
-                let event = m["mac"].as_str().and_then(|mac| events.remove(mac));
-                m["event"] = event.unwrap_or(serde_json::Value::Null);
-            }
-        }
-        let now = fleet::unix_now();
-        json_reply(
-            serde_json::json!({
-                "now": now,
-                "inventory": self.provisioning.fleet.is_some(),
-                "machines": machines,
-                "others": latest,
-            })
-            .to_string(),
-        )
     }
 
     /// `GET /boot.ipxe?mac=MAC&platform=PLATFORM`: the machine's boot script.
     /// Without a MAC, a script that asks again with iPXE's own values, so DHCP
     /// can name the plain path.
-    fn boot_script(&self, head: &RequestHead) -> Reply {
+    fn boot_script(&self, head: &RequestHead, peer: IpAddr) -> Reply {
         let Some(fleet) = &self.provisioning.fleet else {
             return Reply::text(
                 404,
@@ -530,7 +508,7 @@ impl RepoServer {
                         None => return Reply::text(500, "no address to give\n"),
                     },
                 };
-                fleet.boot_script(mac, platform, &base)
+                fleet.boot_script(mac, platform, &base, peer)
             }
             None => {
                 "#!ipxe\nchain /boot.ipxe?mac=${net0/mac:hexhyp}&platform=${platform}\n".to_string()
@@ -541,190 +519,66 @@ impl RepoServer {
         reply
     }
 
-    /// The deploy environment's kernel and initramfs, and the cloud-init files
-    /// the inventory gives a machine; `None` for paths that are the
-    /// repository's.
-    fn provisioning_file(&self, head: &RequestHead, path: &str) -> Option<Reply> {
-        let p = &self.provisioning;
-        let boot = match path {
-            "/boot/vmlinuz" => p.kernel.as_ref(),
-            "/boot/initramfs.img" => p.initrd.as_ref(),
-            _ => None,
-        };
-        if let Some(file) = boot {
-            return Some(self.send_file(head, file, "application/octet-stream", "no-cache"));
-        }
-        let rest = path.strip_prefix("/hosts/")?;
-        let (stem, which) = rest.split_once('/')?;
-        let mac = fleet::parse_mac(stem)?;
-        let file = p.fleet.as_ref()?.host_file(mac, which)?;
-        Some(self.send_file(head, &file, "text/plain; charset=utf-8", "no-store"))
-    }
-
-    /// `POST /machines/MAC/reprovision`: with the status token, or from this
-    /// host when there is none.
-    fn machine_action(&self, head: &RequestHead, path: &str, peer: IpAddr) -> Reply {
-        let Some(fleet) = &self.provisioning.fleet else {
-            return Reply::text(404, "no inventory: start imprint serve with --hosts FILE\n");
-        };
-        let allowed = match &self.limits.status_token {
-            Some(_) => self.token_ok(head),
-            None => peer.is_loopback(),
-        };
-        if !allowed {
-            return Reply::text(
-                401,
-                "machine actions need the server's status token (or, without one, a request from the server's own host)\n",
-            );
-        }
-        let Some((stem, "reprovision")) = path.trim_start_matches("/machines/").split_once('/')
-        else {
-            return Reply::text(404, "the action is /machines/MAC/reprovision\n");
-        };
-        let Some(mac) = fleet::parse_mac(stem) else {
-            return Reply::text(400, "not a MAC address\n");
-        };
-        fleet.reprovision(mac);
-        Reply::text(200, &format!("{mac} deploys on its next network boot\n"))
-    }
-
-    fn file(&self, head: &RequestHead, url_path: &str) -> Reply {
-        let Some(rel) = safe_relative(url_path) else {
-            return Reply::text(403, "forbidden path\n");
-        };
-        let full = self.root.join(&rel);
-        // Canonicalizing resolves symlinks: whatever they point at must still be
-        // inside the repository.
-        let real = match full.canonicalize() {
-            Ok(p) => p,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Reply::text(404, "not found\n");
-            }
-            Err(_) => return Reply::text(403, "forbidden path\n"),
-        };
-        if !real.starts_with(&self.root) {
-            return Reply::text(403, "forbidden path\n");
-        }
-        self.send_file(head, &real, content_type(&rel), cache_control(&rel))
-    }
-
-    /// A regular file, whole or the range asked for.
-    fn send_file(&self, head: &RequestHead, real: &Path, ctype: &str, cache: &str) -> Reply {
-        // Non-blocking, so a FIFO in the repository cannot hold this thread;
-        // only regular files are served.
-        let mut file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-            .open(real)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Reply::text(404, "not found\n");
-            }
-            Err(_) => return Reply::text(403, "forbidden\n"),
-        };
-        let (size, mtime) = match file.metadata() {
-            Ok(m) if m.is_file() => {
-                use std::os::unix::fs::MetadataExt;
-                (
-                    m.len(),
-                    (m.mtime(), m.mtime_nsec().clamp(0, 999_999_999) as u32),
-                )
-            }
-            Ok(_) => return Reply::text(404, "not a file\n"),
-            Err(_) => return Reply::text(500, "cannot stat file\n"),
-        };
-        // Validators, so a cache in front (squid, a CDN) revalidates a ref or
-        // a signature file with a 304 instead of fetching it again.
-        let (etag, modified) = http::validators(size, mtime);
-        let mut headers = vec![
-            ("Accept-Ranges", "bytes".to_string()),
-            ("Content-Type", ctype.to_string()),
-            ("Cache-Control", cache.to_string()),
-            ("ETag", etag.clone()),
-            ("Last-Modified", http::http_date(modified)),
-        ];
-        if http::not_modified(
-            head.header("if-none-match"),
-            head.header("if-modified-since"),
-            &etag,
-            modified,
-        ) {
-            return Reply {
-                status: 304,
-                headers,
-                body: Body::Bytes(Vec::new()),
-                close: false,
-            };
-        }
-        let (status, start, len) = match head.header("range").map(|r| http::parse_range(r, size)) {
-            None | Some(RangeRequest::Ignore) => (200, 0, size),
-            Some(RangeRequest::Unsatisfiable) => {
-                let mut r = Reply::text(416, "range not satisfiable\n");
-                r.headers.push(("Content-Range", format!("bytes */{size}")));
-                return r;
-            }
-            Some(RangeRequest::Range { start, len }) => {
-                headers.push((
-                    "Content-Range",
-                    format!("bytes {start}-{}/{size}", start + len - 1),
-                ));
-                (206, start, len)
-            }
-        };
-        if start > 0 && file.seek(SeekFrom::Start(start)).is_err() {
-            return Reply::text(500, "cannot seek\n");
-        }
-        Reply {
-            status,
-            headers,
-            body: Body::File { file, len },
-            close: false,
-        }
-    }
-
-    fn token_ok(&self, head: &RequestHead) -> bool {
+    /// Whether a status event carries the status token (for deploy
+    /// environments this server did not boot).
+    fn status_token_ok(&self, head: &RequestHead) -> bool {
         let Some(token) = &self.limits.status_token else {
             return false;
         };
-        let bearer = head
-            .header("authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        [bearer, head.query("token")]
+        [bearer(head), head.query("token")]
             .into_iter()
             .flatten()
             .any(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
     }
 
+    /// `POST /status`. An event that names a machine by its MAC address, on a
+    /// server with an inventory, is that machine's to send: it needs the
+    /// credential its boot script gave. Other names report as the status
+    /// token (or, without one, the first address to report) allows.
     fn post_status(&self, head: &RequestHead, body: &[u8], peer: IpAddr) -> Reply {
-        let trusted = self.token_ok(head);
-        if self.limits.status_token.is_some() && !trusted {
-            return Reply::text(401, "this server takes status events with its token only\n");
-        }
+        let event = match statuses::parse(body, peer) {
+            Ok(event) => event,
+            Err(e @ statuses::StatusError::TooLarge) => return Reply::text(413, &format!("{e}\n")),
+            Err(e) => return Reply::text(400, &format!("{}\n", http::printable(&e.to_string()))),
+        };
+        let machine = self
+            .provisioning
+            .fleet
+            .as_ref()
+            .zip(event.name.parse::<crate::format::inventory::Mac>().ok());
+        let trusted = match machine {
+            Some((fleet, mac)) => {
+                if let Err(refusal) = fleet.on_event(mac, &event.fields, bearer(head), peer) {
+                    log::warn!("status for {mac} from {peer} refused: {refusal}");
+                    return Reply::text(refusal.status(), &format!("{refusal}\n"));
+                }
+                true
+            }
+            None => {
+                let trusted = self.status_token_ok(head);
+                if self.limits.status_token.is_some() && !trusted {
+                    return Reply::text(
+                        401,
+                        "this server takes status events with its token only\n",
+                    );
+                }
+                trusted
+            }
+        };
+        let logged = http::printable(&String::from_utf8_lossy(body));
         let now = fleet::unix_now();
         let result = match self.statuses.lock() {
-            Ok(mut table) => table.post(body, peer, now, trusted),
+            Ok(mut table) => table.post(event, peer, now, trusted),
             Err(_) => return Reply::text(500, "status table unavailable\n"),
         };
         match result {
             Ok(name) => {
-                if let Some(fleet) = &self.provisioning.fleet
-                    && let Ok(event) = serde_json::from_slice::<serde_json::Value>(body)
-                {
-                    fleet.on_event(&name, &event);
-                }
-                log::info!(
-                    "status {}: {}",
-                    http::printable(&name),
-                    http::printable(&String::from_utf8_lossy(body))
-                );
+                log::info!("status {}: {logged}", http::printable(&name));
                 Reply::text(204, "")
             }
             Err(e @ statuses::StatusError::NotOwner { .. }) => {
                 Reply::text(409, &format!("{}\n", http::printable(&e.to_string())))
             }
-            Err(e @ statuses::StatusError::TooLarge) => Reply::text(413, &format!("{e}\n")),
             Err(e) => Reply::text(400, &format!("{}\n", http::printable(&e.to_string()))),
         }
     }
@@ -745,50 +599,13 @@ impl RepoServer {
             }
         });
     }
-
-    fn get_status(&self, head: &RequestHead) -> Reply {
-        let body = match self.statuses.lock() {
-            Ok(table) => match head.query("target") {
-                Some(name) => match table.history(name) {
-                    Some(h) => h.to_string(),
-                    None => return Reply::text(404, "no such machine\n"),
-                },
-                None => table.latest().to_string(),
-            },
-            Err(_) => return Reply::text(500, "status table unavailable\n"),
-        };
-        json_reply(body)
-    }
 }
 
-/// The status page's files, built into the binary. The page runs only its own
-/// script (no inline code), so nothing a machine reports can run in it.
-fn page_asset(content_type: &str, text: &str) -> Reply {
-    let mut reply = ok_reply(content_type, "no-cache", text.as_bytes().to_vec());
-    reply.headers.extend([
-        (
-            "Content-Security-Policy",
-            "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'".into(),
-        ),
-        ("X-Content-Type-Options", "nosniff".into()),
-    ]);
-    reply
-}
-
-fn json_reply(body: String) -> Reply {
-    ok_reply("application/json", "no-store", body.into_bytes())
-}
-
-fn ok_reply(content_type: &str, cache: &str, body: Vec<u8>) -> Reply {
-    Reply {
-        status: 200,
-        headers: vec![
-            ("Content-Type", content_type.to_string()),
-            ("Cache-Control", cache.to_string()),
-        ],
-        body: Body::Bytes(body),
-        close: false,
-    }
+/// The value of an `Authorization: Bearer` header.
+fn bearer(head: &RequestHead) -> Option<&str> {
+    head.header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 /// A `Host` header fit to put in the URLs of a boot script: a name or address
@@ -799,132 +616,4 @@ fn valid_host(host: &str) -> bool {
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
-}
-
-/// Over the connection limit: a short answer, never waited on, then close.
-fn refuse_busy(stream: TcpStream) {
-    let _ = stream.set_nonblocking(true);
-    let _ = (&stream).write(
-        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
-    );
-    let _ = stream.shutdown(Shutdown::Both);
-}
-
-fn write_reply(
-    stream: &mut TcpStream,
-    reply: Reply,
-    head_only: bool,
-    keep: bool,
-) -> io::Result<()> {
-    let len = reply.len();
-    let mut out = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
-    // An origin server with a clock says when it answered (RFC 9110 6.6.1):
-    // caches reckon a response's age from it.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    out.push_str(&format!("Date: {}\r\n", http::http_date(now)));
-    for (name, value) in &reply.headers {
-        out.push_str(&format!("{name}: {value}\r\n"));
-    }
-    // 204 and 304 carry no body, and a 304 must not announce one.
-    if reply.status != 204 && reply.status != 304 {
-        out.push_str(&format!("Content-Length: {len}\r\n"));
-    }
-    out.push_str(if keep {
-        "Connection: keep-alive\r\n\r\n"
-    } else {
-        "Connection: close\r\n\r\n"
-    });
-    stream.write_all(out.as_bytes())?;
-    if head_only || reply.status == 204 || reply.status == 304 {
-        return stream.flush();
-    }
-    match reply.body {
-        Body::Bytes(bytes) => stream.write_all(&bytes)?,
-        Body::File { file, len } => {
-            let copied = io::copy(&mut file.take(len), stream)?;
-            if copied != len {
-                // The file shrank under us: the length promised cannot be kept.
-                return Err(io::Error::other("file shorter than announced"));
-            }
-        }
-    }
-    stream.flush()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Turns a URL path into a relative path inside the repository, or `None` when any
-/// segment is outside the repository's character set (which excludes `..`, `%`
-/// escapes, backslashes and hidden names).
-pub fn safe_relative(url_path: &str) -> Option<String> {
-    let trimmed = url_path.strip_prefix('/')?;
-    if trimmed.is_empty() {
-        return None;
-    }
-    let ok = trimmed.split('/').all(|seg| {
-        !seg.is_empty()
-            && !seg.starts_with('.')
-            && seg
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    });
-    ok.then(|| trimmed.to_string())
-}
-
-fn content_type(rel: &str) -> &'static str {
-    if rel.starts_with("refs/") || rel.ends_with(".sig") {
-        "text/plain; charset=utf-8"
-    } else {
-        "application/octet-stream"
-    }
-}
-
-/// Chunks and manifests are named by their content and never change; refs move,
-/// and signature files grow when a signer is added.
-fn cache_control(rel: &str) -> &'static str {
-    if rel.starts_with("refs/") || rel.ends_with(".sig") {
-        "no-cache"
-    } else {
-        "public, max-age=31536000, immutable"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn safe_paths() {
-        assert_eq!(safe_relative("/refs/a/b").as_deref(), Some("refs/a/b"));
-        assert_eq!(
-            safe_relative("/chunks/sha256/ab/abcd").as_deref(),
-            Some("chunks/sha256/ab/abcd")
-        );
-        for bad in [
-            "/",
-            "",
-            "refs",
-            "/../etc/passwd",
-            "/refs/../../x",
-            "/refs/%2e%2e/x",
-            "/refs//x",
-            "/.hidden",
-            "/refs/a\\b",
-            "/refs/a b",
-        ] {
-            assert_eq!(safe_relative(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn signatures_and_refs_are_revalidated_content_is_immutable() {
-        assert_eq!(cache_control("refs/os/v1"), "no-cache");
-        assert_eq!(cache_control("manifests/sha256/ab.sig"), "no-cache");
-        assert!(cache_control("manifests/sha256/ab").contains("immutable"));
-        assert!(cache_control("chunks/sha256/ab/abcd").contains("immutable"));
-    }
 }
