@@ -68,7 +68,13 @@ pub struct Status {
     credential: Mutex<Option<String>>,
     agent: Mutex<Option<ureq::Agent>>,
     queue: Arc<Queue>,
+    /// Events from before the network was up, sent first once it is (the
+    /// server learns of the deploy from its `booted`).
+    early: Mutex<Vec<serde_json::Value>>,
 }
+
+/// Events kept from before the network is up.
+const MAX_EARLY: usize = 16;
 
 /// Events waiting to be sent, oldest first, and whether one is being sent.
 struct Queue {
@@ -113,6 +119,7 @@ impl Status {
                 state: Mutex::new((VecDeque::new(), false)),
                 changed: Condvar::new(),
             }),
+            early: Mutex::new(Vec::new()),
         }
     }
 
@@ -179,10 +186,23 @@ impl Status {
         if let Ok(mut c) = self.credential.lock() {
             c.clone_from(&credential);
         }
+        // Held while the URL is set, as by `send`: no event passes the early
+        // ones.
+        let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
         let first = self.url.lock().map(|u| u.is_none()).unwrap_or(false);
+        if first {
+            // Under the name the machine reports as now, which it may have
+            // learnt only with the network (its MAC address).
+            let target = self.target();
+            for mut event in std::mem::take(&mut *early) {
+                event["target"] = serde_json::Value::from(target.as_str());
+                self.queue.push(event.to_string());
+            }
+        }
         if let Ok(mut u) = self.url.lock() {
             *u = Some(url.to_string());
         }
+        drop(early);
         if let Ok(mut a) = self.agent.lock() {
             *a = Some(agent.clone());
         }
@@ -200,8 +220,11 @@ impl Status {
         let event = status::event(&target, phase, extra);
         let line = format!("imprint-status: {event}\n");
         let _ = std::io::stderr().write_all(line.as_bytes());
+        let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
         if self.url.lock().map(|u| u.is_some()).unwrap_or(false) {
             self.queue.push(event.to_string());
+        } else if early.len() < MAX_EARLY {
+            early.push(event);
         }
     }
 
@@ -301,5 +324,84 @@ fn deliver(queue: &Queue, url: &str, credential: Option<&str>, agent: &ureq::Age
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `https://` status URL needs the initramfs's CA certificates; this
+    /// host has none at that path, as an initramfs built without them. The
+    /// sender is never started for it (before, the first event panicked).
+    #[test]
+    fn an_https_status_url_without_ca_certificates_is_refused() {
+        assert!(!std::path::Path::new(super::super::CA_FILE).exists());
+        let e = usable_url("https://status.example/status").unwrap_err();
+        assert!(e.contains("--ca FILE"), "{e}");
+        assert!(usable_url("http://10.0.2.2:8080/status").is_ok());
+        let status = Status::new("m");
+        status.connect(
+            "https://status.example/status",
+            None,
+            Arc::new(crate::source::SystemResolver),
+        );
+        status.send(Phase::Booted, serde_json::Value::Null);
+        assert!(status.url.lock().unwrap().is_none());
+        status.flush(Duration::from_millis(10));
+    }
+
+    /// Events from before the network are sent once it is up, first, under
+    /// the name the machine has then.
+    #[test]
+    fn events_before_the_network_go_first_under_the_name_known_later() {
+        let status = Status::new("unknown");
+        status.send(Phase::Booted, serde_json::json!({ "n": 1 }));
+        status.set_target("52:54:00:12:34:56");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/status", listener.local_addr().unwrap());
+        status.connect(
+            &url,
+            Some("cred".into()),
+            Arc::new(crate::source::SystemResolver),
+        );
+        status.send(Phase::NetworkUp, serde_json::Value::Null);
+        let mut seen = Vec::new();
+        for stream in listener.incoming().take(2) {
+            use std::io::{BufRead, BufReader, Read};
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut len, mut auth) = (0, String::new());
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if lower.starts_with("authorization:") {
+                    auth = line.trim().to_string();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            stream
+                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            seen.push((event, auth));
+        }
+        assert_eq!(seen[0].0["phase"], "booted");
+        assert_eq!(seen[0].0["target"], "52:54:00:12:34:56");
+        assert_eq!(seen[1].0["phase"], "network-up");
+        assert!(
+            seen.iter()
+                .all(|(_, a)| a.eq_ignore_ascii_case("authorization: Bearer cred")),
+            "{seen:?}"
+        );
+        status.flush(Duration::from_secs(5));
     }
 }
