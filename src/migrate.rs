@@ -416,18 +416,23 @@ fn temporary_name(name: &str) -> String {
 /// Renames `tmp` over `name` in `dir`. An empty directory there makes room (one
 /// with contents stays, and the rename fails). A file mounted over (systemd's
 /// read-only transient /etc/machine-id until it commits one) is unmounted, as
-/// systemd's own commit does it, and replaced. If `tmp` cannot take the place,
-/// it is removed.
+/// systemd's own commit does it, and replaced: detached, so a process that has
+/// it open for a moment does not stand in the way, and again while mounts are
+/// stacked there. If `tmp` cannot take the place, it is removed.
 fn put_in_place(dir: &RootDir, tmp: &str, name: &str) -> io::Result<()> {
-    let placed = match dir.rename(tmp, name) {
+    let busy = |r: &io::Result<()>| matches!(r, Err(e) if e.kind() == io::ErrorKind::ResourceBusy);
+    let mut placed = match dir.rename(tmp, name) {
         Err(e) if e.kind() == io::ErrorKind::IsADirectory => dir
             .remove_empty_dir(name)
             .and_then(|()| dir.rename(tmp, name)),
-        Err(e) if e.kind() == io::ErrorKind::ResourceBusy => {
-            dir.unmount(name).and_then(|()| dir.rename(tmp, name))
-        }
         placed => placed,
     };
+    for _ in 0..4 {
+        if !busy(&placed) {
+            break;
+        }
+        placed = dir.unmount(name).and_then(|()| dir.rename(tmp, name));
+    }
     if placed.is_err() {
         let _ = dir.remove_file(tmp);
     }

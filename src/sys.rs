@@ -1001,12 +1001,14 @@ impl RootDir {
     /// Unmounts what is mounted on `name`. The mount is found through this
     /// directory's descriptor (by /proc, which must be mounted), not by a path a
     /// link could redirect.
+    /// Detaches what is mounted on `name` (lazily: a process that has it open
+    /// keeps what it has, and the name is free at once).
     pub fn unmount(&self, name: &str) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         let at = format!("/proc/self/fd/{}/{}", self.fd.as_raw_fd(), component(name)?);
         Ok(rustix::mount::unmount(
             at.as_str(),
-            rustix::mount::UnmountFlags::NOFOLLOW,
+            rustix::mount::UnmountFlags::NOFOLLOW | rustix::mount::UnmountFlags::DETACH,
         )?)
     }
 }

@@ -729,6 +729,78 @@ fn a_chunk_larger_than_the_memory_allows_is_refused_and_the_policy_followed() {
     );
 }
 
+/// The kernel's out-of-memory killer takes the deploy mid-write (QEMU's
+/// monitor presses SysRq-F, the kernel's own "manual OOM kill", which picks
+/// the largest process as it would when memory runs out): PID 1, which the
+/// killer never takes, reports the kill as a failed event (with the deploy's
+/// name) and follows the policy, here a power off.
+#[test]
+fn a_deploy_the_kernel_kills_for_memory_is_reported_and_the_policy_followed() {
+    require_qemu!();
+    let a = artifacts();
+    let repo = Repo::new();
+    add(&repo, "os:v1", &a.path("os-v1.img"));
+    let served = Served::start(&repo.path());
+    let dir = repo.dir.path().to_path_buf();
+    let disk = dir.join("disk.img");
+    sparse_disk(&disk, 300 << 20);
+    let socket = dir.join("monitor.sock");
+    let append = cmdline(
+        &served.url,
+        &format!(
+            "imprint.image=os:v1 imprint.target=oom imprint.on-error=poweroff sysrq_always_enabled imprint.status={}/status",
+            served.url.replace("127.0.0.1", "10.0.2.2")
+        ),
+    );
+    let vm = {
+        let (dir, disk, socket) = (dir.clone(), disk.clone(), socket.clone());
+        std::thread::spawn(move || {
+            boot(
+                &dir,
+                "oom",
+                Boot {
+                    append: Some(append),
+                    // Slow enough that the key lands while it writes.
+                    write_iops: &[8],
+                    monitor: Some(&socket),
+                    timeout: 300,
+                    ..Boot::default()
+                },
+                &[&disk],
+            )
+        })
+    };
+    let console = dir.join("oom.console");
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains(r#""phase":"writing""#)
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(240),
+            "the deploy never started writing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    monitor(&socket, "sendkey alt-sysrq-f");
+    let (status, c) = vm.join().unwrap();
+    assert!(status.success(), "the VM should power off: {status:?}\n{c}");
+    assert_has(
+        &c,
+        "the deploy process was killed (signal 9), most likely by the kernel for want of memory",
+    );
+    assert_has(&c, "powering off");
+    let events = status_of(&served.url);
+    assert_eq!(events["oom"]["phase"], Phase::Failed.as_str(), "{events}");
+    assert!(
+        events["oom"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("killed (signal 9)"),
+        "{events}"
+    );
+}
+
 /// A replayed signature cannot take a machine back: `os:stable` was signed for
 /// v1 (issued 2000) and then for v2 (issued 3000); a blank disk refuses v1
 /// below its `imprint.min-issued=`; v2 is on the disk; the ref pointed back at

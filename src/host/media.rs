@@ -49,7 +49,9 @@ pub enum MediaError {
     NoImage,
     #[error("{path}: {problems}; fix the inventory")]
     Inventory { path: PathBuf, problems: String },
-    #[error("kernel command-line extra {0:?} has a quote, a newline or a control character")]
+    #[error(
+        "kernel command-line extra {0:?} is not an argument GRUB and SYSLINUX pass on as it is: give letters, digits and - . _ ~ : / ? = + , @ % * ( ) [ ] only (arguments apart by spaces)"
+    )]
     BadArgument(String),
 }
 
@@ -152,9 +154,13 @@ fn entries(opts: &Options, images: &[(String, Digest)]) -> Vec<Entry> {
     if let Some((text, _)) = &opts.pubkey {
         common.push_str(&format!(" imprint.pubkey={text}"));
     }
-    for extra in &opts.cmdline {
+    for word in opts
+        .cmdline
+        .iter()
+        .flat_map(|extra| extra.split_whitespace())
+    {
         common.push(' ');
-        common.push_str(extra);
+        common.push_str(word);
     }
     opts.images
         .iter()
@@ -370,12 +376,15 @@ pub fn build(opts: &Options) -> Result<Report, MediaError> {
     if opts.images.is_empty() {
         return Err(MediaError::NoImage);
     }
+    // Each goes into the boot loaders' configuration files on a kernel line.
     if let Some(bad) = opts
         .cmdline
         .iter()
-        .find(|a| a.chars().any(|c| c.is_control() || c == '"' || c == '\''))
+        .flat_map(|extra| extra.split_whitespace())
+        .chain(opts.network_repo.as_deref())
+        .find(|a| !crate::format::ipxe::is_word(a))
     {
-        return Err(MediaError::BadArgument(bad.clone()));
+        return Err(MediaError::BadArgument(crate::format::http::printable(bad)));
     }
     need_file(GRUB_EFI_MODULES)?;
     if opts.iso {
@@ -749,6 +758,22 @@ mod tests {
 
     fn digest(b: u8) -> Digest {
         Digest::of(&[b])
+    }
+
+    /// What would mean something to GRUB or SYSLINUX on a kernel line is
+    /// refused before anything is built.
+    #[test]
+    fn extras_that_are_not_one_plain_argument_are_refused() {
+        for bad in ["a;b", "x$y", "{braces}", "ok a\"b", "--", "#c"] {
+            let mut opts = options(&["web:v3"], None);
+            opts.cmdline.push(bad.into());
+            assert!(
+                matches!(build(&opts), Err(MediaError::BadArgument(_))),
+                "{bad}"
+            );
+        }
+        let opts = options(&["web:v3"], Some("http://mirror/repo;reboot"));
+        assert!(matches!(build(&opts), Err(MediaError::BadArgument(_))));
     }
 
     #[test]

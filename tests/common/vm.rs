@@ -524,6 +524,8 @@ pub struct Boot<'a> {
     pub cdrom: Option<&'a Path>,
     /// The initramfs of a RAM-disk boot (default: the one qemu/prepare built).
     pub initrd: Option<&'a Path>,
+    /// QEMU's monitor on this Unix socket (see [`monitor`]).
+    pub monitor: Option<&'a Path>,
 }
 
 impl Default for Boot<'_> {
@@ -543,6 +545,7 @@ impl Default for Boot<'_> {
             usb: None,
             cdrom: None,
             initrd: None,
+            monitor: None,
         }
     }
 }
@@ -579,6 +582,9 @@ pub fn boot(dir: &Path, name: &str, b: Boot, disks: &[&Path]) -> (ExitStatus, St
     if let Some(cdrom) = b.cdrom {
         cmd.args(["--cdrom", cdrom.to_str().unwrap()]);
     }
+    if let Some(socket) = b.monitor {
+        cmd.args(["--monitor", socket.to_str().unwrap()]);
+    }
     for text in b.cut_on {
         cmd.args(["--cut-on", text]);
     }
@@ -602,6 +608,37 @@ pub fn boot(dir: &Path, name: &str, b: Boot, disks: &[&Path]) -> (ExitStatus, St
     let status = cmd.status().expect("running qemu/run");
     let console = std::fs::read_to_string(&serial).unwrap_or_default();
     (status, console)
+}
+
+/// Sends `command` to the monitor of a VM started with `Boot::monitor`
+/// (waiting for the socket to appear).
+pub fn monitor(socket: &Path, command: &str) {
+    use std::io::Write;
+    let start = std::time::Instant::now();
+    let mut conn = loop {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(30),
+                    "QEMU's monitor {}: {e}",
+                    socket.display()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    };
+    writeln!(conn, "{command}").unwrap();
+    // Its prompt comes once on connecting, and again once the command ran.
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let mut said = Vec::new();
+    let mut buf = [0u8; 4096];
+    while String::from_utf8_lossy(&said).matches("(qemu)").count() < 2 {
+        match std::io::Read::read(&mut conn, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => said.extend_from_slice(&buf[..n]),
+        }
+    }
 }
 
 /// `imprint serve --hosts` for network boots, on `listen` (a free port when
