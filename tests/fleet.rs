@@ -180,6 +180,16 @@ fn failed_deploys_are_retried_then_held_until_reprovisioned() {
     );
     assert!(held.contains("\nsleep 60\nchain "), "{held}");
     assert_eq!(machine(&machines(&served), FLAKY)["next"], "hold");
+    // Held, no credential given out before counts.
+    assert_eq!(
+        event(
+            &served,
+            FLAKY,
+            r#"{"phase":"booted","target":"MAC"}"#,
+            Some(&third)
+        ),
+        403
+    );
     // Held across a restart too; a reprovision lifts it.
     drop(served);
     let served = rig.serve(&[]);

@@ -60,6 +60,26 @@ fn a_get_changes_nothing() {
     assert_eq!(rig.machine_files(), known + 16);
     ask_from([127, 0, 0, 4], &stranger(100));
     assert_eq!(rig.machine_files(), known + 17);
+    // A machine the inventory lists is taken whatever came from its address.
+    let flaky = credential_of(&ask_from([127, 0, 0, 3], FLAKY));
+    let (status, _, body) = raw_request_from(
+        [127, 0, 0, 3],
+        &served.addr(),
+        &format!(
+            "POST /status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {flaky}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            BOOTED.replace("MAC", FLAKY).len(),
+            BOOTED.replace("MAC", FLAKY)
+        ),
+    );
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(rig.machine_files(), known + 18);
+    // A machine it does not provision (one that only registered) reports as
+    // any name does: without a credential, into the status table alone.
+    assert_eq!(event(&served, &stranger(1), BOOTED, None), 204);
+    assert_eq!(
+        machine(&machines(&served), &stranger(1))["state"]["phase"],
+        "registered"
+    );
 }
 
 /// A machine's deploy is completed by its own deploy environment only: not by
@@ -93,11 +113,45 @@ fn a_forged_completion_is_refused() {
     let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(doc[NODE]["phase"], "booted", "{doc}");
 
+    // Its own deploy environment starting over (PID 1's retry) is no restart:
+    // one credential cannot put the machine on hold.
+    for _ in 0..4 {
+        assert_eq!(event(&served, NODE, BOOTED, Some(&own)), 204);
+    }
+    let state = machine(&machines(&served), NODE)["state"].clone();
+    assert_eq!(state["failures"], 0, "{state}");
     assert_eq!(event(&served, NODE, COMPLETE, Some(&own)), 204);
     assert!(!is_deploy(&script(&served, NODE, "pcbios")));
     assert_eq!(event(&served, NODE, BOOTED, Some(&fetched_meanwhile)), 403);
     assert_eq!(event(&served, NODE, BOOTED, Some(&own)), 409);
+    // Done, its credential speaks once more: the installed OS's report.
+    assert_eq!(event(&served, NODE, COMPLETE, Some(&own)), 409);
+    let committed = r#"{"phase":"complete","target":"MAC","committed":"deploy"}"#;
+    assert_eq!(event(&served, NODE, committed, Some(&own)), 204);
     assert!(!is_deploy(&script(&served, NODE, "pcbios")));
+}
+
+/// The deploy environment's own `complete` never arrived (a kexec hand-off
+/// with the server unreachable): the installed OS's report, with the same
+/// credential, completes the deploy, and the machine boots its disk.
+#[test]
+fn the_installed_os_completes_a_deploy_whose_own_report_was_lost() {
+    let rig = Rig::new(INVENTORY);
+    let served = rig.serve(&[]);
+    let own = credential_of(&script(&served, NODE, "pcbios"));
+    assert_eq!(event(&served, NODE, BOOTED, Some(&own)), 204);
+    let committed = format!(
+        r#"{{"phase":"complete","target":"MAC","committed":"deploy","image":"sha256:{}"}}"#,
+        "cd".repeat(32)
+    );
+    assert_eq!(event(&served, NODE, &committed, Some(&own)), 204);
+    let m = machine(&machines(&served), NODE).clone();
+    assert_eq!(m["next"], "local", "{m}");
+    assert_eq!(m["state"]["committed"], true, "{m}");
+    assert_eq!(
+        m["state"]["completed"],
+        format!("sha256:{}", "cd".repeat(32))
+    );
 }
 
 /// A machine's cloud-init files (passwords, keys) go to its own deploy and
@@ -118,10 +172,12 @@ fn cloud_init_files_go_to_their_machine_only() {
     let want = (200, "#cloud-config\nhostname: node-1\n".to_string());
     assert_eq!(get_as(&served, path, &own), want);
     assert_eq!(get_as(&served, path, OPERATOR_TOKEN), want);
-    // The deploy done and the machine reprovisioned: its old credential is
-    // done with.
+    // The deploy done, its credential reads nothing more (it is on the
+    // installed OS's disk, and was on a kernel command line)...
     report(&served, NODE, &own, COMPLETE);
-    assert_eq!(get_as(&served, path, &own), want);
+    assert_eq!(get_as(&served, path, &own).0, 403);
+    assert_eq!(get_as(&served, path, OPERATOR_TOKEN), want);
+    // ...nor after the machine is reprovisioned.
     assert_eq!(
         post(
             &served,

@@ -528,8 +528,6 @@ fn check_file_name(name: &str) -> Result<String, String> {
     }
 }
 
-/// Bytes that may stand in a kernel argument inside an iPXE script: printable
-/// ASCII without spaces, quotes, backslashes or `$` (iPXE expands `${…}`).
 /// `s` as it may be shown in a message: control characters escaped, at most
 /// 64 characters.
 fn escape(s: &str) -> String {

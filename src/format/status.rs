@@ -60,6 +60,14 @@ impl Phase {
     }
 }
 
+/// Whether `text` may be shown as a phase, whoever sent it: up to 32 lower-case
+/// letters and `-` (the names above, and others' that look like them).
+pub fn shown_as_phase(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 32
+        && text.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+}
+
 impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

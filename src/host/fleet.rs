@@ -253,11 +253,32 @@ impl Fleet {
     }
 
     fn inventory(&self) -> Inventory {
-        self.loaded
+        self.with_inventory(Inventory::clone)
+    }
+
+    /// `f` of the inventory in force, without a copy of it.
+    fn with_inventory<T>(&self, f: impl FnOnce(&Inventory) -> T) -> T {
+        f(&self
+            .loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .inventory
-            .clone()
+            .inventory)
+    }
+
+    /// Whether events that name `mac` are this server's to check (its deploys
+    /// carry a credential): the inventory lists it, every machine not listed
+    /// deploys, or it has been sent a deploy.
+    pub fn provisions(&self, mac: Mac) -> bool {
+        let listed = self.with_inventory(|i| {
+            i.hosts.contains_key(&mac) || i.defaults.action == inventory::DefaultAction::Deploy
+        });
+        listed
+            || self
+                .machines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&mac)
+                .is_some_and(|m| m.deploys > 0 || m.generation > 0 || m.credential.is_some())
     }
 
     /// The boot script for `mac` on `platform`, with URLs under `base`, asked
@@ -292,19 +313,16 @@ impl Fleet {
             }
             Decision::Local { why, .. } => {
                 log::info!("{mac}: boots its own disk ({why:?})");
-                if known.is_none()
-                    && machines.len() < MAX_MACHINES
-                    && self.admit_new(from, unix_now())
-                {
+                let listed = inventory.hosts.contains_key(&mac);
+                if known.is_none() && self.admit(&machines, listed, from) {
                     let m = Machine {
                         phase: Some("registered".into()),
                         last_seen: unix_now(),
                         ..Machine::default()
                     };
-                    machines.insert(mac, m.clone());
-                    drop(machines);
-                    self.changed();
                     self.store(mac, &m);
+                    machines.insert(mac, m);
+                    self.changed();
                 }
             }
             Decision::Hold(message) => log::warn!("{mac}: held: {}", printable(message)),
@@ -321,8 +339,23 @@ impl Fleet {
         )
     }
 
+    /// Whether machine `mac`, not remembered yet, may be: one the inventory
+    /// lists always is; any other while there is room, a few at a time from
+    /// one address (IPv6: one /64).
+    fn admit(&self, machines: &BTreeMap<Mac, Machine>, listed: bool, from: IpAddr) -> bool {
+        listed || (machines.len() < MAX_MACHINES && self.admit_new(from, unix_now()))
+    }
+
     /// Whether one more new machine may be remembered for `from` at `now`.
     fn admit_new(&self, from: IpAddr, now: u64) -> bool {
+        let from = match from {
+            IpAddr::V6(v6) => {
+                let mut network = v6.octets();
+                network[8..].fill(0);
+                IpAddr::from(network)
+            }
+            v4 => v4,
+        };
         let mut newcomers = self.newcomers.lock().unwrap_or_else(|e| e.into_inner());
         if newcomers.len() >= ADDRESSES_KEPT {
             newcomers.retain(|_, (start, _)| now.saturating_sub(*start) < NEW_WINDOW_SECS);
@@ -352,7 +385,10 @@ impl Fleet {
         from: IpAddr,
     ) -> Result<(), Refusal> {
         let credential = credential.ok_or(Refusal::NoCredential(mac))?;
-        let inventory = self.inventory();
+        let (listed, reprovision_token) = self.with_inventory(|i| {
+            let entry = i.hosts.get(&mac);
+            (entry.is_some(), entry.and_then(|h| h.reprovision.clone()))
+        });
         let mut machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
         let known = machines.contains_key(&mac);
         let before = machines.get(&mac).cloned().unwrap_or_default();
@@ -367,11 +403,12 @@ impl Fleet {
             return Err(Refusal::NotStarted(mac));
         }
         let agent = event.get("committed").is_some();
-        if phase == "booted" && !agent && bound && m.completed.is_some() {
+        // A deploy that completed speaks once more: its installed OS's report.
+        if bound && m.completed.is_some() && !m.in_progress && !agent {
             return Err(Refusal::Completed(mac));
         }
         let now = unix_now();
-        if !known && (machines.len() >= MAX_MACHINES || !self.admit_new(from, now)) {
+        if !known && !self.admit(&machines, listed, from) {
             return Err(Refusal::TooManyNew(mac));
         }
         if let Some(image) = event.get("image").and_then(Value::as_str)
@@ -382,6 +419,9 @@ impl Fleet {
         }
         m.last_seen = now;
         match phase {
+            // The same deploy environment again (its deploy process started
+            // over, PID 1's retry): nothing new.
+            "booted" if !agent && bound && m.in_progress => {}
             "booted" if !agent => {
                 if m.in_progress {
                     m.failures += 1;
@@ -400,16 +440,15 @@ impl Fleet {
                 m.completed = None;
                 m.committed = false;
                 m.reprovision_asked = false;
-                m.pending_token = inventory
-                    .hosts
-                    .get(&mac)
-                    .and_then(|h| h.reprovision.clone());
+                m.pending_token = reprovision_token;
             }
-            // The installed OS's agent: it booted, and committed the deploy.
-            "complete" if agent => {
+            // The installed OS's agent: it booted, and committed the deploy
+            // (which completed, whether or not its own report of it arrived).
+            "complete" if agent && !m.in_progress => {
                 m.committed = m.completed.is_some();
             }
             "complete" if m.in_progress => {
+                m.committed = agent;
                 m.in_progress = false;
                 m.completed = Some(m.image_seen.clone().unwrap_or_else(|| "unknown".into()));
                 m.failures = 0;
@@ -431,10 +470,14 @@ impl Fleet {
             }
             _ => {}
         }
-        if !phase.is_empty()
-            && phase.len() <= 32
-            && phase.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
-        {
+        // Held from now on: no credential given out before counts any more,
+        // not even the last deploy's (a retry of its own goes unheard; the
+        // operator reprovisions).
+        if m.failures >= self.opts.attempts.max(1) && before.failures < self.opts.attempts.max(1) {
+            m.generation += 1;
+            m.credential = None;
+        }
+        if crate::format::status::shown_as_phase(phase) {
             m.phase = Some(phase.to_string());
         }
         // Progress events come often; only a change of state is written down.
@@ -448,12 +491,13 @@ impl Fleet {
                 image_seen: None,
                 ..before
             };
-        machines.insert(mac, m.clone());
-        drop(machines);
-        self.changed();
+        // Written under the lock, so the file never goes back to an older state.
         if store {
             self.store(mac, &m);
         }
+        machines.insert(mac, m);
+        drop(machines);
+        self.changed();
         Ok(())
     }
 
@@ -464,7 +508,9 @@ impl Fleet {
         let machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
         let m = machines.get(&mac).cloned().unwrap_or_default();
         let bound = m.credential.as_deref() == Some(access::fingerprint(credential).as_str());
-        if bound || self.keys.credential_valid(credential, mac, m.generation) {
+        // Its deploy's: under way, or about to start.
+        let deploying = bound && (m.in_progress || m.completed.is_none());
+        if deploying || self.keys.credential_valid(credential, mac, m.generation) {
             Ok(())
         } else {
             Err(Refusal::WrongCredential(mac))
@@ -473,10 +519,12 @@ impl Fleet {
 
     /// Sends `mac` through the deploy again on its next network boot (and lifts
     /// a hold).
-    pub fn reprovision(&self, mac: Mac) {
+    /// Returns false when the server has no room to remember one more machine.
+    pub fn reprovision(&self, mac: Mac) -> bool {
+        let listed = self.with_inventory(|i| i.hosts.contains_key(&mac));
         let mut machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
-        if !machines.contains_key(&mac) && machines.len() >= MAX_MACHINES {
-            return;
+        if !machines.contains_key(&mac) && machines.len() >= MAX_MACHINES && !listed {
+            return false;
         }
         let m = machines.entry(mac).or_default();
         m.reprovision_asked = true;
@@ -488,10 +536,11 @@ impl Fleet {
         m.credential = None;
         m.generation += 1;
         let m = m.clone();
+        self.store(mac, &m);
         drop(machines);
         self.changed();
         log::info!("{mac}: reprovision asked; it deploys on its next network boot");
-        self.store(mac, &m);
+        true
     }
 
     /// What the server knows, for `GET /machines` and the page: every machine

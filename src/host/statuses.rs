@@ -222,7 +222,7 @@ impl StatusTable {
                 .back()
                 .and_then(|e| e.get("phase"))
                 .and_then(Value::as_str)
-                .filter(|p| p.len() <= 32 && p.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+                .filter(|p| crate::format::status::shown_as_phase(p))
                 .unwrap_or("unknown");
             *counts.entry(phase.to_string()).or_insert(0) += 1;
         }

@@ -531,10 +531,10 @@ impl RepoServer {
             .any(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
     }
 
-    /// `POST /status`. An event that names a machine by its MAC address, on a
-    /// server with an inventory, is that machine's to send: it needs the
-    /// credential its boot script gave. Other names report as the status
-    /// token (or, without one, the first address to report) allows.
+    /// `POST /status`. An event that names a machine the server provisions by
+    /// its MAC address is that machine's to send: it needs the credential its
+    /// boot script gave. Other names report as the status token (or, without
+    /// one, the first address to report) allows.
     fn post_status(&self, head: &RequestHead, body: &[u8], peer: IpAddr) -> Reply {
         let event = match statuses::parse(body, peer) {
             Ok(event) => event,
@@ -545,7 +545,8 @@ impl RepoServer {
             .provisioning
             .fleet
             .as_ref()
-            .zip(event.name.parse::<crate::format::inventory::Mac>().ok());
+            .zip(event.name.parse::<crate::format::inventory::Mac>().ok())
+            .filter(|(fleet, mac)| fleet.provisions(*mac));
         let trusted = match machine {
             Some((fleet, mac)) => {
                 if let Err(refusal) = fleet.on_event(mac, &event.fields, bearer(head), peer) {

@@ -67,13 +67,13 @@ pub(super) enum Proof {
 
 /// One view's shared serialization.
 #[derive(Default)]
-struct Copy {
+struct SharedView {
     current: Option<(u128, Arc<Vec<u8>>)>,
     /// Earlier copies, alive while slow clients are still sent them.
     older: Vec<Weak<Vec<u8>>>,
 }
 
-impl Copy {
+impl SharedView {
     /// The view as of `version`, built by `build` unless the copy in hand is
     /// of that version, or too many copies are alive to make another.
     fn get(&mut self, version: u128, build: impl FnOnce() -> Vec<u8>) -> Arc<Vec<u8>> {
@@ -97,14 +97,18 @@ impl Copy {
 /// The views of the tables that clients read, each shared.
 #[derive(Default)]
 pub(super) struct Views {
-    status: Mutex<Copy>,
-    status_public: Mutex<Copy>,
-    machines: Mutex<Copy>,
-    machines_public: Mutex<Copy>,
+    status: Mutex<SharedView>,
+    status_public: Mutex<SharedView>,
+    machines: Mutex<SharedView>,
+    machines_public: Mutex<SharedView>,
 }
 
-fn shared(copy: &Mutex<Copy>, version: u128, build: impl FnOnce() -> Vec<u8>) -> Arc<Vec<u8>> {
-    copy.lock()
+fn shared(
+    view: &Mutex<SharedView>,
+    version: u128,
+    build: impl FnOnce() -> Vec<u8>,
+) -> Arc<Vec<u8>> {
+    view.lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(version, build)
 }
@@ -263,28 +267,28 @@ impl RepoServer {
         let Some(mac) = fleet::parse_mac(stem) else {
             return Reply::text(400, "not a MAC address\n");
         };
-        fleet.reprovision(mac);
+        if !fleet.reprovision(mac) {
+            return Reply::text(
+                503,
+                &format!(
+                    "{mac}: the server remembers {} machines, its most; remove machine files under its data directory, or list {mac} in the inventory\n",
+                    fleet::MAX_MACHINES
+                ),
+            );
+        }
         Reply::text(200, &format!("{mac} deploys on its next network boot\n"))
     }
 
-    /// What this client may see: `Some(true)` everything, `Some(false)` the
-    /// public counts, `None` nothing.
-    fn sees_all(&self, head: &RequestHead) -> Option<bool> {
+    /// What this client sees: the operator's view, the full one, the public
+    /// counts (`X-Imprint-View` names it), or nothing.
+    fn view(&self, head: &RequestHead) -> Option<&'static str> {
         if self.operator(head).is_some() {
-            return Some(true);
+            return Some("operator");
         }
         match self.limits.public_view {
-            PublicView::Full => Some(true),
-            PublicView::Counts => Some(false),
+            PublicView::Full => Some("full"),
+            PublicView::Counts => Some("counts"),
             PublicView::None => None,
-        }
-    }
-
-    fn view_name(&self, head: &RequestHead, all: bool) -> &'static str {
-        match (self.operator(head).is_some(), all) {
-            (true, _) => "operator",
-            (false, true) => "full",
-            (false, false) => "counts",
         }
     }
 
@@ -292,9 +296,10 @@ impl RepoServer {
     /// machine's recent events), or, in the public view, how many machines
     /// are in each phase.
     pub(super) fn get_status(&self, head: &RequestHead) -> Reply {
-        let Some(all) = self.sees_all(head) else {
+        let Some(view) = self.view(head) else {
             return not_public();
         };
+        let all = view != "counts";
         let Ok(table) = self.statuses.lock() else {
             return Reply::text(500, "status table unavailable\n");
         };
@@ -318,7 +323,7 @@ impl RepoServer {
             })
         };
         drop(table);
-        shared_json(body, self.view_name(head, all))
+        shared_json(body, view)
     }
 
     /// `GET /machines`, what the page shows: the server's time, the machines of
@@ -326,9 +331,10 @@ impl RepoServer {
     /// the other names that report status; in the public view, each machine's
     /// phase and progress only.
     pub(super) fn machines(&self, head: &RequestHead) -> Reply {
-        let Some(all) = self.sees_all(head) else {
+        let Some(view) = self.view(head) else {
             return not_public();
         };
+        let all = view != "counts";
         let Ok(table) = self.statuses.lock() else {
             return Reply::text(500, "status table unavailable\n");
         };
@@ -361,7 +367,7 @@ impl RepoServer {
             shared(&self.views.machines_public, version, || build(false))
         };
         drop(table);
-        shared_json(body, self.view_name(head, all))
+        shared_json(body, view)
     }
 }
 
@@ -379,13 +385,15 @@ fn shown_phase(m: &Value) -> String {
     if state["committed"] == true {
         return "committed".into();
     }
-    if m["next"] == "hold" {
+    // Held is what its next network boot gets; while a deploy is under way,
+    // its phase says more.
+    if m["next"] == "hold" && state["in_progress"] != true {
         return "hold".into();
     }
     event["phase"]
         .as_str()
         .or(state["phase"].as_str())
-        .filter(|p| p.len() <= 32 && p.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+        .filter(|p| crate::format::status::shown_as_phase(p))
         .unwrap_or("unknown")
         .to_string()
 }
@@ -434,7 +442,7 @@ mod tests {
 
     #[test]
     fn a_view_is_built_once_per_version_and_copies_stay_few() {
-        let mut copy = Copy::default();
+        let mut copy = SharedView::default();
         let builds = std::cell::Cell::new(0);
         let build = |n: u8| {
             builds.set(builds.get() + 1);
@@ -476,6 +484,8 @@ mod tests {
                   "next": "deploy web:v2", "state": { "last_error": "disk gone", "phase": "failed" },
                   "event": { "phase": "writing", "done": 5, "total": 10, "from": "10.0.0.9" } },
                 { "mac": "52:54:00:12:34:57", "next": "local", "state": { "committed": true }, "event": null },
+                { "mac": "52:54:00:12:34:58", "next": "hold", "state": { "in_progress": true },
+                  "event": { "phase": "writing" } },
             ],
             "others": { "static-9": { "phase": "failed", "error": "secret path /x" } },
         });
@@ -492,7 +502,9 @@ mod tests {
         ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
-        assert_eq!(public["counts"]["writing"], 1);
+        // The last attempt under way shows what it does, not the hold ahead.
+        assert_eq!(public["counts"]["writing"], 2);
+        assert_eq!(public["machines"][2]["next"], "hold");
         assert_eq!(public["counts"]["committed"], 1);
         assert_eq!(public["counts"]["failed"], 1);
         assert_eq!(public["machines"][0]["next"], "deploy");

@@ -75,7 +75,7 @@ function row(m, now) {
   tr.append(text("td", m.image || (event && event.image) || state.completed || "", "image"));
   let shown = phase;
   if (state.committed) shown = "committed";
-  if (m.next === "hold") shown = "hold";
+  if (m.next === "hold" && !state.in_progress) shown = "hold";
   tr.append(phaseCell(shown));
   tr.append(progressCell(m.mac || m.name, event, now));
   const heard = event && event.received ? now - event.received
