@@ -340,24 +340,10 @@ fn an_error_a_machine_reports_is_shown_by_ipxe_never_run() {
     require_qemu!();
     let repo = Repo::new();
     // The attacker's server: counts who asks, and would power the machine off.
-    let evil = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let evil_port = evil.local_addr().unwrap().port();
-    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    {
-        let asked = asked.clone();
-        std::thread::spawn(move || {
-            for stream in evil.incoming().flatten() {
-                asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                use std::io::Write;
-                let body = "#!ipxe\necho PWNED by a status event\npoweroff\n";
-                let _ = write!(
-                    &stream,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-    }
+    let (evil_port, asked) = answering_server(
+        "text/plain",
+        "#!ipxe\necho PWNED by a status event\npoweroff\n".into(),
+    );
     let (served, net) = provisioning_server_with(
         &repo,
         &format!("[hosts.\"{MAC}\"]\nimage = \"os:v1\"\n"),

@@ -313,15 +313,6 @@ fn kept_alive(addr: &str, path: &str) -> TcpStream {
     kept_alive_on(TcpStream::connect(addr).unwrap(), path)
 }
 
-/// A connection from the loopback address `source`.
-fn connect_from(source: [u8; 4], addr: &str) -> TcpStream {
-    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
-    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
-    bind(&fd, &std::net::SocketAddr::from((source, 0))).unwrap();
-    connect(&fd, &addr.parse::<std::net::SocketAddr>().unwrap()).unwrap();
-    TcpStream::from(fd)
-}
-
 /// `conn` once it has had one answer (so the server counts it), kept open.
 fn kept_alive_on(mut conn: TcpStream, path: &str) -> TcpStream {
     write!(conn, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();

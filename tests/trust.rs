@@ -305,24 +305,8 @@ fn a_page_of_another_site_cannot_act_in_a_signed_in_browser() {
          <script>fetch(\"{action}\", {{method: \"POST\", credentials: \"include\", mode: \"no-cors\"}})\
          .finally(() => document.getElementById(\"f\").submit());</script>"
     );
-    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let other_url = format!(
-        "http://localhost:{}/cats.html",
-        other.local_addr().unwrap().port()
-    );
-    std::thread::spawn(move || {
-        for stream in other.incoming().flatten() {
-            use std::io::{Read, Write};
-            let mut s = stream;
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
-                page.len()
-            );
-        }
-    });
+    let (other_port, _) = answering_server("text/html", page);
+    let other_url = format!("http://localhost:{other_port}/cats.html");
     chromium(&other_url, None, Some(profile.path()));
     // Both requests came, and were refused.
     assert!(

@@ -364,6 +364,37 @@ pub fn raw_request(addr: &str, request: &str) -> (u16, Vec<(String, String)>, Ve
     read_response(&mut reader, request.starts_with("HEAD"))
 }
 
+/// A connection to `addr` from the loopback address `source` (127.0.0.2, ...).
+pub fn connect_from(source: [u8; 4], addr: &str) -> TcpStream {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    bind(&fd, &std::net::SocketAddr::from((source, 0))).unwrap();
+    connect(&fd, &addr.parse::<std::net::SocketAddr>().unwrap()).unwrap();
+    TcpStream::from(fd)
+}
+
+/// A server on a free loopback port that answers every request with `body`
+/// (of `content_type`) and counts them: (its port, the count).
+pub fn answering_server(content_type: &str, body: String) -> (u16, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let asked = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&asked);
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut request = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let _ = stream.write_all(format!("{head}{body}").as_bytes());
+        }
+    });
+    (port, asked)
+}
+
 /// [`raw_request`] from the loopback address `source` (127.0.0.2, ...), as
 /// another machine would send it.
 pub fn raw_request_from(
@@ -371,11 +402,7 @@ pub fn raw_request_from(
     addr: &str,
     request: &str,
 ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
-    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
-    bind(&fd, &std::net::SocketAddr::from((source, 0))).unwrap();
-    connect(&fd, &addr.parse::<std::net::SocketAddr>().unwrap()).unwrap();
-    let mut stream = TcpStream::from(fd);
+    let mut stream = connect_from(source, addr);
     stream.write_all(request.as_bytes()).expect("send");
     let mut reader = BufReader::new(stream);
     read_response(&mut reader, request.starts_with("HEAD"))
