@@ -82,10 +82,12 @@ pub struct Plan<'a> {
     pub disk_guid: Guid,
     /// GUID of the state partition created when the image has none.
     pub state_guid: Guid,
-    /// Upgrades: the previous OS's layout. A new ESP sharing its GUID with it gets
-    /// `esp_guid`, since firmware boot entries name the ESP by GUID.
+    /// Upgrades: the previous OS's layout. Every partition of the new disk that
+    /// shares its GUID with one there gets the next of `fresh_guids` (in
+    /// partition order): firmware boot entries name the ESP by GUID, and
+    /// `root=PARTUUID=` and the like must find the new disk's partition alone.
     pub previous: Option<&'a Layout>,
-    pub esp_guid: Guid,
+    pub fresh_guids: &'a [Guid],
     /// The record for the state partition.
     pub record: &'a Record,
     /// A disk whose chunks at the same offsets are copied instead of fetched.
@@ -106,10 +108,11 @@ pub struct Installed {
     pub layout: Layout,
     /// The state partition, if the install created it.
     pub added_state: Option<Partition>,
-    /// The ESP's new GUID, if it shared one with the previous OS.
-    pub renewed_esp: Option<Guid>,
-    /// Partitions that share a GUID with the previous OS's (left as they are:
-    /// changing them could break an OS that finds its root by PARTUUID).
+    /// Partitions that shared a GUID with the previous OS's (as the image has
+    /// them), with the fresh GUID each has now.
+    pub renewed: Vec<(Partition, Guid)>,
+    /// Partitions still sharing a GUID with the previous OS's: more of them
+    /// than fresh GUIDs were given.
     pub shared_guids: Vec<Partition>,
 }
 
@@ -339,8 +342,9 @@ fn rewrite_partition_table(
         .layout
         .as_ref()
         .ok_or_else(|| InstallError::NoPartitionTable(manifest.name.clone()))?;
-    let mut renewed_esp = None;
+    let mut renewed = Vec::new();
     let mut shared_guids = Vec::new();
+    let mut fresh = plan.fresh_guids.iter();
     if let Some(previous) = plan.previous {
         for p in &layout.partitions {
             if !previous
@@ -350,11 +354,12 @@ fn rewrite_partition_table(
             {
                 continue;
             }
-            if p.type_guid == gpt::ESP_TYPE && renewed_esp.is_none() {
-                gpt::renew_partition_guid(head, p.number, plan.esp_guid).map_err(gpt_error)?;
-                renewed_esp = Some(plan.esp_guid);
-            } else {
-                shared_guids.push(p.clone());
+            match fresh.next() {
+                Some(&guid) => {
+                    gpt::renew_partition_guid(head, p.number, guid).map_err(gpt_error)?;
+                    renewed.push((p.clone(), guid));
+                }
+                None => shared_guids.push(p.clone()),
             }
         }
     }
@@ -372,7 +377,7 @@ fn rewrite_partition_table(
         progress: Progress::default(),
         layout: relocated.layout.clone(),
         added_state: relocated.added.clone(),
-        renewed_esp,
+        renewed,
         shared_guids,
     };
     Ok((relocated, installed))
@@ -902,7 +907,7 @@ mod tests {
             disk_guid: Guid([0x11; 16]),
             state_guid: Guid([0x22; 16]),
             previous: None,
-            esp_guid: Guid([0x33; 16]),
+            fresh_guids: &[Guid([0x33; 16])],
             record,
             seed: None,
             before_head: None,
@@ -1340,6 +1345,49 @@ mod tests {
             assert_eq!(p.chunks_fetched, 1, "change at {at}: {p:?}");
             assert!(p.fetched_bytes > 0);
         }
+    }
+
+    /// An upgrade from an image of the same family: every partition the new
+    /// disk shares a GUID with on the previous disk gets a fresh one, so that
+    /// `root=PARTUUID=` and firmware entries find only the new disk's.
+    #[test]
+    fn an_upgrade_gives_partitions_shared_with_the_previous_disk_fresh_guids() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(5);
+        let (manifest, source) = manifest_and_source(&img, "new");
+        let previous = manifest.layout.clone().unwrap();
+        let shared = previous.partitions.len();
+        assert!(shared >= 2, "{previous:?}");
+        let fresh: Vec<Guid> = (0..shared as u8).map(|i| Guid([0x40 + i; 16])).collect();
+        let path = dir.path().join("disk.img");
+        let disk = DiskTarget::open_for_write(&path, required_size(&manifest).unwrap()).unwrap();
+        let r = record("new");
+        let mut p = plan(&r);
+        p.previous = Some(&previous);
+        p.fresh_guids = &fresh;
+        let installed = install(&source, &manifest, &disk, &p, &|_| {}, &mut |_| true).unwrap();
+        assert!(installed.shared_guids.is_empty(), "{installed:?}");
+        assert_eq!(installed.renewed.len(), shared);
+        let written = gpt::read(&mut Cursor::new(std::fs::read(&path).unwrap()))
+            .unwrap()
+            .unwrap();
+        for (old, guid) in &installed.renewed {
+            let now = written
+                .partitions
+                .iter()
+                .find(|q| q.number == old.number)
+                .unwrap();
+            assert_eq!(now.unique_guid, *guid);
+            assert_eq!(now.type_guid, old.type_guid);
+            assert!(!previous.partitions.iter().any(|q| q.unique_guid == *guid));
+        }
+        // Fewer fresh GUIDs than shared partitions: the rest are said to share.
+        let mut p = plan(&r);
+        p.previous = Some(&previous);
+        p.fresh_guids = &fresh[..1];
+        let installed = install(&source, &manifest, &disk, &p, &|_| {}, &mut |_| true).unwrap();
+        assert_eq!(installed.renewed.len(), 1);
+        assert_eq!(installed.shared_guids.len(), shared - 1);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 use super::disks::{self, DiskInfo};
 use super::drivers;
 use super::identity::{self, Rename};
+use crate::format::dps::{LINUX_DATA, ROOT_X86_64, XBOOTLDR};
 use crate::format::fstype;
 use crate::format::glob::glob_match;
 use crate::format::gpt::{Guid, Layout, Partition};
@@ -80,21 +81,6 @@ const OWN_AGENT_PATHS: &[&str] = &[
     "usr/local/sbin/imprint",
 ];
 const MOUNT_POINT: &str = "/run/imprint/root";
-
-/// Discoverable Partitions Specification: root partition, x86-64.
-const ROOT_X86_64: Guid = Guid::from_fields(
-    0x4F68BCE3,
-    0xE8CD,
-    0x4DB1,
-    [0x96, 0xE7, 0xFB, 0xCA, 0xF9, 0x84, 0xB7, 0x09],
-);
-/// Linux file system data.
-const LINUX_DATA: Guid = Guid::from_fields(
-    0x0FC63DAF,
-    0x8483,
-    0x4772,
-    [0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4],
-);
 
 /// What the OS in a root needs.
 #[derive(Debug, PartialEq, Eq)]
@@ -370,14 +356,6 @@ pub(super) fn ensure(
     }
     provided
 }
-
-/// Extended Boot Loader partition (a separate `/boot`, Discoverable Partitions).
-const XBOOTLDR: Guid = Guid::from_fields(
-    0xBC13C2FF,
-    0x59E6,
-    0x4262,
-    [0xA3, 0x52, 0xB2, 0x75, 0xFD, 0x6F, 0x71, 0x72],
-);
 
 /// A partition that may be a separate `/boot`.
 fn is_boot_candidate(p: &Partition) -> bool {

@@ -11,6 +11,7 @@ use crate::engine::install::{self, Installed, Plan, Step};
 use crate::engine::{self, DeployOptions, DiskTarget, Progress, Resolved, Target, Trust};
 use crate::format::cmdline::{self, Config, RepoSource};
 use crate::format::gpt::{self, Guid, Layout};
+use crate::format::http::printable;
 use crate::format::state::{self, Record};
 use crate::format::status::Phase;
 use crate::format::timing::{ByteSources, DataWork, Phase as Timed, Timings};
@@ -749,11 +750,22 @@ fn install_image(
                 fresh_identities(&disk_path, layout, previous);
         }
     };
+    // One fresh GUID for each partition that could share its GUID with one of
+    // the previous disk's.
+    let fresh_guids = match previous {
+        Some(p) => p
+            .layout
+            .partitions
+            .iter()
+            .map(|_| random_guid())
+            .collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
     let plan = Plan {
         disk_guid: random_guid()?,
         state_guid: random_guid()?,
         previous: previous.map(|p| &p.layout),
-        esp_guid: random_guid()?,
+        fresh_guids: &fresh_guids,
         record,
         seed: seed.as_ref().map(|s| s as &dyn Target),
         before_head: previous
@@ -827,14 +839,21 @@ fn install_image(
             p.number
         );
     }
-    if let Some(guid) = installed.renewed_esp {
-        log::info!("the new disk's ESP had the same GUID as the previous disk's; it is now {guid}");
+    // "partition 2 (Root Partition)", or without a name where it has none.
+    let named = |p: &gpt::Partition| match p.name.as_str() {
+        "" => format!("partition {}", p.number),
+        name => format!("partition {} ({})", p.number, printable(name)),
+    };
+    for (p, guid) in &installed.renewed {
+        log::info!(
+            "{} of the new disk had the same GUID as one on the previous disk; it is now {guid}",
+            named(p)
+        );
     }
     for p in &installed.shared_guids {
         log::warn!(
-            "partition {} ({:?}) of the new disk has the same GUID {} as one on the previous disk; anything that finds it by PARTUUID may find the old one",
-            p.number,
-            p.name,
+            "{} of the new disk has the same GUID {} as one on the previous disk; anything that finds it by PARTUUID may find the old one",
+            named(p),
             p.unique_guid
         );
     }
@@ -844,7 +863,14 @@ fn install_image(
         record.mode.as_str(),
         resolved.digest
     );
-    let renames = renames.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut renames = renames.into_inner().unwrap_or_else(|e| e.into_inner());
+    // What names a renewed partition by its GUID (root=PARTUUID=, fstab's
+    // PARTUUID=) follows it.
+    renames.extend(installed.renewed.iter().map(|(p, guid)| identity::Rename {
+        partition: p.number,
+        old: p.unique_guid.to_string(),
+        new: guid.to_string(),
+    }));
     Ok((installed, replaced, renames))
 }
 

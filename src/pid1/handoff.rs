@@ -1,16 +1,17 @@
 //! Handing the machine to the installed OS: a firmware reboot, a power off, or
 //! kexec straight into the installed kernel.
 
+use super::bootentry::{self, Found, Payload, Start};
 use super::console::STATUS_WAIT;
 use super::{Never, disks, drivers, status, uptime};
 use crate::bootswitch;
-use crate::format::bootcfg::{self, BootEntry};
 use crate::format::cmdline::{Config, Handoff};
+use crate::format::dps::{self, Root};
 use crate::format::gpt::Layout;
 use crate::format::http::printable;
 use crate::format::manifest::BootFacts;
+use crate::format::pe;
 use crate::format::status::Phase;
-use crate::statepart;
 use crate::sys::{self, PowerAction};
 use anyhow::{Context, Result, anyhow};
 
@@ -25,13 +26,16 @@ pub(super) fn handoff(
         Handoff::Poweroff => "poweroff",
         Handoff::Kexec => "kexec",
     };
+    let mut not_kexec = None;
+    let mut what = what;
     if config.handoff == Handoff::Kexec {
-        kexec_installed(disk, layout, boot, false, |kernel| {
+        not_kexec = Some(kexec_installed(disk, layout, boot, false, |kernel| {
             format!("handing off (kexec {kernel}) at {:.2} s", uptime())
-        });
+        }));
+        what = "reboot";
     }
     log::info!("handing off ({what}) at {:.2} s", uptime());
-    announce(what, false);
+    announce(what, false, not_kexec.as_deref());
     let action = match config.handoff {
         Handoff::Poweroff => PowerAction::Poweroff,
         _ => PowerAction::Reboot,
@@ -41,193 +45,199 @@ pub(super) fn handoff(
 }
 
 /// The status events of a hand-off (`unchanged`: nothing was written), sent
-/// before the machine goes.
-fn announce(handoff: &str, unchanged: bool) {
+/// before the machine goes; `not_kexec`: why it is not the kexec asked for.
+fn announce(handoff: &str, unchanged: bool, not_kexec: Option<&str>) {
     let mut extra = serde_json::json!({ "uptime": uptime() });
     if unchanged {
         extra["unchanged"] = true.into();
     }
     let mut with_handoff = extra.clone();
     with_handoff["handoff"] = handoff.into();
+    if let Some(why) = not_kexec {
+        with_handoff["not_kexec"] = why.into();
+    }
     status().send(Phase::Handoff, with_handoff);
     status().send(Phase::Complete, extra);
     status().flush(STATUS_WAIT);
     sys::sync_all();
 }
 
-/// Starts the installed OS by kexec: the manifest's boot facts, else the entry
-/// its own boot loader would start. Returns only when that could not be done,
-/// having said why; `line` is what the console says when it goes.
+/// Starts the installed OS by kexec: the manifest's boot facts, else what its
+/// own boot loader would start, with the root named where only a boot loader
+/// would have told the OS where it is. Returns only when that could not be
+/// done, with why (said on the console too); `line` is what the console says
+/// when it goes.
 fn kexec_installed(
     disk: &disks::DiskInfo,
     layout: &Layout,
     boot: Option<&BootFacts>,
     unchanged: bool,
     line: impl Fn(&str) -> String,
-) {
-    let found;
-    let facts = match boot {
-        Some(b) => b,
-        None => {
-            found = find_boot_facts(disk, layout);
-            match &found {
-                Some(f) => f,
-                None => {
-                    log::warn!(
-                        "no boot facts in the image (image add --boot-partition --kernel) and no boot loader configuration imprint reads on {}; rebooting through the firmware instead of kexec",
-                        disk.dev_path()
-                    );
-                    return;
-                }
-            }
+) -> String {
+    let why = match kexec_start(disk, layout, boot) {
+        Ok(start) => {
+            log::info!("{}", line(start.kernel()));
+            announce("kexec", unchanged, None);
+            let e = sys::kexec_reboot();
+            format!("kexec failed: {e}")
         }
+        Err(why) => why,
     };
-    if let Err(e) = load_installed_kernel(disk, facts) {
-        log::warn!(
-            "loading the installed kernel for kexec: {}; rebooting through the firmware instead",
-            crate::error_text(&e)
-        );
-        return;
-    }
-    log::info!("{}", line(&facts.kernel));
-    announce("kexec", unchanged);
-    let e = sys::kexec_reboot();
-    log::warn!("kexec failed: {e}; rebooting through the firmware instead");
+    log::warn!(
+        "not starting the installed OS by kexec: {why}; rebooting through the firmware into {} instead",
+        disk.dev_path()
+    );
+    why
 }
 
-/// Mounts partition `number` of `disk` read-only at `mnt`, as whichever file
-/// system it holds; returns the device and the file system's name.
-fn mount_partition(
+/// Finds what to start and loads it; the reason when it cannot be done.
+fn kexec_start(
     disk: &disks::DiskInfo,
-    number: u32,
-    mnt: &str,
-) -> Result<(String, &'static str)> {
-    let device = disk.wait_for_partition(number).map_err(|e| anyhow!(e))?;
-    drivers::load_filesystems();
-    let mut errors = Vec::new();
-    let mounted = ["vfat", "ext4", "iso9660"]
-        .into_iter()
-        .find(|fs| match sys::mount(&device, mnt, fs, true) {
-            Ok(()) => true,
-            Err(e) => {
-                errors.push(format!("{fs}: {e}"));
-                false
+    layout: &Layout,
+    boot: Option<&BootFacts>,
+) -> Result<Start, String> {
+    let mut start = match boot {
+        Some(facts) => Start::from_facts(facts),
+        None => match bootentry::find(disk, layout) {
+            Found::Start(start) => start,
+            Found::Cannot(why) => return Err(why),
+            Found::Nothing => {
+                return Err(
+                    "the image has no boot facts (image add --boot-partition --kernel) and the disk no boot loader configuration imprint reads".into(),
+                );
             }
-        })
-        .ok_or_else(|| anyhow!("mounting {device} read-only failed ({})", errors.join(", ")))?;
-    Ok((device, mounted))
+        },
+    };
+    match dps::root_for_kexec(&start.cmdline, layout) {
+        Root::Named => {}
+        Root::Added { cmdline, partuuid } => {
+            log::info!(
+                "{} names no root=; the root partition by its type (Discoverable Partitions) is {partuuid}, which its boot loader would have let systemd find: starting it with root=PARTUUID=",
+                printable(start.kernel())
+            );
+            start.cmdline = cmdline;
+        }
+        Root::Unknown(why) => return Err(format!("{}: {why}", printable(start.kernel()))),
+    }
+    load(disk, &start).map_err(|e| {
+        format!(
+            "loading {} for kexec: {}",
+            printable(start.kernel()),
+            crate::error_text(&e)
+        )
+    })?;
+    Ok(start)
 }
 
-const MNT: &str = "/run/imprint/boot";
+/// Where a UKI's kernel and initrds are unpacked for kexec_file_load, which
+/// takes files (the initramfs's own file system is RAM).
+const UNPACKED: &str = "/run/imprint/kexec";
+/// Largest kernel and initrd (all of them together) loaded.
+const MAX_KERNEL: u64 = 256 << 20;
+const MAX_INITRD: u64 = 2 << 30;
 
-/// Mounts the installed OS's boot partition read-only from the disk and loads
-/// its kernel, initrd and command line for kexec. Paths resolve inside that
-/// file system only (a symlink on it cannot lead out).
-fn load_installed_kernel(disk: &disks::DiskInfo, boot: &BootFacts) -> Result<()> {
-    let (device, mounted) = mount_partition(disk, boot.partition, MNT)?;
+/// Copies `len` bytes at `offset` of `from` to the end of `to`.
+fn append(to: &mut std::fs::File, from: &mut std::fs::File, offset: u64, len: u64) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    from.seek(SeekFrom::Start(offset))?;
+    let copied = std::io::copy(&mut from.take(len), to)?;
+    if copied != len {
+        return Err(anyhow!("it ends {} bytes early", len - copied));
+    }
+    Ok(())
+}
+
+/// Mounts the payload's partition read-only and loads its kernel, initrd and
+/// command line for kexec.
+fn load(disk: &disks::DiskInfo, start: &Start) -> Result<()> {
+    let (device, mounted) = bootentry::mount_partition(disk, start.partition, bootentry::MNT)?;
     let result = (|| {
-        let root = sys::Root::open(std::path::Path::new(MNT))?;
+        let root = sys::Root::open(std::path::Path::new(bootentry::MNT))?;
         let open = |p: &str| {
             root.open_file(p)
                 .with_context(|| format!("opening {p} on {device}"))
         };
-        let kernel = open(&boot.kernel)?;
-        let initrd = boot.initrd.as_deref().map(open).transpose()?;
-        sys::kexec_load(&kernel, initrd.as_ref(), &boot.cmdline)
-            .with_context(|| format!("kexec_file_load of {}", boot.kernel))
+        std::fs::create_dir_all(UNPACKED)?;
+        let unpacked = |name: &str| {
+            std::fs::File::create(format!("{UNPACKED}/{name}"))
+                .with_context(|| format!("creating {UNPACKED}/{name}"))
+        };
+        // kexec_file_load refuses a file still open for writing (ETXTBSY).
+        let reopen = |name: &str, written: std::fs::File| {
+            drop(written);
+            std::fs::File::open(format!("{UNPACKED}/{name}"))
+                .with_context(|| format!("reopening {UNPACKED}/{name}"))
+        };
+        let (kernel, initrd) = match &start.payload {
+            Payload::Files { kernel, initrds } => {
+                let kernel = open(kernel)?;
+                let initrd = match initrds.as_slice() {
+                    [] => None,
+                    [one] => Some(open(one)?),
+                    many => {
+                        // Initrds are cpio archives: one after the other is one.
+                        let mut all = unpacked("initrd")?;
+                        let mut total = 0u64;
+                        for name in many {
+                            let mut f = open(name)?;
+                            let len = f.metadata()?.len();
+                            total += len;
+                            if total > MAX_INITRD {
+                                return Err(anyhow!(
+                                    "the initrds are larger than {MAX_INITRD} bytes"
+                                ));
+                            }
+                            append(&mut all, &mut f, 0, len)
+                                .with_context(|| format!("copying {name}"))?;
+                        }
+                        Some(all)
+                    }
+                };
+                (kernel, initrd)
+            }
+            Payload::Uki { path } => {
+                let mut uki = open(path)?;
+                let sections =
+                    pe::read_sections(&mut uki).with_context(|| format!("reading {path}"))?;
+                let parts = pe::Uki::from_sections(&sections).ok_or_else(|| {
+                    anyhow!("{path} has no .linux section: not a unified kernel image")
+                })?;
+                if parts.linux.size > MAX_KERNEL {
+                    return Err(anyhow!(
+                        "the kernel in {path} is larger than {MAX_KERNEL} bytes"
+                    ));
+                }
+                let mut kernel = unpacked("linux")?;
+                append(&mut kernel, &mut uki, parts.linux.offset, parts.linux.size)
+                    .with_context(|| format!("unpacking the kernel of {path}"))?;
+                let initrd = if parts.initrds.is_empty() {
+                    None
+                } else {
+                    let total: u64 = parts.initrds.iter().map(|s| s.size).sum();
+                    if total > MAX_INITRD {
+                        return Err(anyhow!(
+                            "the initrd in {path} is larger than {MAX_INITRD} bytes"
+                        ));
+                    }
+                    let mut initrd = unpacked("initrd")?;
+                    for s in &parts.initrds {
+                        append(&mut initrd, &mut uki, s.offset, s.size)
+                            .with_context(|| format!("unpacking {} of {path}", s.name))?;
+                    }
+                    Some(reopen("initrd", initrd)?)
+                };
+                (reopen("linux", kernel)?, initrd)
+            }
+        };
+        sys::kexec_load(&kernel, initrd.as_ref(), &start.cmdline)
+            .with_context(|| format!("kexec_file_load of {}", start.kernel()))
     })();
-    if let Err(e) = sys::unmount(MNT) {
+    // kexec_file_load has its own copy now.
+    let _ = std::fs::remove_dir_all(UNPACKED);
+    if let Err(e) = sys::unmount(bootentry::MNT) {
         log::warn!("unmounting {device} ({mounted}): {e}");
     }
     result
-}
-
-/// Configuration files boot loaders read, by kind, where installed OSes keep
-/// them (on the root or boot file system, or the ESP).
-type LoaderParser = fn(&str) -> Option<BootEntry>;
-const LOADER_FILES: &[(&str, LoaderParser)] = &[
-    ("/boot/grub/grub.cfg", bootcfg::grub),
-    ("/grub/grub.cfg", bootcfg::grub),
-    ("/syslinux/syslinux.cfg", bootcfg::syslinux),
-    ("/boot/syslinux/syslinux.cfg", bootcfg::syslinux),
-    ("/syslinux.cfg", bootcfg::syslinux),
-    ("/extlinux/extlinux.conf", bootcfg::syslinux),
-    ("/boot/extlinux/extlinux.conf", bootcfg::syslinux),
-    ("/EFI/BOOT/syslinux.cfg", bootcfg::syslinux),
-];
-const BLS_DIRS: &[&str] = &["/loader/entries", "/boot/loader/entries"];
-/// Largest boot loader configuration read.
-const MAX_LOADER_FILE: u64 = 1 << 20;
-
-/// The boot entry the installed OS's own boot loader would start, found in its
-/// configuration on one of `layout`'s partitions, with the facts kexec needs.
-/// The kernel and initrd must be on the same file system as the configuration
-/// that names them.
-pub(super) fn find_boot_facts(disk: &disks::DiskInfo, layout: &Layout) -> Option<BootFacts> {
-    for p in &layout.partitions {
-        if statepart::is_state_partition(p) {
-            continue;
-        }
-        let Ok((device, _)) = mount_partition(disk, p.number, MNT) else {
-            continue;
-        };
-        let found = (|| {
-            let root = sys::Root::open(std::path::Path::new(MNT)).ok()?;
-            let read = |rel: &str| {
-                root.read(rel, MAX_LOADER_FILE)
-                    .ok()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-            };
-            let mut candidates: Vec<(String, BootEntry)> = Vec::new();
-            for dir in BLS_DIRS {
-                let mut names = root.list(dir, 256).unwrap_or_default();
-                // The highest version sorts last; that is the default.
-                names.sort();
-                if let Some(entry) = names
-                    .iter()
-                    .rev()
-                    .filter(|n| n.ends_with(".conf"))
-                    .find_map(|n| read(&format!("{dir}/{n}")).and_then(|t| bootcfg::bls(&t)))
-                {
-                    candidates.push((format!("{dir}/"), entry));
-                }
-            }
-            for (file, parse) in LOADER_FILES {
-                if let Some(entry) = read(file).and_then(|t| parse(&t)) {
-                    candidates.push((file.to_string(), entry));
-                }
-            }
-            candidates
-                .into_iter()
-                .find(|(_, e)| root.open_file(&e.kernel).is_ok())
-                .map(|(file, e)| {
-                    log::info!(
-                        "boot entry from {file} on {device}: {} {}",
-                        printable(&e.kernel),
-                        printable(&e.options)
-                    );
-                    if e.initrds.len() > 1 {
-                        log::warn!(
-                            "that entry names {} initrds; kexec loads the first",
-                            e.initrds.len()
-                        );
-                    }
-                    BootFacts {
-                        partition: p.number,
-                        kernel: e.kernel,
-                        initrd: e.initrds.into_iter().next(),
-                        cmdline: e.options,
-                    }
-                })
-        })();
-        if let Err(e) = sys::unmount(MNT) {
-            log::warn!("unmounting {device}: {e}");
-        }
-        if found.is_some() {
-            return found;
-        }
-    }
-    None
 }
 
 /// The target already holds the image asked for: start the OS on it without
@@ -239,7 +249,7 @@ pub(super) fn start_installed(
     layout: &Layout,
     boot: Option<&BootFacts>,
 ) -> Result<Never> {
-    kexec_installed(disk, layout, boot, true, |kernel| {
+    let not_kexec = kexec_installed(disk, layout, boot, true, |kernel| {
         format!(
             "starting the installed OS by kexec of {kernel} at {:.2} s",
             uptime()
@@ -260,7 +270,7 @@ pub(super) fn start_installed(
         );
     }
     log::info!("handing off (reboot) at {:.2} s", uptime());
-    announce("reboot", true);
+    announce("reboot", true, Some(&not_kexec));
     let e = sys::power(PowerAction::Reboot);
     Err(anyhow!("reboot failed: {e}"))
 }

@@ -20,6 +20,7 @@
 //! - [`handoff`] — reboot, power off or kexec into the installed OS.
 
 mod agent;
+mod bootentry;
 mod console;
 mod deploy;
 mod disks;

@@ -83,15 +83,23 @@ pub fn qemu_available() -> bool {
     available(MISSING.get_or_init(qemu_tier_missing))
 }
 
-/// What building the stock Debian image (boot/build-debian-os) needs beyond the
-/// QEMU tier: debootstrap, and root for it and chroot.
+/// What building the stock Debian images (boot/build-debian-os, and
+/// boot/build-debian-uki) needs beyond the QEMU tier: debootstrap, mkosi, and
+/// root for them.
 fn debian_missing() -> Vec<String> {
     use std::os::unix::fs::MetadataExt;
     let mut missing = Vec::new();
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("debootstrap").is_file()));
-    if !on_path {
-        missing.push("debootstrap (debootstrap)".to_string());
+    for (cmd, package) in [
+        ("debootstrap", "debootstrap"),
+        ("mkosi", "mkosi"),
+        ("systemd-nspawn", "systemd-container"),
+        ("objcopy", "binutils"),
+    ] {
+        let on_path = std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(cmd).is_file()));
+        if !on_path {
+            missing.push(format!("{cmd} ({package})"));
+        }
     }
     // /proc/self belongs to the process's effective user.
     if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
@@ -448,6 +456,9 @@ pub enum Debian {
     CloudInit,
     /// Its kernel command line names a root that is not there: it never comes up.
     BrokenRoot,
+    /// Built by mkosi the systemd way (boot/build-debian-uki): systemd-boot, a
+    /// unified kernel image, the root found by its partition type. UEFI only.
+    Uki,
 }
 
 /// The Debian image VERSION of `kind` (`qemu/prepare-debian`), built once per
@@ -460,6 +471,7 @@ pub fn debian_image(version: &str, kind: Debian) -> PathBuf {
         Debian::Stock => (None, "debian"),
         Debian::CloudInit => (Some("--cloud-init"), "debian-cloud-init"),
         Debian::BrokenRoot => (Some("--broken-root"), "debian-broken-root"),
+        Debian::Uki => (Some("--uki"), "debian-uki"),
     };
     let image = root
         .join("target/qemu")
@@ -745,6 +757,18 @@ pub fn cmdline(url: &str, extra: &str) -> String {
 pub fn sparse_disk(path: &Path, size: u64) {
     let f = std::fs::File::create(path).unwrap();
     f.set_len(size).unwrap();
+}
+
+/// `count` blank 3 GiB disks, `disk1.img`... in the repository's directory:
+/// room for the stock Debian images.
+pub fn blank_disks(repo: &Repo, count: usize) -> Vec<PathBuf> {
+    (1..=count)
+        .map(|i| {
+            let d = repo.file(&format!("disk{i}.img"));
+            sparse_disk(&d, 3 << 30);
+            d
+        })
+        .collect()
 }
 
 pub fn read_file(path: &str) -> Vec<u8> {
