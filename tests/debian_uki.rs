@@ -286,10 +286,11 @@ fn uki_image_with_an_efi_default(dir: &Path) -> PathBuf {
 }
 
 /// The deploy environment cannot start what systemd-boot would (an EFI
-/// program), so it does not kexec: it says why on the console and in the
-/// hand-off event, reboots, and on the next network boot (the disk already
-/// holding the image) sends the firmware to the disk once by `BootNext`, where
-/// systemd-boot starts Debian, which commits.
+/// program), so it does not kexec: it says why on the console, in the hand-off
+/// event and in the record, and reboots with the disk set to boot once
+/// (`BootNext`), where systemd-boot starts Debian, which commits. The next
+/// network boot (the disk already holding the image) does the same, writing
+/// nothing.
 #[test]
 fn an_entry_kexec_cannot_start_is_rebooted_into_through_the_firmware() {
     require_qemu!();
@@ -309,12 +310,10 @@ fn an_entry_kexec_cannot_start_is_rebooted_into_through_the_firmware() {
         &c,
         "systemd-boot would start by-efi.conf (loader.conf's default, 3 entries)",
     );
-    assert_has(
-        &c,
-        &format!(
-            "not starting the installed OS by kexec: {why}; rebooting through the firmware into /dev/vda instead"
-        ),
+    let refused = format!(
+        "not starting the installed OS by kexec: {why}; rebooting through the firmware into /dev/vda instead"
     );
+    assert_has(&c, &refused);
     assert_line(
         &c,
         &[
@@ -322,14 +321,6 @@ fn an_entry_kexec_cannot_start_is_rebooted_into_through_the_firmware() {
             "\"handoff\":\"reboot\"",
             &format!("\"not_kexec\":\"{why}\""),
         ],
-    );
-    assert!(!c.contains("debian-uki: v1 booted"), "{c}");
-
-    let c = m.run("again", From::Network);
-    assert_has(&c, "already holds debian sha256:");
-    assert_has(
-        &c,
-        &format!("not starting the installed OS by kexec: {why}"),
     );
     assert_has(&c, "boots /dev/vda once (BootNext), not the network");
     assert!(!c.contains("debian-uki: v1 booted"), "{c}");
@@ -340,5 +331,25 @@ fn an_entry_kexec_cannot_start_is_rebooted_into_through_the_firmware() {
     let line = came_up(&c, "v1", &format!("/dev/vda{root_number}"));
     assert!(line.contains(" loader=systemd-boot-"), "{line}");
     assert_has(&c, "imprint firstboot: committed");
-    assert_eq!(read_state(&disk).0.mode, Mode::Committed);
+    // The record says how it was handed over, and why, as the OS's status does.
+    let (record, generation) = read_state(&disk);
+    assert_eq!(record.mode, Mode::Committed);
+    let note = record.handoff.expect("no hand-off note in the record");
+    assert_eq!((note.done.as_str(), note.why.as_str()), ("reboot", why));
+    assert_has(
+        &c,
+        &format!(
+            "debian-uki: status: handoff     reboot, not kexec, at {} (Unix time): {why}",
+            note.at
+        ),
+    );
+
+    // Deploy once: the disk holds the image; the same refusal, the same
+    // BootNext, and nothing written (the record says so already).
+    let c = m.run("again", From::Network);
+    assert_has(&c, "already holds debian sha256:");
+    assert_has(&c, &refused);
+    assert_has(&c, "boots /dev/vda once (BootNext), not the network");
+    assert!(!c.contains("debian-uki: v1 booted"), "{c}");
+    assert_eq!(read_state(&disk).1, generation, "the record was written");
 }

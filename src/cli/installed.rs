@@ -4,6 +4,7 @@
 use super::exit::Exit;
 use anyhow::Result;
 use clap::Args;
+use imprint::format::http::printable;
 use imprint::format::state::Agent;
 use imprint::installed::firstboot::Event;
 use std::path::PathBuf;
@@ -110,6 +111,14 @@ pub fn status() -> Result<Exit> {
     println!("agent       {agent}");
     if let Some(t) = &r.record.timings {
         println!("timings     {}", t.summary());
+    }
+    if let Some(h) = &r.record.handoff {
+        println!(
+            "handoff     {}, not kexec, at {} (Unix time): {}",
+            printable(&h.done),
+            h.at,
+            printable(&h.why)
+        );
     }
     Ok(Exit::Success)
 }

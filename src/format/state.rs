@@ -13,8 +13,8 @@
 //! there.
 //!
 //! Formats: the payload starts with its format number. Format 1 records (in the
-//! three shapes format 1 had) and formats 2 to 4 are read and brought to
-//! format 5 in memory; a record
+//! three shapes format 1 had) and formats 2 to 5 are read and brought to
+//! format 6 in memory; a record
 //! of a newer format is reported as such, and [`write`] refuses to replace it
 //! (only [`write_fresh`], for a deploy's new record, does). The bytes earlier builds
 //! wrote are kept in `tests/fixtures/state/`.
@@ -33,9 +33,9 @@ const HEADER: usize = 8 + 8 + 4 + 4;
 /// The largest payload a slot holds.
 const MAX_PAYLOAD: usize = (SLOT_SIZE - SLOT_RESERVED) as usize - HEADER;
 /// Format 2 added [`Record::agent`], format 3 [`Record::release`], format 4
-/// [`Record::timings`], format 5 [`Record::credential`]; earlier formats are
-/// still read.
-pub const RECORD_VERSION: u32 = 5;
+/// [`Record::timings`], format 5 [`Record::credential`], format 6
+/// [`Record::handoff`]; earlier formats are still read.
+pub const RECORD_VERSION: u32 = 6;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mode {
@@ -108,6 +108,20 @@ pub struct Record {
     /// The credential the provisioning server gave the deploy: the installed
     /// OS's report goes with it.
     pub credential: Option<super::cmdline::Secret>,
+    /// The last hand-off to this OS that was not the kexec asked for, and why.
+    pub handoff: Option<HandoffNote>,
+}
+
+/// A hand-off the deploy environment did otherwise than asked: a reboot
+/// through the firmware instead of a kexec it could not do safely.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffNote {
+    /// What it did instead (`reboot`).
+    pub done: String,
+    /// Why it did not kexec.
+    pub why: String,
+    /// Unix seconds.
+    pub at: u64,
 }
 
 /// What a release signature said about the image deployed.
@@ -157,6 +171,7 @@ impl Record {
             release: None,
             timings: None,
             credential: None,
+            handoff: None,
         }
     }
 }
@@ -233,10 +248,10 @@ fn decode_payload(payload: &[u8], generation: u64) -> Result<Record, StateError>
     };
     let decoded = match version {
         1 => decode_v1(payload),
-        // Formats 3, 4 and 5 each only added an optional field at the end:
-        // an earlier payload is a format 5 one with those absent (postcard's
+        // Formats 3 to 6 each only added an optional field at the end: an
+        // earlier payload is a current one with those absent (postcard's
         // `None` is one 0 byte).
-        2..=4 => {
+        2..=5 => {
             let absent = vec![0u8; (RECORD_VERSION - version) as usize];
             take_whole::<Record>(&[payload, &absent].concat()).map(|r| Record {
                 version: RECORD_VERSION,
@@ -292,6 +307,7 @@ fn decode_v1(payload: &[u8]) -> Result<Record, String> {
         release: None,
         timings: None,
         credential: None,
+        handoff: None,
     })
 }
 
@@ -503,7 +519,7 @@ mod tests {
 
     #[test]
     fn format_1_records_are_still_read() {
-        // A format 1 record is a format 5 one without its last four fields.
+        // A format 1 record is a current one without its last five fields.
         let mut v1 = record(Mode::Committed);
         v1.version = 1;
         let mut payload = postcard::to_stdvec(&v1).unwrap();
@@ -512,6 +528,7 @@ mod tests {
             None::<ReleaseStamp>,
             None::<super::super::timing::Timings>,
             None::<super::super::cmdline::Secret>,
+            None::<HandoffNote>,
         ))
         .unwrap();
         payload.truncate(payload.len() - tail.len());
@@ -530,7 +547,7 @@ mod tests {
     /// The shapes the record has had on disk, oldest first, with the bytes a build
     /// of each wrote (slot 0's header and payload, generation 3): see
     /// tests/fixtures/state/README.md for the builds.
-    const FIXTURES: [(&str, &[u8]); 7] = [
+    const FIXTURES: [(&str, &[u8]); 8] = [
         (
             "format 1 as it began",
             include_bytes!("../../tests/fixtures/state/v1-base.bin"),
@@ -558,6 +575,10 @@ mod tests {
         (
             "format 5",
             include_bytes!("../../tests/fixtures/state/v5.bin"),
+        ),
+        (
+            "format 6",
+            include_bytes!("../../tests/fixtures/state/v6.bin"),
         ),
     ];
 
@@ -602,6 +623,11 @@ mod tests {
             timings: (shape >= 5).then(fixture_timings),
             credential: (shape >= 6).then(|| {
                 super::super::cmdline::Secret("Zm9yIHRoZSBmaXh0dXJlIG9ubHkgMTIzNDU2Nzg5".into())
+            }),
+            handoff: (shape >= 7).then(|| HandoffNote {
+                done: "reboot".into(),
+                why: "its command line names no root=".into(),
+                at: 1_800_000_400,
             }),
         }
     }
@@ -667,6 +693,7 @@ mod tests {
             assert_eq!(record.release, want.release, "{name}");
             assert_eq!(record.timings, want.timings, "{name}");
             assert_eq!(record.credential, want.credential, "{name}");
+            assert_eq!(record.handoff, want.handoff, "{name}");
             assert_eq!(record, want, "{name}");
         }
     }
@@ -695,7 +722,7 @@ mod tests {
     }
 
     #[test]
-    fn this_build_writes_format_5_as_the_fixture_has_it() {
+    fn this_build_writes_format_6_as_the_fixture_has_it() {
         // The current format, byte for byte: a change to the record's fields shows
         // up here, and needs a new format number and a new fixture.
         let mut part = Cursor::new(vec![0u8; 2 * SLOT_SIZE as usize]);
@@ -704,19 +731,19 @@ mod tests {
                 &mut part,
                 &Record {
                     mode,
-                    ..fixture_record(6)
+                    ..fixture_record(7)
                 },
             )
             .unwrap();
         }
-        assert_eq!(write(&mut part, &fixture_record(6)).unwrap(), 3);
-        let current = FIXTURES[6].1;
+        assert_eq!(write(&mut part, &fixture_record(7)).unwrap(), 3);
+        let current = FIXTURES[7].1;
         if std::env::var_os("IMPRINT_WRITE_STATE_FIXTURE").is_some() {
             // Made once, when the format was new: see tests/fixtures/state/README.md.
             let len =
                 HEADER + u32::from_le_bytes(part.get_ref()[16..20].try_into().unwrap()) as usize;
             std::fs::write(
-                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state/v5.bin"),
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/state/v6.bin"),
                 &part.get_ref()[..len],
             )
             .unwrap();
@@ -736,9 +763,9 @@ mod tests {
     fn a_record_of_a_newer_format_is_named_and_kept() {
         let mut part = Cursor::new(vec![0u8; 2 * SLOT_SIZE as usize]);
         write(&mut part, &record(Mode::Deploy)).unwrap();
-        raw_slot(part.get_mut(), 1, 2, &newer_payload(6));
+        raw_slot(part.get_mut(), 1, 2, &newer_payload(7));
         let err = read(&mut part).unwrap_err();
-        assert!(matches!(err, StateError::Newer(6)), "{err:?}");
+        assert!(matches!(err, StateError::Newer(7)), "{err:?}");
         let text = err.to_string();
         assert!(
             text.contains("written by a newer imprint") && text.contains("upgrade imprint"),
@@ -747,13 +774,13 @@ mod tests {
         // An update refuses and changes nothing, not even the older slot.
         let before = part.get_ref().clone();
         let refused = write(&mut part, &record(Mode::Committed)).unwrap_err();
-        assert!(matches!(refused, StateError::Newer(6)), "{refused:?}");
+        assert!(matches!(refused, StateError::Newer(7)), "{refused:?}");
         assert!(*part.get_ref() == before);
         // A fresh deploy's record replaces it, as the next generation, in the other
         // slot.
         assert_eq!(write_fresh(&mut part, &record(Mode::Deploy)).unwrap(), 3);
         assert_eq!(read(&mut part).unwrap(), (record(Mode::Deploy), 3));
-        assert_eq!(&part.get_ref()[SLOT_SIZE as usize + HEADER], &6);
+        assert_eq!(&part.get_ref()[SLOT_SIZE as usize + HEADER], &7);
         // The newer record was only the older slot: updates go ahead again.
         assert_eq!(write(&mut part, &record(Mode::Committed)).unwrap(), 4);
     }
@@ -818,6 +845,7 @@ mod tests {
             None::<ReleaseStamp>,
             None::<super::super::timing::Timings>,
             None::<super::super::cmdline::Secret>,
+            None::<HandoffNote>,
         ))
         .unwrap();
         payload.truncate(payload.len() - tail.len());

@@ -11,7 +11,9 @@ use crate::format::gpt::Layout;
 use crate::format::http::printable;
 use crate::format::manifest::BootFacts;
 use crate::format::pe;
+use crate::format::state::HandoffNote;
 use crate::format::status::Phase;
+use crate::statepart::StateDisk;
 use crate::sys::{self, PowerAction};
 use anyhow::{Context, Result, anyhow};
 
@@ -33,6 +35,7 @@ pub(super) fn handoff(
             format!("handing off (kexec {kernel}) at {:.2} s", uptime())
         }));
         what = "reboot";
+        boot_disk_next(disk, layout);
     }
     log::info!("handing off ({what}) at {:.2} s", uptime());
     announce(what, false, not_kexec.as_deref());
@@ -87,7 +90,36 @@ fn kexec_installed(
         "not starting the installed OS by kexec: {why}; rebooting through the firmware into {} instead",
         disk.dev_path()
     );
+    note_in_record(disk, &why);
     why
+}
+
+/// Keeps why the hand-off was not a kexec in the disk's state record, where
+/// `imprint status` shows it; a note that says the same already is left as
+/// it is (a deploy-once boot writes nothing it need not).
+fn note_in_record(disk: &disks::DiskInfo, why: &str) {
+    let Some(state) = StateDisk::open(&disk.dev_path()) else {
+        return;
+    };
+    let noted = state.read_record().is_ok_and(|(r, _)| {
+        r.handoff
+            .is_some_and(|n| n.done == "reboot" && n.why == why)
+    });
+    if noted {
+        return;
+    }
+    let note = HandoffNote {
+        done: "reboot".into(),
+        why: why.to_string(),
+        at: sys::unix_ms() / 1000,
+    };
+    match state.update_record(|r| r.handoff = Some(note)) {
+        Ok(_) => sys::sync_all(),
+        Err(e) => log::warn!(
+            "noting the hand-off in the state record: {}",
+            crate::error_text(&e)
+        ),
+    }
 }
 
 /// Finds what to start and loads it; the reason when it cannot be done.
@@ -255,6 +287,16 @@ pub(super) fn start_installed(
             uptime()
         )
     });
+    boot_disk_next(disk, layout);
+    log::info!("handing off (reboot) at {:.2} s", uptime());
+    announce("reboot", true, Some(&not_kexec));
+    let e = sys::power(PowerAction::Reboot);
+    Err(anyhow!("reboot failed: {e}"))
+}
+
+/// Before a reboot that stands in for a kexec: under UEFI, the disk boots
+/// once (`BootNext`, its ESP's entry, made if missing), not the network.
+fn boot_disk_next(disk: &disks::DiskInfo, layout: &Layout) {
     if sys::is_uefi() {
         drivers::Drivers::open().load(&["efivarfs".to_string()]);
         match bootswitch::uefi_trial_boot(layout, "imprint installed OS") {
@@ -269,8 +311,4 @@ pub(super) fn start_installed(
             "BIOS cannot be told to skip the network for one boot: with the network first in the boot order this machine comes back here (and hands off again); give the image boot facts or a boot loader configuration imprint reads"
         );
     }
-    log::info!("handing off (reboot) at {:.2} s", uptime());
-    announce("reboot", true, Some(&not_kexec));
-    let e = sys::power(PowerAction::Reboot);
-    Err(anyhow!("reboot failed: {e}"))
 }
