@@ -203,8 +203,8 @@ pub(super) struct Provided {
     pub rewritten: Vec<String>,
 }
 
-/// Files in an OS's root that name file systems by identity; `*` matches within
-/// one path component.
+/// Files in an OS's root that name file systems (or partitions) by identity; `*`
+/// matches within one path component.
 const ROOT_REFERENCES: &[&str] = &[
     "etc/fstab",
     "etc/crypttab",
@@ -214,6 +214,8 @@ const ROOT_REFERENCES: &[&str] = &[
     "boot/grub/grub.cfg",
     "boot/grub2/grub.cfg",
     "boot/loader/entries/*.conf",
+    "boot/syslinux/syslinux.cfg",
+    "boot/extlinux/extlinux.conf",
 ];
 /// The same files on a separate `/boot` file system or on the ESP.
 const BOOT_REFERENCES: &[&str] = &[
@@ -221,6 +223,10 @@ const BOOT_REFERENCES: &[&str] = &[
     "grub2/grub.cfg",
     "loader/entries/*.conf",
     "EFI/*/grub.cfg",
+    "syslinux.cfg",
+    "syslinux/syslinux.cfg",
+    "extlinux/extlinux.conf",
+    "EFI/BOOT/syslinux.cfg",
 ];
 /// Largest reference file rewritten (GRUB configurations run to some 10 KiB).
 const REFERENCE_LIMIT: u64 = 4 << 20;
