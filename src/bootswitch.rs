@@ -243,19 +243,27 @@ pub fn uefi_disk_after_current(
     Ok(Some(number))
 }
 
-/// UEFI commit: the entry this boot came through goes first in BootOrder,
-/// after the network entries that lead it (a network-first machine stays one).
-pub fn uefi_commit() -> Result<Option<u16>> {
+/// UEFI commit: this OS's boot entry goes first in BootOrder, after the
+/// network entries that lead it (a network-first machine stays one). That is
+/// the entry this boot came through; after a kexec (BootCurrent names how the
+/// deploy environment was booted, not this OS), the entry of this disk's
+/// (`layout`) ESP, made if missing.
+pub fn uefi_commit(layout: &Layout, by_kexec: bool) -> Result<Option<u16>> {
     sys::mount_efivars().context("mounting efivarfs")?;
-    let Some(current) = boot_current()? else {
-        return Ok(None);
+    let entry = if by_kexec {
+        esp_boot_entry(layout, "imprint installed OS")?
+    } else {
+        let Some(current) = boot_current()? else {
+            return Ok(None);
+        };
+        current
     };
     let order = boot_order()?;
     set_boot_order(
         &order,
-        &efi::first_after_network(&order, current, is_network_entry),
+        &efi::first_after_network(&order, entry, is_network_entry),
     )?;
-    Ok(Some(current))
+    Ok(Some(entry))
 }
 
 /// UEFI: cancels a trial boot of the disk with partition table `layout` that has

@@ -168,7 +168,10 @@ fn systemd_boot_uki_image_starts_by_kexec_after_a_deploy_and_on_every_network_bo
     );
     assert_has(&c, "imprint firstboot: committed");
     assert_has(&c, "debian-uki: status: mode        committed");
-    assert_eq!(read_state(&disk).0.mode, Mode::Committed);
+    assert_has(&c, "debian-uki: status: handoff     kexec at ");
+    let record = read_state(&disk).0;
+    assert_eq!(record.mode, Mode::Committed);
+    assert_eq!(record.handoff.map(|h| h.done), Some("kexec".to_string()));
     assert_eq!(
         partition_file(&disk, root_number, "/etc/hostname"),
         "uki-1\n"
@@ -230,7 +233,14 @@ fn systemd_boot_uki_upgrade_starts_v2_by_kexec_then_boots_it_every_time() {
         "{line}"
     );
     assert_has(&c, "imprint firstboot: mode=upgrade");
+    // Started by kexec: disk 2's own entry goes first, not how the deploy
+    // environment was booted.
+    assert_has(&c, "is now the first disk in BootOrder");
     assert_has(&c, "imprint firstboot: committed");
+    assert_eq!(
+        read_state(&rig.disks[1]).0.handoff.map(|h| h.done),
+        Some("kexec".to_string())
+    );
 
     for i in 1..=3 {
         let c = rig.run(&format!("v2-{i}"), From::Disk);

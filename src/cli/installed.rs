@@ -112,13 +112,15 @@ pub fn status() -> Result<Exit> {
     if let Some(t) = &r.record.timings {
         println!("timings     {}", t.summary());
     }
-    if let Some(h) = &r.record.handoff {
-        println!(
+    match &r.record.handoff {
+        Some(h) if h.done == "kexec" => println!("handoff     kexec at {} (Unix time)", h.at),
+        Some(h) => println!(
             "handoff     {}, not kexec, at {} (Unix time): {}",
             printable(&h.done),
             h.at,
             printable(&h.why)
-        );
+        ),
+        None => {}
     }
     Ok(Exit::Success)
 }

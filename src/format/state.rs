@@ -108,17 +108,19 @@ pub struct Record {
     /// The credential the provisioning server gave the deploy: the installed
     /// OS's report goes with it.
     pub credential: Option<super::cmdline::Secret>,
-    /// The last hand-off to this OS that was not the kexec asked for, and why.
+    /// How the deploy environment last started this OS where a kexec was
+    /// asked for: by kexec, or by a reboot, and why.
     pub handoff: Option<HandoffNote>,
 }
 
-/// A hand-off the deploy environment did otherwise than asked: a reboot
-/// through the firmware instead of a kexec it could not do safely.
+/// How the deploy environment handed the machine to this OS when asked to
+/// kexec: `kexec`, or `reboot` through the firmware when it could not kexec
+/// safely.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandoffNote {
-    /// What it did instead (`reboot`).
+    /// `kexec` or `reboot`.
     pub done: String,
-    /// Why it did not kexec.
+    /// Why it did not kexec (empty for a kexec).
     pub why: String,
     /// Unix seconds.
     pub at: u64,

@@ -127,7 +127,10 @@ pub fn run(root: &Path, on: &mut dyn FnMut(Event)) -> Result<()> {
         Mode::Upgrade => migrate_from_previous(root, &record, &disk, on)?,
     }
     if crate::sys::is_uefi() {
-        match bootswitch::uefi_commit() {
+        // Started by kexec, as the deploy environment noted: BootCurrent is
+        // how the deploy environment was booted, not this OS.
+        let by_kexec = record.handoff.as_ref().is_some_and(|h| h.done == "kexec");
+        match bootswitch::uefi_commit(&disk.layout, by_kexec) {
             Ok(Some(n)) => on(Event::BootOrder(n)),
             Ok(None) => {}
             Err(e) => log::warn!("updating BootOrder: {}", crate::error_text(&e)),

@@ -79,6 +79,7 @@ fn kexec_installed(
 ) -> String {
     let why = match kexec_start(disk, layout, boot) {
         Ok(start) => {
+            note_in_record(disk, "kexec", "");
             log::info!("{}", line(start.kernel()));
             announce("kexec", unchanged, None);
             let e = sys::kexec_reboot();
@@ -90,26 +91,27 @@ fn kexec_installed(
         "not starting the installed OS by kexec: {why}; rebooting through the firmware into {} instead",
         disk.dev_path()
     );
-    note_in_record(disk, &why);
+    note_in_record(disk, "reboot", &why);
     why
 }
 
-/// Keeps why the hand-off was not a kexec in the disk's state record, where
-/// `imprint status` shows it; a note that says the same already is left as
-/// it is (a deploy-once boot writes nothing it need not).
-fn note_in_record(disk: &disks::DiskInfo, why: &str) {
+/// Keeps how the OS was handed over (`kexec`, or `reboot` and why not kexec)
+/// in the disk's state record: `imprint status` shows it, and the first boot
+/// after a kexec knows that the firmware did not start it. A note that says
+/// the same already is left as it is (a deploy-once boot writes nothing it
+/// need not).
+fn note_in_record(disk: &disks::DiskInfo, done: &str, why: &str) {
     let Some(state) = StateDisk::open(&disk.dev_path()) else {
         return;
     };
-    let noted = state.read_record().is_ok_and(|(r, _)| {
-        r.handoff
-            .is_some_and(|n| n.done == "reboot" && n.why == why)
-    });
+    let noted = state
+        .read_record()
+        .is_ok_and(|(r, _)| r.handoff.is_some_and(|n| n.done == done && n.why == why));
     if noted {
         return;
     }
     let note = HandoffNote {
-        done: "reboot".into(),
+        done: done.into(),
         why: why.to_string(),
         at: sys::unix_ms() / 1000,
     };
