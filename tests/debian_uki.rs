@@ -259,8 +259,9 @@ fn systemd_boot_uki_upgrade_starts_v2_by_kexec_then_boots_it_every_time() {
 
 /// A copy of the UKI image whose systemd-boot starts the UKI as an EFI program
 /// (a type #1 `efi` entry, made the default in `loader.conf`): systemd-boot
-/// boots it, but it is nothing the deploy environment starts by kexec.
-fn uki_image_with_an_efi_default(dir: &Path) -> PathBuf {
+/// boots it, but it is nothing the deploy environment starts by kexec. Returns
+/// the image and the UKI's path on the ESP.
+fn uki_image_with_an_efi_default(dir: &Path) -> (PathBuf, String) {
     let image = dir.join("debian-uki-efi-default.img");
     copy_sparse(&debian_image("v1", Debian::Uki), &image);
     let mut f = std::fs::File::open(&image).unwrap();
@@ -271,10 +272,21 @@ fn uki_image_with_an_efi_default(dir: &Path) -> PathBuf {
         .find(|p| p.type_guid == gpt::ESP_TYPE)
         .unwrap();
     let at = format!("{}@@{}", image.display(), esp.first_lba * 512);
+    let listed = std::process::Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-b", "-i", &at, "::/EFI/Linux"])
+        .output()
+        .expect("mdir (mtools)");
+    assert!(listed.status.success(), "{listed:?}");
+    let uki = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .find(|l| l.ends_with(".efi"))
+        .map(|l| l.trim_start_matches(':').to_string())
+        .expect("no UKI in /EFI/Linux");
     let entry = dir.join("by-efi.conf");
     std::fs::write(
         &entry,
-        "title Debian, its UKI as an EFI program\nefi /EFI/Linux/mkosi-debian-6.1.0-57-amd64.efi\n",
+        format!("title Debian, its UKI as an EFI program\nefi {uki}\n"),
     )
     .unwrap();
     let conf = dir.join("loader.conf");
@@ -292,7 +304,7 @@ fn uki_image_with_an_efi_default(dir: &Path) -> PathBuf {
             .expect("mcopy (mtools)");
         assert!(out.status.success(), "{out:?}");
     }
-    image
+    (image, uki)
 }
 
 /// The deploy environment cannot start what systemd-boot would (an EFI
@@ -309,11 +321,14 @@ fn an_entry_kexec_cannot_start_is_rebooted_into_through_the_firmware() {
         "the unit tests of that choice (src/format/sdboot.rs, src/format/dps.rs) and of the BootNext fall-back's load options"
     );
     let dir = tempfile::tempdir().unwrap();
-    let image = uki_image_with_an_efi_default(dir.path());
+    let (image, uki) = uki_image_with_an_efi_default(dir.path());
     let m = Rig::new(&[("debian:efi", image.clone())], 1)
         .network("imprint.image=debian:efi imprint.disk=/dev/vda imprint.handoff=kexec");
     let disk = m.disks[0].clone();
-    let why = "systemd-boot's entry by-efi.conf starts the EFI program /EFI/Linux/mkosi-debian-6.1.0-57-amd64.efi, which kexec cannot start";
+    let why = format!(
+        "systemd-boot's entry by-efi.conf starts the EFI program {uki}, which kexec cannot start"
+    );
+    let why = why.as_str();
     let c = m.run("deploy", From::Network);
     assert_has(&c, "install step done: write-head");
     assert_has(
