@@ -64,7 +64,7 @@ fn stock_debian_boots_with_ovmf() {
     require_qemu!();
     require_debian!();
     full_matrix_only!(
-        "stock_debian_deploys_from_a_usb_stick_with_no_network, which boots it from its disk under OVMF"
+        "stock_debian_from_a_usb_stick_then_an_upgrade_that_never_comes_up_falls_back, which boots it from its disk under OVMF"
     );
     boot_stock_debian("uefi");
 }
@@ -171,6 +171,29 @@ impl Stock {
         let disks: Vec<&Path> = self.disks.iter().map(|d| d.as_path()).collect();
         self.run(name, None, &disks)
     }
+
+    /// After an upgrade to v2 on disk 2: v2 comes up on its own GRUB
+    /// configuration and root `boots` times, the first migrating and
+    /// committing; the host's name came over from v1 (v2's image says
+    /// `debian`).
+    fn upgraded_boots_every_time(&self, boots: usize, hostname: &str) {
+        for i in 1..=boots {
+            let c = self.boot_disks(&format!("v2-{i}"));
+            came_up(&c, "v2", "/dev/vdb3", self.firmware);
+            assert!(!c.contains(&format!("root=UUID={ROOT_UUID}")), "{c}");
+            if i == 1 {
+                assert_has(&c, "imprint firstboot: mode=upgrade");
+                assert_has(&c, "imprint firstboot: migrated /etc/hostname");
+                assert_has(&c, "imprint firstboot: committed");
+            }
+            status_says(&c, "committed");
+        }
+        assert_eq!(read_state(&self.disks[1]).0.mode, Mode::Committed);
+        assert_eq!(
+            partition_file(&self.disks[1], 3, "/etc/hostname"),
+            format!("{hostname}\n")
+        );
+    }
 }
 
 /// The report line of the OS that came up: its version, root device and marker.
@@ -187,6 +210,43 @@ fn status_says(console: &str, mode: &str) {
     assert_has(console, "debian-os: status: image       debian sha256:");
 }
 
+/// The agent's footprint in Debian's root after a deploy: its units, the
+/// report unit not yet enabled (only a first boot that leaves a report enables
+/// it, so no boot waits for the network on its account).
+fn agent_installed(disk: &Path) {
+    assert_eq!(read_state(disk).0.agent, Agent::Installed { format: 3 });
+    let unit = partition_file(disk, 3, "/etc/systemd/system/imprint-firstboot.service");
+    assert!(
+        unit.contains("ExecStart=/usr/lib/imprint/imprint firstboot"),
+        "{unit}"
+    );
+    let report = partition_file(disk, 3, "/etc/systemd/system/imprint-report.service");
+    assert!(report.contains("After=network-online.target"), "{report}");
+    let wants = partition_debugfs(disk, 3, "ls /etc/systemd/system/multi-user.target.wants");
+    assert!(!wants.contains("imprint-report"), "{wants}");
+}
+
+/// The deploy's timings, completed by Debian's first boot (the hand-off
+/// through the firmware, Debian's own start) and shown by its status.
+fn timings_completed_by_first_boot(disk: &Path, console: &str) {
+    let timings = read_state(disk)
+        .0
+        .timings
+        .expect("no timings in the record");
+    assert!(timings.get(Timed::Write) > Some(0), "{timings:?}");
+    assert!(timings.get(Timed::Handoff).is_some(), "{timings:?}");
+    let os_boot = timings.get(Timed::OsBoot).unwrap_or(0);
+    assert!((1_000..300_000).contains(&os_boot), "{timings:?}");
+    assert_line(
+        console,
+        &[
+            "debian-os: status: timings     drivers ",
+            " handoff ",
+            " os-boot ",
+        ],
+    );
+}
+
 fn stock_deploy_gets_the_agent_and_commits(firmware: &'static str) {
     let m = Stock::new(firmware, &["v1"], 1);
     let c = m.ramdisk(
@@ -195,27 +255,7 @@ fn stock_deploy_gets_the_agent_and_commits(firmware: &'static str) {
     );
     assert_has(&c, "installed imprint as the first-boot agent");
     assert_has(&c, "handing off (reboot)");
-    let record = read_state(&m.disks[0]).0;
-    assert_eq!(record.agent, Agent::Installed { format: 3 });
-    let unit = partition_file(
-        &m.disks[0],
-        3,
-        "/etc/systemd/system/imprint-firstboot.service",
-    );
-    assert!(
-        unit.contains("ExecStart=/usr/lib/imprint/imprint firstboot"),
-        "{unit}"
-    );
-    let report = partition_file(&m.disks[0], 3, "/etc/systemd/system/imprint-report.service");
-    assert!(report.contains("After=network-online.target"), "{report}");
-    // Enabled only by a first boot that leaves a report: with no server to
-    // report to, no boot waits for the network on its account.
-    let wants = partition_debugfs(
-        &m.disks[0],
-        3,
-        "ls /etc/systemd/system/multi-user.target.wants",
-    );
-    assert!(!wants.contains("imprint-report"), "{wants}");
+    agent_installed(&m.disks[0]);
 
     let c = m.boot_disks("v1");
     came_up(&c, "v1", "/dev/vda3", firmware);
@@ -229,27 +269,16 @@ fn stock_deploy_gets_the_agent_and_commits(firmware: &'static str) {
     let record = read_state(&m.disks[0]).0;
     assert_eq!(record.mode, Mode::Committed);
     assert_eq!(partition_file(&m.disks[0], 3, "/etc/hostname"), "stock-1\n");
-    // The deploy's timings, completed by Debian's first boot (the hand-off
-    // through the firmware, Debian's own start) and shown by its status.
-    let timings = record.timings.expect("no timings in the record");
-    assert!(timings.get(Timed::Write) > Some(0), "{timings:?}");
-    assert!(timings.get(Timed::Handoff).is_some(), "{timings:?}");
-    let os_boot = timings.get(Timed::OsBoot).unwrap_or(0);
-    assert!((1_000..300_000).contains(&os_boot), "{timings:?}");
-    assert_line(
-        &c,
-        &[
-            "debian-os: status: timings     drivers ",
-            " handoff ",
-            " os-boot ",
-        ],
-    );
+    timings_completed_by_first_boot(&m.disks[0], &c);
 }
 
 #[test]
 fn stock_debian_deploy_gets_the_agent_and_commits_bios() {
     require_qemu!();
     require_debian!();
+    full_matrix_only!(
+        "stock_debian_network_boot_deploys_and_commits (the agent's units, its commit and the deploy's timings)"
+    );
     stock_deploy_gets_the_agent_and_commits("bios");
 }
 
@@ -257,7 +286,9 @@ fn stock_debian_deploy_gets_the_agent_and_commits_bios() {
 fn stock_debian_deploy_gets_the_agent_and_commits_uefi() {
     require_qemu!();
     require_debian!();
-    full_matrix_only!("its BIOS twin, and the UEFI stick deploy of the stock Debian");
+    full_matrix_only!(
+        "stock_debian_network_boot_deploys_and_commits, and the UEFI stick deploy of the stock Debian"
+    );
     stock_deploy_gets_the_agent_and_commits("uefi");
 }
 
@@ -303,21 +334,7 @@ fn stock_upgrade_boots_the_new_os_every_time(firmware: &'static str) {
         &c,
         "rewrote the file system references in /boot/grub/grub.cfg",
     );
-    for i in 1..=3 {
-        let c = m.boot_disks(&format!("v2-{i}"));
-        // v2's GRUB configuration (its marker) and v2's root file system.
-        came_up(&c, "v2", "/dev/vdb3", firmware);
-        assert!(!c.contains(&format!("root=UUID={ROOT_UUID}")), "{c}");
-        if i == 1 {
-            assert_has(&c, "imprint firstboot: mode=upgrade");
-            assert_has(&c, "imprint firstboot: migrated /etc/hostname");
-            assert_has(&c, "imprint firstboot: committed");
-        }
-        status_says(&c, "committed");
-    }
-    assert_eq!(read_state(&m.disks[1]).0.mode, Mode::Committed);
-    // The host's files came over from v1 (v2's image says `debian`).
-    assert_eq!(partition_file(&m.disks[1], 3, "/etc/hostname"), "stock-2\n");
+    m.upgraded_boots_every_time(3, "stock-2");
     let machine_id = partition_file(&m.disks[0], 3, "/etc/machine-id");
     assert_eq!(machine_id.trim().len(), 32, "{machine_id:?}");
     assert_eq!(
@@ -423,6 +440,9 @@ fn stock_upgrades_roll_back_one_step(firmware: &'static str) {
 fn stock_debian_upgrades_roll_back_one_step_bios() {
     require_qemu!();
     require_debian!();
+    full_matrix_only!(
+        "stock_debian_upgrade_survives_power_cuts_and_a_rollback_bios (an upgrade rolled back, then committed) and tests/rollback.rs (one step back at a time, on file-backed disks)"
+    );
     stock_upgrades_roll_back_one_step("bios");
 }
 
@@ -431,46 +451,9 @@ fn stock_debian_upgrades_roll_back_one_step_uefi() {
     require_qemu!();
     require_debian!();
     full_matrix_only!(
-        "its BIOS twin, and stock_debian_uefi_trial_that_never_comes_up_falls_back_to_v1"
+        "stock_debian_upgrade_survives_power_cuts_and_a_rollback_bios, and stock_debian_from_a_usb_stick_then_an_upgrade_that_never_comes_up_falls_back"
     );
     stock_upgrades_roll_back_one_step("uefi");
-}
-
-/// UEFI: an upgrade whose kernel never finds its root (Debian's initrd gives up
-/// and resets the machine) runs once, through BootNext; the reset after it
-/// comes back to v1, whose agent marks the upgrade rolled back.
-#[test]
-fn stock_debian_uefi_trial_that_never_comes_up_falls_back_to_v1() {
-    require_qemu!();
-    require_debian!();
-    let m = Stock::of(
-        "uefi",
-        &[("v1", Debian::Stock), ("v2", Debian::BrokenRoot)],
-        2,
-    );
-    m.ramdisk("deploy-v1", "imprint.image=debian:v1 imprint.disk=/dev/vda");
-    let c = m.boot_disks("v1");
-    assert_has(&c, "imprint firstboot: committed");
-    let c = m.ramdisk(
-        "upgrade-v2",
-        "imprint.mode=upgrade imprint.image=debian:v2 imprint.disk=/dev/vdb",
-    );
-    assert_has(&c, "(BootNext)");
-    let disks = [m.disks[0].as_path(), m.disks[1].as_path()];
-    let (_, c) = m.try_run("v2-trial", None, &disks);
-    // v2's own GRUB configuration ran, and its root was not there.
-    assert_has(&c, "testos.marker=v2");
-    assert!(!c.contains("debian-os: "), "v2 came up:\n{c}");
-    assert!(!c.contains("imprint firstboot: committed"), "{c}");
-    for i in 1..=2 {
-        let c = m.boot_disks(&format!("v1-again-{i}"));
-        came_up(&c, "v1", "/dev/vda3", "uefi");
-        if i == 1 {
-            assert_has(&c, "on /dev/vdb never committed; marked rolled-back");
-        }
-    }
-    assert_eq!(read_state(&m.disks[1]).0.mode, Mode::RolledBack);
-    assert_eq!(read_state(&m.disks[0]).0.mode, Mode::Committed);
 }
 
 /// Debian with cloud-init: the deploy writes a NoCloud seed with the host's
@@ -480,6 +463,9 @@ fn stock_debian_uefi_trial_that_never_comes_up_falls_back_to_v1() {
 fn stock_debian_cloud_init_applies_the_seed_imprint_wrote() {
     require_qemu!();
     require_debian!();
+    full_matrix_only!(
+        "stock_debian_network_boot_deploys_and_commits (cloud-init applies the user-data and host name of the seed)"
+    );
     let mut m = Stock::of("bios", &[("v1", Debian::CloudInit)], 1);
     // cloud-init's last stage waits for the network to be online (up to two
     // minutes without a link): the machines it runs on have one.
@@ -510,21 +496,29 @@ fn stock_debian_cloud_init_applies_the_seed_imprint_wrote() {
     assert!(set.contains("\"ci-1\""), "{set}");
 }
 
-/// Power cuts during the upgrade of a stock Debian, each followed by a boot of
+/// Power cuts during the upgrade of a stock Debian, each followed by boots of
 /// the disks as they were left: in the data, after the new disk's boot records
 /// are written but before the boot switch (the new disk's file systems are then
 /// visible and v1's own GRUB and initrd look for its root by UUID), and in the
-/// switch. v1 comes up on its own root each time; then the upgrade runs to its
-/// end and v2 comes up, migrates and commits. (The test OS's power cuts are in
+/// switch. v1 comes up on its own root each time. Then the upgrade runs to its
+/// end and is rolled back before it ran (v1 on the next boot), and runs again:
+/// v2 comes up, migrates and commits. (The test OS's power cuts are in
 /// tests/power_cuts.rs, at every step.)
-fn stock_upgrade_survives_power_cuts(firmware: &'static str, points: &[(&str, &str, u64, &str)]) {
+fn stock_upgrade_survives_power_cuts(
+    firmware: &'static str,
+    points: &[(&str, &str, u64, &str)],
+    boots_after: usize,
+) {
     let m = Stock::new(firmware, &["v1", "v2"], 2);
     m.ramdisk(
         "deploy-v1",
         "imprint.image=debian:v1 imprint.disk=/dev/vda imprint.hostname=cut-1",
     );
     let c = m.boot_disks("v1");
+    came_up(&c, "v1", "/dev/vda3", firmware);
     assert_has(&c, "imprint firstboot: committed");
+    // At shutdown the agent captured v1's configuration itself.
+    assert_has(&c, "imprint prepare-upgrade: captured ");
     let upgrade = "imprint.mode=upgrade imprint.image=debian:v2 imprint.disk=/dev/vdb";
     for (name, on, after_ms, before) in points {
         let untouched = untouchable_digest(&m.disks[0]);
@@ -538,17 +532,23 @@ fn stock_upgrade_survives_power_cuts(firmware: &'static str, points: &[(&str, &s
             untouchable_digest(&m.disks[0]) == untouched,
             "{name}: the upgrade wrote to v1's file systems"
         );
-        for i in 1..=2 {
+        for i in 1..=boots_after {
             let c = m.boot_disks(&format!("after-{name}-{i}"));
             came_up(&c, "v1", "/dev/vda3", firmware);
             assert_has(&c, "imprint firstboot: nothing to do (committed)");
         }
         let _ = writeln!(
             std::io::stderr(),
-            "power cut {firmware} stock Debian upgrade {name} ({after_ms} ms after {on:?}): v1 came up on its own root, twice"
+            "power cut {firmware} stock Debian upgrade {name} ({after_ms} ms after {on:?}): v1 came up on its own root, {boots_after} time(s)"
         );
     }
+    let untouched = untouchable_digest(&m.disks[0]);
     let c = m.ramdisk("upgrade-v2", upgrade);
+    assert_has(&c, "the previous OS on /dev/vda captured its configuration");
+    assert!(
+        untouchable_digest(&m.disks[0]) == untouched,
+        "the upgrade wrote to v1's file systems"
+    );
     // One image family: the same identities on both disks, renewed on the new
     // one, and what names them rewritten (on its root and its ESP).
     assert_has(&c, &format!("file system {ROOT_UUID} is now "));
@@ -558,21 +558,25 @@ fn stock_upgrade_survives_power_cuts(firmware: &'static str, points: &[(&str, &s
     );
     assert_has(&c, "rewrote the file system references in /etc/fstab");
     assert_has(&c, "ESP:/EFI/debian/grub.cfg");
+
+    // Rolled back before it ran: v1 on the next boot, the upgrade marked.
+    let c = m.ramdisk("rollback-v2", "imprint.mode=rollback");
+    assert_has(&c, "rollback: marked the upgrade to debian sha256:");
+    assert_eq!(read_state(&m.disks[1]).0.mode, Mode::RolledBack);
+    assert_eq!(read_state(&m.disks[0]).0.mode, Mode::Committed);
+    let c = m.boot_disks("v1-after-rollback");
+    came_up(&c, "v1", "/dev/vda3", firmware);
+    assert_has(&c, "imprint firstboot: nothing to do (committed)");
+
+    let c = m.ramdisk("upgrade-v2-again", upgrade);
     let (fetched, seeded) = (
         summary_figure(&c, "fetched_chunks"),
         summary_figure(&c, "seeded_chunks"),
     );
-    let c = m.boot_disks("v2");
-    came_up(&c, "v2", "/dev/vdb3", firmware);
-    assert_has(&c, "imprint firstboot: mode=upgrade");
-    assert_has(&c, "imprint firstboot: migrated /etc/hostname");
-    assert_has(&c, "imprint firstboot: committed");
-    assert_eq!(partition_file(&m.disks[1], 3, "/etc/hostname"), "cut-1\n");
-    let c = m.boot_disks("v2-again");
-    came_up(&c, "v2", "/dev/vdb3", firmware);
+    m.upgraded_boots_every_time(boots_after, "cut-1");
     let _ = writeln!(
         std::io::stderr(),
-        "stock Debian upgrade run to its end after the cuts: fetched {fetched} and seeded {seeded} chunks; v2 came up, migrated and committed"
+        "stock Debian upgrade run to its end after the cuts and a rollback: fetched {fetched} and seeded {seeded} chunks; v2 came up, migrated and committed"
     );
 }
 
@@ -581,18 +585,27 @@ const DATA_DONE: &str = "install step done: write-data";
 const HEAD_DONE: &str = "install step done: write-head";
 const SWITCHING: &str = "switching boot to ";
 
+/// BIOS: CI cuts the power at one point, before the switch (where v1's own
+/// GRUB and initrd first see the new disk's file systems), with one boot after
+/// it; IMPRINT_POWER_CUTS=all (scripts/power-cuts) cuts at every point, with
+/// two boots after each.
 #[test]
-fn stock_debian_upgrade_survives_power_cuts_bios() {
+fn stock_debian_upgrade_survives_power_cuts_and_a_rollback_bios() {
     require_qemu!();
     require_debian!();
-    stock_upgrade_survives_power_cuts(
-        "bios",
-        &[
-            ("data", INVALIDATED, 1500, DATA_DONE),
-            ("before-switch", HEAD_DONE, 0, SWITCHING),
-            ("switch", SWITCHING, 0, "imprint: info: BIOS: "),
-        ],
-    );
+    if std::env::var("IMPRINT_POWER_CUTS").as_deref() == Ok("all") {
+        stock_upgrade_survives_power_cuts(
+            "bios",
+            &[
+                ("data", INVALIDATED, 1500, DATA_DONE),
+                ("before-switch", HEAD_DONE, 0, SWITCHING),
+                ("switch", SWITCHING, 0, "imprint: info: BIOS: "),
+            ],
+            2,
+        );
+    } else {
+        stock_upgrade_survives_power_cuts("bios", &[("before-switch", HEAD_DONE, 0, SWITCHING)], 1);
+    }
 }
 
 /// Under UEFI with the full power-cut matrix only (scripts/power-cuts).
@@ -613,6 +626,7 @@ fn stock_debian_upgrade_survives_power_cuts_uefi() {
             ("data", INVALIDATED, 1500, DATA_DONE),
             ("before-switch", HEAD_DONE, 0, SWITCHING),
         ],
+        2,
     );
 }
 
@@ -635,13 +649,19 @@ fn stock_debian_network_boot_deploys_and_commits() {
         "version: 2\nethernets:\n  wired:\n    match:\n      name: \"e*\"\n    dhcp4: true\n",
     )
     .unwrap();
+    std::fs::write(
+        dir.join("deb-1.user-data"),
+        "#cloud-config\nwrite_files:\n  - path: /etc/imprint-test/from-user-data\n    content: |\n      applied by cloud-init\n",
+    )
+    .unwrap();
 
     let (served, net) = provisioning_server(
         &repo,
         &format!(
             "[default]\ncmdline = [\"console=ttyS0\", \"quiet\", \"panic=-1\"]\n\n\
              [hosts.\"{mac}\"]\nhostname = \"deb-1\"\nimage = \"debian:v1\"\n\
-             settings = {{ disk = \"/dev/vda\" }}\nnetwork-config = \"deb-1.network\"\n"
+             settings = {{ disk = \"/dev/vda\" }}\nnetwork-config = \"deb-1.network\"\n\
+             user-data = \"deb-1.user-data\"\n"
         ),
         None,
     );
@@ -652,6 +672,8 @@ fn stock_debian_network_boot_deploys_and_commits() {
     assert_has(&c, "imprint: deploying debian:v1 to deb-1 (attempt 1 of 3)");
     assert_has(&c, "installed imprint as the first-boot agent");
     assert_has(&c, "wrote a NoCloud seed for the OS's cloud-init");
+    assert_has(&c, "handing off (reboot)");
+    agent_installed(&disk);
 
     let c = run("local");
     assert_has(
@@ -661,6 +683,19 @@ fn stock_debian_network_boot_deploys_and_commits() {
     came_up(&c, "v1", "/dev/vda3", "bios");
     assert_has(&c, "imprint firstboot: committed");
     assert_eq!(partition_file(&disk, 3, "/etc/hostname"), "deb-1\n");
+    // cloud-init applied the seed's user-data and the host name it gave.
+    assert_eq!(
+        partition_file(&disk, 3, "/etc/imprint-test/from-user-data"),
+        "applied by cloud-init\n"
+    );
+    let set = partition_file(&disk, 3, "/var/lib/cloud/data/set-hostname");
+    assert!(set.contains("\"deb-1\""), "{set}");
+    status_says(&c, "committed");
+    assert_has(
+        &c,
+        "debian-os: status: agent       installed by the deploy (format 3)",
+    );
+    timings_completed_by_first_boot(&disk, &c);
     let m = machine_entry(&served, mac);
     assert_eq!(m["state"]["completed"], digest, "{m}");
     assert_eq!(m["next"], "local");
@@ -740,28 +775,29 @@ fn stock_debian_from_nginx_deploys_once_then_starts_by_kexec() {
 }
 
 /// The stock Debian from a USB stick under UEFI, with no network device: the
-/// stick deploys the blank disk; pulled out, the machine boots Debian from
-/// the disk (the deploy put its entry after the stick's), which commits.
+/// stick deploys the blank disk; pulled out, the machine boots Debian from the
+/// disk (the deploy put its entry after the stick's), which commits. Then an
+/// upgrade whose kernel never finds its root (Debian's initrd gives up and
+/// resets the machine) runs once, through BootNext; the reset after it comes
+/// back to v1, whose agent marks the upgrade rolled back.
 #[test]
-fn stock_debian_deploys_from_a_usb_stick_with_no_network() {
+fn stock_debian_from_a_usb_stick_then_an_upgrade_that_never_comes_up_falls_back() {
     require_qemu!();
     require_debian!();
     let a = artifacts();
-    let repo = Repo::new();
-    add(
-        &repo,
-        "debian:v1",
-        debian_image("v1", Debian::Stock).to_str().unwrap(),
+    let m = Stock::of(
+        "uefi",
+        &[("v1", Debian::Stock), ("v2", Debian::BrokenRoot)],
+        2,
     );
-    let dir = repo.dir.path();
-    let stick = dir.join("stick.img");
+    let stick = m.repo.file("stick.img");
     let out = imprint(&[
         "media",
         "build",
         "--out",
         stick.to_str().unwrap(),
         "--repo",
-        repo.path().to_str().unwrap(),
+        m.repo.path().to_str().unwrap(),
         "--image",
         "debian:v1",
         "--kernel",
@@ -772,32 +808,49 @@ fn stock_debian_deploys_from_a_usb_stick_with_no_network() {
         "imprint.disk=/dev/vda imprint.hostname=from-stick",
     ]);
     assert_success(&out);
-    let disk = dir.join("disk.img");
-    sparse_disk(&disk, 3 << 30);
-    let vars = dir.join("vars.fd");
-    let run = |name: &str, usb: Option<&Path>| {
-        let (status, c) = boot(
-            dir,
-            name,
-            Boot {
-                firmware: "uefi",
-                vars: Some(&vars),
-                net: "none",
-                timeout: 600,
-                usb,
-                ..Boot::default()
-            },
-            &[disk.as_path()],
-        );
-        assert!(status.success(), "{name}: {status:?}\n{c}");
-        c
-    };
-    let c = run("deploy", Some(&stick));
+    let disks = [m.disks[0].as_path(), m.disks[1].as_path()];
+    let (status, c) = boot(
+        m.repo.dir.path(),
+        "deploy",
+        Boot {
+            firmware: "uefi",
+            vars: Some(&m.vars),
+            net: "none",
+            timeout: 600,
+            usb: Some(&stick),
+            ..Boot::default()
+        },
+        &disks,
+    );
+    assert!(status.success(), "deploy: {status:?}\n{c}");
     assert_has(&c, "medium labelled IMPRINT on /dev/sda1");
     assert_has(&c, "installed imprint as the first-boot agent");
     assert_eq!(summary_figure(&c, "from_network"), 0, "{c}");
-    let c = run("installed", None);
+    let c = m.boot_disks("v1");
     came_up(&c, "v1", "/dev/vda3", "uefi");
     assert_has(&c, "imprint firstboot: committed");
-    assert_eq!(partition_file(&disk, 3, "/etc/hostname"), "from-stick\n");
+    assert_eq!(
+        partition_file(&m.disks[0], 3, "/etc/hostname"),
+        "from-stick\n"
+    );
+
+    let c = m.ramdisk(
+        "upgrade-v2",
+        "imprint.mode=upgrade imprint.image=debian:v2 imprint.disk=/dev/vdb",
+    );
+    assert_has(&c, "(BootNext)");
+    let (_, c) = m.try_run("v2-trial", None, &disks);
+    // v2's own GRUB configuration ran, and its root was not there.
+    assert_has(&c, "testos.marker=v2");
+    assert!(!c.contains("debian-os: "), "v2 came up:\n{c}");
+    assert!(!c.contains("imprint firstboot: committed"), "{c}");
+    for i in 1..=2 {
+        let c = m.boot_disks(&format!("v1-again-{i}"));
+        came_up(&c, "v1", "/dev/vda3", "uefi");
+        if i == 1 {
+            assert_has(&c, "on /dev/vdb never committed; marked rolled-back");
+        }
+    }
+    assert_eq!(read_state(&m.disks[1]).0.mode, Mode::RolledBack);
+    assert_eq!(read_state(&m.disks[0]).0.mode, Mode::Committed);
 }

@@ -165,7 +165,7 @@ fn a_usb_stick_deploys_with_no_network_bios() {
 fn a_usb_stick_deploys_with_no_network_uefi() {
     require_qemu!();
     full_matrix_only!(
-        "stock_debian_deploys_from_a_usb_stick_with_no_network in tests/debian.rs, a UEFI stick deploy"
+        "stock_debian_from_a_usb_stick_then_an_upgrade_that_never_comes_up_falls_back in tests/debian.rs, a UEFI stick deploy"
     );
     deploys_from_medium("uefi", Kind::Usb, false);
 }
