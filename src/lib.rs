@@ -29,6 +29,7 @@
 
 pub mod bootswitch;
 pub mod engine;
+pub mod footprint;
 pub mod format;
 pub mod host;
 pub mod installed;

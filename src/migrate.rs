@@ -8,8 +8,9 @@
 //! directory ending in `/` (taken recursively), or a pattern with `*`, `?` or `[...]`
 //! in its last component. `#` starts a comment.
 
-use crate::format::bundle::{self, Bundle, BundleError, Entry, EntryKind};
+use crate::format::bundle::{self, Bundle, BundleError, BundleRef, Entry, EntryKind};
 use crate::format::glob::{glob_match, glob_match_path};
+use crate::statepart::StateDisk;
 use crate::sys::{EntryType, Root, RootDir};
 use std::collections::HashSet;
 use std::io::{self, Write};
@@ -218,6 +219,21 @@ pub fn capture(
         created_at: now,
         entries,
     })
+}
+
+/// Captures into `disk`'s state partition what the migration list in `root`
+/// names, for the next OS to migrate: done by the installed OS at every
+/// shutdown (`imprint prepare-upgrade`), and by the deploy environment from a
+/// previous root that left no bundle. Returns the number of entries and where
+/// the bundle went.
+pub fn capture_into(root: &Root, disk: &StateDisk) -> anyhow::Result<(usize, BundleRef)> {
+    let list = read_list_in(root)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let bundle = capture(root, &list, now, disk.bundle_capacity())?;
+    let reference = disk.store_bundle(&bundle)?;
+    Ok((bundle.entries.len(), reference))
 }
 
 /// Reads the migration list of the OS whose root is `root` (resolved inside

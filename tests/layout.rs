@@ -66,23 +66,72 @@ fn assert_none(dirs: &[&str], forbidden: &[&str], rule: &str) {
     }
 }
 
+/// The shared core: what every role builds on.
 const CORE: &[&str] = &[
     "src/format",
     "src/source",
     "src/engine",
     "src/statepart.rs",
     "src/bootswitch.rs",
+    "src/footprint.rs",
+    "src/migrate.rs",
     "src/parallel.rs",
     "src/sys.rs",
 ];
+
+/// The roles, side by side over the core: the host (repositories, the
+/// provisioning server, media), PID 1 of the deploy environment, and the
+/// installed OS's agent.
+const ROLES: &[&str] = &["host", "pid1", "installed"];
+
+/// Over the core and the roles: the command line (which may use them all) and
+/// the crate roots.
+const ENTRY: &[&str] = &["src/cli", "src/main.rs", "src/lib.rs"];
+
+#[test]
+fn every_source_is_core_a_role_or_the_command_line() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for entry in std::fs::read_dir(root.join("src")).unwrap().flatten() {
+        let name = format!("src/{}", entry.file_name().to_string_lossy());
+        let role = ROLES.iter().any(|r| name == format!("src/{r}"));
+        assert!(
+            role || CORE.contains(&name.as_str()) || ENTRY.contains(&name.as_str()),
+            "{name} is neither in the core, a role, nor the command line: add it to one of \
+             CORE, ROLES or ENTRY in tests/layout.rs"
+        );
+    }
+}
 
 #[test]
 fn the_shared_core_does_not_depend_on_a_role() {
     assert_none(
         CORE,
-        &["crate::host", "crate::pid1", "crate::installed"],
+        &[
+            "crate::host",
+            "crate::pid1",
+            "crate::installed",
+            "crate::cli",
+        ],
         "the shared core must not depend on the host, PID 1 or installed-OS roles",
     );
+}
+
+#[test]
+fn a_role_does_not_import_another_role() {
+    for role in ROLES {
+        let others: Vec<String> = ROLES
+            .iter()
+            .chain(&["cli"])
+            .filter(|r| *r != role)
+            .map(|r| format!("crate::{r}"))
+            .collect();
+        let others: Vec<&str> = others.iter().map(String::as_str).collect();
+        assert_none(
+            &[&format!("src/{role}")],
+            &others,
+            "roles meet only in the core: move what two roles share into it",
+        );
+    }
 }
 
 #[test]

@@ -162,11 +162,9 @@ fn a_usb_stick_deploys_with_no_network_bios() {
 }
 
 #[test]
+#[ignore = "full matrix only (scripts/full-matrix); CI shows the same in stock_debian_from_a_usb_stick_then_an_upgrade_that_never_comes_up_falls_back in tests/debian.rs, a UEFI stick deploy"]
 fn a_usb_stick_deploys_with_no_network_uefi() {
     require_qemu!();
-    full_matrix_only!(
-        "stock_debian_from_a_usb_stick_then_an_upgrade_that_never_comes_up_falls_back in tests/debian.rs, a UEFI stick deploy"
-    );
     deploys_from_medium("uefi", Kind::Usb, false);
 }
 

@@ -196,11 +196,9 @@ fn a_static_boot_script_deploys_once_then_starts_the_installed_os_bios() {
 }
 
 #[test]
+#[ignore = "full matrix only (scripts/full-matrix); CI shows the same in its BIOS twin (the kexec path is the same), and network_boot_with_ovmf_ipxe"]
 fn a_static_boot_script_deploys_once_then_starts_the_installed_os_uefi() {
     require_qemu!();
-    full_matrix_only!(
-        "its BIOS twin (the kexec path is the same), and network_boot_with_ovmf_ipxe"
-    );
     static_network_boot("uefi");
 }
 

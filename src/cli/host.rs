@@ -280,7 +280,7 @@ pub struct ServeArgs {
     #[arg(long)]
     initrd: Option<PathBuf>,
     /// Deploys a machine may fail in a row before its boot script holds it.
-    #[arg(long, default_value_t = imprint::host::provision::DEFAULT_ATTEMPTS)]
+    #[arg(long, default_value_t = imprint::format::provision::DEFAULT_ATTEMPTS)]
     attempts: u32,
 }
 

@@ -137,7 +137,8 @@ pub struct ReportArgs {
 
 /// Sends the report the first boot left for when the network is up.
 pub fn report(args: &ReportArgs) -> Result<Exit> {
-    use imprint::installed::firstboot::{Reported, send_pending, want_reporter};
+    use imprint::footprint::want_reporter;
+    use imprint::installed::firstboot::{Reported, send_pending};
     let p = "imprint report:";
     match send_pending(&args.root, std::time::Duration::from_secs(args.patience))? {
         Reported::Nothing => println!("{p} nothing to report"),

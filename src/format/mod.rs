@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod mbr;
 pub mod netlink;
 pub mod pe;
+pub mod provision;
 pub mod repository;
 pub mod sdboot;
 pub mod signature;

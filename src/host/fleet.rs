@@ -13,9 +13,9 @@
 //! any one address.
 
 use super::access::{self, Keys};
-use super::provision::{self, Decision, Machine, Platform};
 use crate::format::http::printable;
 use crate::format::inventory::{self, Inventory, Mac};
+use crate::format::provision::{self, Decision, Machine, Platform};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};

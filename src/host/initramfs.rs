@@ -175,7 +175,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, InitramfsError> {
     }
     if let Some(pem) = &opts.ca {
         archive.add_file(
-            crate::pid1::CA_FILE.trim_start_matches('/'),
+            crate::source::INITRAMFS_CA_FILE.trim_start_matches('/'),
             0o644,
             pem.clone(),
         )?;

@@ -332,7 +332,7 @@ fn stage_repository(opts: &Options, more: &[ImageRef], stage: &Path) -> Result<R
 /// the deploy reads them; returns the images its entries name.
 fn stage_inventory(hosts: &Path, tree: &Path) -> Result<Vec<ImageRef>, MediaError> {
     use crate::format::inventory;
-    use crate::host::provision::host_file;
+    use crate::format::provision::host_file;
     const LIMIT: u64 = 1 << 20;
     let len = std::fs::metadata(hosts).map_err(io_err(hosts))?.len();
     if len > LIMIT {

@@ -5,7 +5,6 @@ pub mod access;
 pub mod fleet;
 pub mod initramfs;
 pub mod media;
-pub mod provision;
 pub mod repo;
 pub mod serve;
 pub mod statuses;

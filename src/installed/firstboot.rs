@@ -5,6 +5,7 @@
 //! same.
 
 use crate::bootswitch;
+use crate::footprint::{PENDING_REPORT, REPORT_UNIT_NAME, REPORT_WANTS_DIR, want_reporter};
 use crate::format::state::{Mode, Record};
 use crate::format::status::{self, Phase};
 use crate::migrate;
@@ -199,32 +200,6 @@ fn migrate_from_previous(
     Ok(())
 }
 
-/// Where a report waits for the network when the first boot runs before it.
-pub const PENDING_REPORT: &str = "var/lib/imprint/report.json";
-/// The unit that runs `imprint report` once the network is online.
-pub const REPORT_UNIT_NAME: &str = "imprint-report.service";
-const REPORT_UNIT_DIR: &str = "etc/systemd/system";
-const REPORT_WANTS_DIR: &str = "etc/systemd/system/multi-user.target.wants";
-
-/// Enables (or disables) the report unit in `root`, where it is installed. It
-/// pulls in network-online.target, which waits minutes on a machine whose links
-/// never come up, so it is enabled only while a report waits. Returns whether
-/// the unit is there.
-pub fn want_reporter(root: &crate::sys::Root, wanted: bool) -> std::io::Result<bool> {
-    if !wanted {
-        root.remove(REPORT_WANTS_DIR, REPORT_UNIT_NAME)?;
-        return Ok(root.exists(&format!("{REPORT_UNIT_DIR}/{REPORT_UNIT_NAME}")));
-    }
-    if !root.exists(&format!("{REPORT_UNIT_DIR}/{REPORT_UNIT_NAME}")) {
-        return Ok(false);
-    }
-    root.symlink(
-        REPORT_WANTS_DIR,
-        REPORT_UNIT_NAME,
-        &format!("/{REPORT_UNIT_DIR}/{REPORT_UNIT_NAME}"),
-    )?;
-    Ok(true)
-}
 /// Largest pending report read back.
 const MAX_PENDING: u64 = 64 << 10;
 

@@ -55,15 +55,10 @@ pub fn prepare_upgrade(root: &Path) -> Result<CaptureReport> {
     let (disk, _) = own_disk()?;
     let root =
         crate::sys::Root::open(root).with_context(|| format!("opening {}", root.display()))?;
-    let list = migrate::read_list_in(&root)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let bundle = migrate::capture(&root, &list, now, disk.bundle_capacity())?;
-    let reference = disk.store_bundle(&bundle)?;
+    let (entries, reference) = migrate::capture_into(&root, &disk)?;
     Ok(CaptureReport {
         device: disk.device,
-        entries: bundle.entries.len(),
+        entries,
         bundle: reference,
     })
 }

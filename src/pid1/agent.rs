@@ -15,71 +15,21 @@
 use super::disks::{self, DiskInfo};
 use super::drivers;
 use super::identity::{self, Rename};
+use crate::footprint::{
+    DIR, FORMAT, FORMAT_FILE, OWN_AGENT_PATHS, REPORT_UNIT, REPORT_UNIT_NAME, UNIT, UNIT_DIR,
+    UNIT_NAME,
+};
 use crate::format::dps::{LINUX_DATA, ROOT_X86_64, XBOOTLDR};
 use crate::format::fstype;
 use crate::format::glob::glob_match;
 use crate::format::gpt::{Guid, Layout, Partition};
 use crate::format::state::Agent;
-use crate::installed::firstboot::REPORT_UNIT_NAME;
 use crate::migrate;
 use crate::statepart::StateDisk;
 use crate::sys::{self, Root};
 use anyhow::{Context, Result, anyhow};
 use std::path::Path;
 
-/// The agent layout this build installs: the binary and unit below. An image
-/// whose agent says a format at least this new is left alone.
-pub(super) const FORMAT: u32 = 3;
-const DIR: &str = "usr/lib/imprint";
-const FORMAT_FILE: &str = "agent-format";
-const UNIT_DIR: &str = "etc/systemd/system";
-const UNIT_NAME: &str = "imprint-firstboot.service";
-const UNIT: &str = "\
-[Unit]
-Description=imprint first boot: host settings, migration from the previous OS, commit
-DefaultDependencies=no
-Wants=network-pre.target
-After=local-fs.target systemd-remount-fs.service
-Before=network-pre.target sysinit.target shutdown.target systemd-machine-id-commit.service
-Conflicts=shutdown.target
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/lib/imprint/imprint firstboot
-# At every shutdown, while the root is still mounted: the configuration the next
-# upgrade migrates, captured by the OS itself.
-ExecStop=/usr/lib/imprint/imprint prepare-upgrade
-TimeoutStopSec=60
-StandardOutput=journal+console
-
-[Install]
-WantedBy=sysinit.target
-";
-/// Format 2: the first boot's report to the provisioning server goes out once
-/// the network is up (the first-boot unit runs before it). Format 3: that unit
-/// is enabled only while a report waits (see `firstboot::want_reporter`).
-const REPORT_UNIT: &str = "\
-[Unit]
-Description=imprint: report this OS's first boot to the server that deployed it
-Wants=network-online.target
-After=network-online.target imprint-firstboot.service
-
-[Service]
-Type=oneshot
-ExecStart=/usr/lib/imprint/imprint report --patience 30
-StandardOutput=journal+console
-
-[Install]
-WantedBy=multi-user.target
-";
-/// Where an image's own imprint would be.
-const OWN_AGENT_PATHS: &[&str] = &[
-    "usr/bin/imprint",
-    "usr/sbin/imprint",
-    "usr/local/bin/imprint",
-    "usr/local/sbin/imprint",
-];
 const MOUNT_POINT: &str = "/run/imprint/root";
 
 /// What the OS in a root needs.
@@ -135,8 +85,7 @@ fn install(root: &Root, binary: &[u8], reports: bool) -> Result<Agent> {
     // one; later, by the first boot that leaves one.
     root.write_file(UNIT_DIR, REPORT_UNIT_NAME, REPORT_UNIT.as_bytes(), 0o644)
         .with_context(|| format!("writing /{UNIT_DIR}/{REPORT_UNIT_NAME}"))?;
-    crate::installed::firstboot::want_reporter(root, reports)
-        .context("enabling the report unit")?;
+    crate::footprint::want_reporter(root, reports).context("enabling the report unit")?;
     // Last: an interrupted install is retried by the next deploy.
     root.write_file(DIR, FORMAT_FILE, format!("{FORMAT}\n").as_bytes(), 0o644)
         .context("writing the agent format")?;
@@ -562,18 +511,10 @@ pub(super) fn capture_previous(previous: &StateDisk) -> Result<(String, usize)> 
     .map_err(|why| anyhow!("{why}"))?;
     let root = Root::open(Path::new(PREVIOUS_MOUNT_POINT))
         .with_context(|| format!("opening the root on {}", mounted.device))?;
-    let list = migrate::read_list_in(&root)
-        .with_context(|| format!("reading the migration list on {}", mounted.device))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let bundle = migrate::capture(&root, &list, now, previous.bundle_capacity())
+    let (entries, _) = migrate::capture_into(&root, previous)
         .with_context(|| format!("capturing from {}", mounted.device))?;
     drop(root);
-    let device = mounted.device.clone();
-    drop(mounted);
-    previous.store_bundle(&bundle)?;
-    Ok((device, bundle.entries.len()))
+    Ok((mounted.device.clone(), entries))
 }
 
 /// The line for the console.

@@ -336,7 +336,7 @@ mod tests {
     /// sender is never started for it (before, the first event panicked).
     #[test]
     fn an_https_status_url_without_ca_certificates_is_refused() {
-        assert!(!std::path::Path::new(super::super::CA_FILE).exists());
+        assert!(!std::path::Path::new(crate::source::INITRAMFS_CA_FILE).exists());
         let e = usable_url("https://status.example/status").unwrap_err();
         assert!(e.contains("--ca FILE"), "{e}");
         assert!(usable_url("http://10.0.2.2:8080/status").is_ok());

@@ -348,7 +348,7 @@ fn media_inventory_choice(
     media: &[Option<media::Medium>],
 ) -> Result<Option<Config>> {
     use crate::format::inventory::{self, Mac};
-    use crate::host::provision::{self, Decision, Machine, Platform};
+    use crate::format::provision::{self, Decision, Machine, Platform};
     for medium in media.iter().flatten() {
         let root = sys::Root::open(&medium.root).context("opening the medium")?;
         let text = match root.read(media::INVENTORY, MAX_MEDIA_INVENTORY + 1) {

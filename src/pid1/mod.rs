@@ -47,16 +47,12 @@ use std::time::{Duration, Instant};
 static STATUS: OnceLock<Status> = OnceLock::new();
 static BOOTED: OnceLock<Instant> = OnceLock::new();
 
-/// Where the initramfs carries the CA certificates HTTPS servers are checked
-/// against (`imprint initramfs build --ca FILE`, else the build host's bundle).
-pub const CA_FILE: &str = "/etc/imprint/ca.pem";
-
 /// The initramfs's CA roots, read once; none (with a warning) when missing or bad.
 fn ca_roots() -> Option<crate::source::CaRoots> {
     static ROOTS: OnceLock<Option<crate::source::CaRoots>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {
-            let path = std::path::Path::new(CA_FILE);
+            let path = std::path::Path::new(crate::source::INITRAMFS_CA_FILE);
             if !path.exists() {
                 return None;
             }

@@ -87,6 +87,11 @@ pub struct CaRoots {
     origin: String,
 }
 
+/// Where the deploy environment's initramfs carries the CA certificates HTTPS
+/// servers are checked against (`imprint initramfs build --ca FILE`, else the
+/// build host's bundle).
+pub const INITRAMFS_CA_FILE: &str = "/etc/imprint/ca.pem";
+
 /// Where a system keeps its CA bundle: Debian and Ubuntu, then Fedora and RHEL.
 pub const SYSTEM_CA_FILES: &[&str] = &[
     "/etc/ssl/certs/ca-certificates.crt",

@@ -9,8 +9,8 @@ mod wire;
 
 pub use dns::DnsResolver;
 pub use http::{
-    CaError, CaRoots, HttpSource, NameResolver, SYSTEM_CA_FILES, SystemResolver, describe,
-    small_agent,
+    CaError, CaRoots, HttpSource, INITRAMFS_CA_FILE, NameResolver, SYSTEM_CA_FILES, SystemResolver,
+    describe, small_agent,
 };
 pub use proxy::{Proxy, ProxyError, proxy_from_env};
 

@@ -357,36 +357,6 @@ fn available(missing: &[String]) -> bool {
     false
 }
 
-/// Whether the full matrix runs (`IMPRINT_FULL_MATRIX=1`, as scripts/full-matrix
-/// sets): CI runs a sample of the firmware and media combinations, each feature
-/// shown at least once; the rest run here. Says so on stderr when skipping.
-pub fn full_matrix(sampled_by: &str) -> bool {
-    if std::env::var("IMPRINT_FULL_MATRIX").as_deref() == Ok("1") {
-        return true;
-    }
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("QEMU test")
-        .to_string();
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipped {test} in the CI sample (the same is shown by {sampled_by}); scripts/full-matrix runs it"
-    );
-    false
-}
-
-/// After `require_qemu!()` in a test of the full matrix only: returns early (a
-/// skip) unless it runs, naming the test CI runs for the same feature.
-#[macro_export]
-macro_rules! full_matrix_only {
-    ($sampled_by:expr) => {
-        if !$crate::common::vm::full_matrix($sampled_by) {
-            return;
-        }
-    };
-}
-
 /// At the start of a QEMU test: returns early (a skip) when the tier cannot run.
 #[macro_export]
 macro_rules! require_qemu {

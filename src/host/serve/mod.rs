@@ -23,9 +23,9 @@ pub use operator::PublicView;
 
 use super::access::{Keys, constant_time_eq};
 use super::fleet::{self, Fleet};
-use super::provision::Platform;
 use super::statuses::{self, StatusTable};
 use crate::format::http::{self, Method, RequestHead};
+use crate::format::provision::Platform;
 use reply::{Reply, page_asset, refuse_busy, write_reply};
 use std::collections::HashMap;
 use std::io::{self, Read};
