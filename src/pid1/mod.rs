@@ -27,6 +27,7 @@ mod disks;
 mod drivers;
 mod handoff;
 mod identity;
+mod inputs;
 mod media;
 mod net;
 mod rollback;
