@@ -5,29 +5,25 @@
 //! the OS has cloud-init, it also writes a NoCloud seed with the host's settings,
 //! so cloud-init applies them the way the OS expects.
 //!
-//! The root is found by a fixed rule: partitions of the Discoverable Partitions
-//! x86-64 root type first, then Linux file system partitions, in table order; the
-//! first that mounts (ext4) and holds an `os-release` is the root. Nothing is
-//! written unless the OS uses systemd and has no agent (or an older one); what was
+//! The root is found as `osroot.rs` says; references to renewed identities are
+//! rewritten as `references.rs` says. Nothing is written unless the OS uses systemd and has no agent (or an older one); what was
 //! done, or why not, goes into the state record. A failure here never fails the
 //! deploy: the disk boots either way.
 
-use super::disks::{self, DiskInfo};
-use super::drivers;
-use super::identity::{self, Rename};
+use super::disks::DiskInfo;
+use super::identity::Rename;
+use super::osroot::{MountAs, mount_root};
+use super::references::{
+    ROOT_REFERENCES, is_boot_candidate, rewrite_boot_partition, rewrite_references,
+};
 use crate::footprint::{
     DIR, FORMAT, FORMAT_FILE, OWN_AGENT_PATHS, REPORT_UNIT, REPORT_UNIT_NAME, UNIT, UNIT_DIR,
     UNIT_NAME,
 };
-use crate::format::dps::{LINUX_DATA, ROOT_X86_64, XBOOTLDR};
-use crate::format::fstype;
-use crate::format::glob::glob_match;
-use crate::format::gpt::{Guid, Layout, Partition};
+use crate::format::gpt::Layout;
 use crate::format::state::Agent;
-use crate::migrate;
-use crate::statepart::StateDisk;
 use crate::sys::{self, Root};
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use std::path::Path;
 
 const MOUNT_POINT: &str = "/run/imprint/root";
@@ -37,12 +33,6 @@ const MOUNT_POINT: &str = "/run/imprint/root";
 enum Need {
     Nothing(Agent),
     Install,
-}
-
-/// The partitions that may hold the root, in the order they are tried.
-fn root_candidates(layout: &Layout) -> Vec<&Partition> {
-    let of_type = |t: Guid| layout.partitions.iter().filter(move |p| p.type_guid == t);
-    of_type(ROOT_X86_64).chain(of_type(LINUX_DATA)).collect()
 }
 
 /// Decides from the root's contents.
@@ -152,98 +142,6 @@ pub(super) struct Provided {
     pub rewritten: Vec<String>,
 }
 
-/// Files in an OS's root that name file systems (or partitions) by identity; `*`
-/// matches within one path component.
-const ROOT_REFERENCES: &[&str] = &[
-    "etc/fstab",
-    "etc/crypttab",
-    "etc/kernel/cmdline",
-    "etc/default/grub",
-    "etc/initramfs-tools/conf.d/resume",
-    "boot/grub/grub.cfg",
-    "boot/grub2/grub.cfg",
-    "boot/loader/entries/*.conf",
-    "boot/syslinux/syslinux.cfg",
-    "boot/extlinux/extlinux.conf",
-];
-/// The same files on a separate `/boot` file system or on the ESP.
-const BOOT_REFERENCES: &[&str] = &[
-    "grub/grub.cfg",
-    "grub2/grub.cfg",
-    "loader/entries/*.conf",
-    "EFI/*/grub.cfg",
-    "syslinux.cfg",
-    "syslinux/syslinux.cfg",
-    "extlinux/extlinux.conf",
-    "EFI/BOOT/syslinux.cfg",
-];
-/// Largest reference file rewritten (GRUB configurations run to some 10 KiB).
-const REFERENCE_LIMIT: u64 = 4 << 20;
-/// Most names a pattern's directory is read for.
-const LIST_LIMIT: usize = 10_000;
-
-/// The files in `root` that `pattern` names.
-fn expand(root: &Root, pattern: &str) -> Vec<String> {
-    let mut found = vec![String::new()];
-    for part in pattern.split('/') {
-        let mut next = Vec::new();
-        for dir in &found {
-            let join = |name: &str| {
-                if dir.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{dir}/{name}")
-                }
-            };
-            if part.contains('*') {
-                let listed = root.list(if dir.is_empty() { "/" } else { dir }, LIST_LIMIT);
-                for name in listed.unwrap_or_default() {
-                    if glob_match(part.as_bytes(), name.as_bytes()) {
-                        next.push(join(&name));
-                    }
-                }
-            } else {
-                next.push(join(part));
-            }
-        }
-        found = next;
-    }
-    found.retain(|rel| root.exists(rel));
-    found
-}
-
-/// Rewrites references to renamed file systems in the files `patterns` name.
-/// Returns the files rewritten.
-fn rewrite_references(root: &Root, patterns: &[&str], renames: &[Rename]) -> Result<Vec<String>> {
-    let mut done = Vec::new();
-    for rel in patterns.iter().flat_map(|p| expand(root, p)) {
-        let bytes = match root.read(&rel, REFERENCE_LIMIT + 1) {
-            Ok(b) => b,
-            Err(e) => {
-                log::warn!("/{rel}: {e}; left as it is");
-                continue;
-            }
-        };
-        if bytes.len() as u64 > REFERENCE_LIMIT {
-            log::warn!("/{rel} is larger than {REFERENCE_LIMIT} bytes; left as it is");
-            continue;
-        }
-        let Ok(text) = String::from_utf8(bytes) else {
-            log::warn!("/{rel} is not text; left as it is");
-            continue;
-        };
-        let new = identity::rewrite(&text, renames);
-        if new != text {
-            let (dir, name) = rel.rsplit_once('/').unwrap_or(("", &rel));
-            let mode = root.mode(&rel).unwrap_or(0o644);
-            root.write_file(dir, name, new.as_bytes(), mode)
-                .with_context(|| format!("rewriting /{rel}"))?;
-            done.push(format!("/{rel}"));
-        }
-    }
-    Ok(done)
-}
-
 /// Looks at the root mounted at `path`, installs the agent if it needs one and
 /// seeds cloud-init if it has it. `remount_rw` makes the root writable first.
 fn provide(
@@ -312,144 +210,6 @@ pub(super) fn ensure(
     provided
 }
 
-/// A partition that may be a separate `/boot`.
-fn is_boot_candidate(p: &Partition) -> bool {
-    p.type_guid == XBOOTLDR || p.type_guid == LINUX_DATA
-}
-
-const BOOT_MOUNT_POINT: &str = "/run/imprint/boot";
-
-/// The boot loader's configuration on the ESP or a separate `/boot` names the
-/// root by identity too (Debian's `\EFI\debian\grub.cfg`: `search.fs_uuid`;
-/// `/boot/grub/grub.cfg`: `root=UUID=`). Returns the files rewritten.
-fn rewrite_boot_partition(
-    disk: &DiskInfo,
-    number: u32,
-    esp: bool,
-    renames: &[Rename],
-) -> Result<Vec<String>> {
-    let device = disk
-        .wait_for_partition(number)
-        .map_err(anyhow::Error::msg)?;
-    let fstype = if esp {
-        "vfat"
-    } else if content_of(&device) == Some("ext2/3/4") {
-        "ext4"
-    } else {
-        return Ok(Vec::new());
-    };
-    let _ = std::fs::create_dir_all(BOOT_MOUNT_POINT);
-    sys::mount(&device, BOOT_MOUNT_POINT, fstype, false)
-        .with_context(|| format!("mounting {device}"))?;
-    let mounted = Mounted {
-        device: device.clone(),
-        number,
-        at: BOOT_MOUNT_POINT,
-    };
-    let root =
-        Root::open(Path::new(BOOT_MOUNT_POINT)).with_context(|| format!("opening {device}"))?;
-    let files = rewrite_references(&root, BOOT_REFERENCES, renames);
-    drop(root);
-    sys::sync_all();
-    drop(mounted);
-    let label = if esp {
-        "ESP:".to_string()
-    } else {
-        format!("partition {number}:")
-    };
-    Ok(files?.into_iter().map(|f| format!("{label}{f}")).collect())
-}
-
-/// A root file system mounted for a while; unmounted when dropped.
-struct Mounted {
-    device: String,
-    number: u32,
-    at: &'static str,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Err(e) = sys::unmount(self.at) {
-            log::warn!("unmounting {}: {e}", self.device);
-        }
-    }
-}
-
-/// How [`mount_root`] mounts.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum MountAs {
-    /// Read-only; a journal is replayed as the OS's own mount would.
-    ReadOnly,
-    /// Read-only and the device never written: no journal replay.
-    Untouched,
-}
-
-/// Mounts, read-only at `at`, the root file system of the OS whose partition
-/// table is `layout`, by the rule in the module's doc; `partition` names a
-/// partition's device node. Says why when there is none.
-fn mount_root(
-    layout: &Layout,
-    partition: &dyn Fn(u32) -> Result<String, String>,
-    at: &'static str,
-    how: MountAs,
-) -> Result<Mounted, String> {
-    let candidates = root_candidates(layout);
-    if candidates.is_empty() {
-        return Err("no Linux root partition in the partition table".into());
-    }
-    drivers::load_filesystems();
-    let _ = std::fs::create_dir_all(at);
-    let mut seen = Vec::new();
-    for p in candidates {
-        let device = match partition(p.number) {
-            Ok(d) => d,
-            Err(e) => {
-                seen.push(e);
-                continue;
-            }
-        };
-        let mounted = match how {
-            MountAs::ReadOnly => sys::mount(&device, at, "ext4", true),
-            MountAs::Untouched => sys::mount_ext4_untouched(&device, at),
-        };
-        if let Err(e) = mounted {
-            seen.push(match content_of(&device) {
-                Some(kind) if kind != "ext2/3/4" => {
-                    format!("{device} holds {kind}; the deploy environment reads ext4 roots only")
-                }
-                _ => format!("{device}: not mountable as ext4 ({e})"),
-            });
-            continue;
-        }
-        let mounted = Mounted {
-            device,
-            number: p.number,
-            at,
-        };
-        let is_root = Root::open(Path::new(at)).is_ok_and(|root| {
-            ["etc/os-release", "usr/lib/os-release"]
-                .iter()
-                .chain(OWN_AGENT_PATHS)
-                .any(|p| root.exists(p))
-        });
-        if is_root {
-            return Ok(mounted);
-        }
-        seen.push(format!("{}: no os-release", mounted.device));
-    }
-    Err(format!("no root file system found ({})", seen.join("; ")))
-}
-
-/// What a partition holds, by its signature, for the report.
-fn content_of(device: &str) -> Option<&'static str> {
-    use std::io::Read;
-    let mut head = Vec::with_capacity(fstype::HEAD_LEN);
-    std::fs::File::open(device)
-        .and_then(|f| f.take(fstype::HEAD_LEN as u64).read_to_end(&mut head))
-        .ok()?;
-    fstype::identify(&head)
-}
-
 /// The root's agent and seed (see [`provide`]), and which partition the root is.
 fn provide_root(
     disk: &DiskInfo,
@@ -491,32 +251,6 @@ fn provide_root(
     (provided, Some(number))
 }
 
-const PREVIOUS_MOUNT_POINT: &str = "/run/imprint/previous";
-
-/// Upgrades, when the previous OS left no configuration bundle (the agent this
-/// environment installs captures one at every shutdown; an OS with its own
-/// agent runs `imprint prepare-upgrade`): captures it from the previous OS's
-/// root, as its own migration list names it, into its state partition, for
-/// the new OS's agent to migrate. The root is mounted without replaying its
-/// journal, so the previous disk's file systems are not written; what only its
-/// journal held is not seen. Returns the root's device and the number of
-/// entries.
-pub(super) fn capture_previous(previous: &StateDisk) -> Result<(String, usize)> {
-    let mounted = mount_root(
-        &previous.layout,
-        &|n| Ok(disks::partition_path(&previous.device, n)),
-        PREVIOUS_MOUNT_POINT,
-        MountAs::Untouched,
-    )
-    .map_err(|why| anyhow!("{why}"))?;
-    let root = Root::open(Path::new(PREVIOUS_MOUNT_POINT))
-        .with_context(|| format!("opening the root on {}", mounted.device))?;
-    let (entries, _) = migrate::capture_into(&root, previous)
-        .with_context(|| format!("capturing from {}", mounted.device))?;
-    drop(root);
-    Ok((mounted.device.clone(), entries))
-}
-
 /// The line for the console.
 pub(super) fn describe(agent: &Agent) -> String {
     match agent {
@@ -531,7 +265,11 @@ pub(super) fn describe(agent: &Agent) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::osroot::root_candidates;
+    use super::super::references::BOOT_REFERENCES;
     use super::*;
+    use crate::format::dps::{LINUX_DATA, ROOT_X86_64};
+    use crate::format::gpt::{Guid, Layout, Partition};
     use std::os::unix::fs::PermissionsExt;
 
     fn os_root(systemd: bool) -> tempfile::TempDir {

@@ -10,7 +10,7 @@ use super::inputs::{
     mount_media, network_if_wanted, parse_config, previous_os, refuse_downgrade, refuse_stale,
     wait_for_disk,
 };
-use super::{Never, agent, disks, drivers, handoff, identity, rollback, status, uptime};
+use super::{Never, agent, disks, drivers, handoff, identity, osroot, rollback, status, uptime};
 use crate::bootswitch;
 use crate::engine::install::{self, Installed, Plan, Step};
 use crate::engine::{DeployOptions, DiskTarget, Progress, Resolved, Target};
@@ -242,7 +242,7 @@ fn capture_previous(previous: &StateDisk) {
         );
         return;
     }
-    match agent::capture_previous(previous) {
+    match osroot::capture_previous(previous) {
         Ok((device, entries)) => log::info!(
             "captured {entries} configuration entries from the previous OS on {device}, for the new OS to migrate"
         ),

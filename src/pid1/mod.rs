@@ -30,6 +30,8 @@ mod identity;
 mod inputs;
 mod media;
 mod net;
+mod osroot;
+mod references;
 mod rollback;
 
 pub use drivers::modprobe_main;
