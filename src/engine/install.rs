@@ -12,7 +12,9 @@
 //! GPT of its own, but in the same order for what makes a disk look bootable:
 //! [`write_image`].
 
-use super::{DeployError, DeployOptions, DiskTarget, Progress, Target, deploy_chunks, fetch_chunk};
+use super::datapass::deploy_chunks;
+use super::fetch::fetch_chunk;
+use super::{DeployError, DeployOptions, DiskTarget, Progress, Target};
 use crate::format::digest::Digest;
 use crate::format::gpt::{self, Guid, Layout, Partition, RelocateError};
 use crate::format::is_zero;
