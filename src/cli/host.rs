@@ -1073,7 +1073,7 @@ pub fn deploy(args: &DeployArgs) -> Result<Exit> {
     );
     // The install sequence's order for the boot records: a deploy cut short
     // leaves a disk that does not look bootable, never a half-written one that does.
-    let result = engine::install::write_image(src.as_ref(), m, &target, &opts, &|p| {
+    let result = engine::write_image(src.as_ref(), m, &target, &opts, &|p| {
         eprintln!("imprint: {}", progress_line(p));
     });
     let p = result.with_context(|| format!("deploying to {}", disk.display()))?;

@@ -18,7 +18,7 @@ use std::time::Instant;
 /// Writes the image `manifest` describes onto `target`, fetching from `source` only
 /// what the target lacks. The target has been checked to be large enough. Chunks
 /// land in no particular order; a disk meant to boot is written with
-/// [`install::write_image`], which orders its boot records.
+/// [`super::write_image`], which orders its boot records.
 pub fn deploy(
     source: &dyn Source,
     manifest: &Manifest,

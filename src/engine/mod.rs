@@ -19,6 +19,7 @@ mod progress;
 mod target;
 mod trust;
 mod verify;
+mod writeimage;
 
 pub use datapass::{deploy, deploy_with_seed};
 pub use fetch::{fit_jobs, worker_memory};
@@ -26,6 +27,7 @@ pub use progress::Progress;
 pub use target::{DiskTarget, Preread, Target, TargetError};
 pub use trust::{Resolved, Trust, resolve};
 pub use verify::{VerifyReport, verify};
+pub use writeimage::{WriteImageError, write_image};
 
 use crate::format::digest::Digest;
 use crate::format::manifest::ManifestError;
