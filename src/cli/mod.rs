@@ -1,14 +1,22 @@
 //! The `imprint` command line: the parser, dispatch to the commands of each role
-//! ([`host`], [`installed`]), logging and error reporting.
+//! (on a host: [`image`], [`serve`], [`deploy`], [`boot`]; in the installed OS:
+//! [`installed`]), logging and error reporting. Each command's arguments are
+//! beside it.
 
+mod boot;
+mod deploy;
 mod exit;
-mod host;
+mod image;
 mod installed;
+mod serve;
 
 use anyhow::Result;
+use boot::{InitramfsCommand, MediaCommand};
 use clap::{Parser, Subcommand};
+use deploy::DiskCommand;
 use exit::Exit;
-use host::{DiskCommand, HostCommand, ImageCommand, InitramfsCommand, MediaCommand, RepoCommand};
+use image::{ImageCommand, RepoCommand};
+use serve::HostCommand;
 use std::io::Write as _;
 use std::process::ExitCode;
 
@@ -36,16 +44,16 @@ enum Command {
     #[command(subcommand)]
     Repo(RepoCommand),
     /// Create an ed25519 key pair for signing manifests.
-    Keygen(host::KeygenArgs),
+    Keygen(image::KeygenArgs),
     /// Serve a repository over HTTP, and collect status events; with --hosts,
     /// the provisioning server for network-booted machines too.
-    Serve(host::ServeArgs),
+    Serve(serve::ServeArgs),
     /// The machines a provisioning server (`imprint serve --hosts`) knows.
     #[command(subcommand)]
     Host(HostCommand),
     /// Deploy an image onto a disk or file.
     #[command(after_help = Exit::help())]
-    Deploy(host::DeployArgs),
+    Deploy(deploy::DeployArgs),
     /// Disk checks.
     #[command(subcommand)]
     Disk(DiskCommand),
@@ -81,18 +89,18 @@ pub fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<Exit> {
     match command {
-        Command::Image(ImageCommand::Add(args)) => host::image_add(&args),
-        Command::Image(ImageCommand::Ls(args)) => host::image_ls(&args),
-        Command::Image(ImageCommand::Inspect(args)) => host::image_inspect(&args),
-        Command::Image(ImageCommand::Sign(args)) => host::image_sign(&args),
-        Command::Repo(RepoCommand::Check(args)) => host::repo_check(&args),
-        Command::Keygen(args) => host::keygen(&args),
-        Command::Serve(args) => host::serve(&args),
-        Command::Host(HostCommand::Reprovision(args)) => host::reprovision(&args),
-        Command::Deploy(args) => host::deploy(&args),
-        Command::Disk(DiskCommand::Verify(args)) => host::disk_verify(&args),
-        Command::Initramfs(InitramfsCommand::Build(args)) => host::initramfs_build(&args),
-        Command::Media(MediaCommand::Build(args)) => host::media_build(&args),
+        Command::Image(ImageCommand::Add(args)) => image::image_add(&args),
+        Command::Image(ImageCommand::Ls(args)) => image::image_ls(&args),
+        Command::Image(ImageCommand::Inspect(args)) => image::image_inspect(&args),
+        Command::Image(ImageCommand::Sign(args)) => image::image_sign(&args),
+        Command::Repo(RepoCommand::Check(args)) => image::repo_check(&args),
+        Command::Keygen(args) => image::keygen(&args),
+        Command::Serve(args) => serve::serve(&args),
+        Command::Host(HostCommand::Reprovision(args)) => serve::reprovision(&args),
+        Command::Deploy(args) => deploy::deploy(&args),
+        Command::Disk(DiskCommand::Verify(args)) => deploy::disk_verify(&args),
+        Command::Initramfs(InitramfsCommand::Build(args)) => boot::initramfs_build(&args),
+        Command::Media(MediaCommand::Build(args)) => boot::media_build(&args),
         Command::Firstboot(args) => installed::firstboot(&args),
         Command::Status => installed::status(),
         Command::Rollback => installed::rollback(),
