@@ -35,6 +35,13 @@ fn disk_verify(url: &str, image: &str, disk: &std::path::Path) -> std::process::
     ])
 }
 
+/// A command that was refused: its exit code, and what its error says.
+fn refused(out: &std::process::Output, code: i32, says: &str) {
+    let err = stderr_of(out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    assert!(err.contains(says), "expected {says:?} in:\n{err}");
+}
+
 #[test]
 fn deploy_is_byte_identical_and_redeploy_fetches_nothing() {
     let repo = Repo::new();
@@ -237,23 +244,13 @@ fn signed_images_verify_with_the_right_key_only() {
         &disk,
         &["--pubkey", &other_public],
     );
-    assert_eq!(wrong.status.code(), Some(3), "{}", stderr_of(&wrong));
-    assert!(
-        stderr_of(&wrong).contains("signature"),
-        "{}",
-        stderr_of(&wrong)
-    );
+    refused(&wrong, 3, "signature");
     assert!(!disk.exists(), "target untouched");
 
     // Same content, so the same manifest; but the signature is for os:signed,
     // and a signature binds the tag it was made for.
     let unsigned = deploy(&served.url, "os:unsigned", &disk, &["--pubkey", &public]);
-    assert_eq!(unsigned.status.code(), Some(3), "{}", stderr_of(&unsigned));
-    assert!(
-        stderr_of(&unsigned).contains("not as os:unsigned"),
-        "{}",
-        stderr_of(&unsigned)
-    );
+    refused(&unsigned, 3, "not as os:unsigned");
     assert!(!disk.exists(), "target untouched");
 
     let good = deploy(&served.url, "os:signed", &disk, &["--pubkey", &public]);
@@ -266,8 +263,7 @@ fn signed_images_verify_with_the_right_key_only() {
         &disk,
         &["--pubkey", "not-base64!"],
     );
-    assert_eq!(bad_key.status.code(), Some(3));
-    assert!(stderr_of(&bad_key).contains("not-base64!"));
+    refused(&bad_key, 3, "not-base64!");
 }
 
 /// Pointing `refs/web/v2` at web:v1's signed manifest (a rollback to an old,
@@ -294,24 +290,14 @@ fn a_signature_binds_the_name_and_tag_it_was_made_for() {
     // refs/web/v2 now names web:v1's manifest.
     std::fs::write(r.join("refs/web/v2"), format!("{v1}\n")).unwrap();
     let replayed = deploy(&served.url, "web:v2", &disk, &["--pubkey", &public]);
-    assert_eq!(replayed.status.code(), Some(3), "{}", stderr_of(&replayed));
-    assert!(
-        stderr_of(&replayed).contains("not as web:v2"),
-        "{}",
-        stderr_of(&replayed)
-    );
+    refused(&replayed, 3, "not as web:v2");
     assert!(!disk.exists(), "target untouched");
 
     // refs/web/v2 names db's manifest: another image, refused with or without a key.
     let db = std::fs::read_to_string(r.join("refs/db/v1")).unwrap();
     std::fs::write(r.join("refs/web/v2"), &db).unwrap();
     let other = deploy(&served.url, "web:v2", &disk, &[]);
-    assert_eq!(other.status.code(), Some(3), "{}", stderr_of(&other));
-    assert!(
-        stderr_of(&other).contains("is the image \"db\", not \"web\""),
-        "{}",
-        stderr_of(&other)
-    );
+    refused(&other, 3, "is the image \"db\", not \"web\"");
     assert!(!disk.exists(), "target untouched");
 
     // A signature file of the first format: refused, with the way out.
@@ -326,11 +312,10 @@ fn a_signature_binds_the_name_and_tag_it_was_made_for() {
     )
     .unwrap();
     let old = deploy(&served.url, "web:v2", &disk, &["--pubkey", &public]);
-    assert_eq!(old.status.code(), Some(3), "{}", stderr_of(&old));
-    assert!(
-        stderr_of(&old).contains("imprint image sign --repo DIR NAME:TAG --sign-key FILE"),
-        "{}",
-        stderr_of(&old)
+    refused(
+        &old,
+        3,
+        "imprint image sign --repo DIR NAME:TAG --sign-key FILE",
     );
     let resign = imprint(&[
         "image",
@@ -360,12 +345,7 @@ fn unsigned_manifest_is_refused_when_a_key_is_required() {
     let served = Served::start(&repo.path());
     let disk = repo.file("disk");
     let out = deploy(&served.url, "os:v1", &disk, &["--pubkey", &public]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(
-        stderr_of(&out).contains("not signed"),
-        "{}",
-        stderr_of(&out)
-    );
+    refused(&out, 3, "not signed");
     assert!(!disk.exists());
 }
 
@@ -391,19 +371,13 @@ fn wrong_pin_leaves_the_target_untouched() {
     let served = Served::start(&repo.path());
 
     let out = deploy(&served.url, &digest, &disk, &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("does not match"),
-        "{}",
-        stderr_of(&out)
-    );
+    refused(&out, 3, "does not match");
     assert_eq!(std::fs::read(&disk).unwrap(), before);
 
     // A pin naming no manifest at all: a clear not-found, nothing written.
     let missing = format!("sha256:{}", "ab".repeat(32));
     let out = deploy(&served.url, &missing, &disk, &[]);
-    assert_eq!(out.status.code(), Some(5), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("not found"), "{}", stderr_of(&out));
+    refused(&out, 5, "not found");
     assert_eq!(std::fs::read(&disk).unwrap(), before);
 }
 
@@ -427,12 +401,7 @@ fn target_too_small_is_untouched() {
     let served = Served::start(&repo.path());
     let (disk, before) = pattern_disk(&repo, image.len() - 1);
     let out = deploy(&served.url, "os:v1", &disk, &[]);
-    assert_eq!(out.status.code(), Some(4), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("larger disk"),
-        "{}",
-        stderr_of(&out)
-    );
+    refused(&out, 4, "larger disk");
     assert_eq!(std::fs::read(&disk).unwrap(), before);
 }
 
@@ -611,8 +580,7 @@ fn image_add_reports_and_dedupes() {
         "os:empty",
         empty.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr_of(&out).contains("empty"), "{}", stderr_of(&out));
+    refused(&out, 1, "empty");
     let out = imprint(&[
         "image",
         "add",

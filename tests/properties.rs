@@ -1323,9 +1323,41 @@ mod gpt {
             let before = read(&mut Cursor::new(&head)).unwrap().unwrap();
             let disk_size = (s.last_usable + 1) * s.ss as u64 + extra;
             let r = bounded(head.len(), || relocate(&mut head, disk_size, add.as_ref(), disk_guid));
-            if let Ok(r) = r {
-                check_relocated(&before, &head, &r, disk_size / s.ss as u64 * s.ss as u64)?;
+            // Refused only for what the disk or the added partition lacks: the
+            // image itself is a valid one.
+            let ss = s.ss as u64;
+            let entry_sectors = (s.count as u64 * s.entry_size as u64).div_ceil(ss);
+            let sectors = disk_size / ss;
+            let last_used = before.partitions.iter().map(|p| p.last_lba).max().unwrap_or(0);
+            let fits = sectors >= 2 + 2 * entry_sectors + 2
+                && sectors - 2 - entry_sectors > last_used
+                && sectors - 2 - entry_sectors >= before.first_usable_lba;
+            match r {
+                Ok(r) => check_relocated(&before, &head, &r, sectors * ss)?,
+                Err(RelocateError::DiskTooSmall { .. }) => prop_assert!(!fits),
+                Err(RelocateError::NoRoom { .. } | RelocateError::NoFreeEntry) => {
+                    prop_assert!(add.is_some() && fits)
+                }
+                Err(e) => prop_assert!(false, "a valid image refused: {e}"),
             }
+        }
+
+        /// On a disk at least as large as the one the image was made for,
+        /// relocation without a new partition always succeeds.
+        #[test]
+        fn relocation_to_a_disk_no_smaller_than_the_image_s_succeeds(
+            s in spec(),
+            extra in 0u64..1 << 40,
+            disk_guid in prop::option::of(guid()),
+        ) {
+            let mut head = image(&s);
+            let before = read(&mut Cursor::new(&head)).unwrap().unwrap();
+            let ss = s.ss as u64;
+            let entry_sectors = (s.count as u64 * s.entry_size as u64).div_ceil(ss);
+            let disk_size = (s.last_usable + 1 + entry_sectors + 1) * ss + extra;
+            let r = relocate(&mut head, disk_size, None, disk_guid);
+            prop_assert!(r.is_ok(), "{:?}", r.err());
+            check_relocated(&before, &head, &r.unwrap(), disk_size / ss * ss)?;
         }
 
         #[test]
