@@ -138,6 +138,7 @@ fn network_boot_with_seabios_ipxe() {
 }
 
 #[test]
+#[ignore = "full matrix only (scripts/full-matrix); CI shows the same in network_boot_with_seabios_ipxe, and OVMF's own iPXE in the network-first machine of tests/debian_uki.rs"]
 fn network_boot_with_ovmf_ipxe() {
     require_qemu!();
     network_boot("uefi");
@@ -190,13 +191,14 @@ fn static_network_boot(firmware: &'static str) {
 }
 
 #[test]
+#[ignore = "full matrix only (scripts/full-matrix); CI shows the same in stock_debian_from_nginx_deploys_once_then_starts_by_kexec (tests/debian.rs)"]
 fn a_static_boot_script_deploys_once_then_starts_the_installed_os_bios() {
     require_qemu!();
     static_network_boot("bios");
 }
 
 #[test]
-#[ignore = "full matrix only (scripts/full-matrix); CI shows the same in its BIOS twin (the kexec path is the same), and network_boot_with_ovmf_ipxe"]
+#[ignore = "full matrix only (scripts/full-matrix); CI shows the same in stock_debian_from_nginx_deploys_once_then_starts_by_kexec (tests/debian.rs), and OVMF's own iPXE in the network-first machine of tests/debian_uki.rs"]
 fn a_static_boot_script_deploys_once_then_starts_the_installed_os_uefi() {
     require_qemu!();
     static_network_boot("uefi");

@@ -16,6 +16,7 @@ use super::access::{self, Keys};
 use crate::format::http::printable;
 use crate::format::inventory::{self, Inventory, Mac};
 use crate::format::provision::{self, Decision, Machine, Platform};
+use crate::format::status::{Event, Phase};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
@@ -393,16 +394,26 @@ impl Fleet {
         let known = machines.contains_key(&mac);
         let before = machines.get(&mac).cloned().unwrap_or_default();
         let mut m = before.clone();
-        let phase = event.get("phase").and_then(Value::as_str).unwrap_or("");
+        // Acted on only as one of this build's events; a phase it does not know
+        // (a newer deploy environment's) is still shown.
+        let shown = event.get("phase").and_then(Value::as_str).unwrap_or("");
+        let typed = Event::parse(event);
+        let phase = typed.as_ref().map(Event::phase);
         let fingerprint = access::fingerprint(credential);
         let bound = m.credential.as_deref() == Some(fingerprint.as_str());
         if !bound && !self.keys.credential_valid(credential, mac, m.generation) {
             return Err(Refusal::WrongCredential(mac));
         }
-        if !bound && phase != "booted" {
+        if !bound && phase != Some(Phase::Booted) {
             return Err(Refusal::NotStarted(mac));
         }
-        let agent = event.get("committed").is_some();
+        let agent = matches!(
+            typed,
+            Some(Event::Complete {
+                committed: Some(_),
+                ..
+            })
+        );
         // A deploy that completed speaks once more: its installed OS's report.
         if bound && m.completed.is_some() && !m.in_progress && !agent {
             return Err(Refusal::Completed(mac));
@@ -411,7 +422,7 @@ impl Fleet {
         if !known && !self.admit(&machines, listed, from) {
             return Err(Refusal::TooManyNew(mac));
         }
-        if let Some(image) = event.get("image").and_then(Value::as_str)
+        if let Some(image) = typed.as_ref().and_then(Event::image)
             && image.starts_with("sha256:")
             && image.len() <= 71
         {
@@ -421,8 +432,8 @@ impl Fleet {
         match phase {
             // The same deploy environment again (its deploy process started
             // over, PID 1's retry): nothing new.
-            "booted" if !agent && bound && m.in_progress => {}
-            "booted" if !agent => {
+            Some(Phase::Booted) if !agent && bound && m.in_progress => {}
+            Some(Phase::Booted) if !agent => {
                 if m.in_progress {
                     m.failures += 1;
                     m.last_error = Some(
@@ -444,10 +455,10 @@ impl Fleet {
             }
             // The installed OS's agent: it booted, and committed the deploy
             // (which completed, whether or not its own report of it arrived).
-            "complete" if agent && !m.in_progress => {
+            Some(Phase::Complete) if agent && !m.in_progress => {
                 m.committed = m.completed.is_some();
             }
-            "complete" if m.in_progress => {
+            Some(Phase::Complete) if m.in_progress => {
                 m.committed = agent;
                 m.in_progress = false;
                 m.completed = Some(m.image_seen.clone().unwrap_or_else(|| "unknown".into()));
@@ -459,13 +470,13 @@ impl Fleet {
                 m.generation += 1;
                 log::info!("{mac}: deployed; it boots its own disk from now on");
             }
-            "failed" if m.in_progress => {
+            Some(Phase::Failed) if m.in_progress => {
                 m.in_progress = false;
                 m.failures += 1;
-                let error = event
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no error given");
+                let error = match &typed {
+                    Some(Event::Failed { error }) if !error.is_empty() => error.as_str(),
+                    _ => "no error given",
+                };
                 m.last_error = Some(printable(error).chars().take(MAX_ERROR).collect());
             }
             _ => {}
@@ -477,8 +488,8 @@ impl Fleet {
             m.generation += 1;
             m.credential = None;
         }
-        if crate::format::status::shown_as_phase(phase) {
-            m.phase = Some(phase.to_string());
+        if crate::format::status::shown_as_phase(shown) {
+            m.phase = Some(shown.to_string());
         }
         // Progress events come often; only a change of state is written down.
         let store = !known

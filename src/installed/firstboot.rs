@@ -7,7 +7,7 @@
 use crate::bootswitch;
 use crate::footprint::{PENDING_REPORT, REPORT_UNIT_NAME, REPORT_WANTS_DIR, want_reporter};
 use crate::format::state::{Mode, Record};
-use crate::format::status::{self, Phase};
+use crate::format::status;
 use crate::migrate;
 use crate::statepart::{FoundBy, StateDisk, abandoned_upgrades, own_disk, state_disks};
 use anyhow::{Context, Result, anyhow};
@@ -117,8 +117,11 @@ pub fn run(root: &Path, on: &mut dyn FnMut(Event)) -> Result<()> {
                 report(
                     root,
                     &record,
-                    Phase::RolledBack,
-                    serde_json::json!({ "image": r.image_digest.to_string(), "disk": other.device }),
+                    status::Event::RolledBack {
+                        done: None,
+                        image: Some(r.image_digest.to_string()),
+                        disk: Some(other.device.clone()),
+                    },
                 );
             }
             on(Event::NothingToDo(record.mode));
@@ -146,11 +149,14 @@ pub fn run(root: &Path, on: &mut dyn FnMut(Event)) -> Result<()> {
     }
     let deployed = disk.commit(&mut record)?;
     on(Event::Committed(&record));
-    let mut extra = serde_json::json!({ "committed": deployed.as_str() });
-    if let Some(t) = &record.timings {
-        extra["timings"] = t.to_json();
-    }
-    report(root, &record, Phase::Complete, extra);
+    let committed = status::Event::Complete {
+        uptime: None,
+        unchanged: false,
+        committed: Some(deployed.as_str().to_string()),
+        image: None,
+        timings: record.timings.as_ref().map(|t| t.to_json()),
+    };
+    report(root, &record, committed);
     Ok(())
 }
 
@@ -206,14 +212,16 @@ const MAX_PENDING: u64 = 64 << 10;
 /// A status event to the URL the deploy recorded. The first boot usually runs
 /// before the network is up, so the event is also left in the root for
 /// `imprint report` (run once the network is online) to send.
-fn report(root: &Path, record: &Record, phase: Phase, extra: serde_json::Value) {
+fn report(root: &Path, record: &Record, mut event: status::Event) {
     let Some(url) = &record.status_url else {
         return;
     };
-    let mut event = status::event(record.target.as_deref().unwrap_or_default(), phase, extra);
-    if event.get("image").is_none() {
-        event["image"] = serde_json::Value::from(record.image_digest.to_string());
+    event.name_image(&record.image_digest.to_string());
+    let event = status::Envelope {
+        target: record.target.clone().unwrap_or_default(),
+        event,
     }
+    .to_value();
     let credential = record.credential.as_ref().map(|c| c.0.as_str());
     match post(url, &event, credential) {
         Ok(()) => return,

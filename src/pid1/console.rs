@@ -3,7 +3,7 @@
 //! the console as `imprint-status: {json}` and, once the network is up, to the
 //! operator's status URL.
 
-use crate::format::status::{self, Phase};
+use crate::format::status::{Envelope, Event};
 use crate::source::{NameResolver, small_agent};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -215,9 +215,9 @@ impl Status {
         }
     }
 
-    pub fn send(&self, phase: Phase, extra: serde_json::Value) {
+    pub fn send(&self, event: Event) {
         let target = self.target.lock().map(|t| t.clone()).unwrap_or_default();
-        let event = status::event(&target, phase, extra);
+        let event = Envelope { target, event }.to_value();
         let line = format!("imprint-status: {event}\n");
         let _ = std::io::stderr().write_all(line.as_bytes());
         let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
@@ -346,7 +346,7 @@ mod tests {
             None,
             Arc::new(crate::source::SystemResolver),
         );
-        status.send(Phase::Booted, serde_json::Value::Null);
+        status.send(Event::Failed { error: "x".into() });
         assert!(status.url.lock().unwrap().is_none());
         status.flush(Duration::from_millis(10));
     }
@@ -356,7 +356,10 @@ mod tests {
     #[test]
     fn events_before_the_network_go_first_under_the_name_known_later() {
         let status = Status::new("unknown");
-        status.send(Phase::Booted, serde_json::json!({ "n": 1 }));
+        status.send(Event::Booted {
+            version: "1".into(),
+            uptime: 1.0,
+        });
         status.set_target("52:54:00:12:34:56");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/status", listener.local_addr().unwrap());
@@ -365,7 +368,10 @@ mod tests {
             Some("cred".into()),
             Arc::new(crate::source::SystemResolver),
         );
-        status.send(Phase::NetworkUp, serde_json::Value::Null);
+        status.send(Event::NetworkUp {
+            interface: "eth0".into(),
+            address: "10.0.2.15/24".into(),
+        });
         let mut seen = Vec::new();
         for stream in listener.incoming().take(2) {
             use std::io::{BufRead, BufReader, Read};
@@ -395,6 +401,7 @@ mod tests {
             seen.push((event, auth));
         }
         assert_eq!(seen[0].0["phase"], "booted");
+        assert_eq!(seen[0].0["version"], "1");
         assert_eq!(seen[0].0["target"], "52:54:00:12:34:56");
         assert_eq!(seen[1].0["phase"], "network-up");
         assert!(

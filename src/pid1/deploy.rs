@@ -18,7 +18,7 @@ use crate::format::cmdline::{self, Config};
 use crate::format::gpt::{self, Guid, Layout};
 use crate::format::http::printable;
 use crate::format::state::{self, Record};
-use crate::format::status::Phase;
+use crate::format::status::Event;
 use crate::format::timing::{ByteSources, DataWork, Phase as Timed, Timings};
 use crate::source::{RetryPolicy, Source};
 use crate::statepart::{self, StateDisk};
@@ -100,15 +100,12 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
     // For the installed OS to add its own, and `imprint status` to show.
     note_in_record(&disk, "the timings", |r| r.timings = Some(timings.clone()));
     log::info!("timings: {}", timings.summary());
-    status().send(
-        Phase::BootRecords,
-        serde_json::json!({
-            "disk": disk.dev_path(),
-            "image": resolved.digest.to_string(),
-            "agent": agent::describe(&agent),
-            "timings": timings.to_json(),
-        }),
-    );
+    status().send(Event::BootRecords {
+        disk: disk.dev_path(),
+        image: resolved.digest.to_string(),
+        agent: agent::describe(&agent),
+        timings: timings.to_json(),
+    });
     sys::sync_all();
     handoff::handoff(&config, &disk, &installed.layout, manifest.boot.as_ref())
 }
@@ -221,10 +218,13 @@ fn already_deployed(disk: &disks::DiskInfo, resolved: &Resolved) -> Option<State
         record.mode.as_str(),
         record.deployed_at
     );
-    status().send(
-        Phase::DiskSelected,
-        serde_json::json!({ "disk": disk.dev_path(), "image": resolved.digest.to_string(), "unchanged": true }),
-    );
+    status().send(Event::DiskSelected {
+        disk: disk.dev_path(),
+        size: None,
+        serial: None,
+        image: Some(resolved.digest.to_string()),
+        unchanged: true,
+    });
     Some(target)
 }
 
@@ -458,10 +458,11 @@ fn install_image(
 }
 
 fn send_progress(p: &Progress) {
-    status().send(
-        Phase::Writing,
-        serde_json::json!({ "done": p.done_bytes, "total": p.total_bytes, "fetched": p.fetched_bytes }),
-    );
+    status().send(Event::Writing {
+        done: p.done_bytes,
+        total: p.total_bytes,
+        fetched: p.fetched_bytes,
+    });
 }
 
 /// Upgrades: the firmware boots the new disk next (UEFI: once, until the new OS

@@ -12,7 +12,7 @@ use crate::format::http::printable;
 use crate::format::manifest::BootFacts;
 use crate::format::pe;
 use crate::format::state::HandoffNote;
-use crate::format::status::Phase;
+use crate::format::status::Event;
 use crate::statepart::StateDisk;
 use crate::sys::{self, PowerAction};
 use anyhow::{Context, Result, anyhow};
@@ -50,17 +50,20 @@ pub(super) fn handoff(
 /// The status events of a hand-off (`unchanged`: nothing was written), sent
 /// before the machine goes; `not_kexec`: why it is not the kexec asked for.
 fn announce(handoff: &str, unchanged: bool, not_kexec: Option<&str>) {
-    let mut extra = serde_json::json!({ "uptime": uptime() });
-    if unchanged {
-        extra["unchanged"] = true.into();
-    }
-    let mut with_handoff = extra.clone();
-    with_handoff["handoff"] = handoff.into();
-    if let Some(why) = not_kexec {
-        with_handoff["not_kexec"] = why.into();
-    }
-    status().send(Phase::Handoff, with_handoff);
-    status().send(Phase::Complete, extra);
+    let uptime = uptime();
+    status().send(Event::Handoff {
+        uptime,
+        handoff: handoff.into(),
+        not_kexec: not_kexec.map(str::to_string),
+        unchanged,
+    });
+    status().send(Event::Complete {
+        uptime: Some(uptime),
+        unchanged,
+        committed: None,
+        image: None,
+        timings: None,
+    });
     status().flush(STATUS_WAIT);
     sys::sync_all();
 }

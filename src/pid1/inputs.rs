@@ -6,7 +6,7 @@
 use super::{agent, disks, drivers, media, net, status, uptime};
 use crate::engine::{self, Resolved, Trust};
 use crate::format::cmdline::{self, Config, RepoSource};
-use crate::format::status::Phase;
+use crate::format::status::Event;
 use crate::source::{Chain, DirSource, DnsResolver, HttpSource, NameResolver, RetryPolicy, Source};
 use crate::statepart::{self, StateDisk};
 use crate::sys;
@@ -25,10 +25,10 @@ pub(super) fn parse_config(cmdline_text: &str) -> Result<Config> {
     if let Some(name) = config.target.as_ref().or(config.hostname.as_ref()) {
         status().set_target(name);
     }
-    status().send(
-        Phase::Booted,
-        serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "uptime": uptime() }),
-    );
+    status().send(Event::Booted {
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime: uptime(),
+    });
     Ok(config)
 }
 
@@ -85,13 +85,10 @@ fn bring_up_network(config: &Config) -> Result<Arc<dyn NameResolver>> {
             .router
             .map_or("no gateway".to_string(), |r| r.to_string())
     );
-    status().send(
-        Phase::NetworkUp,
-        serde_json::json!({
-            "interface": lease.nic.name,
-            "address": format!("{}/{}", lease.address, lease.prefix),
-        }),
-    );
+    status().send(Event::NetworkUp {
+        interface: lease.nic.name.clone(),
+        address: format!("{}/{}", lease.address, lease.prefix),
+    });
     Ok(resolver)
 }
 
@@ -350,10 +347,13 @@ pub(super) fn wait_for_disk(config: &Config, needed: u64) -> Result<disks::DiskI
         }
     };
     log::info!("target disk {} ({} bytes)", disk.dev_path(), disk.size);
-    status().send(
-        Phase::DiskSelected,
-        serde_json::json!({ "disk": disk.dev_path(), "size": disk.size, "serial": disk.serial }),
-    );
+    status().send(Event::DiskSelected {
+        disk: disk.dev_path(),
+        size: Some(disk.size),
+        serial: Some(disk.serial.clone()),
+        image: None,
+        unchanged: false,
+    });
     Ok(disk)
 }
 

@@ -39,7 +39,7 @@ pub use drivers::modprobe_main;
 use crate::engine::DeployError;
 use crate::engine::install::InstallError;
 use crate::format::cmdline::{self, ErrorPolicy};
-use crate::format::status::Phase;
+use crate::format::status::Event;
 use crate::source::FetchError;
 use crate::sys::{self, PowerAction};
 use anyhow::anyhow;
@@ -109,7 +109,7 @@ pub fn main() -> ! {
                 let status = console::Status::remembered();
                 let text = crate::error_text(&error);
                 log::error!("deploy failed: {text}");
-                status.send(Phase::Failed, serde_json::json!({ "error": text }));
+                status.send(Event::Failed { error: text });
                 status.flush(console::STATUS_WAIT);
                 sys::sync_all();
                 false
@@ -274,7 +274,7 @@ fn is_retryable(error: &anyhow::Error) -> bool {
 fn report_failure(error: &anyhow::Error) {
     let text = crate::error_text(error);
     log::error!("deploy failed: {text}");
-    status().send(Phase::Failed, serde_json::json!({ "error": text }));
+    status().send(Event::Failed { error: text });
     status().flush(console::STATUS_WAIT);
     sys::sync_all();
 }

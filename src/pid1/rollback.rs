@@ -3,7 +3,7 @@
 use super::{Never, status, uptime};
 use crate::bootswitch;
 use crate::format::cmdline::{Config, Handoff};
-use crate::format::status::Phase;
+use crate::format::status::Event;
 use crate::statepart;
 use crate::sys::{self, PowerAction};
 use anyhow::{Result, anyhow};
@@ -22,7 +22,11 @@ pub(super) fn run(config: &Config) -> Result<Never> {
     for line in &done {
         log::info!("rollback: {line}");
     }
-    status().send(Phase::RolledBack, serde_json::json!({ "done": done }));
+    status().send(Event::RolledBack {
+        done: Some(done.clone()),
+        image: None,
+        disk: None,
+    });
     status().flush(super::console::STATUS_WAIT);
     sys::sync_all();
     let what = match config.handoff {

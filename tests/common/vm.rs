@@ -399,6 +399,25 @@ impl Artifacts {
     }
 }
 
+/// The status events a deploy environment printed on its console
+/// (`imprint-status: {json}`), each read as one of this build's: a line that
+/// is not fails the test.
+pub fn status_events(console: &str) -> Vec<imprint::format::status::Envelope> {
+    console
+        .lines()
+        .filter_map(|l| {
+            l.split_once("imprint-status: ")
+                .map(|(_, json)| json.trim())
+        })
+        .map(|json| {
+            let value: serde_json::Value =
+                serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+            imprint::format::status::Envelope::parse(&value)
+                .unwrap_or_else(|| panic!("not an event of this build: {json}"))
+        })
+        .collect()
+}
+
 /// Builds the static binary, initramfs and test OS images once per test run.
 pub fn artifacts() -> &'static Artifacts {
     static ONCE: OnceLock<Artifacts> = OnceLock::new();

@@ -8,7 +8,7 @@ mod common;
 use common::vm::*;
 use common::*;
 use imprint::format::state;
-use imprint::format::status::Phase;
+use imprint::format::status::{Event, Phase};
 use imprint::format::timing::Phase as Timed;
 use std::path::PathBuf;
 use std::process::Command;
@@ -44,17 +44,37 @@ fn deploy_then_boot(firmware: &str) {
         &[&disk],
     );
     assert!(status.success(), "deploy VM: {status:?}\n{console}");
-    for phase in [
-        Phase::Booted,
-        Phase::NetworkUp,
-        Phase::DiskSelected,
-        Phase::Writing,
-        Phase::BootRecords,
-        Phase::Handoff,
-        Phase::Complete,
-    ] {
-        assert_has(&console, &format!("\"phase\":\"{phase}\""));
-    }
+    // Every event on the console is one of this build's, in the order of a
+    // deploy, each naming the machine.
+    let events = status_events(&console);
+    let mut phases: Vec<Phase> = events.iter().map(|e| e.event.phase()).collect();
+    phases.dedup();
+    assert_eq!(
+        phases,
+        [
+            Phase::Booted,
+            Phase::NetworkUp,
+            Phase::DiskSelected,
+            Phase::Writing,
+            Phase::BootRecords,
+            Phase::Handoff,
+            Phase::Complete,
+        ],
+        "{events:?}"
+    );
+    assert!(events.iter().all(|e| e.target == format!("vm-{firmware}")));
+    let last_written = events.iter().rev().find_map(|e| match e.event {
+        Event::Writing { done, total, .. } => Some((done, total)),
+        _ => None,
+    });
+    assert!(
+        matches!(last_written, Some((d, t)) if d == t && t > 0),
+        "{last_written:?}"
+    );
+    assert!(
+        events.iter().any(|e| matches!(&e.event, Event::BootRecords { image, disk, .. } if *image == digest && disk == "/dev/vda")),
+        "{events:?}"
+    );
     assert_has(&console, "handing off (reboot)");
     // The test OS carries imprint: the deploy environment looks and leaves it.
     assert_has(&console, "the image carries its own first-boot agent");
