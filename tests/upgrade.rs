@@ -205,6 +205,7 @@ fn uefi_upgrade_migrates_configuration_and_commits() {
 }
 
 #[test]
+#[ignore = "full matrix only (scripts/full-matrix); CI shows the same in stock_debian_from_a_usb_stick_then_an_upgrade_that_never_comes_up_falls_back (tests/debian.rs)"]
 fn uefi_upgrade_that_never_commits_falls_back_to_v1() {
     require_qemu!();
     let rig = Rig::new("uefi", &["v1", "v3"]);
