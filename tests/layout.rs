@@ -169,3 +169,134 @@ fn unsafe_code_lives_in_sys_alone() {
         }
     }
 }
+
+/// The first path segment of every item of every `prefix...}` group in
+/// `text` (`use super::{a, b::C, d::{e, f}}` gives a, b and d).
+fn grouped_imports(text: &str, prefix: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(prefix) {
+        rest = &rest[at + prefix.len()..];
+        let (mut depth, mut item, mut first) = (1, String::new(), true);
+        for c in rest.chars() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 1 => break,
+                '}' => depth -= 1,
+                ',' if depth == 1 => {
+                    found.push(std::mem::take(&mut item));
+                    first = true;
+                    continue;
+                }
+                _ => {}
+            }
+            if depth == 1 && first {
+                if c == ':' {
+                    first = false;
+                } else if !c.is_whitespace() {
+                    item.push(c);
+                }
+            }
+        }
+        found.push(item);
+    }
+    found.retain(|i| !i.is_empty());
+    found
+}
+
+/// The sibling modules of a directory `dir` (its files and folders other than
+/// mod.rs) and which of them each one names (`super::x`, or its full path).
+fn sibling_edges(dir: &Path, module_path: &str) -> Vec<(String, Vec<String>)> {
+    let mut siblings = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        if name != "mod" && (path.is_dir() || path.extension().is_some_and(|e| e == "rs")) {
+            siblings.push((name, path));
+        }
+    }
+    let names: Vec<String> = siblings.iter().map(|(n, _)| n.clone()).collect();
+    siblings
+        .iter()
+        .map(|(name, path)| {
+            let files = if path.is_dir() {
+                sources(
+                    &path
+                        .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+                        .unwrap()
+                        .to_string_lossy(),
+                )
+            } else {
+                vec![path.clone()]
+            };
+            let text: String = files.iter().map(|f| code(f)).collect();
+            let grouped = grouped_imports(&text, "super::{");
+            let named = names
+                .iter()
+                .filter(|other| *other != name)
+                .filter(|other| {
+                    text.contains(&format!("super::{other}::"))
+                        || text.contains(&format!("super::{other};"))
+                        || text.contains(&format!("crate::{module_path}{other}::"))
+                        || grouped.contains(other)
+                })
+                .cloned()
+                .collect();
+            (name.clone(), named)
+        })
+        .collect()
+}
+
+#[test]
+fn no_module_imports_in_a_circle() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut dirs = vec![(root.clone(), String::new())];
+    while let Some((dir, module_path)) = dirs.pop() {
+        let edges = sibling_edges(&dir, &module_path);
+        // Depth-first: a sibling met again on the current path is a circle.
+        fn visit(
+            node: &str,
+            edges: &[(String, Vec<String>)],
+            path: &mut Vec<String>,
+            done: &mut Vec<String>,
+        ) -> Option<Vec<String>> {
+            if let Some(at) = path.iter().position(|n| n == node) {
+                let mut circle = path[at..].to_vec();
+                circle.push(node.to_string());
+                return Some(circle);
+            }
+            if done.iter().any(|n| n == node) {
+                return None;
+            }
+            path.push(node.to_string());
+            let next = edges
+                .iter()
+                .find(|(n, _)| n == node)
+                .map(|(_, e)| e.clone());
+            for n in next.unwrap_or_default() {
+                if let Some(circle) = visit(&n, edges, path, done) {
+                    return Some(circle);
+                }
+            }
+            path.pop();
+            done.push(node.to_string());
+            None
+        }
+        let mut done = Vec::new();
+        for (name, _) in &edges {
+            let circle = visit(name, &edges, &mut Vec::new(), &mut done);
+            assert!(
+                circle.is_none(),
+                "modules of {} import each other in a circle: {}; move what they share into one of them or their parent",
+                dir.display(),
+                circle.unwrap_or_default().join(" -> ")
+            );
+        }
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            if entry.path().is_dir() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                dirs.push((entry.path(), format!("{module_path}{name}::")));
+            }
+        }
+    }
+}

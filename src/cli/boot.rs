@@ -2,7 +2,7 @@
 //! build.
 
 use super::exit::Exit;
-use super::image::parse_image_ref;
+use super::parse_image_ref;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use imprint::format::signature;

@@ -1,7 +1,7 @@
 //! Deploying from a host: deploy an image to a disk or file, and disk verify.
 
 use super::exit::Exit;
-use super::image::parse_image_ref;
+use super::parse_image_ref;
 use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args, Subcommand};
 use imprint::engine::{self, DeployOptions, DiskTarget, Progress, Trust};

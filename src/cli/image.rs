@@ -4,8 +4,7 @@ use super::deploy::SourceArgs;
 use super::exit::Exit;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use imprint::engine::{self, DeployError, Trust};
-use imprint::format::digest::ImageRef;
+use imprint::engine::{self, Trust};
 use imprint::format::http::printable;
 use imprint::format::manifest::{self, BootFacts, ChunkKind, Firmware, Manifest};
 use imprint::format::signature;
@@ -144,15 +143,6 @@ pub struct KeygenArgs {
     /// Secret key file to create (mode 0600); the public key goes to FILE.pub.
     #[arg(long)]
     out: PathBuf,
-}
-
-pub(super) fn parse_image_ref(text: &str) -> Result<ImageRef> {
-    text.parse::<ImageRef>()
-        .map_err(|e| DeployError::BadRef {
-            image: text.to_string(),
-            reason: e.to_string(),
-        })
-        .map_err(Into::into)
 }
 
 pub(super) fn cores() -> usize {

@@ -148,6 +148,17 @@ impl log::Log for Logger {
     fn flush(&self) {}
 }
 
+/// An image reference from the command line (`NAME:TAG` or `sha256:HEX`), for
+/// every command that takes one.
+fn parse_image_ref(text: &str) -> Result<imprint::format::digest::ImageRef> {
+    text.parse::<imprint::format::digest::ImageRef>()
+        .map_err(|e| imprint::engine::DeployError::BadRef {
+            image: text.to_string(),
+            reason: e.to_string(),
+        })
+        .map_err(Into::into)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,8 @@
 //! against the manifest and writes it; with the memory a chunk in flight holds,
 //! and how many fit.
 
-use super::datapass::{FetchQueue, Job, SCAN_PIECE, WRITEBACK_LAG, stored};
 use super::progress::{Counters, Progress, lap};
+use super::queue::{FetchQueue, Job, SCAN_PIECE, WRITEBACK_LAG, stored};
 use super::{DeployError, Target};
 use crate::format::digest::Digest;
 use crate::format::manifest::{ChunkKind, Manifest};

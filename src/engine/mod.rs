@@ -16,6 +16,7 @@ mod datapass;
 mod fetch;
 pub mod install;
 mod progress;
+mod queue;
 mod target;
 mod trust;
 mod verify;

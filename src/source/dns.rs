@@ -3,7 +3,7 @@
 //! each with a random id from a fresh port, answers taken only from the server
 //! asked and only for the question asked.
 
-use super::NameResolver;
+use super::resolve::NameResolver;
 use crate::format::dns;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};

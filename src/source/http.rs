@@ -7,10 +7,11 @@
 //! Name resolution is pluggable ([`NameResolver`]): a static binary in an initramfs
 //! has no working `getaddrinfo`, so the deploy environment brings its own resolver.
 
-use super::{FetchError, Source};
+use super::resolve::NameResolver;
+use super::{FetchError, Source, status_error};
 use std::fmt::Debug;
 use std::io::{self, Read};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -18,21 +19,6 @@ use ureq::Agent;
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
-
-/// Turns a host name into addresses.
-pub trait NameResolver: Debug + Send + Sync + 'static {
-    fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>>;
-}
-
-/// The C library's resolver: right on a normal host, useless in an initramfs.
-#[derive(Debug, Default)]
-pub struct SystemResolver;
-
-impl NameResolver for SystemResolver {
-    fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-        Ok((host, port).to_socket_addrs()?.collect())
-    }
-}
 
 #[derive(Debug)]
 struct ResolverAdapter(Arc<dyn NameResolver>);
@@ -404,17 +390,6 @@ impl Source for HttpSource {
                     }
                 });
         }
-    }
-}
-
-/// What a status other than 200 means for a fetch.
-pub(super) fn status_error(location: String, status: u16) -> Option<FetchError> {
-    match status {
-        200 => None,
-        404 | 410 => Some(FetchError::NotFound { location }),
-        401 | 403 => Some(FetchError::Denied { location, status }),
-        500..=599 | 408 | 429 => Some(FetchError::Server { location, status }),
-        _ => Some(FetchError::Refused { location, status }),
     }
 }
 

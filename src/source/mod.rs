@@ -5,14 +5,15 @@
 mod dns;
 mod http;
 mod proxy;
+mod resolve;
 mod wire;
 
 pub use dns::DnsResolver;
 pub use http::{
-    CaError, CaRoots, HttpSource, INITRAMFS_CA_FILE, NameResolver, SYSTEM_CA_FILES, SystemResolver,
-    describe, small_agent,
+    CaError, CaRoots, HttpSource, INITRAMFS_CA_FILE, SYSTEM_CA_FILES, describe, small_agent,
 };
 pub use proxy::{Proxy, ProxyError, proxy_from_env};
+pub use resolve::{NameResolver, SystemResolver};
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -47,6 +48,17 @@ pub enum FetchError {
         attempts: u32,
         last: Box<FetchError>,
     },
+}
+
+/// What a status other than 200 means for a fetch.
+fn status_error(location: String, status: u16) -> Option<FetchError> {
+    match status {
+        200 => None,
+        404 | 410 => Some(FetchError::NotFound { location }),
+        401 | 403 => Some(FetchError::Denied { location, status }),
+        500..=599 | 408 | 429 => Some(FetchError::Server { location, status }),
+        _ => Some(FetchError::Refused { location, status }),
+    }
 }
 
 impl FetchError {

@@ -3,7 +3,7 @@
 //! its cache. (ureq only tunnels through a proxy with CONNECT, which a cache
 //! passes through uncached and Debian's squid refuses for ports other than 443.)
 
-use super::http::NameResolver;
+use super::resolve::NameResolver;
 use super::wire::{Conn, Exchange, connect, get_request, read_response};
 use crate::format::http::parse_proxy_url;
 use std::io::{self, Write};

@@ -4,7 +4,8 @@
 //! bounded before it is read.
 
 use super::FetchError;
-use super::http::{NameResolver, status_error};
+use super::resolve::NameResolver;
+use super::status_error;
 use crate::format::http::{
     Framing, MAX_CHUNK_LINE, MAX_HEAD, Method, parse_chunk_size, parse_proxy_url,
     parse_response_head,
