@@ -423,6 +423,13 @@ pub fn artifacts() -> &'static Artifacts {
     static ONCE: OnceLock<Artifacts> = OnceLock::new();
     ONCE.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        // scripts/test runs qemu/prepare once before the QEMU tier, rather than
+        // once in every test's process.
+        if std::env::var("IMPRINT_QEMU_PREPARED").as_deref() == Ok("1") {
+            return Artifacts {
+                dir: root.join("target/qemu"),
+            };
+        }
         let out = Command::new(root.join("qemu/prepare"))
             .output()
             .expect("running qemu/prepare");
