@@ -831,11 +831,7 @@ fn stock_debian_from_a_usb_stick_then_an_upgrade_that_never_comes_up_falls_back(
     assert!(!c.contains("debian-os: "), "v2 came up:\n{c}");
     assert!(!c.contains("imprint firstboot: committed"), "{c}");
     // Once in CI; twice in the full matrix (it stays).
-    let boots = if std::env::var("IMPRINT_FULL_MATRIX").as_deref() == Ok("1") {
-        2
-    } else {
-        1
-    };
+    let boots = if full_matrix() { 2 } else { 1 };
     for i in 1..=boots {
         let c = m.boot_disks(&format!("v1-again-{i}"));
         came_up(&c, "v1", "/dev/vda3", "uefi");

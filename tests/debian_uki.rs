@@ -222,11 +222,7 @@ fn systemd_boot_uki_image_starts_by_kexec_on_every_network_boot_and_after_an_upg
         Some("kexec".to_string())
     );
 
-    let boots = if std::env::var("IMPRINT_FULL_MATRIX").as_deref() == Ok("1") {
-        3
-    } else {
-        1
-    };
+    let boots = if full_matrix() { 3 } else { 1 };
     for i in 1..=boots {
         let c = m.run(&format!("v2-{i}"), From::Disk);
         let line = came_up(&c, "v2", &format!("/dev/vdb{root_number}"));

@@ -367,6 +367,12 @@ macro_rules! require_qemu {
     };
 }
 
+/// Whether the full matrix runs (`IMPRINT_FULL_MATRIX=1`, as scripts/full-matrix
+/// sets): a test CI runs then repeats what CI samples once (more boots).
+pub fn full_matrix() -> bool {
+    std::env::var("IMPRINT_FULL_MATRIX").as_deref() == Ok("1")
+}
+
 /// After `require_qemu!()` in a test that runs a network namespace: returns
 /// early (a skip) when it cannot run here.
 #[macro_export]
