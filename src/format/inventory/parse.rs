@@ -1,215 +1,12 @@
-//! The inventory of `imprint serve --hosts FILE`: what each machine, known by the
-//! MAC address it network-boots with, is to run. TOML, edited by hand:
-//!
-//! ```toml
-//! [default]                    # machines not listed below
-//! action = "register"          # boot them local and list them (or "deploy")
-//! image = "web:v2"             # what "deploy" deploys
-//!
-//! [hosts."52:54:00:12:34:56"]
-//! hostname = "node-1"
-//! image = "web:v2"             # or a pinned sha256:… manifest digest
-//! settings = { disk = "/dev/vda", handoff = "kexec" }   # imprint.KEY=VALUE
-//! cmdline = ["console=ttyS0,115200"]                    # more kernel arguments
-//! user-data = "node-1.user-data"     # cloud-init files, next to the inventory
-//! network-config = "node-1.network"
-//! local-boot = "sanboot"       # exit | sanboot | sanboot:0x81 | chain:URL
-//! reprovision = 1              # each new value deploys the machine once more
-//! ```
-//!
-//! A file that is not TOML is rejected whole (the server keeps the inventory it
-//! had). An entry that is wrong is reported by its name and line and left out;
-//! the others work. Everything here ends up on a kernel command line inside an
-//! iPXE script, so values are kept to characters that cannot break out of it
-//! ([`super::ipxe::is_word`]).
+//! The TOML read into an [`Inventory`]: the sections, the machines in the file's
+//! order, and each entry's problems by its line.
 
-use super::cmdline;
-use super::digest::ImageRef;
+use super::fields::{check_file_name, common, escape};
+use super::values::Mac;
+use super::{DefaultAction, Defaults, Host, Inventory, Problem};
+use crate::format::cmdline;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
-
-/// An Ethernet address; shown as iPXE's `${net0/mac}` shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl FromStr for Mac {
-    type Err = String;
-    /// `52:54:00:12:34:56`, `52-54-00-12-34-56` or `525400123456`, either case.
-    fn from_str(s: &str) -> Result<Mac, String> {
-        let bad = || format!("{:?} is not a MAC address (like 52:54:00:12:34:56)", s);
-        let hex: String = if s.len() == 17 {
-            let sep = s.as_bytes()[2];
-            if !(sep == b':' || sep == b'-') || s.bytes().skip(2).step_by(3).any(|b| b != sep) {
-                return Err(bad());
-            }
-            s.split(sep as char).collect()
-        } else {
-            s.to_string()
-        };
-        if hex.len() != 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        let mut mac = [0u8; 6];
-        for (i, byte) in mac.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        Ok(Mac(mac))
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-/// How iPXE hands a machine that is not to deploy to its own disk. Which works
-/// depends on the firmware: `exit` returns to it (UEFI then tries the next boot
-/// entry; many BIOSes do too, some stop), `sanboot` boots a BIOS drive directly,
-/// `chain` loads a loader from a URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LocalBoot {
-    Exit,
-    /// A BIOS drive number (0x80 is the first disk).
-    Sanboot(u8),
-    Chain(String),
-}
-
-impl FromStr for LocalBoot {
-    type Err = String;
-    fn from_str(s: &str) -> Result<LocalBoot, String> {
-        if s == "exit" {
-            return Ok(LocalBoot::Exit);
-        }
-        if s == "sanboot" {
-            return Ok(LocalBoot::Sanboot(0x80));
-        }
-        if let Some(drive) = s.strip_prefix("sanboot:") {
-            let n = drive
-                .strip_prefix("0x")
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .filter(|n| *n >= 0x80)
-                .ok_or_else(|| format!("{drive:?} is not a BIOS disk number (0x80 to 0xff)"))?;
-            return Ok(LocalBoot::Sanboot(n));
-        }
-        if let Some(url) = s.strip_prefix("chain:") {
-            let ok = (url.starts_with("http://") || url.starts_with("https://"))
-                && super::ipxe::is_word(url);
-            return if ok {
-                Ok(LocalBoot::Chain(url.to_string()))
-            } else {
-                Err(format!(
-                    "{url:?} is not an http:// or https:// URL iPXE can load (letters, digits and - . _ ~ : / ? = + , @ % * ( ) [ ] only)"
-                ))
-            };
-        }
-        Err(format!(
-            "{s:?} is not one of exit, sanboot, sanboot:0xNN, chain:URL"
-        ))
-    }
-}
-
-impl fmt::Display for LocalBoot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LocalBoot::Exit => write!(f, "exit"),
-            LocalBoot::Sanboot(0x80) => write!(f, "sanboot"),
-            LocalBoot::Sanboot(n) => write!(f, "sanboot:{n:#04x}"),
-            LocalBoot::Chain(url) => write!(f, "chain:{url}"),
-        }
-    }
-}
-
-/// What happens to a machine the inventory does not list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DefaultAction {
-    /// It boots its own disk and is listed, for the operator to add.
-    Register,
-    /// It gets the default image.
-    Deploy,
-}
-
-/// What is common to a listed machine and the default for unlisted ones.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Common {
-    pub image: Option<ImageRef>,
-    /// `imprint.KEY=VALUE` for the deploy environment (KEY without its prefix;
-    /// an empty VALUE stands for a bare flag).
-    pub settings: BTreeMap<String, String>,
-    /// More kernel arguments.
-    pub cmdline: Vec<String>,
-    pub local_boot: Option<LocalBoot>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Host {
-    pub mac: Mac,
-    /// Where the entry starts in the file (1-based), for messages.
-    pub line: usize,
-    pub hostname: Option<String>,
-    pub common: Common,
-    /// cloud-init files, by name relative to the inventory's directory.
-    pub user_data: Option<String>,
-    pub network_config: Option<String>,
-    /// A value the operator changes to deploy the machine once more.
-    pub reprovision: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Defaults {
-    pub action: DefaultAction,
-    pub common: Common,
-}
-
-impl Default for Defaults {
-    fn default() -> Self {
-        Defaults {
-            action: DefaultAction::Register,
-            common: Common::default(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Inventory {
-    pub defaults: Defaults,
-    pub hosts: BTreeMap<Mac, Host>,
-}
-
-/// Something wrong in the file, by line and entry.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {entry}: {message}")]
-pub struct Problem {
-    pub line: usize,
-    /// `hosts."52:54:00:12:34:56"`, `default`, or `file`.
-    pub entry: String,
-    pub message: String,
-}
-
-/// The host settings an inventory may give; the server sets the others itself
-/// (`imprint.repo`, `imprint.image`, `imprint.hostname`, `imprint.status`,
-/// `imprint.user-data`, `imprint.network-config`) from the entry's fields.
-const SETTINGS: &[&str] = &[
-    "disk",
-    "previous",
-    "mode",
-    "handoff",
-    "pubkey",
-    "on-error",
-    "allow-downgrade",
-    "min-issued",
-    "jobs",
-    "dhcp-timeout",
-    "debug",
-    "target",
-];
 
 /// The inventory in `text`, with the problems of the entries left out; a file
 /// that is not TOML at all is one problem and no inventory.
@@ -379,7 +176,7 @@ fn host(mac: Mac, line: usize, value: &Value) -> Result<Host, String> {
     };
     let reprovision = match raw.reprovision {
         None => None,
-        Some(Value::String(s)) if s.len() <= 64 && super::ipxe::is_word(&s) => Some(s),
+        Some(Value::String(s)) if s.len() <= 64 && crate::format::ipxe::is_word(&s) => Some(s),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
         Some(_) => {
             return Err(
@@ -417,131 +214,10 @@ fn defaults(value: &Value) -> Result<Defaults, String> {
     Ok(Defaults { action, common })
 }
 
-fn common(
-    image: Option<String>,
-    settings: BTreeMap<String, Value>,
-    extra: Option<Value>,
-    local_boot: Option<String>,
-) -> Result<Common, String> {
-    let image = image
-        .map(|i| {
-            i.parse::<ImageRef>()
-                .map_err(|e| format!("image: {}: {e}", escape(&i)))
-        })
-        .transpose()?;
-    let mut checked = BTreeMap::new();
-    for (key, value) in settings {
-        if let Some(v) = setting(&key, &value)? {
-            checked.insert(key, v);
-        }
-    }
-    let words = match extra {
-        None => Vec::new(),
-        Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
-        Some(Value::Array(items)) => items
-            .into_iter()
-            .map(|v| match v {
-                Value::String(s) => Ok(s),
-                _ => Err("cmdline: give strings".to_string()),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err("cmdline: give a string or a list of strings".into()),
-    };
-    for w in &words {
-        if !super::ipxe::is_word(w) {
-            return Err(format!(
-                "cmdline: {:?} is not one kernel argument (letters, digits and - . _ ~ : / ? = + , @ % * ( ) [ ] only)",
-                escape(w)
-            ));
-        }
-        if w.starts_with("imprint.") {
-            return Err(format!(
-                "cmdline: {:?}: give imprint. keys under settings, where they are checked",
-                escape(w)
-            ));
-        }
-    }
-    let local_boot = local_boot
-        .map(|l| l.parse().map_err(|e| format!("local-boot: {e}")))
-        .transpose()?;
-    Ok(Common {
-        image,
-        settings: checked,
-        cmdline: words,
-        local_boot,
-    })
-}
-
-/// One `settings` entry as the text after `imprint.KEY=`, checked by the deploy
-/// environment's own command-line parser; `None` for a flag that is off.
-fn setting(key: &str, value: &Value) -> Result<Option<String>, String> {
-    if !SETTINGS.contains(&key) {
-        return Err(format!(
-            "settings: {:?} is not a host setting (known: {})",
-            escape(key),
-            SETTINGS.join(", ")
-        ));
-    }
-    let text = match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
-        Value::Bool(true) => String::new(),
-        Value::Bool(false) => return Ok(None),
-        _ => return Err(format!("settings: {key}: give a string, number or true")),
-    };
-    if !text.is_empty() && !super::ipxe::is_word(&text) {
-        return Err(format!(
-            "settings: {key}: {:?} is not one kernel argument (letters, digits and - . _ ~ : / ? = + , @ % * ( ) [ ] only)",
-            escape(&text)
-        ));
-    }
-    let word = if text.is_empty() {
-        format!("imprint.{key}")
-    } else {
-        format!("imprint.{key}={text}")
-    };
-    // Checked in a command line that is otherwise complete.
-    let line = format!("imprint.repo=http://server imprint.image=a:b {word}");
-    if let Err(cmdline::CmdlineError(problems)) = cmdline::parse(&line)
-        && let Some(p) = problems.iter().find(|p| p.key == format!("imprint.{key}"))
-    {
-        return Err(format!("settings: {key}: {}", p.message));
-    }
-    Ok(Some(text))
-}
-
-/// A file next to the inventory: one plain name, no directories.
-fn check_file_name(name: &str) -> Result<String, String> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(name.to_string())
-    } else {
-        Err(format!(
-            "{:?} is not a file name next to the inventory (letters, digits, . _ -)",
-            escape(name)
-        ))
-    }
-}
-
-/// `s` as it may be shown in a message: control characters escaped, at most
-/// 64 characters.
-fn escape(s: &str) -> String {
-    let head: String = s.chars().take(64).collect();
-    let mut out = super::http::printable(&head);
-    if s.chars().count() > 64 {
-        out.push('…');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::inventory::LocalBoot;
 
     const GOOD: &str = r#"
 # The rack.
@@ -598,31 +274,6 @@ cmdline = "quiet  loglevel=3"
         assert_eq!(two.line, 18);
         assert_eq!(two.common.cmdline, ["quiet", "loglevel=3"]);
         assert_eq!(two.common.image, None);
-    }
-
-    #[test]
-    fn macs_in_every_spelling_and_nothing_else() {
-        let want = Mac([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
-        for s in [
-            "52:54:00:12:34:56",
-            "52-54-00-12-34-56",
-            "525400123456",
-            "52:54:00:12:34:56".to_uppercase().as_str(),
-        ] {
-            assert_eq!(s.parse::<Mac>(), Ok(want), "{s}");
-        }
-        assert_eq!(want.to_string(), "52:54:00:12:34:56");
-        for bad in [
-            "",
-            "52:54:00:12:34",
-            "52:54-00:12:34:56",
-            "52:54:00:12:34:5g",
-            "5254001234567",
-            "52:54:00:12:34:56:78",
-            "+2:54:00:12:34:56",
-        ] {
-            assert!(bad.parse::<Mac>().is_err(), "{bad:?}");
-        }
     }
 
     #[test]
@@ -739,27 +390,5 @@ hostname = "good-2"
         let shown = problems[0].to_string();
         assert!(!shown.contains('\u{1b}'), "{shown}");
         assert!(shown.contains("\\u{1b}"), "{shown}");
-    }
-
-    #[test]
-    fn local_boot_methods_read_and_print_back() {
-        for s in [
-            "exit",
-            "sanboot",
-            "sanboot:0x81",
-            "chain:http://boot/grub.efi",
-        ] {
-            assert_eq!(s.parse::<LocalBoot>().unwrap().to_string(), s);
-        }
-        for bad in [
-            "reboot",
-            "sanboot:0x7f",
-            "sanboot:80",
-            "chain:ftp://x",
-            "chain:http://a b",
-            "chain:http://${x}",
-        ] {
-            assert!(bad.parse::<LocalBoot>().is_err(), "{bad}");
-        }
     }
 }
