@@ -6,37 +6,29 @@
 
 mod common;
 
+use common::machine::*;
 use common::vm::*;
 use common::*;
 use imprint::format::state::{Agent, Mode};
 use imprint::format::timing::Phase as Timed;
 use imprint::statepart::StateDisk;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::process::ExitStatus;
 
 /// Identities every version of the image shares (boot/build-debian-os).
 const ROOT_UUID: &str = "0d5e6b1a-7c3f-4e29-9b8d-4a1f2c3e5d70";
 
-fn boot_stock_debian(firmware: &str) {
+fn boot_stock_debian(firmware: &'static str) {
     let image = debian_image("v1", Debian::Stock);
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("debian.img");
     copy_sparse(&image, &disk);
-    let vars = dir.path().join("vars.fd");
-    let (status, console) = boot(
-        dir.path(),
-        &format!("debian-{firmware}"),
-        Boot {
-            firmware,
-            vars: (firmware == "uefi").then_some(vars.as_path()),
-            net: "none",
-            // About 30 s under TCG; the rest is slack for a loaded machine.
-            timeout: 180,
-            ..Boot::default()
-        },
-        &[&disk],
-    );
-    assert!(status.success(), "{firmware} boot: {status:?}\n{console}");
+    let console = Machine::new(dir.path(), firmware)
+        .with_disks([disk])
+        // About 30 s under TCG; the rest is slack for a loaded machine.
+        .timeout(180)
+        .boot_disks(&format!("debian-{firmware}"));
     // GRUB from the image's own boot record or ESP read the root's grub.cfg:
     // its command line, with this version's marker, reached the kernel.
     assert_has(
@@ -67,15 +59,21 @@ fn stock_debian_boots_with_ovmf() {
     boot_stock_debian("uefi");
 }
 
-/// A repository serving the stock images, and blank disks for a machine.
+/// A repository serving the stock images, and a machine with blank disks
+/// deploying from it.
 struct Stock {
     repo: Repo,
-    served: Served,
-    disks: Vec<PathBuf>,
-    firmware: &'static str,
-    vars: PathBuf,
-    /// The network of boots from disk ("none" unless the OS needs one).
-    os_net: &'static str,
+    /// The repository's server, running as long as the machine.
+    _served: Served,
+    machine: Machine,
+}
+
+impl std::ops::Deref for Stock {
+    type Target = Machine;
+
+    fn deref(&self) -> &Machine {
+        &self.machine
+    }
 }
 
 impl Stock {
@@ -92,82 +90,23 @@ impl Stock {
             add(&repo, &format!("debian:{v}"), image.to_str().unwrap());
         }
         let served = Served::start(&repo.path());
-        let disks = blank_disks(&repo, disks);
-        let vars = repo.file("vars.fd");
+        let machine = Machine::new(repo.dir.path(), firmware)
+            .with_disks(blank_disks(&repo, disks))
+            .repo(&served.url)
+            .timeout(400);
         Stock {
             repo,
-            served,
-            disks,
-            firmware,
-            vars,
-            os_net: "none",
+            _served: served,
+            machine,
         }
     }
 
-    fn run(&self, name: &str, append: Option<String>, disks: &[&Path]) -> String {
-        let (status, console) = self.try_run(name, append, disks);
-        assert!(status.success(), "{name}: {status:?}\n{console}");
-        console
-    }
-
-    fn try_run(
-        &self,
-        name: &str,
-        append: Option<String>,
-        disks: &[&Path],
-    ) -> (std::process::ExitStatus, String) {
-        self.boot_cut(name, append, disks, None)
-    }
-
-    /// A run of the deploy environment whose power is cut on a console line
-    /// (`qemu/run --cut-on`), disk 1's writes slowed so that one begun is
-    /// still under way when the cut comes.
-    fn cut(&self, name: &str, extra: &str, on: &str, after_ms: u64) -> (i32, String) {
-        let disks: Vec<&Path> = self.disks.iter().map(|d| d.as_path()).collect();
-        let append = Some(cmdline(&self.served.url, extra));
-        let (status, console) = self.boot_cut(name, append, &disks, Some((on, after_ms)));
-        (status.code().unwrap_or(-1), console)
-    }
-
-    fn boot_cut(
-        &self,
-        name: &str,
-        append: Option<String>,
-        disks: &[&Path],
-        cut: Option<(&str, u64)>,
-    ) -> (std::process::ExitStatus, String) {
-        let cut_on: Vec<&str> = cut.iter().map(|(on, _)| *on).collect();
-        boot(
-            self.repo.dir.path(),
-            name,
-            Boot {
-                firmware: self.firmware,
-                vars: (self.firmware == "uefi").then_some(self.vars.as_path()),
-                net: if append.is_some() {
-                    "user"
-                } else {
-                    self.os_net
-                },
-                append,
-                timeout: 400,
-                cut_on: &cut_on,
-                cut_after_ms: cut.map_or(0, |(_, ms)| ms),
-                write_iops: if cut.is_some() { &[2, 1_000_000] } else { &[] },
-                ..Boot::default()
-            },
-            disks,
-        )
-    }
-
-    fn ramdisk(&self, name: &str, extra: &str) -> String {
-        let append = cmdline(&self.served.url, extra);
-        let disks: Vec<&Path> = self.disks.iter().map(|d| d.as_path()).collect();
-        self.run(name, Some(append), &disks)
-    }
-
-    fn boot_disks(&self, name: &str) -> String {
-        let disks: Vec<&Path> = self.disks.iter().map(|d| d.as_path()).collect();
-        self.run(name, None, &disks)
+    /// A run of the deploy environment with `extra`, whose power is cut on a
+    /// console line (`qemu/run --cut-on`), disk 1's writes slowed so that one
+    /// begun is still under way when the cut comes.
+    fn cut(&self, name: &str, extra: &str, on: &str, after_ms: u64) -> (ExitStatus, String) {
+        self.machine
+            .cut(name, Start::RamDisk(extra), on, after_ms, &[2, 1_000_000])
     }
 
     /// After an upgrade to v2 on disk 2: v2 comes up on its own GRUB
@@ -339,7 +278,7 @@ fn stock_upgrade_boots_the_new_os_every_time(firmware: &'static str) {
     // The previous disk still has its own identity and boots as it was.
     assert!(partition_file(&m.disks[0], 3, "/etc/fstab").contains(ROOT_UUID));
     // The previous disk taken out: v2 boots from its own disk alone.
-    let c = m.run("v2-alone", None, &[m.disks[1].as_path()]);
+    let c = m.only(&[1]).boot_disks("v2-alone");
     came_up(&c, "v2", "/dev/vda3", firmware);
 }
 
@@ -456,7 +395,7 @@ fn stock_debian_cloud_init_applies_the_seed_imprint_wrote() {
     let mut m = Stock::of("bios", &[("v1", Debian::CloudInit)], 1);
     // cloud-init's last stage waits for the network to be online (up to two
     // minutes without a link): the machines it runs on have one.
-    m.os_net = "user";
+    m.machine.os_net = "user";
     let hosts = m.repo.path().join("hosts/ci-1");
     std::fs::create_dir_all(&hosts).unwrap();
     std::fs::write(
@@ -510,7 +449,11 @@ fn stock_upgrade_survives_power_cuts(
     for (name, on, after_ms, before) in points {
         let untouched = untouchable_digest(&m.disks[0]);
         let (status, c) = m.cut(&format!("cut-{name}"), upgrade, on, *after_ms);
-        assert_eq!(status, CUT_STATUS, "{name}: no power cut:\n{c}");
+        assert_eq!(
+            status.code(),
+            Some(CUT_STATUS),
+            "{name}: no power cut:\n{c}"
+        );
         assert!(
             c.contains(on) && !c.contains(before),
             "{name}: the cut was meant to come after {on:?} and before {before:?}:\n{c}"
@@ -616,6 +559,15 @@ fn stock_debian_upgrade_survives_power_cuts_uefi() {
     );
 }
 
+/// A BIOS machine with a blank disk, room for the stock image, booting from
+/// the network `net`: each run must end by itself within ten minutes.
+fn network_machine(dir: &Path, net: &str) -> Machine {
+    Machine::new(dir, "bios")
+        .blank_disk("disk.img", 3 << 30)
+        .network(net)
+        .timeout(600)
+}
+
 /// A stock Debian (with cloud-init) provisioned by network boot: QEMU's iPXE
 /// ROM and DHCP name `imprint serve --hosts`; the empty disk deploys, the next
 /// network boot is sent to the disk, Debian comes up with the host name the
@@ -651,9 +603,9 @@ fn stock_debian_network_boot_deploys_and_commits() {
         ),
         None,
     );
-    let disk = dir.join("disk.img");
-    sparse_disk(&disk, 3 << 30);
-    let run = |name: &str| boot_from_network(&dir, name, &net, &disk);
+    let m = network_machine(&dir, &net);
+    let disk = m.disks[0].clone();
+    let run = |name: &str| m.netboot(name);
     let c = run("deploy");
     assert_has(&c, "imprint: deploying debian:v1 to deb-1 (attempt 1 of 3)");
     assert_has(&c, "installed imprint as the first-boot agent");
@@ -729,9 +681,9 @@ fn stock_debian_from_nginx_deploys_once_then_starts_by_kexec() {
         "imprint.image=debian:v1 imprint.disk=/dev/vda imprint.hostname=static-1",
     );
     let dir = repo.dir.path().to_path_buf();
-    let disk = dir.join("disk.img");
-    sparse_disk(&disk, 3 << 30);
-    let run = |name: &str| boot_from_network(&dir, name, &net, &disk);
+    let m = network_machine(&dir, &net);
+    let disk = m.disks[0].clone();
+    let run = |name: &str| m.netboot(name);
     let chunk_requests = || nginx.requested("/chunks/");
     let c = run("deploy");
     assert_has(&c, "install step done: write-head");
@@ -794,19 +746,13 @@ fn stock_debian_from_a_usb_stick_then_an_upgrade_that_never_comes_up_falls_back(
         "imprint.disk=/dev/vda imprint.hostname=from-stick",
     ]);
     assert_success(&out);
-    let disks = [m.disks[0].as_path(), m.disks[1].as_path()];
-    let (status, c) = boot(
-        m.repo.dir.path(),
+    let (status, c) = m.try_run_with(
         "deploy",
         Boot {
-            firmware: "uefi",
-            vars: Some(&m.vars),
-            net: "none",
             timeout: 600,
             usb: Some(&stick),
-            ..Boot::default()
+            ..m.spec(Start::Disks)
         },
-        &disks,
     );
     assert!(status.success(), "deploy: {status:?}\n{c}");
     assert_has(&c, "medium labelled IMPRINT on /dev/sda1");
@@ -825,7 +771,7 @@ fn stock_debian_from_a_usb_stick_then_an_upgrade_that_never_comes_up_falls_back(
         "imprint.mode=upgrade imprint.image=debian:v2 imprint.disk=/dev/vdb",
     );
     assert_has(&c, "(BootNext)");
-    let (_, c) = m.try_run("v2-trial", None, &disks);
+    let (_, c) = m.try_run("v2-trial", Start::Disks);
     // v2's own GRUB configuration ran, and its root was not there.
     assert_has(&c, "testos.marker=v2");
     assert!(!c.contains("debian-os: "), "v2 came up:\n{c}");

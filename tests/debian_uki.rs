@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::machine::*;
 use common::vm::*;
 use common::*;
 use imprint::format::dps;
@@ -46,25 +47,12 @@ fn came_up<'a>(console: &'a str, version: &str, root: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {prefix:?} in:\n{console}"))
 }
 
-/// How a run of the machine starts.
-enum From<'a> {
-    /// The network first in the boot order: the static boot script.
-    Network,
-    /// The deploy environment from RAM, with these arguments.
-    Ram(&'a str),
-    /// The firmware boots the disks, with no network.
-    Disk,
-}
-
 /// A repository with the UKI image (by version, and others), served by
 /// `imprint serve`, and a UEFI machine with blank disks.
 struct Rig {
     repo: Repo,
     served: Served,
-    disks: Vec<PathBuf>,
-    vars: PathBuf,
-    /// The static boot script's network (`Rig::network`).
-    net: String,
+    machine: Machine,
 }
 
 impl Rig {
@@ -74,14 +62,14 @@ impl Rig {
             add(&repo, reference, image.to_str().unwrap());
         }
         let served = Served::start(&repo.path());
-        let disks = blank_disks(&repo, disks);
-        let vars = repo.file("vars.fd");
+        let machine = Machine::new(repo.dir.path(), "uefi")
+            .with_disks(blank_disks(&repo, disks))
+            .repo(&served.url)
+            .timeout(600);
         Rig {
             repo,
             served,
-            disks,
-            vars,
-            net: String::new(),
+            machine,
         }
     }
 
@@ -98,35 +86,23 @@ impl Rig {
         Rig::new(&images, disks)
     }
 
-    /// One static boot script for every machine, with `args`.
+    /// One static boot script for every machine, with `args`: the machine's
+    /// network boot.
     fn network(mut self, args: &str) -> Rig {
-        self.net = static_boot_script(&self.repo, &self.served.url, args);
+        let net = static_boot_script(&self.repo, &self.served.url, args);
+        self.machine.net = net;
         self
     }
 
-    fn run(&self, name: &str, from: From) -> String {
-        let disks: Vec<&Path> = self.disks.iter().map(|d| d.as_path()).collect();
-        let (net, append) = match from {
-            From::Network => (self.net.as_str(), None),
-            From::Ram(extra) => ("user", Some(cmdline(&self.served.url, extra))),
-            From::Disk => ("none", None),
-        };
-        let (status, c) = boot(
-            self.repo.dir.path(),
-            name,
-            Boot {
-                firmware: "uefi",
-                vars: Some(&self.vars),
-                net,
-                append,
-                timeout: 600,
-                ..Boot::default()
-            },
-            &disks,
-        );
-        assert!(status.success(), "{name}: {status:?}\n{c}");
+    /// A run that ends by itself, Debian never in its emergency mode.
+    fn run(&self, name: &str, start: Start) -> String {
+        let c = self.machine.run(name, start);
         assert!(!c.contains("emergency mode"), "{name}:\n{c}");
         c
+    }
+
+    fn disk(&self, i: usize) -> &Path {
+        &self.machine.disks[i]
     }
 }
 
@@ -148,11 +124,11 @@ fn systemd_boot_uki_image_starts_by_kexec_on_every_network_boot_and_after_an_upg
     let m = Rig::versions(&["v1", "v2"], 2).network(
         "imprint.image=debian:v1 imprint.disk=/dev/vda imprint.hostname=uki-1 imprint.handoff=kexec",
     );
-    let disk = m.disks[0].clone();
+    let disk = m.disk(0).to_path_buf();
     let (root_number, partuuid) = dps_root(&image);
     let uki = "/EFI/Linux/mkosi-debian-";
 
-    let c = m.run("deploy", From::Network);
+    let c = m.run("deploy", Start::Network);
     assert_has(&c, "install step done: write-head");
     assert_has(&c, "installed imprint as the first-boot agent");
     assert_has(&c, "the ESP (/dev/vda1) boots systemd-boot");
@@ -183,7 +159,7 @@ fn systemd_boot_uki_image_starts_by_kexec_on_every_network_boot_and_after_an_upg
         "uki-1\n"
     );
 
-    let c = m.run("again", From::Network);
+    let c = m.run("again", Start::Network);
     assert_has(&c, "already holds debian sha256:");
     assert!(!c.contains("install step done"), "{c}");
     assert_has(&c, &format!("starting the installed OS by kexec of {uki}"));
@@ -194,7 +170,7 @@ fn systemd_boot_uki_image_starts_by_kexec_on_every_network_boot_and_after_an_upg
     let (_, image_partuuid) = dps_root(&debian_image("v2", Debian::Uki));
     let c = m.run(
         "upgrade-v2",
-        From::Ram("imprint.mode=upgrade imprint.image=debian:v2 imprint.disk=/dev/vdb imprint.handoff=kexec"),
+        Start::RamDisk("imprint.mode=upgrade imprint.image=debian:v2 imprint.disk=/dev/vdb imprint.handoff=kexec"),
     );
     assert_has(&c, "previous OS on /dev/vda");
     assert_has(
@@ -203,9 +179,9 @@ fn systemd_boot_uki_image_starts_by_kexec_on_every_network_boot_and_after_an_upg
             "partition {root_number} (Root Partition) of the new disk had the same GUID as one on the previous disk; it is now "
         ),
     );
-    let (_, new_partuuid) = dps_root(&m.disks[1]);
+    let (_, new_partuuid) = dps_root(m.disk(1));
     assert_ne!(new_partuuid, image_partuuid);
-    assert_eq!(dps_root(&m.disks[0]).1, image_partuuid, "disk 1 untouched");
+    assert_eq!(dps_root(m.disk(0)).1, image_partuuid, "disk 1 untouched");
     let line = came_up(&c, "v2", &format!("/dev/vdb{root_number}"));
     assert!(line.contains(" loader=none "), "{line}");
     assert!(
@@ -218,22 +194,22 @@ fn systemd_boot_uki_image_starts_by_kexec_on_every_network_boot_and_after_an_upg
     assert_has(&c, "is now the first disk in BootOrder");
     assert_has(&c, "imprint firstboot: committed");
     assert_eq!(
-        read_state(&m.disks[1]).0.handoff.map(|h| h.done),
+        read_state(m.disk(1)).0.handoff.map(|h| h.done),
         Some("kexec".to_string())
     );
 
     let boots = if full_matrix() { 3 } else { 1 };
     for i in 1..=boots {
-        let c = m.run(&format!("v2-{i}"), From::Disk);
+        let c = m.run(&format!("v2-{i}"), Start::Disks);
         let line = came_up(&c, "v2", &format!("/dev/vdb{root_number}"));
         // systemd-boot started it, and systemd found the root by its type.
         assert!(line.contains(" loader=systemd-boot-"), "{line}");
         assert!(!cmdline_of(line).contains("root="), "{line}");
         assert_has(&c, "debian-uki: status: mode        committed");
     }
-    assert_eq!(read_state(&m.disks[1]).0.mode, Mode::Committed);
+    assert_eq!(read_state(m.disk(1)).0.mode, Mode::Committed);
     assert_eq!(
-        partition_file(&m.disks[1], root_number, "/etc/hostname"),
+        partition_file(m.disk(1), root_number, "/etc/hostname"),
         "uki-1\n"
     );
 }
@@ -303,12 +279,12 @@ fn an_entry_kexec_cannot_start_is_rebooted_into_through_the_firmware() {
     let (image, uki) = uki_image_with_an_efi_default(dir.path());
     let m = Rig::new(&[("debian:efi", image.clone())], 1)
         .network("imprint.image=debian:efi imprint.disk=/dev/vda imprint.handoff=kexec");
-    let disk = m.disks[0].clone();
+    let disk = m.disk(0).to_path_buf();
     let why = format!(
         "systemd-boot's entry by-efi.conf starts the EFI program {uki}, which kexec cannot start"
     );
     let why = why.as_str();
-    let c = m.run("deploy", From::Network);
+    let c = m.run("deploy", Start::Network);
     assert_has(&c, "install step done: write-head");
     assert_has(
         &c,
@@ -330,7 +306,7 @@ fn an_entry_kexec_cannot_start_is_rebooted_into_through_the_firmware() {
     assert!(!c.contains("debian-uki: v1 booted"), "{c}");
 
     // The network is still first in the boot order; BootNext wins once.
-    let c = m.run("disk-once", From::Network);
+    let c = m.run("disk-once", Start::Network);
     let (root_number, _) = dps_root(&image);
     let line = came_up(&c, "v1", &format!("/dev/vda{root_number}"));
     assert!(line.contains(" loader=systemd-boot-"), "{line}");
@@ -350,7 +326,7 @@ fn an_entry_kexec_cannot_start_is_rebooted_into_through_the_firmware() {
 
     // Deploy once: the disk holds the image; the same refusal, the same
     // BootNext, and nothing written (the record says so already).
-    let c = m.run("again", From::Network);
+    let c = m.run("again", Start::Network);
     assert_has(&c, "already holds debian sha256:");
     assert_has(&c, &refused);
     assert_has(&c, "boots /dev/vda once (BootNext), not the network");

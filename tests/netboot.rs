@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::machine::*;
 use common::vm::*;
 use common::*;
 use std::path::Path;
@@ -22,45 +23,13 @@ fn changed_chunks(image: &str, disk: &Path) -> u64 {
     missing_data_chunks(&image[CHUNK..], &disk[CHUNK..], CHUNK)
 }
 
-/// A machine with an empty disk whose network boots from `net`.
-struct Vm {
-    dir: std::path::PathBuf,
-    disk: std::path::PathBuf,
-    vars: std::path::PathBuf,
-    firmware: &'static str,
-    net: String,
-}
-
-impl Vm {
-    fn new(repo: &Repo, firmware: &'static str, net: &str) -> Vm {
-        let disk = repo.file("disk.img");
-        sparse_disk(&disk, 256 << 20);
-        Vm {
-            dir: repo.dir.path().to_path_buf(),
-            disk,
-            vars: repo.file("vars.fd"),
-            firmware,
-            net: net.to_string(),
-        }
-    }
-
-    /// Boots it to the end; it must end by itself (power off or reboot).
-    fn run(&self, name: &str) -> String {
-        let (status, console) = boot(
-            &self.dir,
-            name,
-            Boot {
-                firmware: self.firmware,
-                vars: (self.firmware == "uefi").then_some(self.vars.as_path()),
-                net: &self.net,
-                timeout: 300,
-                ..Boot::default()
-            },
-            &[self.disk.as_path()],
-        );
-        assert!(status.success(), "{name}: {status:?}\n{console}");
-        console
-    }
+/// A machine with an empty disk whose network boots from `net`; each run must
+/// end by itself (power off or reboot).
+fn machine(repo: &Repo, firmware: &'static str, net: &str) -> Machine {
+    Machine::new(repo.dir.path(), firmware)
+        .blank_disk("disk.img", 256 << 20)
+        .network(net)
+        .timeout(300)
 }
 
 /// The server runs with every protection on: the operator's token, and a
@@ -80,9 +49,9 @@ fn network_boot(firmware: &'static str) {
         None,
         &["--status-token", "a-status-token-for-static-boots"],
     );
-    let vm = Vm::new(&repo, firmware, &net);
-    let run = |name: &str| vm.run(name);
-    let disk = &vm.disk;
+    let vm = machine(&repo, firmware, &net);
+    let run = |name: &str| vm.netboot(name);
+    let disk = &vm.disks[0];
 
     // An empty disk: the boot script deploys.
     let c = run("deploy");
@@ -159,10 +128,10 @@ fn static_network_boot(firmware: &'static str) {
         &served.url,
         "imprint.image=os:v1 imprint.disk=/dev/vda",
     );
-    let vm = Vm::new(&repo, firmware, &net);
+    let vm = machine(&repo, firmware, &net);
     let run = |name: &str| {
         let started = std::time::Instant::now();
-        let console = vm.run(name);
+        let console = vm.netboot(name);
         (console, started.elapsed())
     };
     let (c, _) = run("deploy");
@@ -214,7 +183,6 @@ fn the_server_restarts_during_a_deploy() {
     let a = artifacts();
     let repo = Repo::new();
     let digest = add(&repo, "os:v1", &a.path("os-v1.img"));
-    let dir = repo.dir.path().to_path_buf();
     let inventory = format!(
         "[default]\ncmdline = [\"console=ttyS0\", \"quiet\", \"panic=-1\"]\n\n\
          [hosts.\"{MAC}\"]\nimage = \"os:v1\"\nsettings = {{ disk = \"/dev/vda\" }}\n"
@@ -222,23 +190,22 @@ fn the_server_restarts_during_a_deploy() {
     // A fixed port: the machine's boot script and status URL name it.
     let listen = format!("127.0.0.1:{}", free_port());
     let (served, net) = provisioning_server(&repo, &inventory, Some(&listen));
-    let disk = repo.file("disk.img");
-    sparse_disk(&disk, 256 << 20);
+    let machine = Machine::new(repo.dir.path(), "bios")
+        .blank_disk("disk.img", 256 << 20)
+        .network(&net)
+        .timeout(300);
 
     let vm = {
-        let (dir, net, disk) = (dir.clone(), net.clone(), disk.clone());
+        let machine = machine.clone();
         std::thread::spawn(move || {
-            boot(
-                &dir,
+            machine.try_run_with(
                 "deploy",
                 Boot {
-                    net: &net,
                     timeout: 400,
                     // Slow enough that the restart falls inside the writing.
                     write_iops: &[4],
-                    ..Boot::default()
+                    ..machine.spec(Start::Network)
                 },
-                &[Path::new(&disk)],
             )
         })
     };
@@ -261,17 +228,7 @@ fn the_server_restarts_during_a_deploy() {
     assert_eq!(m["state"]["failures"], 0, "{m}");
     assert_eq!(m["state"]["deploys"], 1, "{m}");
     assert_eq!(m["event"]["phase"], "complete", "{m}");
-    let (status, c) = boot(
-        &dir,
-        "local",
-        Boot {
-            net: &net,
-            timeout: 300,
-            ..Boot::default()
-        },
-        &[Path::new(&disk)],
-    );
-    assert!(status.success(), "{status:?}\n{c}");
+    let c = machine.netboot("local");
     assert_has(&c, "is deployed; booting its own disk");
     assert_has(&c, "test-os: v1 booted");
 }
@@ -285,7 +242,6 @@ fn two_machines_at_once_get_their_own_images() {
     let repo = Repo::new();
     let v1 = add(&repo, "os:v1", &a.path("os-v1.img"));
     let v2 = add(&repo, "os:v2", &a.path("os-v2.img"));
-    let dir = repo.dir.path().to_path_buf();
     let (one, two) = ("52:54:00:00:01:01", "52:54:00:00:01:02");
     let (_served, net) = provisioning_server(
         &repo,
@@ -299,24 +255,16 @@ fn two_machines_at_once_get_their_own_images() {
     let vms: Vec<_> = [one, two]
         .into_iter()
         .map(|mac| {
-            let (dir, net) = (dir.clone(), net.clone());
-            let disk = dir.join(format!("{}.img", mac.replace(':', "")));
-            sparse_disk(&disk, 256 << 20);
+            let name = mac.replace(':', "");
+            let m = Machine::new(repo.dir.path(), "bios")
+                .blank_disk(&format!("{name}.img"), 256 << 20)
+                .network(&net)
+                .mac(mac)
+                .timeout(400);
             std::thread::spawn(move || {
-                let (status, c) = boot(
-                    &dir,
-                    &mac.replace(':', ""),
-                    Boot {
-                        net: &net,
-                        mac: Some(mac),
-                        timeout: 400,
-                        ..Boot::default()
-                    },
-                    &[Path::new(&disk)],
-                );
-                assert!(status.success(), "{mac}: {status:?}\n{c}");
+                let c = m.netboot(&name);
                 assert_has(&c, "deploy complete: ");
-                disk
+                m.disks[0].clone()
             })
         })
         .collect();
@@ -363,18 +311,16 @@ fn an_error_a_machine_reports_is_shown_by_ipxe_never_run() {
     assert_eq!(m["next"], "hold", "{m}");
     assert_eq!(m["state"]["last_error"], error.as_str(), "{m}");
 
-    let disk = repo.file("disk.img");
-    sparse_disk(&disk, 64 << 20);
-    let (_, c) = boot(
-        repo.dir.path(),
+    let m = Machine::new(repo.dir.path(), "bios")
+        .blank_disk("disk.img", 64 << 20)
+        .network(&net)
+        .timeout(180);
+    let (_, c) = m.try_run_with(
         "held",
         Boot {
-            net: &net,
-            timeout: 180,
             cut_on: &["imprint: asking again in 60 s"],
-            ..Boot::default()
+            ..m.spec(Start::Network)
         },
-        &[disk.as_path()],
     );
     // iPXE wraps its console at 80 columns.
     let unwrapped = c.replace(['\r', '\n'], "");

@@ -28,6 +28,7 @@
 
 mod common;
 
+use common::machine::*;
 use common::vm::*;
 use common::*;
 use imprint::format::gpt::{self, Guid, Layout};
@@ -273,61 +274,22 @@ fn installed_v1(firmware: &'static str, dir: PathBuf) -> PathBuf {
     add(&repo, "os:v1", &a.path("os-v1.img"));
     let served = Served::start(&repo.path());
     std::fs::create_dir_all(&dir).unwrap();
-    let (disk1, disk2, vars) = (
-        dir.join("disk1.img"),
-        dir.join("disk2.img"),
-        dir.join("vars.fd"),
-    );
-    sparse_disk(&disk1, DISK_SIZE);
-    sparse_disk(&disk2, DISK_SIZE);
-    let uefi = firmware == "uefi";
-    let (status, c) = boot(
-        &dir,
+    let m = Machine::new(&dir, firmware)
+        .blank_disk("disk1.img", DISK_SIZE)
+        .blank_disk("disk2.img", DISK_SIZE)
+        .repo(&served.url);
+    let c = m.ramdisk(
         "deploy-v1",
-        Boot {
-            firmware,
-            vars: uefi.then_some(vars.as_path()),
-            append: Some(cmdline(
-                &served.url,
-                "imprint.image=os:v1 imprint.disk=/dev/vda imprint.hostname=node-7",
-            )),
-            ..Boot::default()
-        },
-        &[&disk1, &disk2],
+        "imprint.image=os:v1 imprint.disk=/dev/vda imprint.hostname=node-7",
     );
-    assert!(status.success(), "deploying v1: {status:?}\n{c}");
     assert_has(&c, "handing off (reboot)");
-    let (status, c) = boot(
-        &dir,
-        "v1",
-        Boot {
-            firmware,
-            vars: uefi.then_some(vars.as_path()),
-            net: "none",
-            ..Boot::default()
-        },
-        &[&disk1, &disk2],
-    );
-    assert!(status.success(), "booting v1: {status:?}\n{c}");
+    let c = m.boot_disks("v1");
     assert_has(&c, "test-os: v1 booted");
     assert_has(&c, "imprint firstboot: committed");
     assert_has(&c, "imprint prepare-upgrade: captured");
-    assert_eq!(read_state(&disk1).0.mode, Mode::Committed);
-    std::fs::remove_file(&disk2).unwrap();
+    assert_eq!(read_state(&m.disks[0]).0.mode, Mode::Committed);
+    std::fs::remove_file(&m.disks[1]).unwrap();
     dir
-}
-
-/// The test's own copy of the installed v1 (disk and firmware variables) in `dir`.
-fn copy_base(base: &Path, dir: &Path, firmware: &str) -> (PathBuf, Option<PathBuf>) {
-    std::fs::create_dir_all(dir).unwrap();
-    let disk = dir.join("disk1.img");
-    copy_sparse(&base.join("disk1.img"), &disk);
-    let vars = (firmware == "uefi").then(|| {
-        let vars = dir.join("vars.fd");
-        std::fs::copy(base.join("vars.fd"), &vars).unwrap();
-        vars
-    });
-    (disk, vars)
 }
 
 /// The image, its digest and its partition table.
@@ -465,6 +427,8 @@ fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
+/// What every point of one firmware's power cuts starts from: v1 installed
+/// (each point boots a copy), and v2 in the repository, served.
 struct Rig {
     firmware: &'static str,
     base: PathBuf,
@@ -488,77 +452,57 @@ impl Rig {
         }
     }
 
-    fn boot(
-        &self,
-        dir: &Path,
-        name: &str,
-        vars: Option<&Path>,
-        b: Boot,
-        disks: &[&Path],
-    ) -> (std::process::ExitStatus, String) {
-        boot(
-            dir,
-            name,
-            Boot {
-                firmware: self.firmware,
-                vars,
-                ..b
-            },
-            disks,
-        )
-    }
-
-    fn ramdisk(&self, extra: &str) -> Option<String> {
-        Some(cmdline(&self.served.url, extra))
-    }
-
-    /// Boots the disks without a network; ends early when the firmware finds
-    /// nothing to boot.
-    fn boot_disks(&self, dir: &Path, name: &str, vars: Option<&Path>, disks: &[&Path]) -> String {
-        let (status, c) = self.boot(
-            dir,
-            name,
-            vars,
-            Boot {
-                net: "none",
-                cut_on: NOTHING_TO_BOOT,
-                ..Boot::default()
-            },
-            disks,
-        );
-        let gave_up = NOTHING_TO_BOOT.iter().any(|m| c.contains(m));
-        assert!(
-            status.success() || (gave_up && status.code() == Some(CUT_STATUS)),
-            "{name}: {status:?}\n{c}"
-        );
-        c
+    /// A point's machine in `dir`: its own copy of the installed v1 (disk and
+    /// firmware variables), deploying from the rig's repository.
+    fn machine(&self, dir: &Path) -> Machine {
+        std::fs::create_dir_all(dir).unwrap();
+        let disk = dir.join("disk1.img");
+        copy_sparse(&self.base.join("disk1.img"), &disk);
+        let m = Machine::new(dir, self.firmware)
+            .with_disks([disk])
+            .repo(&self.served.url);
+        if self.firmware == "uefi" {
+            std::fs::copy(self.base.join("vars.fd"), &m.vars).unwrap();
+        }
+        m
     }
 }
 
+/// Boots the disks without a network; ends early when the firmware finds
+/// nothing to boot.
+fn boot_disks_if_any(m: &Machine, name: &str) -> String {
+    let (status, c) = m.try_run_with(
+        name,
+        Boot {
+            cut_on: NOTHING_TO_BOOT,
+            ..m.spec(Start::Disks)
+        },
+    );
+    let gave_up = NOTHING_TO_BOOT.iter().any(|m| c.contains(m));
+    assert!(
+        status.success() || (gave_up && status.code() == Some(CUT_STATUS)),
+        "{name}: {status:?}\n{c}"
+    );
+    c
+}
+
 fn deploy_point(rig: &Rig, p: &Point) -> String {
-    let dir = rig.repo.dir.path().join(format!("deploy-{}", p.name));
-    let (disk, vars) = copy_base(&rig.base, &dir, rig.firmware);
-    let vars = vars.as_deref();
-    let before = read(&disk);
+    let m = rig.machine(&rig.repo.dir.path().join(format!("deploy-{}", p.name)));
+    let disk = &m.disks[0];
+    let before = read(disk);
     assert!(looks_bootable(&before) && rig.v2.whole(&before).is_err());
     let full = rig.v2.work(&before, None).1;
-    let deploy = rig.ramdisk("imprint.image=os:v2 imprint.disk=/dev/vda");
+    let deploy = "imprint.image=os:v2 imprint.disk=/dev/vda";
 
-    let (status, cut) = rig.boot(
-        &dir,
+    let (status, cut) = m.cut(
         "cut",
-        vars,
-        Boot {
-            append: deploy.clone(),
-            cut_on: &[on_console(p.on, rig.firmware)],
-            cut_after_ms: p.after_ms(rig.firmware),
-            write_iops: DEPLOY_WRITE_IOPS,
-            ..Boot::default()
-        },
-        &[&disk],
+        Start::RamDisk(deploy),
+        on_console(p.on, rig.firmware),
+        p.after_ms(rig.firmware),
+        DEPLOY_WRITE_IOPS,
     );
     let note = assert_cut(status, &cut, p, rig.firmware);
-    let after = read(&disk);
+    let after = read(disk);
     let held = rig.v2.describe(&after);
     let whole = rig.v2.whole(&after);
     if looks_bootable(&after) {
@@ -570,7 +514,7 @@ fn deploy_point(rig: &Rig, p: &Point) -> String {
         );
     }
 
-    let c = rig.boot_disks(&dir, "after-cut", vars, &[&disk]);
+    let c = boot_disks_if_any(&m, "after-cut");
     let booted = if c.contains("test-os: ") {
         assert_has(&c, "test-os: v2 booted");
         assert!(
@@ -587,16 +531,10 @@ fn deploy_point(rig: &Rig, p: &Point) -> String {
 
     // Run again: what is on the disk is hashed and skipped. (A disk the cut
     // left whole would be started as it is; the rerun is to show the resume.)
-    let (_, fetch) = rig.v2.work(&read(&disk), None);
-    let (status, c) = rig.boot(
-        &dir,
+    let (_, fetch) = rig.v2.work(&read(disk), None);
+    let (status, c) = m.try_run(
         "rerun",
-        vars,
-        Boot {
-            append: deploy.map(|d| format!("{d} imprint.redeploy")),
-            ..Boot::default()
-        },
-        &[&disk],
+        Start::RamDisk(&format!("{deploy} imprint.redeploy")),
     );
     assert!(status.success(), "deploying again: {status:?}\n{c}");
     assert_has(&c, "handing off (reboot)");
@@ -606,11 +544,11 @@ fn deploy_point(rig: &Rig, p: &Point) -> String {
         "run again, the deploy fetched {fetched} chunks; {fetch} were not on the disk:\n{c}"
     );
     assert!(fetched <= full, "{}: fetched {fetched} of {full}", p.name);
-    check_deployed_disk(&disk, &rig.v2.bytes, &rig.v2.digest, None);
-    let c = rig.boot_disks(&dir, "v2", vars, &[&disk]);
+    check_deployed_disk(disk, &rig.v2.bytes, &rig.v2.digest, None);
+    let c = boot_disks_if_any(&m, "v2");
     assert_has(&c, "test-os: v2 booted");
     assert_has(&c, "imprint firstboot: committed");
-    let _ = std::fs::remove_file(&disk);
+    let _ = std::fs::remove_file(disk);
     format!(
         "{note}left {held}; {booted}; run again: fetched {fetched} of the {full} chunks a whole deploy fetches; v2 boots and commits"
     )
@@ -654,33 +592,24 @@ fn disk_guid(disk: &Path) -> Option<Guid> {
 
 fn upgrade_point(rig: &Rig, p: &Point, untouched: &[u8]) -> String {
     let dir = rig.repo.dir.path().join(format!("upgrade-{}", p.name));
-    let (disk1, vars) = copy_base(&rig.base, &dir, rig.firmware);
-    let vars = vars.as_deref();
-    let disk2 = dir.join("disk2.img");
-    sparse_disk(&disk2, DISK_SIZE);
-    let disks = [disk1.as_path(), disk2.as_path()];
-    let upgrade = rig.ramdisk("imprint.mode=upgrade imprint.image=os:v2 imprint.disk=/dev/vdb");
+    let m = rig.machine(&dir).blank_disk("disk2.img", DISK_SIZE);
+    let (disk1, disk2) = (&m.disks[0], &m.disks[1]);
+    let upgrade = "imprint.mode=upgrade imprint.image=os:v2 imprint.disk=/dev/vdb";
 
-    let (status, cut) = rig.boot(
-        &dir,
+    let (status, cut) = m.cut(
         "cut",
-        vars,
-        Boot {
-            append: upgrade.clone(),
-            cut_on: &[on_console(p.on, rig.firmware)],
-            cut_after_ms: p.after_ms(rig.firmware),
-            write_iops: UPGRADE_WRITE_IOPS,
-            ..Boot::default()
-        },
-        &disks,
+        Start::RamDisk(upgrade),
+        on_console(p.on, rig.firmware),
+        p.after_ms(rig.firmware),
+        UPGRADE_WRITE_IOPS,
     );
     let note = assert_cut(status, &cut, p, rig.firmware);
     assert!(
-        untouchable_but_root(&disk1) == untouched,
+        untouchable_but_root(disk1) == untouched,
         "{}: disk 1's data changed",
         p.name
     );
-    let new = read(&disk2);
+    let new = read(disk2);
     let held = rig.v2.describe(&new);
     let agent = rig.v2.record(&new).map(|r| r.agent);
     // Disk 2 looks bootable only when the install is complete; after that, its
@@ -695,11 +624,11 @@ fn upgrade_point(rig: &Rig, p: &Point, untouched: &[u8]) -> String {
         );
     }
     drop(new);
-    let first: [u8; 512] = read(&disk1)[..512].try_into().unwrap();
+    let first: [u8; 512] = read(disk1)[..512].try_into().unwrap();
     let chain = imprint::format::mbr::chain_target(&first);
-    let new_guid = disk_guid(&disk2);
+    let new_guid = disk_guid(disk2);
 
-    let c = rig.boot_disks(&dir, "after-cut", vars, &disks);
+    let c = boot_disks_if_any(&m, "after-cut");
     if c.contains("test-os: v2 booted") {
         // Only the boot switch, the last thing the upgrade writes, leads to v2.
         assert!(
@@ -714,7 +643,7 @@ fn upgrade_point(rig: &Rig, p: &Point, untouched: &[u8]) -> String {
                 p.name
             );
         }
-        assert_upgraded(&c, &disk2);
+        assert_upgraded(&c, disk2);
         return format!(
             "{note}left disk 2 with {held} (agent {agent:?}); v2 boots (the switch was made), migrates and commits"
         );
@@ -725,23 +654,14 @@ fn upgrade_point(rig: &Rig, p: &Point, untouched: &[u8]) -> String {
         Some(_) => "a chain stub",
         None => "its own boot code",
     };
-    let saved = match read_state(&disk1).0.saved_boot_record {
+    let saved = match read_state(disk1).0.saved_boot_record {
         Some(_) => " (saved in its record)",
         None => "",
     };
 
     // Run again: disk 2's chunks are skipped, disk 1's seed, the rest is fetched.
-    let (seed, fetch) = rig.v2.work(&read(&disk2), Some(&read(&disk1)));
-    let (status, c) = rig.boot(
-        &dir,
-        "rerun",
-        vars,
-        Boot {
-            append: upgrade,
-            ..Boot::default()
-        },
-        &disks,
-    );
+    let (seed, fetch) = rig.v2.work(&read(disk2), Some(&read(disk1)));
+    let (status, c) = m.try_run("rerun", Start::RamDisk(upgrade));
     assert!(status.success(), "upgrading again: {status:?}\n{c}");
     assert_has(&c, "previous OS on /dev/vda");
     assert_has(&c, "handing off (reboot)");
@@ -755,10 +675,10 @@ fn upgrade_point(rig: &Rig, p: &Point, untouched: &[u8]) -> String {
         "run again, the upgrade seeded {seeded} and fetched {fetched} chunks; (seeded, fetched) should be {:?}:\n{c}",
         (seed, fetch)
     );
-    let c = rig.boot_disks(&dir, "v2", vars, &disks);
-    assert_upgraded(&c, &disk2);
-    let _ = std::fs::remove_file(&disk1);
-    let _ = std::fs::remove_file(&disk2);
+    let c = boot_disks_if_any(&m, "v2");
+    assert_upgraded(&c, disk2);
+    let _ = std::fs::remove_file(disk1);
+    let _ = std::fs::remove_file(disk2);
     format!(
         "{note}left disk 2 with {held}, disk 1 with {stub}{saved}; v1 boots; run again: seeded {seeded}, fetched {fetched} chunks; v2 boots, migrates and commits"
     )

@@ -5,18 +5,27 @@
 
 mod common;
 
+use common::machine::*;
 use common::vm::*;
 use common::*;
 use imprint::format::state::Mode;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+/// A machine with two blank disks, deploying from a repository of the test OS's
+/// images; its deploy environment reports to the server as `rig`.
 struct Rig {
     repo: Repo,
-    served: Served,
-    disk1: PathBuf,
-    disk2: PathBuf,
-    vars: PathBuf,
-    firmware: &'static str,
+    /// The repository's server, running as long as the rig.
+    _served: Served,
+    machine: Machine,
+}
+
+impl std::ops::Deref for Rig {
+    type Target = Machine;
+
+    fn deref(&self) -> &Machine {
+        &self.machine
+    }
 }
 
 impl Rig {
@@ -27,50 +36,19 @@ impl Rig {
             add(&repo, &format!("os:{v}"), &a.path(&format!("os-{v}.img")));
         }
         let served = Served::start(&repo.path());
-        let disk1 = repo.file("disk1.img");
-        let disk2 = repo.file("disk2.img");
-        sparse_disk(&disk1, 200 << 20);
-        sparse_disk(&disk2, 200 << 20);
-        let vars = repo.file("vars.fd");
+        let machine = Machine::new(repo.dir.path(), firmware)
+            .blank_disk("disk1.img", 200 << 20)
+            .blank_disk("disk2.img", 200 << 20)
+            .repo(&served.url)
+            .args(&format!(
+                "imprint.target=rig imprint.status={}/status",
+                served.url.replace("127.0.0.1", "10.0.2.2")
+            ));
         Rig {
             repo,
-            served,
-            disk1,
-            disk2,
-            vars,
-            firmware,
+            _served: served,
+            machine,
         }
-    }
-
-    fn boot(&self, name: &str, append: Option<String>, timeout: u64) -> String {
-        let (status, console) = boot(
-            self.repo.dir.path(),
-            name,
-            Boot {
-                firmware: self.firmware,
-                vars: (self.firmware == "uefi").then_some(self.vars.as_path()),
-                net: if append.is_some() { "user" } else { "none" },
-                append,
-                timeout,
-                ..Boot::default()
-            },
-            &[&self.disk1, &self.disk2],
-        );
-        if timeout >= 200 {
-            assert!(status.success(), "{name}: {status:?}\n{console}");
-        }
-        console
-    }
-
-    fn ramdisk(&self, name: &str, extra: &str) -> String {
-        let append = cmdline(
-            &self.served.url,
-            &format!(
-                "{extra} imprint.target=rig imprint.status={}/status",
-                self.served.url.replace("127.0.0.1", "10.0.2.2")
-            ),
-        );
-        self.boot(name, Some(append), 240)
     }
 
     /// v1 deployed to disk 1 with a host name, booted once: it commits, writes its
@@ -81,23 +59,23 @@ impl Rig {
             "imprint.image=os:v1 imprint.disk=/dev/vda imprint.hostname=node-7",
         );
         assert_has(&c, "handing off (reboot)");
-        let c = self.boot("v1", None, 240);
+        let c = self.boot_disks("v1");
         assert_has(&c, "test-os: v1 booted");
         assert_has(&c, "imprint firstboot: committed");
         assert_has(&c, "imprint prepare-upgrade: captured");
-        assert_eq!(read_state(&self.disk1).0.mode, Mode::Committed);
-        assert!(read_state(&self.disk1).0.bundle.is_some());
+        assert_eq!(read_state(&self.disks[0]).0.mode, Mode::Committed);
+        assert!(read_state(&self.disks[0]).0.bundle.is_some());
     }
 
     /// Disk 2 holds a committed upgrade with v1's marker migrated into its root.
     fn assert_migrated_and_committed(&self) {
-        let new = read_state(&self.disk2).0;
+        let new = read_state(&self.disks[1]).0;
         assert_eq!(
             (new.mode, new.deployed_mode),
             (Mode::Committed, Mode::Upgrade)
         );
         assert_eq!(
-            root_file(&self.disk2, "/etc/imprint/host.d/marker.conf"),
+            root_file(&self.disks[1], "/etc/imprint/host.d/marker.conf"),
             "written by v1\n"
         );
     }
@@ -130,7 +108,7 @@ fn esp_volume_id(disk: &Path) -> u32 {
 fn upgrade_migrates_and_commits(firmware: &'static str) {
     let rig = Rig::new(firmware, &["v1", "v2"]);
     rig.v1_installed();
-    let before = untouchable_digest(&rig.disk1);
+    let before = untouchable_digest(&rig.disks[0]);
 
     let c = rig.upgrade_to("v2");
     // Delta upgrade: most bytes come from the previous disk, not the network.
@@ -139,17 +117,17 @@ fn upgrade_migrates_and_commits(firmware: &'static str) {
     // Both images' ESPs carry one FAT volume ID: the new disk's gets a fresh one,
     // so nothing that finds it by UUID can find the previous disk's.
     assert_has(&c, "file system 1A2B-3C4D is now ");
-    assert_ne!(esp_volume_id(&rig.disk2), esp_volume_id(&rig.disk1));
-    assert_eq!(esp_volume_id(&rig.disk1), 0x1A2B_3C4D);
-    let new = read_state(&rig.disk2).0;
+    assert_ne!(esp_volume_id(&rig.disks[1]), esp_volume_id(&rig.disks[0]));
+    assert_eq!(esp_volume_id(&rig.disks[0]), 0x1A2B_3C4D);
+    let new = read_state(&rig.disks[1]).0;
     assert_eq!(new.mode, Mode::Upgrade);
     let prev = new.previous.expect("previous OS recorded");
-    let disk1_layout = imprint::format::gpt::read(&mut std::fs::File::open(&rig.disk1).unwrap())
+    let disk1_layout = imprint::format::gpt::read(&mut std::fs::File::open(&rig.disks[0]).unwrap())
         .unwrap()
         .unwrap();
     assert_eq!(prev.disk_guid, disk1_layout.disk_guid);
 
-    let c = rig.boot("v2", None, 240);
+    let c = rig.boot_disks("v2");
     assert_has(&c, "test-os: v2 booted");
     // Both disks carry a state partition: firstboot knows its own by the mounted root.
     assert_line(
@@ -167,7 +145,7 @@ fn upgrade_migrates_and_commits(firmware: &'static str) {
     rig.assert_migrated_and_committed();
     // Disk 1: only its boot record and state record may have changed.
     assert!(
-        untouchable_digest(&rig.disk1) == before,
+        untouchable_digest(&rig.disks[0]) == before,
         "the previous disk's data changed"
     );
     if firmware == "uefi" {
@@ -175,19 +153,10 @@ fn upgrade_migrates_and_commits(firmware: &'static str) {
     } else {
         // Disk 2 taken out: disk 1's chain stub finds no disk with its GUID and
         // runs disk 1's own boot code, kept in its state partition.
-        let (status, c) = boot(
-            rig.repo.dir.path(),
-            "v1-alone",
-            Boot {
-                net: "none",
-                ..Boot::default()
-            },
-            &[&rig.disk1],
-        );
-        assert!(status.success(), "{c}");
+        let c = rig.only(&[0]).boot_disks("v1-alone");
         assert_has(&c, "test-os: v1 booted");
         // Put back, it boots again.
-        let c = rig.boot("v2-back", None, 240);
+        let c = rig.boot_disks("v2-back");
         assert_has(&c, "test-os: v2 booted");
     }
 }
@@ -213,15 +182,21 @@ fn uefi_upgrade_that_never_commits_falls_back_to_v1() {
     let c = rig.upgrade_to("v3");
     assert_has(&c, "(BootNext)");
     // The trial boot: v3 comes up and hangs without committing.
-    let c = rig.boot("v3", None, 90);
+    let (_, c) = rig.try_run_with(
+        "v3",
+        Boot {
+            timeout: 90,
+            ..rig.spec(Start::Disks)
+        },
+    );
     assert_has(&c, "test-os: v3 booted");
     assert!(!c.contains("committed"));
     // Reset: BootNext is spent, BootOrder still starts with v1.
-    let c = rig.boot("back-in-v1", None, 240);
+    let c = rig.boot_disks("back-in-v1");
     assert_has(&c, "test-os: v1 booted");
     assert_has(&c, "never committed; marked rolled-back");
-    assert_eq!(read_state(&rig.disk2).0.mode, Mode::RolledBack);
-    assert_eq!(read_state(&rig.disk1).0.mode, Mode::Committed);
+    assert_eq!(read_state(&rig.disks[1]).0.mode, Mode::RolledBack);
+    assert_eq!(read_state(&rig.disks[0]).0.mode, Mode::Committed);
 }
 
 #[test]
@@ -229,9 +204,9 @@ fn bios_rollback_restores_the_previous_boot_record() {
     require_qemu!();
     let rig = Rig::new("bios", &["v1", "v3"]);
     rig.v1_installed();
-    let mbr_before = std::fs::read(&rig.disk1).unwrap()[..512].to_vec();
+    let mbr_before = std::fs::read(&rig.disks[0]).unwrap()[..512].to_vec();
     rig.upgrade_to("v3");
-    let after_upgrade = std::fs::read(&rig.disk1).unwrap();
+    let after_upgrade = std::fs::read(&rig.disks[0]).unwrap();
     assert_eq!(
         &after_upgrade[..imprint::format::mbr::CHAIN_STUB.len()],
         &imprint::format::mbr::CHAIN_STUB,
@@ -243,18 +218,21 @@ fn bios_rollback_restores_the_previous_boot_record() {
         "partition table kept"
     );
     assert_eq!(
-        read_state(&rig.disk1).0.saved_boot_record.as_deref(),
+        read_state(&rig.disks[0]).0.saved_boot_record.as_deref(),
         Some(&mbr_before[..])
     );
 
     let c = rig.ramdisk("rollback", "imprint.mode=rollback");
     assert_has(&c, "rollback: restored the boot record of /dev/vda");
     assert_has(&c, "rolled back");
-    assert_eq!(&std::fs::read(&rig.disk1).unwrap()[..512], &mbr_before[..]);
-    assert_eq!(read_state(&rig.disk2).0.mode, Mode::RolledBack);
-    assert_eq!(read_state(&rig.disk1).0.saved_boot_record, None);
+    assert_eq!(
+        &std::fs::read(&rig.disks[0]).unwrap()[..512],
+        &mbr_before[..]
+    );
+    assert_eq!(read_state(&rig.disks[1]).0.mode, Mode::RolledBack);
+    assert_eq!(read_state(&rig.disks[0]).0.saved_boot_record, None);
 
-    let c = rig.boot("v1-again", None, 240);
+    let c = rig.boot_disks("v1-again");
     assert_has(&c, "test-os: v1 booted");
     assert_has(&c, "imprint firstboot: nothing to do (committed)");
 }
@@ -266,19 +244,8 @@ fn interrupted_first_boot_completes_once() {
     rig.v1_installed();
     rig.upgrade_to("v2");
     // First boot of v2, killed as soon as its firstboot starts on the upgrade.
-    let dir = rig.repo.dir.path().to_path_buf();
-    let (d1, d2) = (rig.disk1.clone(), rig.disk2.clone());
-    let vm = std::thread::spawn(move || {
-        boot(
-            &dir,
-            "v2-killed",
-            Boot {
-                net: "none",
-                ..Boot::default()
-            },
-            &[&d1, &d2],
-        )
-    });
+    let machine = rig.machine.clone();
+    let vm = std::thread::spawn(move || machine.try_run("v2-killed", Start::Disks));
     let console_path = rig.repo.dir.path().join("v2-killed.console");
     let started = std::time::Instant::now();
     loop {
@@ -293,11 +260,11 @@ fn interrupted_first_boot_completes_once() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let _ = std::process::Command::new("pkill")
-        .args(["-KILL", "-f", &format!("file={}", rig.disk2.display())])
+        .args(["-KILL", "-f", &format!("file={}", rig.disks[1].display())])
         .status();
     let (_, first) = vm.join().unwrap();
 
-    let second = rig.boot("v2-again", None, 240);
+    let second = rig.boot_disks("v2-again");
     assert_has(&second, "test-os: v2 booted");
     let commits = [&first, &second]
         .iter()
