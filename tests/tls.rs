@@ -42,7 +42,7 @@ fn the_host_deploys_from_an_https_repository_with_the_ca_it_is_given() {
     let ca = TestCa::new("good");
     let other = TestCa::new("other");
     let repo = Repo::new();
-    let image = mixed_image(7, 24);
+    let image = mixed_image(7, 96);
     repo.add("os:v1", &image, &[]);
     let nginx = over_https(&repo, &ca);
     let disk = repo.file("target.img");
@@ -74,6 +74,12 @@ fn the_host_deploys_from_an_https_repository_with_the_ca_it_is_given() {
         nginx.requests().iter().any(|r| r.contains("/chunks/")),
         "{:?}",
         nginx.requests()
+    );
+    // Over TLS too, the next chunk's request waits on the connection while
+    // the answer before it arrives.
+    assert!(
+        nginx.pipelined("/chunks/") > 0,
+        "no chunk request over HTTPS was waiting when nginx finished the one before"
     );
 }
 

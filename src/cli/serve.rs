@@ -98,6 +98,10 @@ pub struct ReprovisionArgs {
     /// where a server on this host with the default --data keeps it.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// CA certificates (PEM) an https:// server's certificate must chain to;
+    /// default $SSL_CERT_FILE or the system's bundle.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 /// Where `imprint serve --hosts` with the default --data keeps its operator
@@ -114,11 +118,13 @@ pub fn reprovision(args: &ReprovisionArgs) -> Result<Exit> {
         args.server.trim_end_matches('/'),
         mac.to_string().replace(':', "-")
     );
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
+    let roots = super::deploy::ca_roots(args.ca.as_deref(), &args.server)?;
+    let client = imprint::source::Client::new(
+        Arc::new(imprint::source::SystemResolver),
+        Duration::from_secs(30),
+        roots,
+        0,
+    );
     let token = match (args.token.as_deref().filter(|t| !t.is_empty()), &args.token_file) {
         (Some(token), _) => token.to_string(),
         (None, Some(file)) => imprint::host::access::read_token(file)?,
@@ -127,22 +133,23 @@ pub fn reprovision(args: &ReprovisionArgs) -> Result<Exit> {
                 "the operator's token: give --token-file FILE (the server's --operator-token-file, or DATA/operator-token) or set IMPRINT_OPERATOR_TOKEN"
             })?,
     };
-    let request = agent
-        .post(&url)
-        .header("Authorization", &format!("Bearer {token}"));
-    let mut response = request.send_empty().with_context(|| {
-        format!(
-            "asking {} to reprovision {mac}; is imprint serve running there?",
-            args.server
+    let mut answer = Vec::new();
+    let response = client
+        .post(
+            &url,
+            Some(&format!("Bearer {token}")),
+            ("text/plain", b""),
+            4096,
+            &mut answer,
         )
-    })?;
-    let status = response.status().as_u16();
-    let text = response
-        .body_mut()
-        .with_config()
-        .limit(4096)
-        .read_to_string()
-        .unwrap_or_default();
+        .with_context(|| {
+            format!(
+                "asking {} to reprovision {mac}; is imprint serve running there?",
+                args.server
+            )
+        })?;
+    let status = response.status;
+    let text = String::from_utf8_lossy(&answer);
     let text = imprint::format::http::printable(text.trim());
     if status != 200 {
         bail!("{} answered {status}: {text}", args.server);

@@ -291,26 +291,17 @@ fn post(url: &str, event: &serde_json::Value, credential: Option<&str>) -> Resul
         },
         false => None,
     };
-    let agent = crate::source::small_agent(
+    let client = crate::source::Client::new(
         std::sync::Arc::new(crate::source::SystemResolver),
         std::time::Duration::from_secs(5),
-        roots.as_ref(),
+        roots,
+        0,
     );
-    let mut request = agent.post(url).header("Content-Type", "application/json");
-    if let Some(c) = credential {
-        request = request.header("Authorization", &format!("Bearer {c}"));
-    }
-    match request.send(event.to_string().as_bytes()) {
-        Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) if r.status().is_client_error() => Err(Unsent::Refused(format!(
-            "the server answered {}",
-            r.status()
-        ))),
-        Ok(r) => Err(Unsent::Failed(format!(
-            "the server answered {}",
-            r.status()
-        ))),
-        Err(e) => Err(Unsent::Failed(crate::source::describe(&e, roots.as_ref()))),
+    use crate::source::Delivery;
+    match client.post_event(url, credential, event.to_string().as_bytes()) {
+        Delivery::Taken => Ok(()),
+        Delivery::Refused(status) => Err(Unsent::Refused(format!("the server answered {status}"))),
+        Delivery::Failed(why) => Err(Unsent::Failed(why)),
     }
 }
 

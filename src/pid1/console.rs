@@ -4,7 +4,7 @@
 //! operator's status URL.
 
 use crate::format::status::{Envelope, Event};
-use crate::source::{NameResolver, small_agent};
+use crate::source::{Client, Delivery, NameResolver};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -66,7 +66,6 @@ pub struct Status {
     url: Mutex<Option<String>>,
     /// The deploy's credential, sent with every event (never shown).
     credential: Mutex<Option<String>>,
-    agent: Mutex<Option<ureq::Agent>>,
     queue: Arc<Queue>,
     /// Events from before the network was up, sent first once it is (the
     /// server learns of the deploy from its `booted`).
@@ -114,7 +113,6 @@ impl Status {
             target: Mutex::new(target.to_string()),
             url: Mutex::new(None),
             credential: Mutex::new(None),
-            agent: Mutex::new(None),
             queue: Arc::new(Queue {
                 state: Mutex::new((VecDeque::new(), false)),
                 changed: Condvar::new(),
@@ -182,7 +180,7 @@ impl Status {
             log::error!("imprint.status: {e}");
             return;
         }
-        let agent = small_agent(resolver, Duration::from_secs(5), super::ca_roots().as_ref());
+        let client = Client::new(resolver, Duration::from_secs(5), super::ca_roots(), 1);
         if let Ok(mut c) = self.credential.lock() {
             c.clone_from(&credential);
         }
@@ -203,15 +201,12 @@ impl Status {
             *u = Some(url.to_string());
         }
         drop(early);
-        if let Ok(mut a) = self.agent.lock() {
-            *a = Some(agent.clone());
-        }
         if first {
             let queue = Arc::clone(&self.queue);
             let url = url.to_string();
             let _ = std::thread::Builder::new()
                 .name("status".into())
-                .spawn(move || deliver(&queue, &url, credential.as_deref(), &agent));
+                .spawn(move || deliver(&queue, &url, credential.as_deref(), &client));
         }
     }
 
@@ -267,7 +262,7 @@ pub fn usable_url(url: &str) -> Result<(), String> {
 
 /// The sender thread: the oldest event until the server takes it (a refusal
 /// that retrying cannot change drops it), then the next.
-fn deliver(queue: &Queue, url: &str, credential: Option<&str>, agent: &ureq::Agent) {
+fn deliver(queue: &Queue, url: &str, credential: Option<&str>, client: &Client) {
     let mut backoff = Duration::from_millis(500);
     loop {
         let event = {
@@ -285,29 +280,14 @@ fn deliver(queue: &Queue, url: &str, credential: Option<&str>, agent: &ureq::Age
             state.1 = true;
             state.0.front().cloned().unwrap_or_default()
         };
-        let mut request = agent.post(url).header("Content-Type", "application/json");
-        if let Some(c) = credential {
-            request = request.header("Authorization", &format!("Bearer {c}"));
-        }
-        let result = request.send(event.as_bytes());
-        let done = match result {
-            Ok(r) if r.status().is_success() => true,
-            Ok(r) if r.status().is_client_error() => {
-                log::warn!(
-                    "status event to {url}: server answered {}; dropped",
-                    r.status()
-                );
+        let done = match client.post_event(url, credential, event.as_bytes()) {
+            Delivery::Taken => true,
+            Delivery::Refused(status) => {
+                log::warn!("status event to {url}: server answered {status}; dropped");
                 true
             }
-            Ok(r) => {
-                log::debug!(
-                    "status event to {url}: server answered {}; retrying",
-                    r.status()
-                );
-                false
-            }
-            Err(e) => {
-                log::debug!("status event to {url}: {e}; retrying");
+            Delivery::Failed(why) => {
+                log::debug!("status event to {url}: {why}; retrying");
                 false
             }
         };

@@ -2,18 +2,21 @@
 //! HTTP server. Both expose the same `fetch(path)`, and [`fetch_checked`] adds
 //! retries with exponential backoff around any check the caller needs (hashes).
 
+mod client;
 mod dns;
 mod http;
+mod pipeline;
 mod proxy;
 mod resolve;
+mod tls;
 mod wire;
 
+pub use client::{Answer, Client, ClientError, Delivery};
 pub use dns::DnsResolver;
-pub use http::{
-    CaError, CaRoots, HttpSource, INITRAMFS_CA_FILE, SYSTEM_CA_FILES, describe, small_agent,
-};
+pub use http::HttpSource;
 pub use proxy::{Proxy, ProxyError, proxy_from_env};
 pub use resolve::{NameResolver, SystemResolver};
+pub use tls::{CaError, CaRoots, INITRAMFS_CA_FILE, SYSTEM_CA_FILES};
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -124,7 +127,7 @@ pub trait Source: Send + Sync {
 }
 
 /// Requests one [`Pipeline`] connection carries at once.
-pub const PIPELINE_DEPTH: usize = wire::Pipeline::DEPTH;
+pub const PIPELINE_DEPTH: usize = pipeline::Pipeline::DEPTH;
 
 /// Requests sent ahead of their responses on one connection, which come back
 /// in the order sent. After an error the requests still in flight are lost:

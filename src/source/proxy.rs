@@ -1,12 +1,12 @@
 //! Plain-HTTP fetches through a forward proxy, in absolute form (`GET
 //! http://host/path HTTP/1.1`), which a caching proxy such as squid answers from
-//! its cache. (ureq only tunnels through a proxy with CONNECT, which a cache
-//! passes through uncached and Debian's squid refuses for ports other than 443.)
+//! its cache. (Tunnelling with CONNECT, as many clients do, passes a cache by
+//! uncached, and Debian's squid refuses it for ports other than 443.)
 
 use super::resolve::NameResolver;
-use super::wire::{Conn, Exchange, connect, get_request, read_response};
-use crate::format::http::parse_proxy_url;
-use std::io::{self, Write};
+use super::wire::{Conn, Exchange, Request, Stream, connect_tcp, read_response, send};
+use crate::format::http::{Method, parse_proxy_url};
+use std::io::{self, BufReader};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,7 +77,8 @@ impl Proxy {
     }
 
     fn connect(&self) -> io::Result<Conn> {
-        connect(&self.host, self.port, self.resolver.as_ref(), self.timeout)
+        connect_tcp(&self.host, self.port, self.resolver.as_ref(), self.timeout)
+            .map(|s| BufReader::new(Stream::Plain(s)))
     }
 
     /// GETs `url` (`http://…`) through the proxy into `buf` (cleared first),
@@ -95,12 +96,12 @@ impl Proxy {
             .and_then(|r| r.split('/').next())
             .filter(|a| !a.is_empty())
             .ok_or_else(|| ProxyError::Failed(format!("{url:?} is not an http:// URL")))?;
-        let mut request = get_request(url, authority);
-        if let Some(value) = authorization {
-            // Just before the blank line that ends the head.
-            request.truncate(request.len() - 2);
-            request.push_str(&format!("Authorization: {value}\r\n\r\n"));
+        let request = Request {
+            authorization,
+            ..Request::get(url, authority)
         }
+        .encode()
+        .map_err(ProxyError::Failed)?;
         let reused = self.idle.lock().ok().and_then(|mut i| i.pop());
         if let Some(conn) = reused {
             match self.exchange(conn, &request, limit, buf) {
@@ -118,21 +119,19 @@ impl Proxy {
     fn exchange(
         &self,
         mut conn: Conn,
-        request: &str,
+        request: &[u8],
         limit: u64,
         buf: &mut Vec<u8>,
     ) -> Result<u16, Exchange> {
-        conn.get_mut()
-            .write_all(request.as_bytes())
-            .map_err(|_| Exchange::Stale)?;
-        let (status, keep_alive) = read_response(&mut conn, limit, buf)?;
-        if keep_alive
+        send(&mut conn, request)?;
+        let received = read_response(&mut conn, Method::Get, limit, buf)?;
+        if received.keep_alive
             && let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.max_idle
         {
             idle.push(conn);
         }
-        Ok(status)
+        Ok(received.status)
     }
 }
 

@@ -1,24 +1,53 @@
-//! HTTP/1.1 on plain TCP connections, for what ureq does not do: requests in
-//! absolute form to a forward proxy ([`super::proxy`]), and several requests
-//! in flight on one connection ([`Pipeline`]). Every size a server declares is
-//! bounded before it is read.
+//! HTTP/1.1 on one connection, plain or TLS: connecting with a timeout on
+//! every step, writing a request's head and body, and reading a response with
+//! every size a server declares bounded before it is read. The client, the
+//! pipeline and the proxy are built on these.
 
-use super::FetchError;
 use super::resolve::NameResolver;
-use super::status_error;
 use crate::format::http::{
-    Framing, MAX_CHUNK_LINE, MAX_HEAD, Method, parse_chunk_size, parse_proxy_url,
-    parse_response_head,
+    Framing, MAX_CHUNK_LINE, MAX_HEAD, Method, Url, parse_chunk_size, parse_response_head,
 };
-use std::collections::VecDeque;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// A connection's bytes: straight on TCP, or through TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
 
 /// A connection, read through a buffer (which may hold the start of the next
 /// response).
-pub type Conn = BufReader<TcpStream>;
+pub type Conn = BufReader<Stream>;
 
 /// How an exchange on one connection ended badly.
 pub enum Exchange {
@@ -30,12 +59,12 @@ pub enum Exchange {
 
 /// Connects to `host:port` (a name is resolved by `resolver`), with `timeout`
 /// for connecting and for every read and write after.
-pub fn connect(
+pub fn connect_tcp(
     host: &str,
     port: u16,
     resolver: &dyn NameResolver,
     timeout: Duration,
-) -> io::Result<Conn> {
+) -> io::Result<TcpStream> {
     let addrs = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => resolver.resolve(host, port)?,
@@ -47,7 +76,7 @@ pub fn connect(
                 s.set_read_timeout(Some(timeout))?;
                 s.set_write_timeout(Some(timeout))?;
                 let _ = s.set_nodelay(true);
-                return Ok(BufReader::new(s));
+                return Ok(s);
             }
             Err(e) => last = e,
         }
@@ -55,27 +84,157 @@ pub fn connect(
     Err(last)
 }
 
-/// A GET request's head for `target` (a path, or a whole URL for a proxy).
-pub fn get_request(target: &str, authority: &str) -> String {
-    format!(
-        "GET {target} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: imprint/{}\r\nAccept: */*\r\n\r\n",
-        env!("CARGO_PKG_VERSION")
-    )
+/// A connection to `url`'s server; an `https://` one is TLS with `tls`, its
+/// handshake done here so that a refused certificate shows at once (as an
+/// I/O error wrapping the [`rustls::Error`]).
+pub fn connect(
+    url: &Url,
+    resolver: &dyn NameResolver,
+    timeout: Duration,
+    tls: Option<&Arc<ClientConfig>>,
+) -> io::Result<Conn> {
+    let mut tcp = connect_tcp(&url.host, url.port, resolver, timeout)?;
+    if !url.secure {
+        return Ok(BufReader::new(Stream::Plain(tcp)));
+    }
+    let config = tls.ok_or_else(|| io::Error::other("no CA certificates for an https:// URL"))?;
+    let name = ServerName::try_from(url.host.clone())
+        .map_err(|e| io::Error::other(format!("{}: {e}", url.host)))?;
+    let mut session = ClientConnection::new(Arc::clone(config), name).map_err(io::Error::other)?;
+    while session.is_handshaking() {
+        session.complete_io(&mut tcp)?;
+    }
+    Ok(BufReader::new(Stream::Tls(Box::new(StreamOwned::new(
+        session, tcp,
+    )))))
 }
 
-/// Reads the response to a GET into `buf` (cleared first), refusing a body over
-/// `limit` bytes; returns its status and whether the connection stays open.
+/// A request's head, and the body that follows it.
+pub struct Request<'a> {
+    pub method: Method,
+    /// A path, or a whole URL for a proxy.
+    pub target: &'a str,
+    pub authority: &'a str,
+    /// The `Authorization` header's value.
+    pub authorization: Option<&'a str>,
+    /// The body and its media type.
+    pub body: Option<(&'a str, &'a [u8])>,
+}
+
+impl Request<'_> {
+    /// A GET of `target`.
+    pub fn get<'a>(target: &'a str, authority: &'a str) -> Request<'a> {
+        Request {
+            method: Method::Get,
+            target,
+            authority,
+            authorization: None,
+            body: None,
+        }
+    }
+
+    /// The bytes sent. A header value with a control character (a CR or LF
+    /// would start a header of its own) is refused.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let method = match self.method {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Head => "HEAD",
+            Method::Other => return Err("only GET, HEAD and POST are sent".into()),
+        };
+        let mut head = format!(
+            "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: imprint/{}\r\nAccept: */*\r\n",
+            self.target,
+            self.authority,
+            env!("CARGO_PKG_VERSION")
+        );
+        let token = |f: &str| f.bytes().all(|b| b.is_ascii_graphic());
+        let value = |f: &str| !f.bytes().any(|b| b.is_ascii_control());
+        if !token(self.target)
+            || !token(self.authority)
+            || !self.authorization.is_none_or(value)
+            || !self.body.is_none_or(|(kind, _)| value(kind))
+        {
+            return Err("a request field holds a control character".into());
+        }
+        if let Some(value) = self.authorization {
+            head.push_str(&format!("Authorization: {value}\r\n"));
+        }
+        if let Some((kind, body)) = self.body {
+            head.push_str(&format!(
+                "Content-Type: {kind}\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        if let Some((_, body)) = self.body {
+            bytes.extend_from_slice(body);
+        }
+        Ok(bytes)
+    }
+}
+
+/// Writes `request` whole; a failure here on a kept-alive connection is
+/// [`Exchange::Stale`] (the server closed it while it idled).
+pub fn send(conn: &mut Conn, request: &[u8]) -> Result<(), Exchange> {
+    let stream = conn.get_mut();
+    stream
+        .write_all(request)
+        .and_then(|()| stream.flush())
+        .map_err(|_| Exchange::Stale)
+}
+
+/// What came back: the status, whether the connection stays open, and where a
+/// redirect points.
+pub struct Received {
+    pub status: u16,
+    pub keep_alive: bool,
+    pub location: Option<String>,
+}
+
+/// Most of an error page's body read (the rest is dropped with the connection).
+pub const MAX_ERROR_BODY: u64 = 64 << 10;
+
+/// Reads the response to a request made with `method` into `buf` (cleared
+/// first), refusing a body over `limit` bytes. A refusal's body (status 300
+/// and up) is bounded by [`MAX_ERROR_BODY`] instead, and one larger is cut
+/// there, so the caller learns the status whatever page the server sent.
 pub fn read_response(
     conn: &mut Conn,
+    method: Method,
     limit: u64,
     buf: &mut Vec<u8>,
-) -> Result<(u16, bool), Exchange> {
+) -> Result<Received, Exchange> {
     buf.clear();
     let head = read_head(conn)?;
-    let response = parse_response_head(&head, Method::Get)
+    let response = parse_response_head(&head, method)
         .map_err(|e| Exchange::Failed(format!("the response: {e}")))?;
-    match response.framing {
-        Framing::Empty => {}
+    let mut keep_alive = response.keep_alive();
+    if response.status < 300 {
+        read_body(conn, response.framing, limit, buf)?;
+    } else if let Err(e) = read_body(conn, response.framing, MAX_ERROR_BODY, buf) {
+        match e {
+            Exchange::TooLarge => keep_alive = false,
+            other => return Err(other),
+        }
+    }
+    Ok(Received {
+        status: response.status,
+        keep_alive,
+        location: response.header("location").map(str::to_string),
+    })
+}
+
+/// A body framed as `framing`, at most `limit` bytes.
+fn read_body(
+    conn: &mut Conn,
+    framing: Framing,
+    limit: u64,
+    buf: &mut Vec<u8>,
+) -> Result<(), Exchange> {
+    match framing {
+        Framing::Empty => Ok(()),
         Framing::Length(n) => {
             if n > limit {
                 return Err(Exchange::TooLarge);
@@ -87,8 +246,9 @@ pub fn read_response(
             if buf.len() as u64 != n {
                 return Err(Exchange::Failed("the body ended early".into()));
             }
+            Ok(())
         }
-        Framing::Chunked => read_chunked(conn, limit, buf)?,
+        Framing::Chunked => read_chunked(conn, limit, buf),
         Framing::UntilClose => {
             (&mut *conn)
                 .take(limit + 1)
@@ -97,9 +257,9 @@ pub fn read_response(
             if buf.len() as u64 > limit {
                 return Err(Exchange::TooLarge);
             }
+            Ok(())
         }
     }
-    Ok((response.status, response.keep_alive()))
 }
 
 /// One line, CRLF included, of at most `max` bytes.
@@ -177,317 +337,5 @@ fn read_chunked(conn: &mut Conn, limit: u64, buf: &mut Vec<u8>) -> Result<(), Ex
             .ok()
             .filter(|_| &crlf == b"\r\n")
             .ok_or_else(|| failed("a chunk without its CRLF".into()))?;
-    }
-}
-
-/// Up to [`Pipeline::DEPTH`] GETs in flight on one kept-alive connection to a
-/// repository (HTTP/1.1 pipelining): the next request is on its way while a
-/// response arrives, so the connection never idles a round trip between two
-/// files. An answer other than 200 leaves the connection in place; a broken
-/// connection, or one the server closes, takes the requests still on it
-/// along: the caller fetches those again its usual way, and the next request
-/// connects afresh.
-pub struct Pipeline {
-    host: String,
-    port: u16,
-    authority: String,
-    /// The repository's path on the server, without a trailing slash.
-    prefix: String,
-    base: String,
-    resolver: Arc<dyn NameResolver>,
-    timeout: Duration,
-    conn: Option<Conn>,
-    /// Paths sent whose responses have not been read, oldest first.
-    sent: VecDeque<String>,
-    /// Since when the connection has carried no request.
-    idle_since: Instant,
-}
-
-impl Pipeline {
-    /// Requests one connection carries at once.
-    pub const DEPTH: usize = 2;
-    /// A connection idle this long is not reused: servers close idle ones
-    /// (after 5 s and up), and a request sent on one just closed is lost.
-    const MAX_IDLE: Duration = Duration::from_secs(2);
-
-    /// A pipeline to the `http://` repository at `base`; None for another
-    /// scheme or an address it cannot parse.
-    pub fn new(base: &str, resolver: Arc<dyn NameResolver>, timeout: Duration) -> Option<Pipeline> {
-        let rest = base.strip_prefix("http://")?;
-        let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let (host, port) = parse_proxy_url(&format!("http://{authority}")).ok()?;
-        // A path this client would have to encode is left to ureq.
-        if prefix
-            .bytes()
-            .any(|b| b <= b' ' || b >= 0x7f || b == b'?' || b == b'#')
-        {
-            return None;
-        }
-        Some(Pipeline {
-            host,
-            port,
-            authority: authority.to_string(),
-            prefix: prefix.trim_end_matches('/').to_string(),
-            base: base.trim_end_matches('/').to_string(),
-            resolver,
-            timeout,
-            conn: None,
-            sent: VecDeque::new(),
-            idle_since: Instant::now(),
-        })
-    }
-
-    fn location(&self, path: &str) -> String {
-        format!("{}/{path}", self.base)
-    }
-
-    fn drop_connection(&mut self) {
-        self.conn = None;
-        self.sent.clear();
-    }
-
-    /// A new connection to the repository's server.
-    pub fn open(&self) -> io::Result<Conn> {
-        connect(&self.host, self.port, self.resolver.as_ref(), self.timeout)
-    }
-
-    /// Starts with `conn`, opened by [`Pipeline::open`] at `since`, instead
-    /// of connecting at the first request; a connection idle too long by
-    /// then is not used.
-    pub fn adopt(&mut self, conn: Conn, since: Instant) {
-        if self.conn.is_none() && since.elapsed() <= Self::MAX_IDLE {
-            self.conn = Some(conn);
-            self.idle_since = since;
-        }
-    }
-}
-
-impl super::Pipeline for Pipeline {
-    fn pending(&self) -> usize {
-        self.sent.len()
-    }
-
-    fn send(&mut self, path: &str) -> Result<(), FetchError> {
-        let location = self.location(path);
-        let network = |reason: String| FetchError::Network {
-            location: location.clone(),
-            reason,
-        };
-        if self.sent.len() >= Self::DEPTH {
-            return Err(network(format!(
-                "more than {} requests in flight",
-                Self::DEPTH
-            )));
-        }
-        if self.sent.is_empty() && self.idle_since.elapsed() > Self::MAX_IDLE {
-            self.conn = None;
-        }
-        if self.conn.is_none() {
-            if !self.sent.is_empty() {
-                return Err(network("the connection was lost".into()));
-            }
-            let conn = self
-                .open()
-                .map_err(|e| network(format!("connecting: {e}")))?;
-            self.conn = Some(conn);
-        }
-        let request = get_request(&format!("{}/{path}", self.prefix), &self.authority);
-        let written = match self.conn.as_mut() {
-            Some(conn) => conn.get_mut().write_all(request.as_bytes()),
-            None => Err(io::ErrorKind::NotConnected.into()),
-        };
-        if let Err(e) = written {
-            self.drop_connection();
-            return Err(network(format!("sending the request: {e}")));
-        }
-        self.sent.push_back(path.to_string());
-        Ok(())
-    }
-
-    fn receive(&mut self, limit: u64, buf: &mut Vec<u8>) -> Result<(), FetchError> {
-        let Some(path) = self.sent.pop_front() else {
-            return Err(FetchError::Network {
-                location: self.base.clone(),
-                reason: "no request is waiting for its response".into(),
-            });
-        };
-        let location = self.location(&path);
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(FetchError::Network {
-                location,
-                reason: "the connection was lost".into(),
-            });
-        };
-        let read = read_response(conn, limit, buf);
-        if self.sent.is_empty() {
-            self.idle_since = Instant::now();
-        }
-        match read {
-            Ok((status, keep_alive)) => {
-                if !keep_alive {
-                    self.drop_connection();
-                }
-                status_error(location, status).map_or(Ok(()), Err)
-            }
-            Err(e) => {
-                self.drop_connection();
-                Err(match e {
-                    Exchange::TooLarge => FetchError::TooLarge { location, limit },
-                    Exchange::Stale => FetchError::Network {
-                        location,
-                        reason: "the server closed the connection".into(),
-                    },
-                    Exchange::Failed(reason) => FetchError::Network { location, reason },
-                })
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::{Pipeline as _, SystemResolver};
-    use super::*;
-    use std::net::TcpListener;
-    use std::thread::JoinHandle;
-
-    /// One connection served in rounds: each round reads `n` more request
-    /// heads before it writes its bytes, so a client that did not send those
-    /// requests ahead would stall it (and time out). Returns the request lines.
-    fn serve(rounds: Vec<(usize, &'static [u8])>) -> (String, JoinHandle<Vec<String>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/repo/", listener.local_addr().unwrap());
-        let handle = std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut seen = Vec::new();
-            let mut heads = Vec::new();
-            for (n, reply) in rounds {
-                while heads.len() < n {
-                    let mut byte = [0u8; 1];
-                    if conn.read(&mut byte).unwrap_or(0) == 0 {
-                        return heads;
-                    }
-                    seen.push(byte[0]);
-                    if seen.ends_with(b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&seen).to_string();
-                        heads.push(head.lines().next().unwrap_or("").to_string());
-                        seen.clear();
-                    }
-                }
-                heads.clear();
-                conn.write_all(reply).unwrap();
-            }
-            let mut rest = Vec::new();
-            let _ = conn.read_to_end(&mut rest);
-            String::from_utf8_lossy(&rest)
-                .lines()
-                .filter(|l| l.starts_with("GET "))
-                .map(str::to_string)
-                .collect()
-        });
-        (url, handle)
-    }
-
-    #[test]
-    fn a_connection_idle_too_long_is_not_adopted() {
-        let (url, server) = serve(vec![(1, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")]);
-        let mut p = pipeline(&url);
-        // The server takes the first connection only.
-        let fresh = p.open().unwrap();
-        let stale = p.open().unwrap();
-        p.adopt(stale, Instant::now() - Pipeline::MAX_IDLE * 2);
-        assert!(p.conn.is_none());
-        p.adopt(fresh, Instant::now());
-        p.send("chunks/a").unwrap();
-        let mut buf = Vec::new();
-        p.receive(16, &mut buf).unwrap();
-        assert_eq!(buf, b"ok");
-        drop(p);
-        server.join().unwrap();
-    }
-
-    #[test]
-    fn only_plain_http_urls_it_can_send_as_they_are_are_pipelined() {
-        let made = |url: &str| {
-            Pipeline::new(url, Arc::new(SystemResolver), Duration::from_secs(1)).is_some()
-        };
-        assert!(made("http://10.0.2.2:8080"));
-        assert!(made("http://repo.example/images/"));
-        assert!(made("http://[::1]:80/r"));
-        assert!(!made("https://repo.example/"));
-        assert!(!made("http://user@repo.example/"));
-        assert!(!made("http://repo.example/a b"));
-        assert!(!made("http://repo.example/r?x=1"));
-    }
-
-    fn pipeline(url: &str) -> Pipeline {
-        Pipeline::new(url, Arc::new(SystemResolver), Duration::from_secs(5)).unwrap()
-    }
-
-    #[test]
-    fn requests_go_out_ahead_and_answers_come_back_in_order() {
-        let (url, server) = serve(vec![
-            (
-                2,
-                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\ngone",
-            ),
-            (
-                1,
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n1\r\nz\r\n0\r\n\r\n",
-            ),
-        ]);
-        let mut p = pipeline(&url);
-        let mut buf = Vec::new();
-        p.send("chunks/a").unwrap();
-        p.send("chunks/b").unwrap();
-        assert!(p.send("chunks/c").is_err(), "no more than DEPTH at once");
-        assert_eq!(p.pending(), 2);
-        p.receive(10, &mut buf).unwrap();
-        assert_eq!(buf, b"abc");
-        // A refusal leaves the connection, and what follows it, in place.
-        let err = p.receive(10, &mut buf).unwrap_err();
-        assert!(matches!(err, FetchError::NotFound { .. }), "{err}");
-        assert!(err.to_string().contains("/repo/chunks/b"), "{err}");
-        assert_eq!(p.pending(), 0);
-        p.send("chunks/c").unwrap();
-        p.receive(10, &mut buf).unwrap();
-        assert_eq!(buf, b"xyz");
-        drop(p);
-        assert!(server.join().unwrap().is_empty(), "one connection for all");
-    }
-
-    #[test]
-    fn a_closing_or_oversized_answer_drops_the_requests_behind_it() {
-        let (url, server) = serve(vec![(
-            2,
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-        )]);
-        let mut p = pipeline(&url);
-        let mut buf = Vec::new();
-        p.send("a").unwrap();
-        p.send("b").unwrap();
-        p.receive(10, &mut buf).unwrap();
-        assert_eq!(buf, b"ok");
-        assert_eq!(p.pending(), 0, "b went with the connection");
-        assert!(p.receive(10, &mut buf).is_err());
-        server.join().unwrap();
-
-        let (url, server) = serve(vec![(
-            2,
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n",
-        )]);
-        let mut p = pipeline(&url);
-        p.send("a").unwrap();
-        p.send("b").unwrap();
-        let err = p.receive(1000, &mut buf).unwrap_err();
-        assert!(
-            matches!(err, FetchError::TooLarge { limit: 1000, .. }),
-            "{err}"
-        );
-        assert_eq!(p.pending(), 0);
-        assert!(buf.len() <= 1000, "nothing past the limit is read");
-        drop(p);
-        server.join().unwrap();
     }
 }
