@@ -5,6 +5,7 @@
 pub mod disks;
 pub mod faulty;
 pub mod machine;
+pub mod raw;
 pub mod rig;
 pub mod servers;
 pub mod vm;
@@ -12,10 +13,12 @@ pub mod vm;
 // Not every test uses it.
 #[allow(unused_imports)]
 pub use faulty::*;
+#[allow(unused_imports)]
+pub use raw::*;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
@@ -364,100 +367,6 @@ impl Drop for Served {
     }
 }
 
-/// Sends one raw HTTP request and returns the whole response (connection closed).
-pub fn raw_request(addr: &str, request: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut reader = BufReader::new(stream);
-    read_response(&mut reader, request.starts_with("HEAD"))
-}
-
-/// A connection to `addr` from the loopback address `source` (127.0.0.2, ...).
-pub fn connect_from(source: [u8; 4], addr: &str) -> TcpStream {
-    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
-    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
-    bind(&fd, &std::net::SocketAddr::from((source, 0))).unwrap();
-    connect(&fd, &addr.parse::<std::net::SocketAddr>().unwrap()).unwrap();
-    TcpStream::from(fd)
-}
-
-/// A server on a free loopback port that answers every request with `body`
-/// (of `content_type`) and counts them: (its port, the count).
-pub fn answering_server(content_type: &str, body: String) -> (u16, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let asked = Arc::new(AtomicU64::new(0));
-    let count = Arc::clone(&asked);
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            count.fetch_add(1, Ordering::SeqCst);
-            let mut request = [0u8; 4096];
-            let _ = std::io::Read::read(&mut stream, &mut request);
-            let _ = stream.write_all(format!("{head}{body}").as_bytes());
-        }
-    });
-    (port, asked)
-}
-
-/// [`raw_request`] from the loopback address `source` (127.0.0.2, ...), as
-/// another machine would send it.
-pub fn raw_request_from(
-    source: [u8; 4],
-    addr: &str,
-    request: &str,
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut stream = connect_from(source, addr);
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut reader = BufReader::new(stream);
-    read_response(&mut reader, request.starts_with("HEAD"))
-}
-
-pub fn read_response(
-    reader: &mut impl BufRead,
-    head_only: bool,
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut status_line = String::new();
-    reader.read_line(&mut status_line).expect("status line");
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("header");
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    let len = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .map(|(_, v)| v.parse::<usize>().expect("content-length"));
-    let mut body = Vec::new();
-    if !head_only {
-        match len {
-            Some(n) => {
-                body.resize(n, 0);
-                reader.read_exact(&mut body).expect("body");
-            }
-            None => {
-                reader.read_to_end(&mut body).expect("body");
-            }
-        }
-    }
-    (status, headers, body)
-}
-
 /// `count()` once it has reached `want`, or as it is after 5 s: a server logs a
 /// request just after its answer went out, so a client done with the answer may
 /// look before the line is there.
@@ -483,11 +392,4 @@ pub fn missing_data_chunks(image: &[u8], disk: &[u8], chunk: usize) -> u64 {
                 && disk.get(i * chunk..i * chunk + want.len()) != Some(*want)
         })
         .count() as u64
-}
-
-pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
