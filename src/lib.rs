@@ -32,6 +32,7 @@ pub mod engine;
 pub mod footprint;
 pub mod format;
 pub mod host;
+pub mod inspect;
 pub mod installed;
 pub mod migrate;
 pub mod parallel;

@@ -53,6 +53,7 @@ fn deploy_then_boot(firmware: &str) {
         phases,
         [
             Phase::Booted,
+            Phase::Hardware,
             Phase::NetworkUp,
             Phase::DiskSelected,
             Phase::Writing,
@@ -63,6 +64,40 @@ fn deploy_then_boot(firmware: &str) {
         "{events:?}"
     );
     assert!(events.iter().all(|e| e.target == format!("vm-{firmware}")));
+    // What the machine has, said once its drivers were loaded: QEMU's, with
+    // this test's disk (its size read back from the file) and NIC.
+    let hardware = events
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::Hardware { hardware } => Some(hardware.clone()),
+            _ => None,
+        })
+        .expect("no hardware event");
+    println!(
+        "hardware event: {}",
+        console
+            .lines()
+            .find(|l| l.contains(r#""phase":"hardware""#))
+            .unwrap_or_default()
+    );
+    assert_eq!(hardware.firmware, if uefi { "uefi" } else { "bios" });
+    assert_eq!(hardware.arch, "x86_64");
+    assert_eq!(hardware.dmi.vendor, "QEMU", "{hardware:?}");
+    assert!(hardware.cpu.count >= 1 && !hardware.cpu.model.is_empty());
+    assert!(hardware.memory > 64 << 20, "{hardware:?}");
+    let vda = hardware.disks.iter().find(|d| d.name == "vda");
+    assert_eq!(
+        vda.map(|d| d.size),
+        Some(std::fs::metadata(&disk).unwrap().len()),
+        "{hardware:?}"
+    );
+    assert!(
+        hardware
+            .nics
+            .iter()
+            .any(|n| n.mac == "52:54:00:12:34:56" && n.driver == "virtio_net"),
+        "{hardware:?}"
+    );
     let last_written = events.iter().rev().find_map(|e| match e.event {
         Event::Writing { done, total, .. } => Some((done, total)),
         _ => None,

@@ -327,8 +327,10 @@ fn the_machines_page_shows_progress_and_never_runs_what_machines_send() {
     let rig = Rig::new(INVENTORY);
     let served = rig.serve(&[]);
     let node = credential_of(&script(&served, NODE, "pcbios"));
+    let hardware = r#"{"phase":"hardware","target":"MAC","hardware":{"firmware":"bios","dmi":{"vendor":"QEMU","product":"<img src=x onerror=alert(2)>"},"cpu":{"count":2},"memory":536870912,"disks":[{"name":"vda","size":8589934592}],"nics":[{"name":"eth0","mac":"52:54:00:12:34:56"}]}}"#;
     for e in [
         r#"{"phase":"booted","target":"MAC"}"#,
+        hardware,
         r#"{"phase":"writing","target":"MAC","done":40000000,"total":100000000}"#,
     ] {
         assert_eq!(event(&served, NODE, e, Some(&node)), 204);
@@ -360,7 +362,9 @@ fn the_machines_page_shows_progress_and_never_runs_what_machines_send() {
         "{dom}"
     );
     assert!(dom.contains("40.0 MB of 100.0 MB"), "{dom}");
-    for secret in [NODE, FLAKY, "node-1", "os:v1", "gone", "pwned", "10.0.2.2"] {
+    for secret in [
+        NODE, FLAKY, "node-1", "os:v1", "gone", "pwned", "10.0.2.2", "QEMU", "vda",
+    ] {
         assert!(!dom.contains(secret), "{secret} shown to anyone: {dom}");
     }
     assert!(dom.contains("<form id=\"signin\">"), "{dom}");
@@ -382,6 +386,15 @@ fn the_machines_page_shows_progress_and_never_runs_what_machines_send() {
     assert!(dom.contains("<progress max=\"100000000\""), "{dom}");
     assert!(dom.contains(">failed<"), "{dom}");
     assert!(dom.contains(">deploy os:v1<"), "{dom}");
+    // Its hardware in a line, every fact a click away, as text.
+    assert!(
+        dom.contains("<summary>QEMU &lt;img src=x onerror=alert(2)&gt;; bios; 2 CPUs; 512 MiB memory; disks vda 8 GiB; NICs 52:54:00:12:34:56</summary>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<li>disk vda: 8 GiB (8589934592 bytes); model unknown;"),
+        "{dom}"
+    );
     assert_eq!(dom.matches(">reprovision</button>").count(), 2, "{dom}");
     assert!(dom.contains("<form id=\"signin\" hidden=\"\">"), "{dom}");
     // Sent as markup, shown as text.
@@ -402,6 +415,88 @@ fn the_machines_page_shows_progress_and_never_runs_what_machines_send() {
         shot.starts_with(b"\x89PNG") && shot.len() > 10_000,
         "{} bytes",
         shot.len()
+    );
+}
+
+/// The hardware a deploy environment reports (after its `booted`, with its
+/// deploy's credential) is kept per machine, bounded and printable, across
+/// restarts of the server, and `imprint host show` prints it.
+#[test]
+fn the_hardware_a_machine_reports_is_kept_and_shown() {
+    let rig = Rig::new(INVENTORY);
+    let served = rig.serve(&[]);
+    let node = credential_of(&script(&served, NODE, "pcbios"));
+    let disks: Vec<String> = (0..100)
+        .map(|i: u64| format!(r#"{{"name":"vd{i}","size":{}}}"#, (i + 1) << 30))
+        .collect();
+    let hardware = format!(
+        r#"{{"phase":"hardware","target":"MAC","hardware":{{"firmware":"uefi","secure_boot":true,"dmi":{{"vendor":"\u001b[2JACME","product":"R1\nforged: line","serial":"S-1"}},"memory":1073741824,"disks":[{}],"nics":[{{"name":"eth0","mac":"{NODE}","driver":"e1000","speed":1000}}]}}}}"#,
+        disks.join(",")
+    );
+    // Not before its deploy environment said it started.
+    assert_ne!(event(&served, NODE, &hardware, Some(&node)), 204);
+    assert_eq!(
+        event(
+            &served,
+            NODE,
+            r#"{"phase":"booted","target":"MAC"}"#,
+            Some(&node)
+        ),
+        204
+    );
+    assert_eq!(event(&served, NODE, &hardware, Some(&node)), 204);
+    let doc = machines(&served);
+    let m = machine(&doc, NODE);
+    assert_eq!(
+        m["hardware"]["disks"].as_array().map(Vec::len),
+        Some(32),
+        "{m}"
+    );
+    assert_eq!(m["hardware"]["nics"][0]["speed"], 1000);
+    assert!(
+        !m["hardware"]["dmi"]["vendor"]
+            .as_str()
+            .unwrap()
+            .contains('\u{1b}')
+    );
+    // Not a step of the deploy: the phase stays what the deploy said.
+    assert_eq!(m["state"]["phase"], "booted", "{m}");
+
+    drop(served);
+    let served = rig.serve(&[]);
+    let token = operator_token_file();
+    let out = host_show(&served, NODE, &token);
+    assert_success(&out);
+    let shown = stdout_of(&out);
+    for line in [
+        "machine: 52:54:00:12:34:56",
+        "host name: node-1",
+        "firmware: uefi, Secure Boot on; architecture unknown",
+        "system: \\u{1b}[2JACME R1\\nforged: line; serial S-1; UUID unknown",
+        "  memory: 1 GiB",
+        "  disk vd0: 1 GiB (1073741824 bytes); model unknown; serial unknown; sectors 0/0; solid state",
+        "  NIC eth0: 52:54:00:12:34:56; driver e1000; 1000 Mbit/s",
+    ] {
+        assert!(shown.contains(line), "{line:?} not in:\n{shown}");
+    }
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains("\nforged"),
+        "{shown}"
+    );
+    // A machine not heard from yet says so; one not known at all is an error.
+    let out = host_show(&served, FLAKY, &token);
+    assert_success(&out);
+    assert!(
+        stdout_of(&out).contains("hardware: not reported yet"),
+        "{}",
+        stdout_of(&out)
+    );
+    let out = host_show(&served, "52:54:00:99:99:99", &token);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("knows no machine 52:54:00:99:99:99"),
+        "{}",
+        stderr_of(&out)
     );
 }
 

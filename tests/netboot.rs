@@ -74,6 +74,30 @@ fn network_boot(firmware: &'static str) {
         Some(imprint::host::access::fingerprint(&credential).as_str()),
         "{m}"
     );
+    // The hardware it reported is kept, and shown to the operator: its disk
+    // (the size read back from the file) and its NIC.
+    let disk_size = std::fs::metadata(disk).unwrap().len();
+    let vda = m["hardware"]["disks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["name"] == "vda");
+    assert_eq!(
+        vda.map(|d| d["size"].clone()),
+        Some(disk_size.into()),
+        "{m}"
+    );
+    assert_eq!(
+        m["hardware"]["firmware"],
+        if firmware == "uefi" { "uefi" } else { "bios" }
+    );
+    let token = operator_token_file();
+    let shown = host_show(&served, MAC, &token);
+    assert_success(&shown);
+    let shown = stdout_of(&shown);
+    assert_line(&shown, &["disk vda: ", &format!("({disk_size} bytes)")]);
+    assert_line(&shown, &["NIC ", MAC, "driver virtio_net"]);
+    assert_line(&shown, &["host name: node-1"]);
 
     // Network first in the boot order, as racks are: sent to the disk.
     let c = run("local");

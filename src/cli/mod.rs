@@ -6,6 +6,7 @@
 mod boot;
 mod deploy;
 mod exit;
+mod host;
 mod image;
 mod installed;
 mod serve;
@@ -15,8 +16,8 @@ use boot::{InitramfsCommand, MediaCommand};
 use clap::{Parser, Subcommand};
 use deploy::DiskCommand;
 use exit::Exit;
+use host::HostCommand;
 use image::{ImageCommand, RepoCommand};
-use serve::HostCommand;
 use std::io::Write as _;
 use std::process::ExitCode;
 
@@ -96,7 +97,8 @@ fn run(command: Command) -> Result<Exit> {
         Command::Repo(RepoCommand::Check(args)) => image::repo_check(&args),
         Command::Keygen(args) => image::keygen(&args),
         Command::Serve(args) => serve::serve(&args),
-        Command::Host(HostCommand::Reprovision(args)) => serve::reprovision(&args),
+        Command::Host(HostCommand::Reprovision(args)) => host::reprovision(&args),
+        Command::Host(HostCommand::Show(args)) => host::show(&args),
         Command::Deploy(args) => deploy::deploy(&args),
         Command::Disk(DiskCommand::Verify(args)) => deploy::disk_verify(&args),
         Command::Initramfs(InitramfsCommand::Build(args)) => boot::initramfs_build(&args),

@@ -1,11 +1,11 @@
-//! The server's commands: serve, and host reprovision (the operator's action
-//! on a running server).
+//! `imprint serve`: a repository over HTTP, and with --hosts the provisioning
+//! server.
 
 use super::exit::Exit;
-use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use anyhow::{Context, Result};
+use clap::Args;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,88 +74,6 @@ pub struct ServeArgs {
     /// Deploys a machine may fail in a row before its boot script holds it.
     #[arg(long, default_value_t = imprint::format::provision::DEFAULT_ATTEMPTS)]
     attempts: u32,
-}
-
-#[derive(Subcommand)]
-pub enum HostCommand {
-    /// Send a machine through the deploy again on its next network boot (and
-    /// lift a hold after failed deploys).
-    Reprovision(ReprovisionArgs),
-}
-
-#[derive(Args)]
-pub struct ReprovisionArgs {
-    /// The machine's MAC address.
-    mac: String,
-    /// The `imprint serve --hosts` server.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    server: String,
-    /// The server's operator token.
-    #[arg(long, env = "IMPRINT_OPERATOR_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// A file holding the operator token (the server's --operator-token-file,
-    /// or DATA/operator-token). Default: /var/lib/imprint/serve/operator-token,
-    /// where a server on this host with the default --data keeps it.
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// CA certificates (PEM) an https:// server's certificate must chain to;
-    /// default $SSL_CERT_FILE or the system's bundle.
-    #[arg(long, value_name = "FILE")]
-    ca: Option<PathBuf>,
-}
-
-/// Where `imprint serve --hosts` with the default --data keeps its operator
-/// token.
-pub(super) const DEFAULT_TOKEN_FILE: &str = "/var/lib/imprint/serve/operator-token";
-
-pub fn reprovision(args: &ReprovisionArgs) -> Result<Exit> {
-    let mac: imprint::format::inventory::Mac = args
-        .mac
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("{e}"))?;
-    let url = format!(
-        "{}/machines/{}/reprovision",
-        args.server.trim_end_matches('/'),
-        mac.to_string().replace(':', "-")
-    );
-    let roots = super::deploy::ca_roots(args.ca.as_deref(), &args.server)?;
-    let client = imprint::source::Client::new(
-        Arc::new(imprint::source::SystemResolver),
-        Duration::from_secs(30),
-        roots,
-        0,
-    );
-    let token = match (args.token.as_deref().filter(|t| !t.is_empty()), &args.token_file) {
-        (Some(token), _) => token.to_string(),
-        (None, Some(file)) => imprint::host::access::read_token(file)?,
-        (None, None) => imprint::host::access::read_token(Path::new(DEFAULT_TOKEN_FILE))
-            .with_context(|| {
-                "the operator's token: give --token-file FILE (the server's --operator-token-file, or DATA/operator-token) or set IMPRINT_OPERATOR_TOKEN"
-            })?,
-    };
-    let mut answer = Vec::new();
-    let response = client
-        .post(
-            &url,
-            Some(&format!("Bearer {token}")),
-            ("text/plain", b""),
-            4096,
-            &mut answer,
-        )
-        .with_context(|| {
-            format!(
-                "asking {} to reprovision {mac}; is imprint serve running there?",
-                args.server
-            )
-        })?;
-    let status = response.status;
-    let text = String::from_utf8_lossy(&answer);
-    let text = imprint::format::http::printable(text.trim());
-    if status != 200 {
-        bail!("{} answered {status}: {text}", args.server);
-    }
-    println!("{text}");
-    Ok(Exit::Success)
 }
 
 pub fn serve(args: &ServeArgs) -> Result<Exit> {

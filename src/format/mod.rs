@@ -15,6 +15,7 @@ pub mod fat;
 pub mod fstype;
 pub mod glob;
 pub mod gpt;
+pub mod hardware;
 pub mod http;
 pub mod inventory;
 pub mod ipxe;

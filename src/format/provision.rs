@@ -64,6 +64,9 @@ pub struct Machine {
     /// The SHA-256 of the credential of the deploy environment that started
     /// last: its events, and its installed OS's report, are taken.
     pub credential: Option<String>,
+    /// What its deploy environment last said of its hardware.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<super::hardware::Hardware>,
 }
 
 /// The firmware iPXE runs on (its `${platform}`).

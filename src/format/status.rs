@@ -23,6 +23,12 @@ pub enum Event {
         #[serde(default)]
         uptime: f64,
     },
+    /// The machine's hardware, collected once its drivers are loaded: sent
+    /// right after `booted`, before the deploy's other events.
+    Hardware {
+        #[serde(default)]
+        hardware: super::hardware::Hardware,
+    },
     /// An address was configured: the interface and its address/prefix.
     NetworkUp {
         #[serde(default)]
@@ -117,6 +123,7 @@ impl Event {
     pub fn phase(&self) -> Phase {
         match self {
             Event::Booted { .. } => Phase::Booted,
+            Event::Hardware { .. } => Phase::Hardware,
             Event::NetworkUp { .. } => Phase::NetworkUp,
             Event::DiskSelected { .. } => Phase::DiskSelected,
             Event::Writing { .. } => Phase::Writing,
@@ -189,6 +196,8 @@ impl Envelope {
 pub enum Phase {
     /// The deploy environment started.
     Booted,
+    /// The machine said what hardware it has (not a step of the deploy).
+    Hardware,
     /// An address was configured.
     NetworkUp,
     /// The target disk was chosen.
@@ -208,8 +217,9 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Booted,
+        Phase::Hardware,
         Phase::NetworkUp,
         Phase::DiskSelected,
         Phase::Writing,
@@ -223,6 +233,7 @@ impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Booted => "booted",
+            Phase::Hardware => "hardware",
             Phase::NetworkUp => "network-up",
             Phase::DiskSelected => "disk-selected",
             Phase::Writing => "writing",

@@ -488,7 +488,11 @@ impl Fleet {
             m.generation += 1;
             m.credential = None;
         }
-        if crate::format::status::shown_as_phase(shown) {
+        // Hardware facts are kept, and are not a step of the deploy.
+        if let Some(Event::Hardware { hardware }) = &typed {
+            m.hardware = Some(hardware.clone().bounded());
+        } else if crate::format::status::shown_as_phase(shown) && shown != Phase::Hardware.as_str()
+        {
             m.phase = Some(shown.to_string());
         }
         // Progress events come often; only a change of state is written down.
@@ -566,7 +570,9 @@ impl Fleet {
         let list: Vec<Value> = macs
             .iter()
             .map(|mac| {
-                let m = machines.get(mac).cloned().unwrap_or_default();
+                let mut m = machines.get(mac).cloned().unwrap_or_default();
+                // Shown once, beside the state rather than in it.
+                let hardware = m.hardware.take();
                 let entry = inventory.hosts.get(mac);
                 let next = match provision::decide(&inventory, *mac, &m, Platform::Bios, self.opts.attempts) {
                     Decision::Deploy(d) => format!("deploy {}", d.image),
@@ -579,6 +585,9 @@ impl Fleet {
                     "hostname": entry.and_then(|h| h.hostname.clone()),
                     "image": entry.and_then(|h| h.common.image.as_ref()).or(inventory.defaults.common.image.as_ref()).map(|i| i.to_string()),
                     "next": next,
+                    "hardware_summary": hardware.as_ref().map(|h| h.summary()),
+                    "hardware_details": hardware.as_ref().map(|h| h.details()),
+                    "hardware": hardware,
                     "state": m,
                 })
             })

@@ -41,6 +41,15 @@ pub(super) fn load_drivers() {
     );
 }
 
+/// Says what hardware this machine has, on the console and as a status event
+/// (queued until the network is up): once its drivers are loaded, so its
+/// disks and interfaces are there to see.
+pub(super) fn report_hardware() {
+    let hardware = crate::inspect::collect(std::path::Path::new("/"));
+    log::info!("hardware: {}", hardware.summary());
+    status().send(Event::Hardware { hardware });
+}
+
 /// DHCP or `ip=`; then status events can go out. Returns the name resolver the
 /// lease's DNS servers make.
 fn bring_up_network(config: &Config) -> Result<Arc<dyn NameResolver>> {

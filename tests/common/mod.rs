@@ -144,6 +144,10 @@ pub fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+pub fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The `key=value` figures of a deploy's summary line.
 pub fn summary(out: &Output) -> HashMap<String, String> {
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -190,6 +194,19 @@ pub fn operator_get(addr: &str, path: &str) -> (u16, Vec<(String, String)>, Vec<
 
 /// `imprint host reprovision MAC` against `served`, with the operator token
 /// in `token_file`.
+/// `imprint host show MAC` against `served`, as its operator.
+pub fn host_show(served: &Served, mac: &str, token_file: &Path) -> Output {
+    imprint(&[
+        "host",
+        "show",
+        mac,
+        "--server",
+        &served.url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ])
+}
+
 pub fn reprovision(served: &Served, mac: &str, token_file: &Path) -> Output {
     imprint(&[
         "host",

@@ -20,6 +20,7 @@
 use super::reply::{Body, Reply, ok_reply};
 use super::{RepoServer, bearer};
 use crate::format::http::{self, RequestHead};
+use crate::format::status::Phase;
 use crate::host::access::{SESSION_COOKIE, SESSION_SECS, constant_time_eq};
 use crate::host::fleet;
 use serde_json::{Value, json};
@@ -390,8 +391,10 @@ fn shown_phase(m: &Value) -> String {
     if m["next"] == "hold" && state["in_progress"] != true {
         return "hold".into();
     }
+    // A machine's hardware facts are not a step of its deploy.
     event["phase"]
         .as_str()
+        .filter(|p| *p != Phase::Hardware.as_str())
         .or(state["phase"].as_str())
         .filter(|p| crate::format::status::shown_as_phase(p))
         .unwrap_or("unknown")

@@ -11,6 +11,7 @@
 
 const seen = new Map(); // name -> { done, at } of the previous poll, for rates
 let operator = false;
+const openDetails = new Set(); // hardware cells the operator opened
 
 function text(tag, value, cls) {
   const el = document.createElement(tag);
@@ -65,14 +66,35 @@ function phaseCell(shown) {
   return td;
 }
 
+// The hardware's summary line; its every fact on a click.
+function hardwareCell(m) {
+  const td = document.createElement("td");
+  if (!m.hardware_summary) return td;
+  const details = document.createElement("details");
+  details.append(text("summary", m.hardware_summary));
+  const list = document.createElement("ul");
+  for (const line of m.hardware_details || []) list.append(text("li", line));
+  details.append(list);
+  // Kept open across the page's refreshes, which redraw the rows.
+  const key = "hw:" + (m.mac || "");
+  details.open = openDetails.has(key);
+  details.addEventListener("toggle", () => {
+    if (details.open) openDetails.add(key); else openDetails.delete(key);
+  });
+  td.append(details);
+  return td;
+}
+
 function row(m, now) {
   const tr = document.createElement("tr");
   const event = m.event || null;
   const state = m.state || {};
-  const phase = (event && event.phase) || state.phase || "";
+  // Hardware facts are not a step of the deploy.
+  const phase = (event && event.phase !== "hardware" && event.phase) || state.phase || "";
   tr.append(text("td", m.mac || m.name, "mac"));
   tr.append(text("td", m.hostname || (event && event.hostname) || ""));
   tr.append(text("td", m.image || (event && event.image) || state.completed || "", "image"));
+  tr.append(hardwareCell(m));
   let shown = phase;
   if (state.committed) shown = "committed";
   if (m.next === "hold" && !state.in_progress) shown = "hold";
@@ -100,6 +122,7 @@ function row(m, now) {
 function publicRow(m, i, now) {
   const tr = document.createElement("tr");
   tr.append(text("td", "#" + (i + 1), "mac"));
+  tr.append(text("td", ""));
   tr.append(text("td", ""));
   tr.append(text("td", ""));
   tr.append(phaseCell(m.phase));

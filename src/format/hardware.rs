@@ -1,0 +1,429 @@
+//! A machine's hardware facts, as the deploy environment reports them and the
+//! provisioning server keeps them: firmware, DMI identity, CPU, memory, disks
+//! and network interfaces. Parsed here from the text the kernel gives
+//! (`/proc/cpuinfo`, `/proc/meminfo`, sysfs attributes, the SecureBoot EFI
+//! variable); every value is bounded and made printable, since it came from a
+//! machine.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest text value kept (a model name, a serial).
+pub const MAX_TEXT: usize = 64;
+/// Disks and interfaces kept at most.
+pub const MAX_DISKS: usize = 32;
+pub const MAX_NICS: usize = 16;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hardware {
+    /// The CPU architecture (`x86_64`).
+    #[serde(default)]
+    pub arch: String,
+    /// `uefi` or `bios`.
+    #[serde(default)]
+    pub firmware: String,
+    /// Whether UEFI Secure Boot is on; unknown under BIOS or without the variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<bool>,
+    #[serde(default)]
+    pub dmi: Dmi,
+    #[serde(default)]
+    pub cpu: Cpu,
+    /// Memory the kernel sees, in bytes.
+    #[serde(default)]
+    pub memory: u64,
+    #[serde(default)]
+    pub disks: Vec<Disk>,
+    #[serde(default)]
+    pub nics: Vec<Nic>,
+}
+
+/// The machine's identity from its firmware's DMI tables.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dmi {
+    #[serde(default)]
+    pub vendor: String,
+    #[serde(default)]
+    pub product: String,
+    #[serde(default)]
+    pub serial: String,
+    #[serde(default)]
+    pub uuid: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cpu {
+    #[serde(default)]
+    pub model: String,
+    /// Logical CPUs.
+    #[serde(default)]
+    pub count: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// The kernel's name (`vda`, `sda`, `nvme0n1`).
+    pub name: String,
+    /// Bytes.
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub serial: String,
+    #[serde(default)]
+    pub logical_sector: u32,
+    #[serde(default)]
+    pub physical_sector: u32,
+    #[serde(default)]
+    pub rotational: bool,
+    /// Removable media (a USB stick, a CD): never a deploy's target unless named.
+    #[serde(default)]
+    pub removable: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nic {
+    /// The kernel's name (`eth0`, `enp1s0`).
+    pub name: String,
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    #[serde(default)]
+    pub driver: String,
+    /// Link speed in Mbit/s, when the link is up and the driver says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<u32>,
+}
+
+/// `text` as a fact: trimmed, control characters and non-ASCII escaped, at
+/// most [`MAX_TEXT`] characters.
+pub fn clean(text: &str) -> String {
+    super::http::printable(text.trim())
+        .chars()
+        .take(MAX_TEXT)
+        .collect()
+}
+
+/// The CPU model and the number of logical CPUs, from `/proc/cpuinfo`.
+pub fn parse_cpuinfo(text: &str) -> Cpu {
+    let mut cpu = Cpu::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        match key.trim() {
+            "processor" => cpu.count = cpu.count.saturating_add(1),
+            "model name" if cpu.model.is_empty() => cpu.model = clean(value),
+            _ => {}
+        }
+    }
+    cpu
+}
+
+/// `MemTotal` from `/proc/meminfo`, in bytes.
+pub fn parse_meminfo(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line
+        .trim_start_matches("MemTotal:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The SecureBoot EFI variable's contents (4 bytes of attributes, then the
+/// value): whether Secure Boot is on.
+pub fn parse_secure_boot(variable: &[u8]) -> Option<bool> {
+    match variable {
+        [_, _, _, _, value] => Some(*value == 1),
+        _ => None,
+    }
+}
+
+/// A number a sysfs attribute holds.
+pub fn parse_number(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
+/// A MAC address as sysfs gives it, checked.
+pub fn parse_mac(text: &str) -> Option<String> {
+    let text = text.trim().to_ascii_lowercase();
+    let parts: Vec<&str> = text.split(':').collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    ok.then_some(text)
+}
+
+/// Bytes as a person reads them (`8 GiB`, `512 MiB`).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 || unit == 0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+impl Hardware {
+    /// Keeps at most [`MAX_DISKS`] disks and [`MAX_NICS`] interfaces, and every
+    /// text value clean: what a server does with facts a machine sent.
+    pub fn bounded(mut self) -> Hardware {
+        self.disks.truncate(MAX_DISKS);
+        self.nics.truncate(MAX_NICS);
+        for text in [
+            &mut self.arch,
+            &mut self.firmware,
+            &mut self.dmi.vendor,
+            &mut self.dmi.product,
+            &mut self.dmi.serial,
+            &mut self.dmi.uuid,
+            &mut self.cpu.model,
+        ] {
+            *text = clean(text);
+        }
+        for d in &mut self.disks {
+            for text in [&mut d.name, &mut d.model, &mut d.serial] {
+                *text = clean(text);
+            }
+        }
+        for n in &mut self.nics {
+            for text in [&mut n.name, &mut n.mac, &mut n.driver] {
+                *text = clean(text);
+            }
+        }
+        self
+    }
+
+    /// Every fact, a line each: what `imprint host show` prints and the page
+    /// shows on a click.
+    pub fn details(&self) -> Vec<String> {
+        let or_unknown = |s: &str| match s {
+            "" => "unknown".to_string(),
+            s => s.to_string(),
+        };
+        let secure_boot = match self.secure_boot {
+            Some(true) => ", Secure Boot on",
+            Some(false) => ", Secure Boot off",
+            None => "",
+        };
+        let mut lines = vec![
+            format!(
+                "firmware: {}{secure_boot}; architecture {}",
+                or_unknown(&self.firmware),
+                or_unknown(&self.arch)
+            ),
+            format!(
+                "system: {} {}; serial {}; UUID {}",
+                or_unknown(&self.dmi.vendor),
+                or_unknown(&self.dmi.product),
+                or_unknown(&self.dmi.serial),
+                or_unknown(&self.dmi.uuid)
+            ),
+            format!("CPU: {} x {}", self.cpu.count, or_unknown(&self.cpu.model)),
+            format!("memory: {}", human_size(self.memory)),
+        ];
+        for d in &self.disks {
+            lines.push(format!(
+                "disk {}: {} ({} bytes); model {}; serial {}; sectors {}/{}; {}{}",
+                d.name,
+                human_size(d.size),
+                d.size,
+                or_unknown(&d.model),
+                or_unknown(&d.serial),
+                d.logical_sector,
+                d.physical_sector,
+                if d.rotational {
+                    "rotational"
+                } else {
+                    "solid state"
+                },
+                if d.removable { ", removable" } else { "" },
+            ));
+        }
+        for n in &self.nics {
+            let speed = n
+                .speed
+                .map_or("link down or speed unknown".to_string(), |s| {
+                    format!("{s} Mbit/s")
+                });
+            lines.push(format!(
+                "NIC {}: {}; driver {}; {speed}",
+                n.name,
+                n.mac,
+                or_unknown(&n.driver)
+            ));
+        }
+        lines
+    }
+
+    /// One line: what the machine is, at a glance.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        let name = [self.dmi.vendor.as_str(), self.dmi.product.as_str()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !name.is_empty() {
+            parts.push(name);
+        }
+        let firmware = match (self.firmware.as_str(), self.secure_boot) {
+            ("", _) => String::new(),
+            (f, Some(true)) => format!("{f}, Secure Boot on"),
+            (f, _) => f.to_string(),
+        };
+        if !firmware.is_empty() {
+            parts.push(firmware);
+        }
+        if self.cpu.count > 0 {
+            parts.push(format!(
+                "{} CPU{}",
+                self.cpu.count,
+                if self.cpu.count == 1 { "" } else { "s" }
+            ));
+        }
+        if self.memory > 0 {
+            parts.push(format!("{} memory", human_size(self.memory)));
+        }
+        let disks: Vec<String> = self
+            .disks
+            .iter()
+            .map(|d| format!("{} {}", d.name, human_size(d.size)))
+            .collect();
+        if !disks.is_empty() {
+            parts.push(format!("disks {}", disks.join(", ")));
+        }
+        let nics: Vec<&str> = self.nics.iter().map(|n| n.mac.as_str()).collect();
+        if !nics.is_empty() {
+            parts.push(format!("NICs {}", nics.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_memory_come_from_procfs_text() {
+        let cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: QEMU Virtual CPU version 2.5+\n\nprocessor\t: 1\nmodel name\t: QEMU Virtual CPU version 2.5+\n";
+        assert_eq!(
+            parse_cpuinfo(cpuinfo),
+            Cpu {
+                model: "QEMU Virtual CPU version 2.5+".into(),
+                count: 2
+            }
+        );
+        assert_eq!(parse_cpuinfo("").count, 0);
+        let meminfo = "MemTotal:         250212 kB\nMemFree:          200000 kB\n";
+        assert_eq!(parse_meminfo(meminfo), Some(250_212 * 1024));
+        assert_eq!(parse_meminfo("MemFree: 1 kB\n"), None);
+        assert_eq!(parse_meminfo("MemTotal: lots kB\n"), None);
+        assert_eq!(
+            parse_meminfo(&format!("MemTotal: {} kB\n", u64::MAX)),
+            None,
+            "no overflow"
+        );
+    }
+
+    #[test]
+    fn secure_boot_and_macs_are_read_strictly() {
+        assert_eq!(parse_secure_boot(&[6, 0, 0, 0, 1]), Some(true));
+        assert_eq!(parse_secure_boot(&[6, 0, 0, 0, 0]), Some(false));
+        assert_eq!(parse_secure_boot(&[6, 0, 0, 0]), None);
+        assert_eq!(parse_secure_boot(&[6, 0, 0, 0, 1, 1]), None);
+        assert_eq!(
+            parse_mac("52:54:00:12:34:56\n").as_deref(),
+            Some("52:54:00:12:34:56")
+        );
+        assert_eq!(parse_mac("52:54:00:12:34").as_deref(), None);
+        assert_eq!(parse_mac("52:54:00:12:34:zz").as_deref(), None);
+    }
+
+    #[test]
+    fn facts_a_machine_sent_are_bounded_and_printable() {
+        let hostile = Hardware {
+            dmi: Dmi {
+                vendor: "\u{1b}[2J<script>x</script>".into(),
+                product: "p".repeat(1000),
+                ..Dmi::default()
+            },
+            disks: vec![
+                Disk {
+                    name: "vda\nforged line".into(),
+                    ..Disk::default()
+                };
+                100
+            ],
+            nics: vec![Nic::default(); 100],
+            ..Hardware::default()
+        }
+        .bounded();
+        assert_eq!(hostile.disks.len(), MAX_DISKS);
+        assert_eq!(hostile.nics.len(), MAX_NICS);
+        assert_eq!(hostile.dmi.product.len(), MAX_TEXT);
+        assert!(!hostile.dmi.vendor.contains('\u{1b}'));
+        assert!(!hostile.disks[0].name.contains('\n'));
+    }
+
+    #[test]
+    fn the_summary_says_what_the_machine_is() {
+        let hw = Hardware {
+            arch: "x86_64".into(),
+            firmware: "uefi".into(),
+            secure_boot: Some(true),
+            dmi: Dmi {
+                vendor: "QEMU".into(),
+                product: "Standard PC (Q35 + ICH9, 2009)".into(),
+                ..Dmi::default()
+            },
+            cpu: Cpu {
+                model: "m".into(),
+                count: 2,
+            },
+            memory: 512 << 20,
+            disks: vec![Disk {
+                name: "vda".into(),
+                size: 8 << 30,
+                ..Disk::default()
+            }],
+            nics: vec![Nic {
+                name: "eth0".into(),
+                mac: "52:54:00:12:34:56".into(),
+                ..Nic::default()
+            }],
+        };
+        assert_eq!(
+            hw.summary(),
+            "QEMU Standard PC (Q35 + ICH9, 2009); uefi, Secure Boot on; 2 CPUs; 512 MiB memory; disks vda 8 GiB; NICs 52:54:00:12:34:56"
+        );
+        let details = hw.details();
+        assert_eq!(
+            details[0],
+            "firmware: uefi, Secure Boot on; architecture x86_64"
+        );
+        assert_eq!(
+            details[4],
+            "disk vda: 8 GiB (8589934592 bytes); model unknown; serial unknown; sectors 0/0; solid state"
+        );
+        assert_eq!(
+            details[5],
+            "NIC eth0: 52:54:00:12:34:56; driver unknown; link down or speed unknown"
+        );
+        assert_eq!(human_size(1536 << 20), "1.5 GiB");
+        assert_eq!(human_size(100), "100 B");
+        // What is serialized reads back the same.
+        let text = serde_json::to_string(&hw).unwrap();
+        assert_eq!(serde_json::from_str::<Hardware>(&text).unwrap(), hw);
+    }
+}
