@@ -594,6 +594,78 @@ fn bad_command_line_is_reported_by_name_and_nothing_is_written() {
     assert_eq!(std::fs::read(&disk).unwrap(), before);
 }
 
+/// An image the machine cannot run is refused before its disk is touched,
+/// with a message that names what the image needs: one that boots with UEFI
+/// only, on a BIOS machine; one that needs a larger disk than the machine has.
+#[test]
+fn an_image_the_machine_does_not_meet_is_refused_before_anything_is_written() {
+    require_qemu!();
+    let a = artifacts();
+    let repo = Repo::new();
+    add_with(
+        &repo,
+        "os:uefi-only",
+        &a.path("os-v1.img"),
+        &["--firmware", "uefi"],
+    );
+    add_with(&repo, "os:big", &a.path("os-v1.img"), &["--min-disk", "1G"]);
+    let served = Served::start(&repo.path());
+    let disk = repo.file("disk.img");
+    sparse_disk(&disk, 200 << 20);
+    let noise = noise(78, 8 << 20);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &noise))
+        .unwrap();
+    let before = std::fs::read(&disk).unwrap();
+    for (image, why) in [
+        (
+            "os:uefi-only",
+            "the image boots with UEFI firmware only; this machine started with BIOS (legacy boot)",
+        ),
+        (
+            "os:big",
+            "is too small: the image needs a disk of at least 1073741824 bytes",
+        ),
+    ] {
+        let name = image.replace(':', "-");
+        let (status, console) = boot(
+            repo.dir.path(),
+            &name,
+            Boot {
+                append: Some(cmdline(
+                    &served.url,
+                    &format!(
+                        "imprint.image={image} imprint.target={name} imprint.status={}/status",
+                        served.url.replace("127.0.0.1", "10.0.2.2")
+                    ),
+                )),
+                timeout: 180,
+                ..Boot::default()
+            },
+            &[&disk],
+        );
+        assert!(status.success(), "{status:?}\n{console}");
+        assert_has(&console, why);
+        assert_has(&console, "nothing was written");
+        assert_has(&console, "powering off");
+        let failed = status_events(&console)
+            .into_iter()
+            .find_map(|e| match e.event {
+                Event::Failed { error } => Some(error),
+                _ => None,
+            })
+            .expect("a failed event");
+        assert!(failed.contains(why), "{failed}");
+        assert_eq!(status_of(&served.url)[&name]["phase"], "failed");
+        assert!(
+            std::fs::read(&disk).unwrap() == before,
+            "{image}: the disk was written"
+        );
+    }
+}
+
 /// An image whose root the deploy environment cannot mount (btrfs; it carries
 /// ext4 only): the deploy completes and says what it skipped and why, on the
 /// console and in its status; the disk boots, and its own imprint commits.

@@ -500,6 +500,100 @@ fn the_hardware_a_machine_reports_is_kept_and_shown() {
     );
 }
 
+/// A machine whose reported hardware does not meet its image's requirements
+/// is not sent a deploy: it is held with what the image needs (in its boot
+/// script, `/machines` and `imprint host show`) until the inventory gives it
+/// an image it meets.
+#[test]
+fn a_machine_that_does_not_meet_its_image_is_held_with_what_the_image_needs() {
+    let rig = Rig::new(INVENTORY);
+    let image = mixed_image(3, 4);
+    rig.repo.add("os:v1", &image, &["--firmware", "uefi"]);
+    rig.repo.add(
+        "os:big",
+        &image,
+        &["--firmware", "bios", "--min-disk", "2G"],
+    );
+    rig.repo.add("os:fits", &image, &["--firmware", "bios"]);
+    let served = rig.serve(&[]);
+    // Nothing is known of it yet: it gets its deploy, and says what it has.
+    let s = script(&served, NODE, "pcbios");
+    assert!(is_deploy(&s), "{s}");
+    let node = credential_of(&s);
+    let hardware = r#"{"phase":"hardware","target":"MAC","hardware":{"arch":"x86_64","firmware":"bios","disks":[{"name":"vda","size":1073741824}]}}"#;
+    for e in [
+        r#"{"phase":"booted","target":"MAC"}"#,
+        hardware,
+        r#"{"phase":"failed","target":"MAC","error":"os:v1: the image boots with UEFI firmware only"}"#,
+    ] {
+        assert_eq!(event(&served, NODE, e, Some(&node)), 204, "{e}");
+    }
+    let held = |want: &str| {
+        let s = script(&served, NODE, "pcbios");
+        assert!(!is_deploy(&s), "{s}");
+        // The script shows it with what iPXE could take for syntax replaced.
+        let shown = want.split(';').next().unwrap_or(want);
+        assert!(s.contains(shown), "{shown:?} not in:\n{s}");
+        let doc = machines(&served);
+        let m = machine(&doc, NODE);
+        assert_eq!(m["next"], "hold", "{m}");
+        assert!(m["held"].as_str().unwrap_or("").contains(want), "{m}");
+    };
+    held("boots with UEFI firmware only; this machine started with BIOS");
+    let token = operator_token_file();
+    let out = host_show(&served, NODE, &token);
+    assert_success(&out);
+    assert!(
+        stdout_of(&out).contains("held: os:v1: the image boots with UEFI firmware only"),
+        "{}",
+        stdout_of(&out)
+    );
+    // Another image, which needs a larger disk than it has.
+    let inventory =
+        |image: &str| INVENTORY.replacen("image = \"os:v1\"", &format!("image = \"{image}\""), 1);
+    rig.write_inventory(&inventory("os:big"));
+    held("needs a disk of at least 2 GiB (2147483648 bytes); this machine's largest is 1 GiB");
+    // Which machines an image fits: the one that said what it has, only
+    // where it meets the image; the other has said nothing yet.
+    let ls = |image: &str| {
+        let out = imprint(&[
+            "host",
+            "ls",
+            "--compatible",
+            image,
+            "--server",
+            &served.url,
+            "--token-file",
+            token.to_str().unwrap(),
+        ]);
+        assert_success(&out);
+        (stdout_of(&out), stderr_of(&out))
+    };
+    let (fits, others) = ls("os:fits");
+    assert!(
+        fits.lines()
+            .any(|l| l.starts_with(NODE) && l.contains("disks vda 1 GiB")),
+        "{fits}"
+    );
+    assert!(!fits.contains(FLAKY), "{fits}");
+    assert!(
+        others.contains("1 machines have not reported their hardware"),
+        "{others}"
+    );
+    let (fits, others) = ls("os:v1");
+    assert!(!fits.contains(NODE), "{fits}");
+    assert!(
+        others.contains(&format!(
+            "does not meet os:v1: {NODE}: the image boots with UEFI firmware only"
+        )),
+        "{others}"
+    );
+    // One it meets: its deploy goes out.
+    rig.write_inventory(&inventory("os:fits"));
+    let s = script(&served, NODE, "pcbios");
+    assert!(is_deploy(&s) && s.contains("imprint.image=os:fits"), "{s}");
+}
+
 /// `imprint report` in the installed OS: the first boot ran before the network
 /// and left its report; once the network is up it goes to the server, and is
 /// kept for the next boot while the server cannot be reached. Its unit, which

@@ -4,9 +4,11 @@
 use super::exit::Exit;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
+use imprint::format::hardware::{self, Hardware};
 use imprint::format::http::printable;
 use imprint::format::inventory::Mac;
-use imprint::source::{Client, SystemResolver};
+use imprint::format::manifest::Requirements;
+use imprint::source::{Client, HttpSource, RetryPolicy, SystemResolver};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +22,9 @@ pub enum HostCommand {
     /// What the server knows of a machine: its entry, its state, and the
     /// hardware its deploy environment last reported.
     Show(ShowArgs),
+    /// The machines the server knows, a line each; with --compatible, only
+    /// those whose reported hardware meets an image's requirements.
+    Ls(LsArgs),
 }
 
 /// How to reach the server as its operator.
@@ -54,6 +59,18 @@ pub struct ReprovisionArgs {
 pub struct ShowArgs {
     /// The machine's MAC address.
     mac: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Args)]
+pub struct LsArgs {
+    /// Only the machines that meet this image's requirements (firmware,
+    /// architecture, disk size), as read from the server's repository. The
+    /// others, and machines that have not reported their hardware, are
+    /// counted on standard error.
+    #[arg(long, value_name = "NAME:TAG")]
+    compatible: Option<String>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -113,11 +130,11 @@ pub fn reprovision(args: &ReprovisionArgs) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
-pub fn show(args: &ShowArgs) -> Result<Exit> {
-    let mac = parse_mac(&args.mac)?;
-    let server = &args.server.server;
+/// The server's `/machines` document, as its operator sees it.
+fn machines(args: &ServerArgs) -> Result<Vec<Value>> {
+    let server = &args.server;
     let url = format!("{}/machines", server.trim_end_matches('/'));
-    let (client, authorization) = operator(&args.server)?;
+    let (client, authorization) = operator(args)?;
     let mut body = Vec::new();
     let response = client
         .get(&url, Some(&authorization), MAX_MACHINES_DOC, &mut body)
@@ -131,21 +148,88 @@ pub fn show(args: &ShowArgs) -> Result<Exit> {
             printable(String::from_utf8_lossy(&body).trim())
         );
     }
-    let doc: Value = serde_json::from_slice(&body)
+    let mut doc: Value = serde_json::from_slice(&body)
         .with_context(|| format!("{url} did not answer JSON: is it imprint serve --hosts?"))?;
+    match doc["machines"].take() {
+        Value::Array(machines) => Ok(machines),
+        _ => bail!("{url} lists no machines: is it imprint serve --hosts?"),
+    }
+}
+
+pub fn show(args: &ShowArgs) -> Result<Exit> {
+    let mac = parse_mac(&args.mac)?;
     let wanted = mac.to_string();
-    let entry = doc["machines"]
-        .as_array()
+    let entry = machines(&args.server)?
         .into_iter()
-        .flatten()
         .find(|m| m["mac"].as_str() == Some(wanted.as_str()))
         .ok_or_else(|| {
-            anyhow!("{server} knows no machine {mac}: not in its inventory, and never heard from")
+            anyhow!(
+                "{} knows no machine {mac}: not in its inventory, and never heard from",
+                args.server.server
+            )
         })?;
-    for line in describe(entry) {
+    for line in describe(&entry) {
         println!("{line}");
     }
     Ok(Exit::Success)
+}
+
+pub fn ls(args: &LsArgs) -> Result<Exit> {
+    let requirements = match &args.compatible {
+        Some(reference) => Some(requirements_of(&args.server, reference)?),
+        None => None,
+    };
+    let (mut unknown, mut unmet) = (0, Vec::new());
+    for m in machines(&args.server)? {
+        let hardware: Option<Hardware> = serde_json::from_value(m["hardware"].clone()).ok();
+        let text = |key: &str| printable(m[key].as_str().unwrap_or("-"));
+        if let Some(requirements) = &requirements {
+            let Some(hw) = &hardware else {
+                unknown += 1;
+                continue;
+            };
+            let why = hardware::unmet_platform(requirements, hw)
+                .or_else(|| hardware::unmet_disk(requirements, hw));
+            if let Some(why) = why {
+                unmet.push(format!("{}: {why}", text("mac")));
+                continue;
+            }
+        }
+        println!(
+            "{}  {}  {}  {}",
+            text("mac"),
+            text("hostname"),
+            text("next"),
+            hardware.map_or("hardware not reported".into(), |h| h.bounded().summary())
+        );
+    }
+    if let Some(reference) = &args.compatible {
+        for line in &unmet {
+            eprintln!("does not meet {reference}: {line}");
+        }
+        if unknown > 0 {
+            eprintln!(
+                "{unknown} machines have not reported their hardware yet (they do at their next deploy)"
+            );
+        }
+    }
+    Ok(Exit::Success)
+}
+
+/// What the image `reference` in the server's repository requires.
+fn requirements_of(args: &ServerArgs, reference: &str) -> Result<Requirements> {
+    let image = super::parse_image_ref(reference)?;
+    let roots = super::deploy::ca_roots(args.ca.as_deref(), &args.server)?;
+    let source = HttpSource::new(
+        &args.server,
+        Arc::new(SystemResolver),
+        Duration::from_secs(30),
+        1,
+        roots,
+    )?;
+    let resolved = imprint::engine::resolve(&source, &image, None, &RetryPolicy::default())
+        .with_context(|| format!("reading {reference} from {}", args.server))?;
+    Ok(resolved.manifest.requirements)
 }
 
 /// A machine's entry in `/machines`, a line each; every value printable.
@@ -170,6 +254,9 @@ fn describe(m: &Value) -> Vec<String> {
         ),
         format!("deployed: {}", text(&state["completed"])),
     ];
+    if let Some(why) = m["held"].as_str() {
+        lines.push(format!("held: {}", printable(why)));
+    }
     match m["hardware_details"].as_array() {
         Some(details) => {
             lines.push("hardware:".into());

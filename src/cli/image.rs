@@ -80,6 +80,17 @@ pub struct ImageAddArgs {
     /// Architecture the image needs (uname -m style).
     #[arg(long)]
     arch: Option<String>,
+    /// Firmware the image boots with: bios or uefi, repeated for both.
+    /// Default: what its partitions show (an ESP for UEFI, a BIOS boot
+    /// partition or boot code for BIOS). Machines started with other firmware
+    /// are refused before anything is written.
+    #[arg(long, value_parser = ["bios", "uefi"])]
+    firmware: Vec<String>,
+    /// The smallest disk the image may go to (512M, 20G, ...), when larger
+    /// than the image: machines with none are refused before anything is
+    /// written.
+    #[arg(long, value_name = "SIZE")]
+    min_disk: Option<String>,
     /// For kexec hand-off: GPT partition number holding the kernel and initrd.
     #[arg(long, requires = "kernel")]
     boot_partition: Option<u32>,
@@ -184,6 +195,23 @@ pub fn image_add(args: &ImageAddArgs) -> Result<Exit> {
         jobs: args.jobs.unwrap_or_else(cores),
         sign_key,
         arch: args.arch.clone(),
+        firmware: (!args.firmware.is_empty()).then(|| {
+            args.firmware
+                .iter()
+                .map(|f| match f.as_str() {
+                    "uefi" => Firmware::Uefi,
+                    _ => Firmware::Bios,
+                })
+                .collect()
+        }),
+        min_disk: args
+            .min_disk
+            .as_deref()
+            .map(|s| {
+                imprint::format::cmdline::parse_size(s)
+                    .with_context(|| format!("--min-disk {s:?}: give a size such as 512M or 20G"))
+            })
+            .transpose()?,
         boot: args.boot_facts(),
         issued,
         expires: expiry(args.expires.as_deref(), issued)?,

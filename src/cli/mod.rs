@@ -99,6 +99,7 @@ fn run(command: Command) -> Result<Exit> {
         Command::Serve(args) => serve::serve(&args),
         Command::Host(HostCommand::Reprovision(args)) => host::reprovision(&args),
         Command::Host(HostCommand::Show(args)) => host::show(&args),
+        Command::Host(HostCommand::Ls(args)) => host::ls(&args),
         Command::Deploy(args) => deploy::deploy(&args),
         Command::Disk(DiskCommand::Verify(args)) => deploy::disk_verify(&args),
         Command::Initramfs(InitramfsCommand::Build(args)) => boot::initramfs_build(&args),

@@ -123,6 +123,7 @@ pub fn serve(args: &ServeArgs) -> Result<Exit> {
                 hosts: hosts.clone(),
                 data: args.data.clone(),
                 attempts: args.attempts.max(1),
+                repo: Some(args.repo.clone()),
             },
         )?),
         None => None,

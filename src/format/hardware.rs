@@ -5,6 +5,7 @@
 //! variable); every value is bounded and made printable, since it came from a
 //! machine.
 
+use super::manifest::{Firmware, Requirements};
 use serde::{Deserialize, Serialize};
 
 /// Longest text value kept (a model name, a serial).
@@ -310,6 +311,57 @@ impl Hardware {
     }
 }
 
+/// What in an image's `requirements` this machine's firmware or architecture
+/// does not meet, said so an operator knows what to do; None when it meets
+/// them all (or the image names none). Disks are checked apart
+/// ([`unmet_disk`]): the deploy environment checks the disk it chose.
+pub fn unmet_platform(requirements: &Requirements, hw: &Hardware) -> Option<String> {
+    if let Some(arch) = &requirements.arch
+        && !hw.arch.is_empty()
+        && *arch != hw.arch
+    {
+        return Some(format!(
+            "the image needs a {} machine; this one is {}",
+            clean(arch),
+            hw.arch
+        ));
+    }
+    let firmware = match hw.firmware.as_str() {
+        "uefi" => Firmware::Uefi,
+        "bios" => Firmware::Bios,
+        _ => return None,
+    };
+    if !requirements.firmware.is_empty() && !requirements.firmware.contains(&firmware) {
+        let (needs, has) = match firmware {
+            Firmware::Bios => ("UEFI", "BIOS (legacy boot)"),
+            Firmware::Uefi => ("BIOS (legacy boot)", "UEFI"),
+        };
+        return Some(format!(
+            "the image boots with {needs} firmware only; this machine started with {has}: switch its firmware's boot mode, or deploy an image made for {has}"
+        ));
+    }
+    None
+}
+
+/// Whether this machine has a disk the image fits on (its removable media
+/// aside): the message naming the requirement when it has none.
+pub fn unmet_disk(requirements: &Requirements, hw: &Hardware) -> Option<String> {
+    let needed = requirements.min_disk_size;
+    let largest = hw
+        .disks
+        .iter()
+        .filter(|d| !d.removable)
+        .map(|d| d.size)
+        .max()?;
+    (largest < needed).then(|| {
+        format!(
+            "the image needs a disk of at least {} ({needed} bytes); this machine's largest is {} ({largest} bytes)",
+            human_size(needed),
+            human_size(largest)
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +400,55 @@ mod tests {
         );
         assert_eq!(parse_mac("52:54:00:12:34").as_deref(), None);
         assert_eq!(parse_mac("52:54:00:12:34:zz").as_deref(), None);
+    }
+
+    #[test]
+    fn requirements_are_checked_against_the_facts() {
+        let hw = Hardware {
+            arch: "x86_64".into(),
+            firmware: "bios".into(),
+            disks: vec![
+                Disk {
+                    name: "vda".into(),
+                    size: 1 << 30,
+                    ..Disk::default()
+                },
+                Disk {
+                    name: "sda".into(),
+                    size: 64 << 30,
+                    removable: true,
+                    ..Disk::default()
+                },
+            ],
+            ..Hardware::default()
+        };
+        let needs = |firmware: Vec<Firmware>, arch: Option<&str>, disk: u64| Requirements {
+            arch: arch.map(str::to_string),
+            firmware,
+            min_disk_size: disk,
+        };
+        let any = needs(vec![], None, 1 << 30);
+        assert_eq!(unmet_platform(&any, &hw), None);
+        assert_eq!(unmet_disk(&any, &hw), None);
+        let both = needs(vec![Firmware::Bios, Firmware::Uefi], Some("x86_64"), 0);
+        assert_eq!(unmet_platform(&both, &hw), None);
+        let uefi_only = unmet_platform(&needs(vec![Firmware::Uefi], None, 0), &hw).unwrap();
+        assert!(
+            uefi_only.contains("boots with UEFI firmware only"),
+            "{uefi_only}"
+        );
+        let arm = unmet_platform(&needs(vec![], Some("aarch64"), 0), &hw).unwrap();
+        assert_eq!(arm, "the image needs a aarch64 machine; this one is x86_64");
+        // The removable stick does not count.
+        let big = unmet_disk(&needs(vec![], None, 2 << 30), &hw).unwrap();
+        assert_eq!(
+            big,
+            "the image needs a disk of at least 2 GiB (2147483648 bytes); this machine's largest is 1 GiB (1073741824 bytes)"
+        );
+        // Facts not known are not held against the machine.
+        let unknown = Hardware::default();
+        assert_eq!(unmet_platform(&both, &unknown), None);
+        assert_eq!(unmet_disk(&needs(vec![], None, 1 << 40), &unknown), None);
     }
 
     #[test]

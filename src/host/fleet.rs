@@ -13,6 +13,8 @@
 //! any one address.
 
 use super::access::{self, Keys};
+use crate::format::digest::ImageRef;
+use crate::format::hardware::{self, Hardware};
 use crate::format::http::printable;
 use crate::format::inventory::{self, Inventory, Mac};
 use crate::format::provision::{self, Decision, Machine, Platform};
@@ -98,6 +100,8 @@ pub struct FleetOptions {
     pub hosts: PathBuf,
     pub data: PathBuf,
     pub attempts: u32,
+    /// The repository served beside: what an image requires is read from it.
+    pub repo: Option<PathBuf>,
 }
 
 struct Loaded {
@@ -292,7 +296,7 @@ impl Fleet {
         let mut machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
         let known = machines.get(&mac).cloned();
         let m = known.clone().unwrap_or_default();
-        let mut decision = provision::decide(&inventory, mac, &m, platform, self.opts.attempts);
+        let mut decision = self.decide(&inventory, mac, &m, platform);
         let mut credential = None;
         match &decision {
             Decision::Deploy(d) => {
@@ -338,6 +342,38 @@ impl Fleet {
             },
             credential.as_deref(),
         )
+    }
+
+    /// What machine `mac`'s network boot gets: the decision table's answer,
+    /// held where the hardware it last reported does not meet its image's
+    /// requirements.
+    fn decide(&self, inventory: &Inventory, mac: Mac, m: &Machine, platform: Platform) -> Decision {
+        let decision = provision::decide(inventory, mac, m, platform, self.opts.attempts);
+        if let (Decision::Deploy(d), Some(hardware)) = (&decision, &m.hardware)
+            && let Some(why) = self.unmet(&d.image, hardware)
+        {
+            return Decision::Hold(format!(
+                "{}: {why}. Give it another image in the inventory; it asks again every minute",
+                d.image
+            ));
+        }
+        decision
+    }
+
+    /// What in `image`'s requirements a machine with `hardware` does not
+    /// meet, read from the repository served beside; None when it meets them
+    /// or they cannot be read (the deploy environment checks them again).
+    fn unmet(&self, image: &ImageRef, hardware: &Hardware) -> Option<String> {
+        let repo = self.opts.repo.as_deref()?;
+        let source = crate::source::DirSource::new(repo);
+        let once = crate::source::RetryPolicy {
+            attempts: 1,
+            ..Default::default()
+        };
+        let resolved = crate::engine::resolve(&source, image, None, &once).ok()?;
+        let requirements = &resolved.manifest.requirements;
+        hardware::unmet_platform(requirements, hardware)
+            .or_else(|| hardware::unmet_disk(requirements, hardware))
     }
 
     /// Whether machine `mac`, not remembered yet, may be: one the inventory
@@ -571,16 +607,18 @@ impl Fleet {
             .iter()
             .map(|mac| {
                 let mut m = machines.get(mac).cloned().unwrap_or_default();
+                let entry = inventory.hosts.get(mac);
+                let decision = self.decide(&inventory, *mac, &m, Platform::Bios);
                 // Shown once, beside the state rather than in it.
                 let hardware = m.hardware.take();
-                let entry = inventory.hosts.get(mac);
-                let next = match provision::decide(&inventory, *mac, &m, Platform::Bios, self.opts.attempts) {
-                    Decision::Deploy(d) => format!("deploy {}", d.image),
-                    Decision::Local { .. } => "local".to_string(),
-                    Decision::Hold(_) => "hold".to_string(),
+                let (next, held) = match decision {
+                    Decision::Deploy(d) => (format!("deploy {}", d.image), None),
+                    Decision::Local { .. } => ("local".to_string(), None),
+                    Decision::Hold(why) => ("hold".to_string(), Some(printable(&why))),
                 };
                 serde_json::json!({
                     "mac": mac.to_string(),
+                    "held": held,
                     "listed": entry.is_some(),
                     "hostname": entry.and_then(|h| h.hostname.clone()),
                     "image": entry.and_then(|h| h.common.image.as_ref()).or(inventory.defaults.common.image.as_ref()).map(|i| i.to_string()),

@@ -8,7 +8,7 @@
 use super::inputs::{
     fetch_host_data, fetch_manifest, load_drivers, media_and_network, media_inventory_choice,
     mount_media, network_if_wanted, parse_config, previous_os, refuse_downgrade, refuse_stale,
-    report_hardware, wait_for_disk,
+    refuse_unmet, report_hardware, wait_for_disk,
 };
 use super::{Never, agent, disks, drivers, handoff, identity, osroot, rollback, status, uptime};
 use crate::bootswitch;
@@ -34,7 +34,7 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
     let mut config = parse_config(cmdline_text)?;
     load_drivers();
     clock.lap(Timed::Drivers);
-    report_hardware();
+    let hardware = report_hardware();
     if config.mode == cmdline::Mode::Rollback {
         return rollback::run(&config);
     }
@@ -59,6 +59,7 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
     let host_data = fetch_host_data(&config, &source)?;
     clock.lap(Timed::Manifest);
     let manifest = &resolved.manifest;
+    refuse_unmet(manifest, &hardware)?;
     let needed = install::required_size(manifest)?;
     let disk = wait_for_disk(&config, needed)?;
     clock.lap(Timed::Disk);

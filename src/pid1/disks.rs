@@ -72,7 +72,9 @@ pub enum DiskError {
         "several disks could be the target ({0}); choose one with imprint.disk= (a path or serial:, model:, size:, by-path: hints)"
     )]
     Ambiguous(String),
-    #[error("{disk} is too small: the image needs {needed} bytes")]
+    #[error(
+        "{disk} is too small: the image needs a disk of at least {needed} bytes; nothing was written. Give it a larger disk (imprint.disk=), or deploy an image made for this one"
+    )]
     TooSmall { disk: String, needed: u64 },
     #[error("{0} is the boot medium or in use; it is never a target")]
     InUse(String),
@@ -201,8 +203,19 @@ pub fn choose<'a>(
                 .iter()
                 .filter(|d| !d.removable && !d.read_only && !d.in_use && d.size >= needed)
                 .collect();
+            // Fixed disks all too small: no wait for another makes them fit.
+            let largest = disks
+                .iter()
+                .filter(|d| !d.removable && !d.read_only && !d.in_use)
+                .max_by_key(|d| d.size);
             match fit.as_slice() {
                 [one] => *one,
+                [] if largest.is_some_and(|d| d.size < needed) => {
+                    return Err(DiskError::TooSmall {
+                        disk: largest.map(|d| d.describe()).unwrap_or_default(),
+                        needed,
+                    });
+                }
                 [] => {
                     return Err(DiskError::NoMatch {
                         wanted: format!("(a fixed, unused disk of at least {needed} bytes)"),
@@ -255,8 +268,17 @@ mod tests {
             choose(&disks, None, 1 << 30),
             Err(DiskError::Ambiguous(_))
         ));
+        // Every fixed disk too small: said so, naming the largest.
+        let err = choose(&disks, None, 100 << 30).unwrap_err();
+        assert!(
+            matches!(&err, DiskError::TooSmall { disk, needed } if disk.contains("vdb") && *needed == 100 << 30),
+            "{err}"
+        );
+        // Only a removable one: nothing to choose (yet).
+        let mut stick = disk("sda", 64);
+        stick.removable = true;
         assert!(matches!(
-            choose(&disks, None, 100 << 30),
+            choose(&[stick], None, 1 << 30),
             Err(DiskError::NoMatch { .. })
         ));
         assert!(matches!(choose(&[], None, 1), Err(DiskError::NoDisks(_))));

@@ -6,6 +6,8 @@
 use super::{agent, disks, drivers, media, net, status, uptime};
 use crate::engine::{self, Resolved, Trust};
 use crate::format::cmdline::{self, Config, RepoSource};
+use crate::format::hardware::{self, Hardware};
+use crate::format::manifest::Manifest;
 use crate::format::status::Event;
 use crate::source::{Chain, DirSource, DnsResolver, HttpSource, NameResolver, RetryPolicy, Source};
 use crate::statepart::{self, StateDisk};
@@ -44,10 +46,22 @@ pub(super) fn load_drivers() {
 /// Says what hardware this machine has, on the console and as a status event
 /// (queued until the network is up): once its drivers are loaded, so its
 /// disks and interfaces are there to see.
-pub(super) fn report_hardware() {
+pub(super) fn report_hardware() -> Hardware {
     let hardware = crate::inspect::collect(std::path::Path::new("/"));
     log::info!("hardware: {}", hardware.summary());
-    status().send(Event::Hardware { hardware });
+    status().send(Event::Hardware {
+        hardware: hardware.clone(),
+    });
+    hardware
+}
+
+/// Refuses an image whose requirements this machine's firmware or
+/// architecture does not meet, before any disk is touched.
+pub(super) fn refuse_unmet(manifest: &Manifest, hardware: &Hardware) -> Result<()> {
+    match hardware::unmet_platform(&manifest.requirements, hardware) {
+        Some(why) => bail!("{}: {why}; nothing was written", manifest.name),
+        None => Ok(()),
+    }
 }
 
 /// DHCP or `ip=`; then status events can go out. Returns the name resolver the

@@ -26,6 +26,11 @@ pub struct AddOptions {
     pub jobs: usize,
     pub sign_key: Option<SigningKey>,
     pub arch: Option<String>,
+    /// The firmware the image boots with, when the operator says (else what
+    /// its partitions show).
+    pub firmware: Option<Vec<Firmware>>,
+    /// The smallest disk it may go to, when larger than the image.
+    pub min_disk: Option<u64>,
     /// Where the image's kernel lives, for a kexec hand-off.
     pub boot: Option<BootFacts>,
     /// When the signed release is issued (Unix seconds).
@@ -74,7 +79,10 @@ pub fn add_image(
         return Err(RepoError::EmptyImage(image.to_path_buf()));
     }
     let layout = gpt::read(&mut file)?;
-    let firmware = detect_firmware(&mut file, layout.as_ref()).map_err(io_err(image))?;
+    let firmware = match &opts.firmware {
+        Some(firmware) => firmware.clone(),
+        None => detect_firmware(&mut file, layout.as_ref()).map_err(io_err(image))?,
+    };
     file.seek(SeekFrom::Start(0)).map_err(io_err(image))?;
 
     let count = size.div_ceil(cs as u64) as usize;
@@ -200,7 +208,7 @@ pub fn add_image(
         requirements: Requirements {
             arch: opts.arch.clone(),
             firmware,
-            min_disk_size: size,
+            min_disk_size: opts.min_disk.unwrap_or(0).max(size),
         },
         layout,
         boot: opts.boot.clone(),
@@ -336,6 +344,8 @@ mod tests {
             jobs: 3,
             sign_key: None,
             arch: None,
+            firmware: None,
+            min_disk: None,
             boot: None,
             issued: 0,
             expires: None,

@@ -104,7 +104,8 @@ function row(m, now) {
     : state.last_seen ? now - state.last_seen : null;
   tr.append(text("td", age(heard)));
   tr.append(text("td", m.next || ""));
-  const error = (event && event.phase === "failed" && event.error) || state.last_error || "";
+  const error = (m.next === "hold" && m.held) || (event && event.phase === "failed" && event.error)
+    || state.last_error || "";
   tr.append(text("td", error, "error"));
   if (operator) {
     const td = document.createElement("td");
