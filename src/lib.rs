@@ -31,6 +31,7 @@ pub mod bootswitch;
 pub mod engine;
 pub mod footprint;
 pub mod format;
+pub mod generalize;
 pub mod host;
 pub mod inspect;
 pub mod installed;

@@ -74,6 +74,7 @@ const CORE: &[&str] = &[
     "src/statepart.rs",
     "src/bootswitch.rs",
     "src/footprint.rs",
+    "src/generalize.rs",
     "src/inspect.rs",
     "src/migrate.rs",
     "src/parallel.rs",

@@ -10,7 +10,7 @@ use crate::format::state::{Mode, Record};
 use crate::format::status;
 use crate::migrate;
 use crate::statepart::{FoundBy, StateDisk, abandoned_upgrades, own_disk, state_disks};
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -130,6 +130,13 @@ pub fn run(root: &Path, on: &mut dyn FnMut(Event)) -> Result<()> {
         Mode::Deploy => apply_settings(root, &record, root == Path::new("/"))?,
         Mode::Upgrade => migrate_from_previous(root, &record, &disk, on)?,
     }
+    // A duplicate of another machine's OS comes without SSH host keys (see
+    // `generalize`): made now, before sshd starts.
+    match make_ssh_host_keys(root) {
+        Ok(true) => log::info!("made new SSH host keys"),
+        Ok(false) => {}
+        Err(e) => log::warn!("making SSH host keys: {e:#}; sshd may not start"),
+    }
     if crate::sys::is_uefi() {
         // Started by kexec, as the deploy environment noted: BootCurrent is
         // how the deploy environment was booted, not this OS.
@@ -158,6 +165,50 @@ pub fn run(root: &Path, on: &mut dyn FnMut(Event)) -> Result<()> {
     };
     report(root, &record, committed);
     Ok(())
+}
+
+/// Whether the OS at `root` has sshd but no SSH host key: what a generalized
+/// image is on its first boot.
+fn needs_ssh_host_keys(root: &Path) -> bool {
+    let has_sshd = ["usr/sbin/sshd", "sbin/sshd"]
+        .iter()
+        .any(|p| root.join(p).exists());
+    let has_key = std::fs::read_dir(root.join("etc/ssh"))
+        .map(|entries| {
+            entries.filter_map(|e| e.ok()).any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("ssh_host_") && name.ends_with("_key")
+            })
+        })
+        .unwrap_or(false);
+    has_sshd && !has_key
+}
+
+/// Makes the OS's SSH host keys when it has sshd and none (`ssh-keygen -A`,
+/// under `root`); whether it made them.
+fn make_ssh_host_keys(root: &Path) -> Result<bool> {
+    if !needs_ssh_host_keys(root) {
+        return Ok(false);
+    }
+    let keygen = ["usr/bin/ssh-keygen", "bin/ssh-keygen"]
+        .iter()
+        .map(|p| root.join(p))
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow!("sshd is installed, ssh-keygen is not"))?;
+    let mut command = std::process::Command::new(keygen);
+    command.arg("-A");
+    if root != Path::new("/") {
+        command.arg("-f").arg(root);
+    }
+    let out = command.output().context("running ssh-keygen -A")?;
+    if !out.status.success() {
+        bail!(
+            "ssh-keygen -A: {}",
+            crate::format::http::printable(String::from_utf8_lossy(&out.stderr).trim())
+        );
+    }
+    Ok(true)
 }
 
 /// Upgrade: restore the previous OS's captured configuration, as far as this OS's
@@ -364,5 +415,42 @@ pub fn send_pending(root: &Path, patience: std::time::Duration) -> Result<Report
                 wait = (wait * 2).min(std::time::Duration::from_secs(10));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A root with sshd and Debian's ssh-keygen (the host's, linked in).
+    fn root_with_sshd() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["usr/sbin", "usr/bin", "etc/ssh"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        std::fs::write(dir.path().join("usr/sbin/sshd"), b"").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/ssh-keygen", dir.path().join("usr/bin/ssh-keygen"))
+            .unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_generalized_os_gets_ssh_host_keys_of_its_own_once() {
+        let dir = root_with_sshd();
+        assert!(needs_ssh_host_keys(dir.path()));
+        assert!(make_ssh_host_keys(dir.path()).unwrap());
+        let key = std::fs::read_to_string(dir.path().join("etc/ssh/ssh_host_ed25519_key.pub"))
+            .expect("an ed25519 host key (ssh-keygen: Debian's openssh-client)");
+        assert!(key.starts_with("ssh-ed25519 "), "{key}");
+        // Made once: the next boot keeps them.
+        assert!(!make_ssh_host_keys(dir.path()).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("etc/ssh/ssh_host_ed25519_key.pub")).unwrap(),
+            key
+        );
+        // Without sshd nothing is made.
+        let bare = tempfile::tempdir().unwrap();
+        assert!(!make_ssh_host_keys(bare.path()).unwrap());
+        assert!(!bare.path().join("etc/ssh").exists());
     }
 }

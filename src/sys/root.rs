@@ -261,6 +261,21 @@ impl Root {
         }
     }
 
+    /// Removes `dir/name` if it is an empty directory (not a link to one).
+    /// Nothing there, or no `dir`, is success.
+    pub fn remove_empty_dir(&self, dir: &str, name: &str) -> io::Result<()> {
+        use rustix::fs::{AtFlags, OFlags};
+        let parent = match self.resolve(dir, OFlags::PATH | OFlags::DIRECTORY) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::unlinkat(&parent, component(name)?, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Makes `dir/name` a symlink to `target`, replacing what was there.
     pub fn symlink(&self, dir: &str, name: &str, target: &str) -> io::Result<()> {
         use rustix::fs::AtFlags;
