@@ -1,7 +1,8 @@
 //! Generalizing an installed root: what must be unique to each machine is
 //! removed from a copy of another machine's OS, so every duplicate makes its
-//! own at its first boot. Everything happens inside the root ([`Root`]): no
-//! link leads out of it, none is followed where something is removed.
+//! own at its first boot. Everything happens inside the root ([`Root`]): its
+//! own links are resolved inside it (never out), and the last part of a path
+//! removed is never followed.
 //!
 //! The list ([`UNIQUE`]), and what makes each anew:
 //! - `/etc/machine-id`: left empty, for systemd to make one at first boot;
@@ -16,7 +17,7 @@
 //!   seed is kept);
 //! - imprint's own state of the source (`/var/lib/imprint`): removed.
 
-use crate::sys::{EntryType, Root};
+use crate::sys::{EntryInfo, EntryType, Root};
 use std::io;
 
 /// One kind of thing unique to a machine, and where it is.
@@ -79,7 +80,7 @@ pub fn generalize(root: &Root) -> io::Result<Vec<String>> {
         match *item {
             Unique::Emptied(path) => {
                 let (dir, name) = split(path);
-                if matches!(root.lstat_nofollow(path), Ok(i) if i.kind == EntryType::File && i.size > 0)
+                if matches!(entry(root, path)?, Some(i) if i.kind == EntryType::File && i.size > 0)
                 {
                     let mode = root.mode(path)?;
                     root.write_file(dir, name, b"", mode)?;
@@ -87,14 +88,14 @@ pub fn generalize(root: &Root) -> io::Result<Vec<String>> {
                 }
             }
             Unique::File(path) => {
-                if root.lstat_nofollow(path).is_ok() {
+                if entry(root, path)?.is_some() {
                     let (dir, name) = split(path);
                     root.remove(dir, name)?;
                     changed.push(path.to_string());
                 }
             }
             Unique::OwnFile(path) => {
-                if matches!(root.lstat_nofollow(path), Ok(i) if i.kind == EntryType::File) {
+                if matches!(entry(root, path)?, Some(i) if i.kind == EntryType::File) {
                     let (dir, name) = split(path);
                     root.remove(dir, name)?;
                     changed.push(path.to_string());
@@ -105,35 +106,58 @@ pub fn generalize(root: &Root) -> io::Result<Vec<String>> {
                 prefix,
                 suffixes,
             } => {
-                if !matches!(root.lstat_nofollow(dir), Ok(i) if i.kind == EntryType::Dir) {
-                    continue;
+                // Reached through the root's own links (`/etc/ssh` may be
+                // one), never out of it.
+                match root.lstat(dir) {
+                    Ok(i) if i.kind == EntryType::Dir || i.kind == EntryType::Symlink => {}
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
                 }
-                for name in root.list(dir, MAX_TREE_ENTRIES)? {
+                let names = match root.list(dir, MAX_TREE_ENTRIES) {
+                    Ok(names) => names,
+                    // A link to nothing inside the root.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                for name in names {
                     if name.starts_with(prefix) && suffixes.iter().any(|s| name.ends_with(s)) {
                         let path = format!("{dir}/{name}");
-                        if matches!(root.lstat_nofollow(&path), Ok(i) if i.kind != EntryType::Dir) {
+                        if matches!(entry(root, &path)?, Some(i) if i.kind != EntryType::Dir) {
                             root.remove(dir, &name)?;
                             changed.push(path);
                         }
                     }
                 }
             }
-            Unique::Tree(path) => match root.lstat_nofollow(path) {
-                Ok(i) if i.kind == EntryType::Dir => {
+            Unique::Tree(path) => match entry(root, path)? {
+                Some(i) if i.kind == EntryType::Dir => {
                     let mut budget = MAX_TREE_ENTRIES;
                     remove_tree(root, path, &mut budget)?;
                     changed.push(path.to_string());
                 }
-                Ok(_) => {
+                Some(_) => {
                     let (dir, name) = split(path);
                     root.remove(dir, name)?;
                     changed.push(path.to_string());
                 }
-                Err(_) => {}
+                None => {}
             },
         }
     }
     Ok(changed)
+}
+
+/// What `path` itself is (a link is not followed at its end), its parents
+/// reached inside the root; None when nothing is there. Other errors are
+/// errors: what cannot be looked at is not left unseen, or every duplicate
+/// would keep the source's keys.
+fn entry(root: &Root, path: &str) -> io::Result<Option<EntryInfo>> {
+    match root.lstat(path) {
+        Ok(info) => Ok(Some(info)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io::Error::new(e.kind(), format!("{path}: {e}"))),
+    }
 }
 
 /// `/a/b/c` as (`/a/b`, `c`).
@@ -153,7 +177,7 @@ fn remove_tree(root: &Root, path: &str, budget: &mut usize) -> io::Result<()> {
             )
         })?;
         let child = format!("{path}/{name}");
-        match root.lstat_nofollow(&child)?.kind {
+        match root.lstat(&child)?.kind {
             EntryType::Dir => remove_tree(root, &child, budget)?,
             _ => root.remove(path, &name)?,
         }
@@ -306,6 +330,25 @@ mod tests {
         );
         // A second time finds nothing left to change.
         assert_eq!(generalized(dir.path()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_roots_own_links_are_followed_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        put(dir.path(), "/usr/share/ssh/ssh_host_ed25519_key", "a key");
+        put(dir.path(), "/usr/share/ssh/sshd_config", "x");
+        fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink("/usr/share/ssh", dir.path().join("etc/ssh")).unwrap();
+        let changed = generalized(dir.path());
+        assert_eq!(changed, ["/etc/ssh/ssh_host_ed25519_key"]);
+        assert_eq!(
+            read(dir.path(), "/usr/share/ssh/ssh_host_ed25519_key"),
+            None
+        );
+        assert_eq!(
+            read(dir.path(), "/usr/share/ssh/sshd_config").as_deref(),
+            Some("x")
+        );
     }
 
     #[test]

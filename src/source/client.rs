@@ -253,7 +253,9 @@ impl Client {
     ) -> Result<Answer, Exchange> {
         send(&mut conn, request)?;
         let received = read_response(&mut conn, method, limit, buf)?;
-        if received.keep_alive {
+        // Bytes past the answer were never asked for: the connection is not
+        // trusted with another request.
+        if received.keep_alive && conn.buffer().is_empty() {
             self.keep(origin, conn);
         }
         Ok(Answer {
@@ -412,6 +414,30 @@ mod tests {
             heads[2].contains(&"Content-Length: 2".to_string()),
             "{heads:?}"
         );
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_and_the_connection_stays_in_step() {
+        let (url, hinting) = server(1, |h| {
+            format!(
+                "HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n{}",
+                ok(&h[0])
+            )
+        });
+        let c = client();
+        let mut buf = Vec::new();
+        for path in ["/a", "/b"] {
+            let answer = c.get(&format!("{url}{path}"), None, 100, &mut buf).unwrap();
+            assert_eq!(answer.status, 200);
+            assert_eq!(buf, format!("GET {path} HTTP/1.1").as_bytes());
+        }
+        drop(c);
+        assert_eq!(hinting.join().unwrap().len(), 2, "one connection, in step");
+        let (url, _server) = server(1, |_| "HTTP/1.1 101 Switching Protocols\r\n\r\n".into());
+        let err = client()
+            .get(&format!("{url}/a"), None, 100, &mut buf)
+            .unwrap_err();
+        assert!(err.to_string().contains("switched protocols"), "{err}");
     }
 
     #[test]

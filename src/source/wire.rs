@@ -193,6 +193,9 @@ pub struct Received {
     pub location: Option<String>,
 }
 
+/// Interim (1xx) answers skipped before a response at most.
+const MAX_INTERIM: usize = 8;
+
 /// Most of an error page's body read (the rest is dropped with the connection).
 pub const MAX_ERROR_BODY: u64 = 64 << 10;
 
@@ -207,9 +210,28 @@ pub fn read_response(
     buf: &mut Vec<u8>,
 ) -> Result<Received, Exchange> {
     buf.clear();
-    let head = read_head(conn)?;
-    let response = parse_response_head(&head, method)
-        .map_err(|e| Exchange::Failed(format!("the response: {e}")))?;
+    // Interim answers (100 Continue, 103 Early Hints) come before the real
+    // one: skipped, a few at most. 101 would switch protocols: never asked for.
+    let mut interim = 0;
+    let response = loop {
+        let head = read_head(conn)?;
+        let response = parse_response_head(&head, method)
+            .map_err(|e| Exchange::Failed(format!("the response: {e}")))?;
+        match response.status {
+            101 => {
+                return Err(Exchange::Failed(
+                    "the server switched protocols (101)".into(),
+                ));
+            }
+            100..=199 if interim < MAX_INTERIM => interim += 1,
+            100..=199 => {
+                return Err(Exchange::Failed(format!(
+                    "more than {MAX_INTERIM} interim answers"
+                )));
+            }
+            _ => break response,
+        }
+    };
     let mut keep_alive = response.keep_alive();
     if response.status < 300 {
         read_body(conn, response.framing, limit, buf)?;
@@ -251,7 +273,7 @@ fn read_body(
         Framing::Chunked => read_chunked(conn, limit, buf),
         Framing::UntilClose => {
             (&mut *conn)
-                .take(limit + 1)
+                .take(limit.saturating_add(1))
                 .read_to_end(buf)
                 .map_err(|e| Exchange::Failed(format!("reading the body: {e}")))?;
             if buf.len() as u64 > limit {
