@@ -383,16 +383,22 @@ mod tests {
         )
     }
 
+    /// GETs `/a` then `/b` from a server that answers with the request line:
+    /// each answer is its own request's.
+    fn gets_answer_in_step(c: &Client, url: &str, buf: &mut Vec<u8>) {
+        for path in ["/a", "/b"] {
+            let answer = c.get(&format!("{url}{path}"), None, 100, buf).unwrap();
+            assert_eq!(answer.status, 200);
+            assert_eq!(*buf, format!("GET {path} HTTP/1.1").as_bytes());
+        }
+    }
+
     #[test]
     fn requests_share_a_kept_alive_connection() {
         let (url, server) = server(1, |h| ok(&h[0]));
         let c = client();
         let mut buf = Vec::new();
-        for path in ["/a", "/b"] {
-            let answer = c.get(&format!("{url}{path}"), None, 100, &mut buf).unwrap();
-            assert_eq!(answer.status, 200);
-            assert_eq!(buf, format!("GET {path} HTTP/1.1").as_bytes());
-        }
+        gets_answer_in_step(&c, &url, &mut buf);
         let posted = c
             .post(
                 &format!("{url}/s"),
@@ -426,11 +432,7 @@ mod tests {
         });
         let c = client();
         let mut buf = Vec::new();
-        for path in ["/a", "/b"] {
-            let answer = c.get(&format!("{url}{path}"), None, 100, &mut buf).unwrap();
-            assert_eq!(answer.status, 200);
-            assert_eq!(buf, format!("GET {path} HTTP/1.1").as_bytes());
-        }
+        gets_answer_in_step(&c, &url, &mut buf);
         drop(c);
         assert_eq!(hinting.join().unwrap().len(), 2, "one connection, in step");
         let (url, _server) = server(1, |_| "HTTP/1.1 101 Switching Protocols\r\n\r\n".into());
