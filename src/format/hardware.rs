@@ -147,15 +147,10 @@ pub fn parse_number(text: &str) -> Option<u64> {
     text.trim().parse().ok()
 }
 
-/// A MAC address as sysfs gives it, checked.
+/// A MAC address as sysfs gives it, checked (as the inventory reads one).
 pub fn parse_mac(text: &str) -> Option<String> {
-    let text = text.trim().to_ascii_lowercase();
-    let parts: Vec<&str> = text.split(':').collect();
-    let ok = parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
-    ok.then_some(text)
+    let mac: super::inventory::Mac = text.trim().parse().ok()?;
+    Some(mac.to_string())
 }
 
 /// Bytes as a person reads them (`8 GiB`, `512 MiB`).
