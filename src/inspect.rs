@@ -95,7 +95,27 @@ pub fn collect(root: &Path) -> Hardware {
         memory,
         disks: disks(&sys.join("block")),
         nics: nics(&sys.join("class/net")),
+        drivers: bound_drivers(&sys.join("bus")),
     }
+}
+
+/// Devices looked at per bus: enough for any real machine, and a bound on a
+/// sysfs that lists more.
+const MAX_DEVICES_PER_BUS: usize = 4096;
+
+/// Every driver some device is bound to, on every bus, sorted and once each.
+fn bound_drivers(bus: &Path) -> Vec<String> {
+    let mut drivers = std::collections::BTreeSet::new();
+    for bus_name in names(bus) {
+        let devices = bus.join(&bus_name).join("devices");
+        for device in names(&devices).into_iter().take(MAX_DEVICES_PER_BUS) {
+            let driver = link_name(&devices.join(device).join("driver"));
+            if !driver.is_empty() && drivers.len() < hardware::MAX_BOUND_DRIVERS {
+                drivers.insert(driver);
+            }
+        }
+    }
+    drivers.into_iter().collect()
 }
 
 fn disks(block: &Path) -> Vec<Disk> {
@@ -194,6 +214,23 @@ mod tests {
         )
         .unwrap();
         put(root, "sys/class/net/lo/address", b"00:00:00:00:00:00\n");
+        for (bus, device, driver) in [
+            ("pci", "0000:00:03.0", "virtio-pci"),
+            ("pci", "0000:00:1f.2", "ahci"),
+            ("pci", "0000:00:1f.3", ""),
+            ("virtio", "virtio0", "virtio_blk"),
+            ("virtio", "virtio1", "virtio_net"),
+        ] {
+            let dir = root.join("sys/bus").join(bus).join("devices").join(device);
+            fs::create_dir_all(&dir).unwrap();
+            if !driver.is_empty() {
+                std::os::unix::fs::symlink(
+                    format!("../../../../bus/{bus}/drivers/{driver}"),
+                    dir.join("driver"),
+                )
+                .unwrap();
+            }
+        }
     }
 
     #[test]
@@ -219,6 +256,11 @@ mod tests {
         assert!(hw.disks[0].removable);
         assert_eq!(hw.disks[0].model, "USB stick");
         assert_eq!(hw.nics.len(), 1, "lo has no device");
+        assert_eq!(
+            hw.drivers,
+            ["ahci", "virtio-pci", "virtio_blk", "virtio_net"],
+            "each bound driver once, sorted; an unbound device adds none"
+        );
         let nic = &hw.nics[0];
         assert_eq!(
             (

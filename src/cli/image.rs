@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 #[derive(Subcommand)]
 pub enum ImageCommand {
     /// Chunk, compress and store a raw disk image.
-    Add(ImageAddArgs),
+    Add(Box<ImageAddArgs>),
     /// List the tags in a repository.
     Ls(ImageLsArgs),
     /// Show what a manifest says.
@@ -91,6 +91,24 @@ pub struct ImageAddArgs {
     /// written.
     #[arg(long, value_name = "SIZE")]
     min_disk: Option<String>,
+    /// The memory a machine needs (2G, 512M, ...): machines with less are
+    /// refused before anything is written.
+    #[arg(long, value_name = "SIZE")]
+    min_memory: Option<String>,
+    /// The DMI product name a machine must report (`imprint host show` prints
+    /// it): for an image made for one model.
+    #[arg(long, value_name = "NAME")]
+    product: Option<String>,
+    /// A kernel driver some device of the machine must be bound to (e.g.
+    /// `megaraid_sas`), repeated for more: for an image whose OS carries only
+    /// some drivers.
+    #[arg(long = "driver", value_name = "DRIVER")]
+    drivers: Vec<String>,
+    /// Mark the image as a copy of one configured machine: each deploy of it
+    /// removes what must be unique per machine (machine id, SSH host keys,
+    /// leases, cloud-init's instance; docs/capture.md lists it).
+    #[arg(long)]
+    generalize: bool,
     /// For kexec hand-off: GPT partition number holding the kernel and initrd.
     #[arg(long, requires = "kernel")]
     boot_partition: Option<u32>,
@@ -212,6 +230,18 @@ pub fn image_add(args: &ImageAddArgs) -> Result<Exit> {
                     .with_context(|| format!("--min-disk {s:?}: give a size such as 512M or 20G"))
             })
             .transpose()?,
+        min_memory: args
+            .min_memory
+            .as_deref()
+            .map(|s| {
+                imprint::format::cmdline::parse_size(s)
+                    .with_context(|| format!("--min-memory {s:?}: give a size such as 512M or 2G"))
+            })
+            .transpose()?
+            .unwrap_or(0),
+        product: args.product.clone(),
+        drivers: args.drivers.clone(),
+        generalize: args.generalize,
         boot: args.boot_facts(),
         issued,
         expires: expiry(args.expires.as_deref(), issued)?,
@@ -318,7 +348,7 @@ pub fn image_inspect(args: &ImageInspectArgs) -> Result<Exit> {
     println!("image     {}", printable(&m.name));
     println!("digest    {}", resolved.digest);
     println!("trust     {}", trust_text(resolved.trust));
-    println!("format    v{}", m.version);
+    println!("format    v{}", m.version());
     println!("size      {} bytes", m.size);
     println!(
         "chunks    {} of {} bytes ({} zero)",
@@ -338,6 +368,21 @@ pub fn image_inspect(args: &ImageInspectArgs) -> Result<Exit> {
         },
         m.requirements.min_disk_size
     );
+    if m.requirements.min_memory > 0 {
+        println!("          memory >= {} bytes", m.requirements.min_memory);
+    }
+    if let Some(product) = &m.requirements.product {
+        println!("          product {}", printable(product));
+    }
+    if !m.requirements.drivers.is_empty() {
+        println!(
+            "          drivers {}",
+            printable(&m.requirements.drivers.join(" "))
+        );
+    }
+    if m.generalized {
+        println!("generalized: each deploy gets a fresh machine identity");
+    }
     match &m.layout {
         Some(l) => {
             println!(
@@ -402,6 +447,7 @@ pub(super) struct InspectJson<'a> {
     requirements: RequirementsJson<'a>,
     layout: Option<LayoutJson<'a>>,
     boot: Option<BootJson<'a>>,
+    generalized: bool,
     chunks: Vec<ChunkJson>,
 }
 
@@ -410,6 +456,9 @@ pub(super) struct RequirementsJson<'a> {
     arch: Option<&'a str>,
     firmware: Vec<&'static str>,
     min_disk_size: u64,
+    min_memory: u64,
+    product: Option<&'a str>,
+    drivers: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -462,7 +511,7 @@ impl<'a> InspectJson<'a> {
         InspectJson {
             digest: resolved.digest.to_string(),
             trust: trust_name(resolved.trust),
-            version: m.version,
+            version: m.version(),
             name: &m.name,
             size: m.size,
             chunk_size: m.chunk_size,
@@ -471,7 +520,11 @@ impl<'a> InspectJson<'a> {
                 arch: m.requirements.arch.as_deref(),
                 firmware: m.requirements.firmware.iter().map(firmware_name).collect(),
                 min_disk_size: m.requirements.min_disk_size,
+                min_memory: m.requirements.min_memory,
+                product: m.requirements.product.as_deref(),
+                drivers: &m.requirements.drivers,
             },
+            generalized: m.generalized,
             layout: m.layout.as_ref().map(|l| LayoutJson {
                 sector_size: l.sector_size,
                 disk_guid: l.disk_guid.to_string(),

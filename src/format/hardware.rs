@@ -13,6 +13,8 @@ pub const MAX_TEXT: usize = 64;
 /// Disks and interfaces kept at most.
 pub const MAX_DISKS: usize = 32;
 pub const MAX_NICS: usize = 16;
+/// Distinct drivers kept: a large server binds a few dozen.
+pub const MAX_BOUND_DRIVERS: usize = 256;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hardware {
@@ -36,6 +38,10 @@ pub struct Hardware {
     pub disks: Vec<Disk>,
     #[serde(default)]
     pub nics: Vec<Nic>,
+    /// The kernel drivers some device is bound to, sorted (what an image's
+    /// required drivers are checked against).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drivers: Vec<String>,
 }
 
 /// The machine's identity from its firmware's DMI tables.
@@ -175,6 +181,9 @@ impl Hardware {
     pub fn bounded(mut self) -> Hardware {
         self.disks.truncate(MAX_DISKS);
         self.nics.truncate(MAX_NICS);
+        self.drivers
+            .retain(|d| crate::format::manifest::valid_driver(d));
+        self.drivers.truncate(MAX_BOUND_DRIVERS);
         for text in [
             &mut self.arch,
             &mut self.firmware,
@@ -258,6 +267,9 @@ impl Hardware {
                 or_unknown(&n.driver)
             ));
         }
+        if !self.drivers.is_empty() {
+            lines.push(format!("Drivers: {}", self.drivers.join(" ")));
+        }
         lines
     }
 
@@ -311,6 +323,9 @@ impl Hardware {
 /// them all (or the image names none). Disks are checked apart
 /// ([`unmet_disk`]): the deploy environment checks the disk it chose.
 pub fn unmet_platform(requirements: &Requirements, hw: &Hardware) -> Option<String> {
+    if let Some(unmet) = unmet_model(requirements, hw) {
+        return Some(unmet);
+    }
     if let Some(arch) = &requirements.arch
         && !hw.arch.is_empty()
         && *arch != hw.arch
@@ -333,6 +348,43 @@ pub fn unmet_platform(requirements: &Requirements, hw: &Hardware) -> Option<Stri
         };
         return Some(format!(
             "the image boots with {needs} firmware only; this machine started with {has}: switch its firmware's boot mode, or deploy an image made for {has}"
+        ));
+    }
+    None
+}
+
+/// Memory, DMI product and drivers (facts a machine did not report are not
+/// held against it).
+fn unmet_model(requirements: &Requirements, hw: &Hardware) -> Option<String> {
+    let needed = requirements.min_memory;
+    if needed > 0 && hw.memory > 0 && hw.memory < needed {
+        return Some(format!(
+            "the image needs {} of memory ({needed} bytes); this machine has {} ({} bytes)",
+            human_size(needed),
+            human_size(hw.memory),
+            hw.memory
+        ));
+    }
+    if let Some(product) = &requirements.product
+        && !hw.dmi.product.is_empty()
+        && hw.dmi.product != clean(product)
+    {
+        return Some(format!(
+            "the image is made for the model {:?}; this machine is a {:?}",
+            clean(product),
+            hw.dmi.product
+        ));
+    }
+    if !hw.drivers.is_empty()
+        && let Some(missing) = requirements
+            .drivers
+            .iter()
+            .find(|d| !hw.drivers.iter().any(|bound| bound == *d))
+    {
+        return Some(format!(
+            "the image needs a device bound to the driver {}; none of this machine's is (it has {})",
+            clean(missing),
+            hw.drivers.join(" ")
         ));
     }
     None
@@ -421,6 +473,7 @@ mod tests {
             arch: arch.map(str::to_string),
             firmware,
             min_disk_size: disk,
+            ..Default::default()
         };
         let any = needs(vec![], None, 1 << 30);
         assert_eq!(unmet_platform(&any, &hw), None);
@@ -432,6 +485,33 @@ mod tests {
             uefi_only.contains("boots with UEFI firmware only"),
             "{uefi_only}"
         );
+        let model = |set: fn(&mut Requirements)| {
+            let mut r = needs(vec![], None, 0);
+            set(&mut r);
+            let mut hw = hw.clone();
+            hw.memory = 1 << 30;
+            hw.dmi.product = "Standard PC (Q35 + ICH9, 2009)".into();
+            hw.drivers = vec!["ahci".into(), "virtio_blk".into()];
+            unmet_platform(&r, &hw)
+        };
+        assert_eq!(model(|r| r.min_memory = 1 << 30), None);
+        let memory = model(|r| r.min_memory = 2 << 30).unwrap();
+        assert!(memory.contains("needs 2 GiB of memory"), "{memory}");
+        assert_eq!(
+            model(|r| r.product = Some("Standard PC (Q35 + ICH9, 2009)".into())),
+            None
+        );
+        let product = model(|r| r.product = Some("PowerEdge R650".into())).unwrap();
+        assert!(product.contains("\"PowerEdge R650\""), "{product}");
+        assert_eq!(model(|r| r.drivers = vec!["virtio_blk".into()]), None);
+        let driver = model(|r| r.drivers = vec!["virtio_blk".into(), "nvme".into()]).unwrap();
+        assert!(driver.contains("driver nvme"), "{driver}");
+        // Facts not reported are not held against a machine.
+        let mut silent = needs(vec![], None, 0);
+        silent.min_memory = u64::MAX;
+        silent.product = Some("x".into());
+        silent.drivers = vec!["nvme".into()];
+        assert_eq!(unmet_platform(&silent, &hw), None);
         let arm = unmet_platform(&needs(vec![], Some("aarch64"), 0), &hw).unwrap();
         assert_eq!(arm, "the image needs a aarch64 machine; this one is x86_64");
         // The removable stick does not count.
@@ -498,6 +578,7 @@ mod tests {
                 mac: "52:54:00:12:34:56".into(),
                 ..Nic::default()
             }],
+            drivers: vec!["ahci".into(), "virtio_net".into()],
         };
         assert_eq!(
             hw.summary(),
@@ -516,6 +597,7 @@ mod tests {
             details[5],
             "NIC eth0: 52:54:00:12:34:56; driver unknown; link down or speed unknown"
         );
+        assert_eq!(details[6], "Drivers: ahci virtio_net");
         assert_eq!(human_size(1536 << 20), "1.5 GiB");
         assert_eq!(human_size(100), "100 B");
         // What is serialized reads back the same.

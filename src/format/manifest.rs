@@ -4,12 +4,23 @@
 //! reader learns the version before it interprets anything else. Decoding never
 //! trusts a field: [`Manifest::decode`] checks every bound, so code that holds a
 //! `Manifest` may index and allocate by it. See `docs/repository-format.md`.
+//!
+//! Version 2 is version 1 followed by an [`Extension`] (the generalized mark and
+//! the newer requirements). A manifest whose extension is all defaults is still
+//! written as version 1, so deploy environments that read only version 1 keep
+//! reading every image that does not need the new fields.
 
 use super::digest::{Digest, check_name};
 use super::gpt::Layout;
 use serde::{Deserialize, Serialize};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest manifest format this imprint reads and writes.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest it reads, and what it writes when nothing newer is needed.
+pub const BASE_VERSION: u32 = 1;
+/// Bounds of the version 2 requirements.
+pub const MAX_DRIVERS: usize = 64;
+pub const MAX_REQUIREMENT_TEXT: usize = 128;
 pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
 pub const MAX_CHUNK_SIZE: u32 = 64 << 20;
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
@@ -18,9 +29,8 @@ pub const MAX_IMAGE_SIZE: u64 = 1 << 50;
 /// Manifests larger than this are refused before they are read in full.
 pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
-    pub version: u32,
     pub name: String,
     /// Logical size of the image in bytes.
     pub size: u64,
@@ -31,6 +41,10 @@ pub struct Manifest {
     pub layout: Option<Layout>,
     /// Where the installed OS's kernel lives, for a kexec hand-off.
     pub boot: Option<BootFacts>,
+    /// The image is a copy of one configured machine (a capture, or
+    /// `image add --generalize`): a deploy removes what must be unique per
+    /// machine (see `generalize`).
+    pub generalized: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,13 +74,68 @@ pub enum Firmware {
     Uefi,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Requirements {
     /// `uname -m` style architecture, if the image is tied to one.
     pub arch: Option<String>,
     /// Firmware the image can boot with (empty: unknown).
     pub firmware: Vec<Firmware>,
     pub min_disk_size: u64,
+    /// Memory the machine must have, in bytes (0: any). Version 2.
+    pub min_memory: u64,
+    /// The DMI product name the machine must report. Version 2.
+    pub product: Option<String>,
+    /// Kernel drivers some device of the machine must be bound to (e.g. a
+    /// storage controller the image's initramfs carries). Version 2.
+    pub drivers: Vec<String>,
+}
+
+/// The version 1 encoding, field for field (borrowed to write, owned to read).
+#[derive(Serialize)]
+struct BaseOut<'a> {
+    version: u32,
+    name: &'a str,
+    size: u64,
+    chunk_size: u32,
+    chunks: &'a [Chunk],
+    requirements: RequirementsOut<'a>,
+    layout: &'a Option<Layout>,
+    boot: &'a Option<BootFacts>,
+}
+
+#[derive(Serialize)]
+struct RequirementsOut<'a> {
+    arch: &'a Option<String>,
+    firmware: &'a [Firmware],
+    min_disk_size: u64,
+}
+
+#[derive(Deserialize)]
+struct BaseIn {
+    version: u32,
+    name: String,
+    size: u64,
+    chunk_size: u32,
+    chunks: Vec<Chunk>,
+    requirements: RequirementsIn,
+    layout: Option<Layout>,
+    boot: Option<BootFacts>,
+}
+
+#[derive(Deserialize)]
+struct RequirementsIn {
+    arch: Option<String>,
+    firmware: Vec<Firmware>,
+    min_disk_size: u64,
+}
+
+/// What version 2 appends after the version 1 fields.
+#[derive(Serialize, Deserialize, Default, PartialEq)]
+struct Extension {
+    generalized: bool,
+    min_memory: u64,
+    product: Option<String>,
+    drivers: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,7 +152,7 @@ pub enum ManifestError {
     #[error("manifest is not valid postcard data ({0}); the file is truncated or not a manifest")]
     Malformed(String),
     #[error(
-        "manifest format version {0} is not supported (this imprint reads version {FORMAT_VERSION}); upgrade imprint"
+        "manifest format version {0} is not supported (this imprint reads versions {BASE_VERSION} to {FORMAT_VERSION}); upgrade imprint"
     )]
     UnknownVersion(u32),
     #[error("manifest has {0} bytes of trailing garbage")]
@@ -145,6 +214,8 @@ pub enum ManifestError {
     BadLayout(String),
     #[error("boot facts are invalid: {0}")]
     BadBoot(String),
+    #[error("manifest requirements are invalid: {0}")]
+    BadRequirements(String),
 }
 
 /// The largest a zstd frame of `len` bytes can be (ZSTD_COMPRESSBOUND plus slack).
@@ -154,9 +225,47 @@ pub fn max_stored_size(len: u32) -> u64 {
 }
 
 impl Manifest {
+    /// The format version [`Manifest::encode`] writes: the oldest that holds
+    /// every field.
+    pub fn version(&self) -> u32 {
+        if self.extension() == Extension::default() {
+            BASE_VERSION
+        } else {
+            FORMAT_VERSION
+        }
+    }
+
+    fn extension(&self) -> Extension {
+        Extension {
+            generalized: self.generalized,
+            min_memory: self.requirements.min_memory,
+            product: self.requirements.product.clone(),
+            drivers: self.requirements.drivers.clone(),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        // Serialising owned, in-memory data into a Vec cannot fail.
-        postcard::to_stdvec(self).unwrap_or_default()
+        let version = self.version();
+        let base = BaseOut {
+            version,
+            name: &self.name,
+            size: self.size,
+            chunk_size: self.chunk_size,
+            chunks: &self.chunks,
+            requirements: RequirementsOut {
+                arch: &self.requirements.arch,
+                firmware: &self.requirements.firmware,
+                min_disk_size: self.requirements.min_disk_size,
+            },
+            layout: &self.layout,
+            boot: &self.boot,
+        };
+        // Serialising in-memory data into a Vec cannot fail.
+        let bytes = postcard::to_stdvec(&base).unwrap_or_default();
+        if version == BASE_VERSION {
+            return bytes;
+        }
+        postcard::to_extend(&self.extension(), bytes).unwrap_or_default()
     }
 
     pub fn digest_of(bytes: &[u8]) -> Digest {
@@ -170,11 +279,33 @@ impl Manifest {
         }
         let (version, _) = postcard::take_from_bytes::<u32>(bytes)
             .map_err(|e| ManifestError::Malformed(e.to_string()))?;
-        if version != FORMAT_VERSION {
+        if !(BASE_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(ManifestError::UnknownVersion(version));
         }
-        let (manifest, rest) = postcard::take_from_bytes::<Manifest>(bytes)
-            .map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        let malformed = |e: postcard::Error| ManifestError::Malformed(e.to_string());
+        let (base, rest) = postcard::take_from_bytes::<BaseIn>(bytes).map_err(malformed)?;
+        let (extension, rest) = if base.version == BASE_VERSION {
+            (Extension::default(), rest)
+        } else {
+            postcard::take_from_bytes::<Extension>(rest).map_err(malformed)?
+        };
+        let manifest = Manifest {
+            name: base.name,
+            size: base.size,
+            chunk_size: base.chunk_size,
+            chunks: base.chunks,
+            requirements: Requirements {
+                arch: base.requirements.arch,
+                firmware: base.requirements.firmware,
+                min_disk_size: base.requirements.min_disk_size,
+                min_memory: extension.min_memory,
+                product: extension.product,
+                drivers: extension.drivers,
+            },
+            layout: base.layout,
+            boot: base.boot,
+            generalized: extension.generalized,
+        };
         if !rest.is_empty() {
             return Err(ManifestError::TrailingBytes(rest.len()));
         }
@@ -184,9 +315,6 @@ impl Manifest {
 
     pub fn validate(&self) -> Result<(), ManifestError> {
         use ManifestError as E;
-        if self.version != FORMAT_VERSION {
-            return Err(E::UnknownVersion(self.version));
-        }
         check_name("image name", &self.name).map_err(|e| E::BadName(e.to_string()))?;
         let cs = self.chunk_size;
         if !cs.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
@@ -251,6 +379,7 @@ impl Manifest {
                 size: self.size,
             });
         }
+        check_requirements(&self.requirements).map_err(E::BadRequirements)?;
         if let Some(layout) = &self.layout {
             if !matches!(layout.sector_size, 512 | 4096) {
                 return Err(E::BadLayout(format!("sector size {}", layout.sector_size)));
@@ -309,6 +438,36 @@ impl Manifest {
     }
 }
 
+/// A driver name as the kernel spells one: what `/sys/bus/*/drivers/` lists.
+pub fn valid_driver(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn check_requirements(r: &Requirements) -> Result<(), String> {
+    if let Some(product) = &r.product
+        && (product.is_empty()
+            || product.len() > MAX_REQUIREMENT_TEXT
+            || product.chars().any(char::is_control))
+    {
+        return Err(format!(
+            "a DMI product must be 1 to {MAX_REQUIREMENT_TEXT} printable characters"
+        ));
+    }
+    if r.drivers.len() > MAX_DRIVERS {
+        return Err(format!("more than {MAX_DRIVERS} required drivers"));
+    }
+    if let Some(bad) = r.drivers.iter().find(|d| !valid_driver(d)) {
+        return Err(format!(
+            "driver name {bad:?} is not 1 to 64 characters of A-Z a-z 0-9 _ - ."
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,7 +477,6 @@ mod tests {
         let cs = MIN_CHUNK_SIZE;
         let size = 2 * cs as u64 + 10;
         Manifest {
-            version: FORMAT_VERSION,
             name: "demo".into(),
             size,
             chunk_size: cs,
@@ -351,6 +509,7 @@ mod tests {
                 arch: Some("x86_64".into()),
                 firmware: vec![Firmware::Bios, Firmware::Uefi],
                 min_disk_size: size,
+                ..Default::default()
             },
             layout: Some(Layout {
                 sector_size: 512,
@@ -373,7 +532,60 @@ mod tests {
                 initrd: None,
                 cmdline: "quiet".into(),
             }),
+            generalized: false,
         }
+    }
+
+    #[test]
+    fn version_1_is_written_until_a_newer_field_is_set() {
+        let m = sample();
+        assert_eq!(m.version(), BASE_VERSION);
+        assert_eq!(m.encode()[0], BASE_VERSION as u8);
+        let newer: [fn(&mut Manifest); 4] = [
+            |m| m.generalized = true,
+            |m| m.requirements.min_memory = 1 << 30,
+            |m| m.requirements.product = Some("Standard PC (Q35 + ICH9, 2009)".into()),
+            |m| m.requirements.drivers = vec!["virtio_blk".into(), "e1000e".into()],
+        ];
+        for set in newer {
+            let mut m = sample();
+            set(&mut m);
+            let bytes = m.encode();
+            assert_eq!(bytes[0], FORMAT_VERSION as u8);
+            // Version 2 is version 1's fields with the extension after them.
+            let v1 = sample().encode();
+            assert_eq!(bytes[1..v1.len()], v1[1..]);
+            assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn version_2_requirements_are_bounded() {
+        let mut m = sample();
+        m.requirements.drivers = vec!["virtio blk".into()];
+        assert!(matches!(decode_err(&m), ManifestError::BadRequirements(_)));
+        let mut m = sample();
+        m.requirements.drivers = vec!["x".into(); MAX_DRIVERS + 1];
+        assert!(matches!(decode_err(&m), ManifestError::BadRequirements(_)));
+        let mut m = sample();
+        m.requirements.product = Some("a\nb".into());
+        assert!(matches!(decode_err(&m), ManifestError::BadRequirements(_)));
+        // A version 1 manifest with a version 2 tail is trailing garbage, and a
+        // version 2 one without its tail is truncated.
+        let mut m = sample();
+        m.generalized = true;
+        let mut bytes = m.encode();
+        bytes[0] = BASE_VERSION as u8;
+        assert!(matches!(
+            Manifest::decode(&bytes),
+            Err(ManifestError::TrailingBytes(_))
+        ));
+        let mut bytes = sample().encode();
+        bytes[0] = FORMAT_VERSION as u8;
+        assert!(matches!(
+            Manifest::decode(&bytes),
+            Err(ManifestError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -385,7 +597,7 @@ mod tests {
         assert_eq!(Digest::of(&bytes), Digest::of(&sample().encode()));
         assert_eq!(Manifest::decode(&bytes).unwrap().encode(), bytes);
         // The version is the very first byte, readable before anything else.
-        assert_eq!(bytes[0], FORMAT_VERSION as u8);
+        assert_eq!(bytes[0], BASE_VERSION as u8);
     }
 
     fn decode_err(m: &Manifest) -> ManifestError {
@@ -411,10 +623,11 @@ mod tests {
 
     #[test]
     fn unknown_version_is_named() {
-        let mut m = sample();
-        m.version = 7;
-        assert_eq!(decode_err(&m), ManifestError::UnknownVersion(7));
-        assert!(decode_err(&m).to_string().contains("version 7"));
+        let mut bytes = sample().encode();
+        bytes[0] = 7;
+        let e = Manifest::decode(&bytes).unwrap_err();
+        assert_eq!(e, ManifestError::UnknownVersion(7));
+        assert!(e.to_string().contains("version 7"));
     }
 
     #[test]
@@ -501,7 +714,7 @@ mod tests {
     fn absurd_counts_do_not_allocate() {
         // A header claiming 2^60 chunks must fail fast, not try to allocate them.
         let mut bytes = Vec::new();
-        bytes.push(FORMAT_VERSION as u8);
+        bytes.push(BASE_VERSION as u8);
         bytes.extend_from_slice(&[4, b'd', b'e', b'm', b'o']); // name
         bytes.extend_from_slice(&[0x80, 0x80, 0x10]); // size
         bytes.extend_from_slice(&[0x80, 0x80, 0x40]); // chunk_size

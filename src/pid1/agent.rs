@@ -98,6 +98,9 @@ pub(super) struct Seed {
     /// The deploy names a status server: the first boot will leave its report
     /// for the network, so an installed agent's report unit starts enabled.
     pub reports: bool,
+    /// The image is generalized: what must be unique per machine is removed
+    /// from the root before anything else is written to it.
+    pub generalize: bool,
 }
 
 const SEED_DIR: &str = "var/lib/cloud/seed/nocloud";
@@ -140,6 +143,9 @@ pub(super) struct Provided {
     pub cloud_init_seed: bool,
     /// Files whose references to renamed file systems were rewritten.
     pub rewritten: Vec<String>,
+    /// For a generalized image: what was removed or emptied, or why it could
+    /// not be.
+    pub generalized: Option<Result<Vec<String>, String>>,
 }
 
 /// Looks at the root mounted at `path`, installs the agent if it needs one and
@@ -160,10 +166,15 @@ fn provide(
     let cloud = has_cloud_init(&root);
     // An open directory inside the mount would keep it busy.
     drop(root);
-    if need == Need::Install || cloud || !renames.is_empty() {
+    if need == Need::Install || cloud || !renames.is_empty() || seed.generalize {
         remount_rw()?;
     }
     let root = Root::open(path)?;
+    // First, so nothing written below (the seed, the agent) is taken for the
+    // source machine's.
+    let generalized = seed
+        .generalize
+        .then(|| crate::generalize::generalize(&root).map_err(|e| e.to_string()));
     let rewritten = rewrite_references(&root, ROOT_REFERENCES, renames)?;
     if cloud {
         write_seed(&root, seed)?;
@@ -176,6 +187,7 @@ fn provide(
         agent,
         cloud_init_seed: cloud,
         rewritten,
+        generalized,
     }))
 }
 
@@ -221,6 +233,7 @@ fn provide_root(
         agent: Agent::Skipped(why),
         cloud_init_seed: false,
         rewritten: Vec::new(),
+        generalized: None,
     };
     let mounted = match mount_root(
         layout,
@@ -290,6 +303,7 @@ mod tests {
             hostname: Some("node-1".into()),
             data: HostData::default(),
             reports: false,
+            generalize: false,
         }
     }
 
@@ -351,6 +365,46 @@ mod tests {
             .unwrap(),
             Path::new("/etc/systemd/system/imprint-report.service")
         );
+    }
+
+    #[test]
+    fn a_generalized_image_loses_the_source_identity_before_its_seed_is_written() {
+        let dir = os_root(true);
+        let r = dir.path();
+        for (path, text) in [
+            ("etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
+            ("etc/ssh/ssh_host_ed25519_key", "SOURCE KEY"),
+            ("etc/cloud/cloud.cfg", "datasource_list: [NoCloud]\n"),
+            ("var/lib/cloud/instances/source/boot-finished", "1"),
+        ] {
+            std::fs::create_dir_all(r.join(path).parent().unwrap()).unwrap();
+            std::fs::write(r.join(path), text).unwrap();
+        }
+        let keep = |generalize| {
+            let seed = Seed {
+                generalize,
+                ..seed()
+            };
+            provide(r, &seed, &[], &|| Ok(b"B".to_vec()), &|| Ok(()))
+                .unwrap()
+                .unwrap()
+        };
+        // Not generalized: the identity stays.
+        assert_eq!(keep(false).generalized, None);
+        assert!(r.join("etc/ssh/ssh_host_ed25519_key").exists());
+        let provided = keep(true);
+        let changed = provided.generalized.unwrap().unwrap();
+        assert!(
+            changed.contains(&"/etc/machine-id".to_string()),
+            "{changed:?}"
+        );
+        assert_eq!(std::fs::read(r.join("etc/machine-id")).unwrap(), b"");
+        assert!(!r.join("etc/ssh/ssh_host_ed25519_key").exists());
+        assert!(!r.join("var/lib/cloud/instances/source").exists());
+        // This deploy's seed is written after, and stays.
+        assert!(provided.cloud_init_seed);
+        let meta = std::fs::read_to_string(r.join(SEED_DIR).join("meta-data")).unwrap();
+        assert!(meta.contains("imprint-0123456789abcdef"), "{meta}");
     }
 
     #[test]

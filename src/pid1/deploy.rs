@@ -88,7 +88,14 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
         &record,
         &mut clock,
     )?;
-    let agent = finish_os(&disk, &installed, &record, &renames, host_data);
+    let agent = finish_os(
+        &disk,
+        &installed,
+        &record,
+        &renames,
+        host_data,
+        resolved.manifest.generalized,
+    );
     match &previous {
         Some(previous) => switch_boot(previous, &installed, &disk, &manifest.name)?,
         None => {
@@ -532,6 +539,7 @@ fn finish_os(
     record: &Record,
     renames: &[identity::Rename],
     host_data: agent::HostData,
+    generalize: bool,
 ) -> state::Agent {
     let seed = agent::Seed {
         instance_id: format!(
@@ -542,8 +550,26 @@ fn finish_os(
         hostname: record.settings.get("hostname").cloned(),
         data: host_data,
         reports: record.status_url.is_some(),
+        generalize,
     };
     let provided = agent::ensure(disk, &installed.layout, &seed, renames);
+    match &provided.generalized {
+        Some(Ok(changed)) => log::info!(
+            "generalized: removed the source machine's identity ({})",
+            if changed.is_empty() {
+                "it had none to remove".to_string()
+            } else {
+                changed.join(" ")
+            }
+        ),
+        Some(Err(e)) => log::error!(
+            "generalized image: removing the source machine's identity failed: {e}; this machine may share its machine id or SSH host keys with others"
+        ),
+        None if generalize => log::error!(
+            "generalized image: its root could not be opened, so the source machine's identity was not removed"
+        ),
+        None => {}
+    }
     for file in &provided.rewritten {
         log::info!("rewrote the file system references in {file}");
     }

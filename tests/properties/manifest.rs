@@ -117,11 +117,28 @@ pub(crate) fn valid() -> impl Strategy<Value = Manifest> {
                     0..3,
                 ),
                 size..=u64::MAX,
+                // Version 2's fields: default half the time, so both versions
+                // are written and read.
+                prop::option::of((
+                    any::<u64>(),
+                    prop::option::of("[A-Za-z0-9 .-]{1,24}"),
+                    vec("[a-z0-9_-]{1,16}", 0..4),
+                    any::<bool>(),
+                )),
             )
-                .prop_map(|(arch, firmware, min_disk_size)| Requirements {
-                    arch,
-                    firmware,
-                    min_disk_size,
+                .prop_map(|(arch, firmware, min_disk_size, newer)| {
+                    let (min_memory, product, drivers, generalized) = newer.unwrap_or_default();
+                    (
+                        Requirements {
+                            arch,
+                            firmware,
+                            min_disk_size,
+                            min_memory,
+                            product,
+                            drivers,
+                        },
+                        generalized,
+                    )
                 });
             (
                 Just(cs),
@@ -133,8 +150,7 @@ pub(crate) fn valid() -> impl Strategy<Value = Manifest> {
             )
         })
         .prop_map(
-            |(cs, size, kinds, name, requirements, (layout, boot))| Manifest {
-                version: FORMAT_VERSION,
+            |(cs, size, kinds, name, (requirements, generalized), (layout, boot))| Manifest {
                 name,
                 size,
                 chunk_size: cs,
@@ -153,6 +169,7 @@ pub(crate) fn valid() -> impl Strategy<Value = Manifest> {
                 requirements,
                 layout,
                 boot,
+                generalized,
             },
         )
 }
@@ -160,7 +177,7 @@ pub(crate) fn valid() -> impl Strategy<Value = Manifest> {
 /// One field of a valid manifest set to something else, maybe still valid.
 #[derive(Clone, Debug)]
 enum Damage {
-    Version(u32),
+    Driver(String),
     Name(String),
     ChunkSize(u32),
     Size(u64),
@@ -181,7 +198,7 @@ enum Damage {
 fn damage() -> impl Strategy<Value = Damage> {
     let small = || any::<usize>();
     prop_oneof![
-        any::<u32>().prop_map(Damage::Version),
+        ".{0,70}".prop_map(Damage::Driver),
         ".{0,140}".prop_map(Damage::Name),
         interesting().prop_map(|v| Damage::ChunkSize(v as u32)),
         interesting().prop_map(Damage::Size),
@@ -215,7 +232,7 @@ fn apply(m: &mut Manifest, d: &Damage) {
         return;
     }
     match d.clone() {
-        Damage::Version(v) => m.version = v,
+        Damage::Driver(s) => m.requirements.drivers.push(s),
         Damage::Name(s) => m.name = s,
         Damage::ChunkSize(v) => m.chunk_size = v,
         Damage::Size(v) => m.size = v,

@@ -1,7 +1,7 @@
 use super::*;
 use crate::engine::{WriteImageError, write_image};
 use crate::format::digest::Digest;
-use crate::format::manifest::{Chunk, ChunkKind, FORMAT_VERSION, Requirements};
+use crate::format::manifest::{Chunk, ChunkKind, Requirements};
 use crate::format::repository::chunk_path;
 use crate::format::state::Mode;
 use crate::source::{FetchError, RetryPolicy};
@@ -128,7 +128,6 @@ fn manifest_and_source(img: &[u8], name: &str) -> (Manifest, MemorySource) {
         })
         .collect();
     let manifest = Manifest {
-        version: FORMAT_VERSION,
         name: name.into(),
         size: img.len() as u64,
         chunk_size: CHUNK as u32,
@@ -137,9 +136,11 @@ fn manifest_and_source(img: &[u8], name: &str) -> (Manifest, MemorySource) {
             arch: None,
             firmware: vec![],
             min_disk_size: img.len() as u64,
+            ..Default::default()
         },
         layout: gpt::read(&mut Cursor::new(img)).unwrap(),
         boot: None,
+        generalized: false,
     };
     let source = MemorySource {
         files,

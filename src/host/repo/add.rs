@@ -8,9 +8,7 @@ use super::{LocalRepo, RepoError, chunk_path, io_err, manifest_path, ref_path, r
 use crate::format::digest::{Digest, check_name};
 use crate::format::gpt::{self, BIOS_BOOT_TYPE, ESP_TYPE, Layout};
 use crate::format::is_zero;
-use crate::format::manifest::{
-    BootFacts, Chunk, ChunkKind, FORMAT_VERSION, Firmware, Manifest, Requirements,
-};
+use crate::format::manifest::{BootFacts, Chunk, ChunkKind, Firmware, Manifest, Requirements};
 use crate::sys;
 use ed25519_dalek::SigningKey;
 use std::collections::{BTreeSet, HashSet};
@@ -31,6 +29,14 @@ pub struct AddOptions {
     pub firmware: Option<Vec<Firmware>>,
     /// The smallest disk it may go to, when larger than the image.
     pub min_disk: Option<u64>,
+    /// Memory a machine needs, in bytes (0: any).
+    pub min_memory: u64,
+    /// The DMI product a machine must report.
+    pub product: Option<String>,
+    /// Drivers some device of the machine must be bound to.
+    pub drivers: Vec<String>,
+    /// Mark the image generalized: deploys give each machine a fresh identity.
+    pub generalize: bool,
     /// Where the image's kernel lives, for a kexec hand-off.
     pub boot: Option<BootFacts>,
     /// When the signed release is issued (Unix seconds).
@@ -200,7 +206,6 @@ pub fn add_image(
     }
 
     let manifest = Manifest {
-        version: FORMAT_VERSION,
         name: name.to_string(),
         size,
         chunk_size: cs,
@@ -209,9 +214,13 @@ pub fn add_image(
             arch: opts.arch.clone(),
             firmware,
             min_disk_size: opts.min_disk.unwrap_or(0).max(size),
+            min_memory: opts.min_memory,
+            product: opts.product.clone(),
+            drivers: opts.drivers.clone(),
         },
         layout,
         boot: opts.boot.clone(),
+        generalized: opts.generalize,
     };
     manifest.validate().map_err(|source| RepoError::Manifest {
         digest: Digest([0; 32]),
@@ -346,6 +355,10 @@ mod tests {
             arch: None,
             firmware: None,
             min_disk: None,
+            min_memory: 0,
+            product: None,
+            drivers: Vec::new(),
+            generalize: false,
             boot: None,
             issued: 0,
             expires: None,
