@@ -222,23 +222,8 @@ pub fn image_add(args: &ImageAddArgs) -> Result<Exit> {
                 })
                 .collect()
         }),
-        min_disk: args
-            .min_disk
-            .as_deref()
-            .map(|s| {
-                imprint::format::cmdline::parse_size(s)
-                    .with_context(|| format!("--min-disk {s:?}: give a size such as 512M or 20G"))
-            })
-            .transpose()?,
-        min_memory: args
-            .min_memory
-            .as_deref()
-            .map(|s| {
-                imprint::format::cmdline::parse_size(s)
-                    .with_context(|| format!("--min-memory {s:?}: give a size such as 512M or 2G"))
-            })
-            .transpose()?
-            .unwrap_or(0),
+        min_disk: size_option("--min-disk", args.min_disk.as_deref())?,
+        min_memory: size_option("--min-memory", args.min_memory.as_deref())?.unwrap_or(0),
         product: args.product.clone(),
         drivers: args.drivers.clone(),
         generalize: args.generalize,
@@ -424,6 +409,16 @@ pub(super) fn trust_name(trust: Trust) -> &'static str {
         Trust::Signed => "signed",
         Trust::Unverified => "unverified",
     }
+}
+
+/// A size given as an option (512M, 20G), if given.
+fn size_option(flag: &str, value: Option<&str>) -> Result<Option<u64>> {
+    value
+        .map(|s| {
+            imprint::format::cmdline::parse_size(s)
+                .with_context(|| format!("{flag} {s:?}: give a size such as 512M or 20G"))
+        })
+        .transpose()
 }
 
 pub(super) fn firmware_name(firmware: &Firmware) -> &'static str {
