@@ -28,6 +28,7 @@
 //! process id, else the command line (`src/cli/`).
 
 pub mod bootswitch;
+pub mod capture;
 pub mod engine;
 pub mod footprint;
 pub mod format;

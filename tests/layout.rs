@@ -73,6 +73,7 @@ const CORE: &[&str] = &[
     "src/engine",
     "src/statepart.rs",
     "src/bootswitch.rs",
+    "src/capture",
     "src/footprint.rs",
     "src/generalize.rs",
     "src/inspect.rs",

@@ -213,15 +213,7 @@ pub fn image_add(args: &ImageAddArgs) -> Result<Exit> {
         jobs: args.jobs.unwrap_or_else(cores),
         sign_key,
         arch: args.arch.clone(),
-        firmware: (!args.firmware.is_empty()).then(|| {
-            args.firmware
-                .iter()
-                .map(|f| match f.as_str() {
-                    "uefi" => Firmware::Uefi,
-                    _ => Firmware::Bios,
-                })
-                .collect()
-        }),
+        firmware: (!args.firmware.is_empty()).then(|| firmware_of(&args.firmware)),
         min_disk: size_option("--min-disk", args.min_disk.as_deref())?,
         min_memory: size_option("--min-memory", args.min_memory.as_deref())?.unwrap_or(0),
         product: args.product.clone(),
@@ -409,6 +401,17 @@ pub(super) fn trust_name(trust: Trust) -> &'static str {
         Trust::Signed => "signed",
         Trust::Unverified => "unverified",
     }
+}
+
+/// The firmware named by `--firmware` options (bios, uefi).
+pub(super) fn firmware_of(names: &[String]) -> Vec<Firmware> {
+    names
+        .iter()
+        .map(|f| match f.as_str() {
+            "uefi" => Firmware::Uefi,
+            _ => Firmware::Bios,
+        })
+        .collect()
 }
 
 /// A size given as an option (512M, 20G), if given.

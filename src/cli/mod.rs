@@ -4,6 +4,7 @@
 //! beside it.
 
 mod boot;
+mod capture;
 mod deploy;
 mod exit;
 mod host;
@@ -58,6 +59,9 @@ enum Command {
     /// Disk checks.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// Read a disk (or disk image) into a repository served by `imprint serve
+    /// --capture-token`: only blocks in use, only chunks it lacks.
+    Capture(capture::CaptureArgs),
     /// In the installed OS: read the state record, apply host settings, commit.
     Firstboot(installed::FirstbootArgs),
     /// In the installed OS: print what the state record says.
@@ -102,6 +106,7 @@ fn run(command: Command) -> Result<Exit> {
         Command::Host(HostCommand::Ls(args)) => host::ls(&args),
         Command::Deploy(args) => deploy::deploy(&args),
         Command::Disk(DiskCommand::Verify(args)) => deploy::disk_verify(&args),
+        Command::Capture(args) => capture::capture(&args),
         Command::Initramfs(InitramfsCommand::Build(args)) => boot::initramfs_build(&args),
         Command::Media(MediaCommand::Build(args)) => boot::media_build(&args),
         Command::Firstboot(args) => installed::firstboot(&args),

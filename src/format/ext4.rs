@@ -86,7 +86,7 @@ fn ext4_crc32c(data: &[u8]) -> u32 {
 }
 
 impl Superblock {
-    fn parse(sb: &[u8]) -> Result<Superblock, Ext4Error> {
+    pub(crate) fn parse(sb: &[u8]) -> Result<Superblock, Ext4Error> {
         let magic = le16(sb, S_MAGIC);
         if magic != MAGIC {
             return Err(Ext4Error::NotExt4(magic));
@@ -124,7 +124,7 @@ impl Superblock {
     }
 
     /// Whether group `g` carries a backup superblock.
-    fn has_backup(&self, g: u64) -> bool {
+    pub(crate) fn has_backup(&self, g: u64) -> bool {
         if g == 0 {
             return false;
         }

@@ -74,6 +74,23 @@ pub enum Firmware {
     Uefi,
 }
 
+impl Firmware {
+    /// The firmware a disk boots with, by what it holds: boot code in its MBR
+    /// (`boot_code`) or a BIOS boot partition for BIOS, an EFI system
+    /// partition for UEFI.
+    pub fn of_disk(boot_code: bool, layout: &Layout) -> Vec<Firmware> {
+        let has = |t| layout.partitions.iter().any(|p| p.type_guid == t);
+        let mut firmware = Vec::new();
+        if boot_code || has(super::gpt::BIOS_BOOT_TYPE) {
+            firmware.push(Firmware::Bios);
+        }
+        if has(super::gpt::ESP_TYPE) {
+            firmware.push(Firmware::Uefi);
+        }
+        firmware
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Requirements {
     /// `uname -m` style architecture, if the image is tied to one.

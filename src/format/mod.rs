@@ -32,6 +32,7 @@ pub mod state;
 pub mod status;
 pub mod swap;
 pub mod timing;
+pub mod usage;
 
 /// Whether every byte of `buf` is zero. Folds 64-byte blocks with OR so the compiler
 /// emits wide vector loads; stops early at the first non-zero block.

@@ -59,6 +59,35 @@ pub enum Event {
         #[serde(default)]
         fetched: u64,
     },
+    /// The machine's disk is being captured: bytes of the image done of the
+    /// total, and bytes uploaded (what the repository lacked).
+    Capturing {
+        #[serde(default)]
+        done: u64,
+        #[serde(default)]
+        total: u64,
+        #[serde(default)]
+        uploaded: u64,
+    },
+    /// The capture is stored: the image (NAME:TAG) and its manifest digest,
+    /// bytes in use and read, chunks and bytes uploaded, chunks the repository
+    /// had already.
+    Captured {
+        #[serde(default)]
+        image: String,
+        #[serde(default)]
+        digest: String,
+        #[serde(default)]
+        used: u64,
+        #[serde(default)]
+        read: u64,
+        #[serde(default)]
+        uploaded: u64,
+        #[serde(default)]
+        uploaded_chunks: u64,
+        #[serde(default)]
+        already_stored: u64,
+    },
     /// State record, partition table and boot records are written: the disk,
     /// the image, what was done about a first-boot agent, the timings so far.
     BootRecords {
@@ -127,6 +156,8 @@ impl Event {
             Event::NetworkUp { .. } => Phase::NetworkUp,
             Event::DiskSelected { .. } => Phase::DiskSelected,
             Event::Writing { .. } => Phase::Writing,
+            Event::Capturing { .. } => Phase::Capturing,
+            Event::Captured { .. } => Phase::Captured,
             Event::BootRecords { .. } => Phase::BootRecords,
             Event::Handoff { .. } => Phase::Handoff,
             Event::Complete { .. } => Phase::Complete,
@@ -204,6 +235,10 @@ pub enum Phase {
     DiskSelected,
     /// Image data is being written (sent periodically, with progress).
     Writing,
+    /// The disk is being captured (sent periodically, with progress).
+    Capturing,
+    /// The capture is stored in the repository.
+    Captured,
     /// State record, partition table and boot record are written.
     BootRecords,
     /// The deploy environment is handing off (reboot, power off, kexec).
@@ -217,12 +252,14 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 10] = [
+    pub const ALL: [Phase; 12] = [
         Phase::Booted,
         Phase::Hardware,
         Phase::NetworkUp,
         Phase::DiskSelected,
         Phase::Writing,
+        Phase::Capturing,
+        Phase::Captured,
         Phase::BootRecords,
         Phase::Handoff,
         Phase::Complete,
@@ -237,6 +274,8 @@ impl Phase {
             Phase::NetworkUp => "network-up",
             Phase::DiskSelected => "disk-selected",
             Phase::Writing => "writing",
+            Phase::Capturing => "capturing",
+            Phase::Captured => "captured",
             Phase::BootRecords => "boot-records",
             Phase::Handoff => "handoff",
             Phase::Complete => "complete",

@@ -38,6 +38,9 @@ pub(super) fn run(cmdline_text: &str) -> Result<Never> {
     if config.mode == cmdline::Mode::Rollback {
         return rollback::run(&config);
     }
+    if config.mode == cmdline::Mode::Capture {
+        return super::capture::run(&config, &hardware);
+    }
     if config.mode == cmdline::Mode::Upgrade && config.disk.is_none() {
         bail!(
             "imprint.mode=upgrade needs imprint.disk= to name the new disk (the previous OS stays on its own); nothing was written"

@@ -21,6 +21,7 @@
 
 mod agent;
 mod bootentry;
+mod capture;
 mod console;
 mod deploy;
 mod disks;

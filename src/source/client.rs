@@ -186,13 +186,28 @@ impl Client {
         &self,
         url: &str,
         authorization: Option<&str>,
+        body: (&str, &[u8]),
+        limit: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<Answer, ClientError> {
+        self.send(Method::Post, url, authorization, body, limit, buf)
+    }
+
+    /// Sends `body` of media type `kind` to `url` with `method` (POST, PUT);
+    /// the answer's body goes into `buf`, at most `limit` bytes. Redirects
+    /// are not followed.
+    pub fn send(
+        &self,
+        method: Method,
+        url: &str,
+        authorization: Option<&str>,
         (kind, body): (&str, &[u8]),
         limit: u64,
         buf: &mut Vec<u8>,
     ) -> Result<Answer, ClientError> {
         let at = self.check(url)?;
         let request = Request {
-            method: Method::Post,
+            method,
             authorization,
             body: Some((kind, body)),
             ..Request::get(&at.target, &at.authority)

@@ -140,7 +140,8 @@ impl Request<'_> {
             Method::Get => "GET",
             Method::Post => "POST",
             Method::Head => "HEAD",
-            Method::Other => return Err("only GET, HEAD and POST are sent".into()),
+            Method::Put => "PUT",
+            Method::Other => return Err("only GET, HEAD, POST and PUT are sent".into()),
         };
         let mut head = format!(
             "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: imprint/{}\r\nAccept: */*\r\n",

@@ -175,19 +175,8 @@ pub fn partition_file(disk: &Path, number: u32, path: &str) -> String {
 /// What debugfs prints for `request` (one of its commands) on ext4 partition
 /// `number` of `disk`.
 pub fn partition_debugfs(disk: &Path, number: u32, request: &str) -> String {
-    let mut f = std::fs::File::open(disk).unwrap();
-    let layout = gpt::read(&mut f).unwrap().unwrap();
-    let p = layout
-        .partitions
-        .iter()
-        .find(|p| p.number == number)
-        .unwrap();
-    let mut buf = vec![0u8; ((p.last_lba - p.first_lba + 1) * 512) as usize];
-    f.seek(SeekFrom::Start(p.first_lba * 512)).unwrap();
-    f.read_exact(&mut buf).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("root.img");
-    std::fs::write(&img, buf).unwrap();
+    let (dir, _) = partition_copy(disk, number);
+    let img = dir.path().join("partition.img");
     let out = Command::new("debugfs")
         .args(["-R", request, img.to_str().unwrap()])
         .output()
@@ -224,4 +213,53 @@ pub fn untouchable_digest(disk: &Path) -> [u8; 32] {
         at += n as u64;
     }
     hash.finalize().into()
+}
+
+/// Writes `contents` as `path` (replacing any file there) into the ext4 file
+/// system in partition `number` of a disk image, with debugfs: a change made
+/// to a machine's configuration while it is off.
+pub fn partition_write(disk: &Path, number: u32, path: &str, contents: &str) {
+    let (dir, start) = partition_copy(disk, number);
+    let img = dir.path().join("partition.img");
+    let local = dir.path().join("contents");
+    std::fs::write(&local, contents).unwrap();
+    let debugfs = |request: &str| {
+        Command::new("debugfs")
+            .args(["-w", "-R", request, img.to_str().unwrap()])
+            .output()
+            .expect("debugfs (e2fsprogs)")
+    };
+    // Absent before: nothing to remove.
+    debugfs(&format!("rm {path}"));
+    let out = debugfs(&format!("write {} {path}", local.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read(&img).unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    use std::io::Write;
+    f.seek(SeekFrom::Start(start)).unwrap();
+    f.write_all(&written).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(partition_file(disk, number, path), contents, "written");
+}
+
+/// Partition `number` of `disk` copied out, as `partition.img` in the
+/// directory returned, and where it starts on the disk.
+fn partition_copy(disk: &Path, number: u32) -> (tempfile::TempDir, u64) {
+    let mut f = std::fs::File::open(disk).unwrap();
+    let layout = gpt::read(&mut f).unwrap().unwrap();
+    let p = layout
+        .partitions
+        .iter()
+        .find(|p| p.number == number)
+        .unwrap();
+    let mut buf = vec![0u8; ((p.last_lba - p.first_lba + 1) * 512) as usize];
+    f.seek(SeekFrom::Start(p.first_lba * 512)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("partition.img"), buf).unwrap();
+    (dir, p.first_lba * 512)
 }

@@ -512,15 +512,20 @@ pub fn cmdline(url: &str, extra: &str) -> String {
 
 /// A figure of the deploy's summary line on a console.
 pub fn summary_figure(console: &str, key: &str) -> u64 {
+    figure_of_line(console, "deploy complete:", key)
+}
+
+/// A figure (`KEY=N`) of the first console line holding `marker`.
+pub fn figure_of_line(console: &str, marker: &str, key: &str) -> u64 {
     console
         .lines()
-        .find(|l| l.contains("deploy complete:"))
+        .find(|l| l.contains(marker))
         .and_then(|l| {
             l.split_whitespace()
                 .find_map(|w| w.strip_prefix(&format!("{key}=")))
         })
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in the summary:\n{console}"))
+        .unwrap_or_else(|| panic!("no {key}= in the {marker:?} line:\n{console}"))
 }
 
 /// Some line of the console holds every one of `parts`.

@@ -243,6 +243,7 @@ fn command_line() -> impl Strategy<Value = (Vec<String>, Config)> {
                     pubkey,
                     status,
                     credential: None,
+                    capture_token: None,
                     proxy: None,
                     on_error,
                     hostname,

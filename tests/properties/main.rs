@@ -255,3 +255,4 @@ mod signature;
 mod state;
 mod statuses;
 mod swap;
+mod usage;

@@ -29,6 +29,9 @@ pub struct Config {
     /// The credential a provisioning server gave this deploy: its status
     /// events and the host's files are sent and fetched with it.
     pub credential: Option<Secret>,
+    /// The capture token of the server a capture goes to
+    /// (`imprint serve --capture-token`).
+    pub capture_token: Option<Secret>,
     /// Forward proxy (`http://host:port`) for `http://` repositories.
     pub proxy: Option<String>,
     pub on_error: ErrorPolicy,
@@ -102,6 +105,8 @@ pub enum Mode {
     Deploy,
     Upgrade,
     Rollback,
+    /// Read this machine's disk into the repository as `imprint.image=`.
+    Capture,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,6 +22,7 @@ const KNOWN: &[&str] = &[
     "imprint.pubkey",
     "imprint.status",
     "imprint.credential",
+    "imprint.capture-token",
     "imprint.proxy",
     "imprint.on-error",
     "imprint.hostname",
@@ -35,6 +36,36 @@ const KNOWN: &[&str] = &[
     "imprint.dhcp-timeout",
     "imprint.debug",
 ];
+
+/// What a capture needs beyond a deploy: one server to upload to, a name and
+/// tag to store under, and a credential.
+fn capture_needs(cfg: &Config, problems: &mut Vec<Problem>) {
+    let mut say = |key: &str, message: &str| {
+        problems.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        })
+    };
+    match cfg.repo.as_slice() {
+        [RepoSource::Url(_)] => {}
+        _ => say(
+            "imprint.repo",
+            "a capture needs one http:// or https:// repository: the imprint serve that stores it",
+        ),
+    }
+    if matches!(cfg.image, Some(ImageRef::Digest(_))) {
+        say(
+            "imprint.image",
+            "a capture is stored under NAME:TAG, not a digest",
+        );
+    }
+    if cfg.capture_token.is_none() && cfg.credential.is_none() {
+        say(
+            "imprint.capture-token",
+            "a capture needs the server's capture token (or the credential a provisioning server gives)",
+        );
+    }
+}
 
 /// Splits a command line the way the kernel does: on whitespace outside double
 /// quotes, quotes removed; everything after a lone `--` belongs to init's argv.
@@ -84,6 +115,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
         pubkey: None,
         status: None,
         credential: None,
+        capture_token: None,
         on_error: ErrorPolicy::Poweroff,
         hostname: None,
         target: None,
@@ -147,6 +179,16 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                     ))
                 }
             }
+            "imprint.capture-token" => {
+                if value.len() <= MAX_CREDENTIAL && value.bytes().all(|b| b.is_ascii_graphic()) {
+                    cfg.capture_token = Some(Secret(value.clone()));
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "must be up to {MAX_CREDENTIAL} printable characters without spaces"
+                    ))
+                }
+            }
             "imprint.image" => value
                 .parse::<ImageRef>()
                 .map(|v| cfg.image = Some(v))
@@ -159,6 +201,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                     ("deploy", Mode::Deploy),
                     ("upgrade", Mode::Upgrade),
                     ("rollback", Mode::Rollback),
+                    ("capture", Mode::Capture),
                 ],
             )
             .map(|v| cfg.mode = v),
@@ -225,6 +268,9 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
         if let Err(message) = result {
             problem(&mut problems, &key, message);
         }
+    }
+    if cfg.mode == Mode::Capture {
+        capture_needs(&cfg, &mut problems);
     }
     if cfg.mode != Mode::Rollback {
         if cfg.repo.is_empty() {

@@ -277,3 +277,49 @@ fn garbage_never_panics() {
         let _ = parse(&format!("{BASE} imprint.disk={s} ip={s} BOOTIF={s}"));
     }
 }
+
+#[test]
+fn a_capture_needs_one_server_a_tag_and_a_credential() {
+    let cfg = parse(&format!(
+        "{BASE} imprint.mode=capture imprint.capture-token=0123456789abcdef0123"
+    ))
+    .unwrap();
+    assert_eq!(cfg.mode, Mode::Capture);
+    assert_eq!(
+        cfg.capture_token.as_ref().map(|t| t.0.as_str()),
+        Some("0123456789abcdef0123")
+    );
+    // The credential a provisioning server gives does as well.
+    let given = "imprint.repo=http://10.0.2.2:8080 imprint.image=golden:1 imprint.mode=capture imprint.credential=AAAA";
+    assert_eq!(parse(given).unwrap().mode, Mode::Capture);
+    let keys = |line: &str| -> Vec<String> {
+        parse(line)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|p| p.key)
+            .collect()
+    };
+    assert_eq!(
+        keys(&format!("{BASE} imprint.mode=capture")),
+        ["imprint.capture-token"]
+    );
+    assert_eq!(
+        keys("imprint.image=golden:1 imprint.mode=capture imprint.capture-token=t"),
+        ["imprint.repo"],
+        "not to a medium"
+    );
+    assert_eq!(
+        keys(&format!(
+            "imprint.repo=http://a imprint.image=sha256:{} imprint.mode=capture imprint.capture-token=t",
+            "0".repeat(64)
+        )),
+        ["imprint.image"]
+    );
+    assert_eq!(
+        keys(&format!(
+            "{BASE} imprint.mode=capture imprint.capture-token=a\u{7f}b"
+        )),
+        ["imprint.capture-token", "imprint.capture-token"]
+    );
+}

@@ -45,6 +45,7 @@ pub enum Method {
     Get,
     Head,
     Post,
+    Put,
     Other,
 }
 

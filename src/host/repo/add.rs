@@ -6,7 +6,7 @@
 
 use super::{LocalRepo, RepoError, chunk_path, io_err, manifest_path, ref_path, ref_text};
 use crate::format::digest::{Digest, check_name};
-use crate::format::gpt::{self, BIOS_BOOT_TYPE, ESP_TYPE, Layout};
+use crate::format::gpt::{self, Layout};
 use crate::format::is_zero;
 use crate::format::manifest::{BootFacts, Chunk, ChunkKind, Firmware, Manifest, Requirements};
 use crate::sys;
@@ -325,19 +325,15 @@ fn store_chunk(
 fn detect_firmware(file: &mut File, layout: Option<&Layout>) -> std::io::Result<Vec<Firmware>> {
     let mut mbr = [0u8; 512];
     file.seek(SeekFrom::Start(0))?;
-    let has_mbr_code = match file.read_exact(&mut mbr) {
+    let boot_code = match file.read_exact(&mut mbr) {
         Ok(()) => mbr[510..512] == [0x55, 0xAA] && !is_zero(&mbr[..440]),
         Err(_) => false,
     };
-    let parts = layout.map(|l| l.partitions.as_slice()).unwrap_or_default();
-    let mut firmware = Vec::new();
-    if has_mbr_code || parts.iter().any(|p| p.type_guid == BIOS_BOOT_TYPE) {
-        firmware.push(Firmware::Bios);
-    }
-    if parts.iter().any(|p| p.type_guid == ESP_TYPE) {
-        firmware.push(Firmware::Uefi);
-    }
-    Ok(firmware)
+    Ok(match layout {
+        Some(layout) => Firmware::of_disk(boot_code, layout),
+        None if boot_code => vec![Firmware::Bios],
+        None => Vec::new(),
+    })
 }
 
 #[cfg(test)]
@@ -523,7 +519,7 @@ mod tests {
 
     #[test]
     fn gpt_layout_and_firmware_are_recorded() {
-        let img = gpt::tests::image_with(4096, &[(ESP_TYPE, 2048, 4000, "esp")]);
+        let img = gpt::tests::image_with(4096, &[(gpt::ESP_TYPE, 2048, 4000, "esp")]);
         let (dir, report) = add(&img);
         let report = report.unwrap();
         let repo = LocalRepo::open(&dir.path().join("repo")).unwrap();
