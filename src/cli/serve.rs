@@ -74,6 +74,16 @@ pub struct ServeArgs {
     /// Deploys a machine may fail in a row before its boot script holds it.
     #[arg(long, default_value_t = imprint::format::provision::DEFAULT_ATTEMPTS)]
     attempts: u32,
+    /// Accepts captured images (docs/capture.md) under any NAME:TAG from
+    /// whoever sends this token (`Authorization: Bearer TOKEN`; 16 characters
+    /// or more). Machines whose inventory entry says `capture = "NAME:TAG"`
+    /// capture with their own credential instead, without it.
+    #[arg(long, env = "IMPRINT_CAPTURE_TOKEN", hide_env_values = true)]
+    capture_token: Option<String>,
+    /// Secret key file (from `imprint keygen`) that captured images are
+    /// signed with when published, issued then.
+    #[arg(long)]
+    sign_key: Option<PathBuf>,
 }
 
 pub fn serve(args: &ServeArgs) -> Result<Exit> {
@@ -131,10 +141,23 @@ pub fn serve(args: &ServeArgs) -> Result<Exit> {
     for file in [&args.kernel, &args.initrd].into_iter().flatten() {
         std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
     }
+    let capture = imprint::host::serve::CaptureOptions {
+        token: args
+            .capture_token
+            .as_deref()
+            .map(imprint::host::access::capture_token)
+            .transpose()?,
+        sign_key: args
+            .sign_key
+            .as_deref()
+            .map(super::image::read_secret_key)
+            .transpose()?,
+    };
     let provisioning = imprint::host::serve::Provisioning {
         fleet,
         kernel: args.kernel.clone(),
         initrd: args.initrd.clone(),
+        capture,
     };
     let server = imprint::host::serve::RepoServer::bind_provisioning(
         &args.repo,

@@ -10,7 +10,9 @@
 //!    until it is reprovisioned (`imprint host reprovision MAC`, or a new value
 //!    of its entry's `reprovision`). A changed `image` alone never redeploys: a
 //!    reboot does not wipe a machine by surprise.
-//! 3. Otherwise it deploys, up to `attempts` times in a row; a deploy that never
+//! 3. Otherwise it deploys (or, when its entry says `capture = "NAME:TAG"`, its
+//!    disk is captured as that image; the published image completes it), up to
+//!    `attempts` times in a row; a deploy that never
 //!    reported its end counts as failed (the machine's next deploy environment
 //!    says it started, or its script is asked for while it is under way). After
 //!    that it holds: iPXE shows the last error and asks the server again every
@@ -64,6 +66,10 @@ pub struct Machine {
     /// The SHA-256 of the credential of the deploy environment that started
     /// last: its events, and its installed OS's report, are taken.
     pub credential: Option<String>,
+    /// The NAME:TAG its last capture was published as, until a deploy
+    /// completes after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub captured: Option<String>,
     /// What its deploy environment last said of its hardware.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hardware: Option<super::hardware::Hardware>,
@@ -105,7 +111,13 @@ pub struct Deploy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     Deploy(Box<Deploy>),
-    Local { method: LocalBoot, why: Why },
+    /// Into the deploy environment to read its disk and publish it as
+    /// `image` (a tag), with the settings and arguments a deploy would have.
+    Capture(Box<Deploy>),
+    Local {
+        method: LocalBoot,
+        why: Why,
+    },
     Hold(String),
 }
 
@@ -116,6 +128,8 @@ pub enum Why {
     Registered,
     /// Its deploy completed.
     Deployed,
+    /// Its capture was published.
+    Captured,
 }
 
 /// The boot of machine `mac`, which the server remembers as `machine`.
@@ -148,8 +162,13 @@ pub fn decide(
     let reprovision =
         machine.reprovision_asked || (token.is_some() && token != machine.reprovisioned.as_ref());
     if machine.completed.is_some() && !reprovision {
-        return local(Why::Deployed);
+        return local(match machine.captured {
+            Some(_) => Why::Captured,
+            None => Why::Deployed,
+        });
     }
+    let capture = entry.and_then(|h| h.capture.clone());
+    let what = capture.as_ref().map_or("deploy", |_| "capture");
     let attempts = attempts.max(1);
     // A deploy under way whose machine asks for a script again has ended
     // without saying so (a reset, a power loss, a crash).
@@ -167,12 +186,13 @@ pub fn decide(
             format!("last: {last}")
         };
         return Decision::Hold(format!(
-            "the deploy failed {failures} times in a row, {last}; fix it, then run: imprint host reprovision {mac}",
+            "the {what} failed {failures} times in a row, {last}; fix it, then run: imprint host reprovision {mac}",
         ));
     }
     let host_common = entry.map(|h| &h.common);
-    let Some(image) = host_common
-        .and_then(|c| c.image.clone())
+    let Some(image) = capture
+        .clone()
+        .or_else(|| host_common.and_then(|c| c.image.clone()))
         .or_else(|| defaults.common.image.clone())
     else {
         return Decision::Hold(format!(
@@ -189,6 +209,22 @@ pub fn decide(
     let mut cmdline = defaults.common.cmdline.clone();
     if let Some(c) = host_common {
         cmdline.extend(c.cmdline.iter().cloned());
+    }
+    if capture.is_some() {
+        let mut settings = merged(|c| c.settings.clone().into_iter().collect());
+        // The mode is the capture's; the rest (which disk, the status
+        // target, debug) is read as a deploy reads it.
+        settings.remove("mode");
+        return Decision::Capture(Box::new(Deploy {
+            image,
+            hostname: entry.and_then(|h| h.hostname.clone()),
+            settings,
+            cmdline,
+            user_data: None,
+            network_config: None,
+            attempt: failures + 1,
+            attempts,
+        }));
     }
     Decision::Deploy(Box::new(Deploy {
         image,
@@ -224,14 +260,29 @@ pub fn deploy_args(d: &Deploy, mac: Mac) -> Vec<String> {
             host_file(mac, "network-config")
         ));
     }
-    for (k, v) in &d.settings {
-        args.push(if v.is_empty() {
-            format!("imprint.{k}")
-        } else {
-            format!("imprint.{k}={v}")
-        });
-    }
-    args.extend(d.cmdline.iter().cloned());
+    args.extend(host_args(d));
+    args
+}
+
+/// A deploy's or capture's settings (`imprint.KEY=VALUE`, or `imprint.KEY`
+/// for a flag) and extra arguments.
+fn host_args(d: &Deploy) -> impl Iterator<Item = String> + '_ {
+    let settings = d.settings.iter().map(|(k, v)| match v.is_empty() {
+        true => format!("imprint.{k}"),
+        false => format!("imprint.{k}={v}"),
+    });
+    settings.chain(d.cmdline.iter().cloned())
+}
+
+/// The kernel arguments that send a machine to capture its disk as `d.image`
+/// (its credential may upload that tag only): the mode, the tag, its
+/// settings and extra arguments.
+pub fn capture_args(d: &Deploy) -> Vec<String> {
+    let mut args = vec![
+        "imprint.mode=capture".to_string(),
+        format!("imprint.image={}", d.image),
+    ];
+    args.extend(host_args(d));
     args
 }
 
@@ -251,11 +302,14 @@ pub struct Server<'a> {
 pub fn script(decision: &Decision, mac: Mac, server: &Server, credential: Option<&str>) -> String {
     let mut s = String::from("#!ipxe\n");
     match decision {
-        Decision::Deploy(d) => {
+        Decision::Deploy(d) | Decision::Capture(d) => {
+            let capture = matches!(decision, Decision::Capture(_));
             let _ = writeln!(
                 s,
-                "echo imprint: deploying {} to {} (attempt {} of {})",
+                "echo imprint: {} {} {} {} (attempt {} of {})",
+                if capture { "capturing" } else { "deploying" },
                 text(&d.image.to_string()),
+                if capture { "from" } else { "to" },
                 text(d.hostname.as_deref().unwrap_or(&mac.to_string())),
                 d.attempt,
                 d.attempts
@@ -266,14 +320,20 @@ pub fn script(decision: &Decision, mac: Mac, server: &Server, credential: Option
                 format!("imprint.status={}/status", server.base),
                 format!("imprint.target={mac}"),
                 format!("BOOTIF=01-{}", mac.to_string().replace(':', "-")),
-                // The server decided on a deploy: the deploy environment must not
-                // skip it for finding the image already on the disk.
-                "imprint.redeploy".to_string(),
             ];
+            if !capture {
+                // The server decided on a deploy: the deploy environment must
+                // not skip it for finding the image already on the disk.
+                args.push("imprint.redeploy".to_string());
+            }
             if let Some(c) = credential {
                 args.push(format!("imprint.credential={c}"));
             }
-            args.extend(deploy_args(d, mac));
+            if capture {
+                args.extend(capture_args(d));
+            } else {
+                args.extend(deploy_args(d, mac));
+            }
             let args: Vec<String> = args.iter().map(|a| word(a).into_owned()).collect();
             let _ = writeln!(
                 s,
@@ -292,6 +352,7 @@ pub fn script(decision: &Decision, mac: Mac, server: &Server, credential: Option
                 match why {
                     Why::Registered => "is not in the inventory (registered)",
                     Why::Deployed => "is deployed",
+                    Why::Captured => "is captured",
                 }
             );
             match method {
@@ -534,6 +595,82 @@ user-data = "node-1.yaml"
         let config = crate::format::cmdline::parse(cmdline).unwrap();
         assert_eq!(config.hostname.as_deref(), Some("node-1"));
         assert_eq!(config.bootif, Some(mac().0));
+    }
+
+    #[test]
+    fn a_capture_entry_captures_until_published_then_boots_its_disk() {
+        let inv = inv(r#"
+[default]
+image = "web:v2"
+cmdline = ["console=ttyS0"]
+
+[hosts."52:54:00:12:34:56"]
+hostname = "golden-src"
+capture = "golden:1"
+settings = { disk = "/dev/vda", mode = "upgrade" }
+user-data = "x.yaml"
+"#);
+        let d = decide(&inv, mac(), &Machine::default(), Platform::Bios, 3);
+        let Decision::Capture(c) = &d else {
+            panic!("not a capture: {d:?}")
+        };
+        // Its own tag wins over the default image; its settings but the mode
+        // go with it.
+        assert_eq!(c.image.to_string(), "golden:1");
+        assert_eq!(c.settings.keys().collect::<Vec<_>>(), ["disk"]);
+        let server = Server {
+            base: "http://10.0.2.2:8080",
+            kernel: "/boot/vmlinuz",
+            initrd: "/boot/initramfs.img",
+        };
+        let credential = "B".repeat(40);
+        let s = script(&d, mac(), &server, Some(&credential));
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(
+            lines[1],
+            "echo imprint: capturing golden:1 from golden-src (attempt 1 of 3)"
+        );
+        assert_eq!(
+            lines[2],
+            format!(
+                "kernel http://10.0.2.2:8080/boot/vmlinuz initrd=initramfs.img imprint.repo=http://10.0.2.2:8080 \
+                 imprint.status=http://10.0.2.2:8080/status imprint.target=52:54:00:12:34:56 \
+                 BOOTIF=01-52-54-00-12-34-56 imprint.credential={credential} imprint.mode=capture \
+                 imprint.image=golden:1 imprint.disk=/dev/vda console=ttyS0"
+            )
+        );
+        // Published: its own disk, said as such, until reprovisioned.
+        let captured = Machine {
+            completed: Some(format!("sha256:{}", "cd".repeat(32))),
+            captured: Some("golden:1".into()),
+            ..Machine::default()
+        };
+        let local = decide(&inv, mac(), &captured, Platform::Bios, 3);
+        assert_eq!(
+            local,
+            Decision::Local {
+                method: LocalBoot::Sanboot(0x80),
+                why: Why::Captured
+            }
+        );
+        assert!(script(&local, mac(), &server, None).contains(" is captured; "));
+        let asked = Machine {
+            reprovision_asked: true,
+            ..captured
+        };
+        assert!(matches!(
+            decide(&inv, mac(), &asked, Platform::Bios, 3),
+            Decision::Capture(_)
+        ));
+        let failing = Machine {
+            failures: 3,
+            last_error: Some("no disk".into()),
+            ..Machine::default()
+        };
+        match decide(&inv, mac(), &failing, Platform::Bios, 3) {
+            Decision::Hold(m) => assert!(m.starts_with("the capture failed 3 times"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

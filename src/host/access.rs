@@ -50,6 +50,10 @@ pub enum AccessError {
         "the operator token in {path} is shorter than {MIN_TOKEN} characters: put a long random one there (`openssl rand -hex 32`)"
     )]
     ShortToken { path: String },
+    #[error(
+        "the capture token (--capture-token, IMPRINT_CAPTURE_TOKEN) is shorter than {MIN_TOKEN} characters, or holds a space or control character: give a long random one (`openssl rand -hex 32`)"
+    )]
+    ShortCaptureToken,
 }
 
 /// The server's secret: what credentials and sessions are signed with.
@@ -161,6 +165,15 @@ pub fn fingerprint(credential: &str) -> String {
 
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The capture token as given: long enough that guessing it over the network
+/// does not pay, and one word, as an `Authorization` header carries it.
+pub fn capture_token(token: &str) -> Result<String, AccessError> {
+    if token.len() < MIN_TOKEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(AccessError::ShortCaptureToken);
+    }
+    Ok(token.to_string())
 }
 
 /// The operator's token from `path`: its first line, which must be long enough.

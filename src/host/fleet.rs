@@ -10,7 +10,16 @@
 //! reported an end); `complete` marks it deployed (it boots its own disk from
 //! then on), `failed` counts a failure. Asking for a script changes nothing,
 //! except that a machine never seen before is remembered, a few at a time from
-//! any one address.
+//! any one address. A machine whose entry says `capture =` is sent to
+//! capture its disk instead, and the image it publishes completes it
+//! ([`capture`]).
+
+mod capture;
+mod files;
+
+pub use capture::CaptureRefusal;
+
+use files::{inventory_stamp, read_inventory, read_machine, report};
 
 use super::access::{self, Keys};
 use crate::format::digest::ImageRef;
@@ -21,7 +30,7 @@ use crate::format::provision::{self, Decision, Machine, Platform};
 use crate::format::status::{Event, Phase};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -134,11 +143,6 @@ pub fn unix_now() -> u64 {
 /// colons, or `52-54-00-12-34-56` (`${net0/mac:hexhyp}`).
 pub fn parse_mac(query: &str) -> Option<Mac> {
     query.replace("%3A", ":").replace("%3a", ":").parse().ok()
-}
-
-/// A machine's file name: its MAC with hyphens.
-fn file_stem(mac: Mac) -> String {
-    mac.to_string().replace(':', "-")
 }
 
 impl Fleet {
@@ -299,9 +303,14 @@ impl Fleet {
         let mut decision = self.decide(&inventory, mac, &m, platform);
         let mut credential = None;
         match &decision {
-            Decision::Deploy(d) => {
+            Decision::Deploy(d) | Decision::Capture(d) => {
                 log::info!(
-                    "{mac}: deploy {} (attempt {} of {})",
+                    "{mac}: {} {} (attempt {} of {})",
+                    if matches!(decision, Decision::Capture(_)) {
+                        "capture"
+                    } else {
+                        "deploy"
+                    },
                     d.image,
                     d.attempt,
                     d.attempts
@@ -311,7 +320,7 @@ impl Fleet {
                     Err(e) => {
                         log::warn!("{mac}: making a credential: {e}");
                         decision = Decision::Hold(
-                            "the server could not make a credential for the deploy (it reads /dev/urandom); see its log".into(),
+                            "the server could not make a credential for the machine (it reads /dev/urandom); see its log".into(),
                         );
                     }
                 }
@@ -501,6 +510,7 @@ impl Fleet {
                 m.failures = 0;
                 m.last_error = None;
                 m.reprovisioned = m.pending_token.take();
+                m.captured = None;
                 // Credentials given out for this deploy stop counting; the
                 // one it started with stays, for its installed OS's report.
                 m.generation += 1;
@@ -613,6 +623,7 @@ impl Fleet {
                 let hardware = m.hardware.take();
                 let (next, held) = match decision {
                     Decision::Deploy(d) => (format!("deploy {}", d.image), None),
+                    Decision::Capture(d) => (format!("capture {}", d.image), None),
                     Decision::Local { .. } => ("local".to_string(), None),
                     Decision::Hold(why) => ("hold".to_string(), Some(printable(&why))),
                 };
@@ -621,7 +632,8 @@ impl Fleet {
                     "held": held,
                     "listed": entry.is_some(),
                     "hostname": entry.and_then(|h| h.hostname.clone()),
-                    "image": entry.and_then(|h| h.common.image.as_ref()).or(inventory.defaults.common.image.as_ref()).map(|i| i.to_string()),
+                    "image": entry.and_then(|h| h.capture.as_ref().or(h.common.image.as_ref())).or(inventory.defaults.common.image.as_ref()).map(|i| i.to_string()),
+                    "capture": entry.and_then(|h| h.capture.as_ref()).map(|i| i.to_string()),
                     "next": next,
                     "hardware_summary": hardware.as_ref().map(|h| h.summary()),
                     "hardware_details": hardware.as_ref().map(|h| h.details()),
@@ -651,73 +663,5 @@ impl Fleet {
                 .unwrap_or(Path::new("."))
                 .join(name),
         )
-    }
-
-    /// Writes machine `mac`'s file: a temporary file, synced, renamed over the
-    /// old one, and the directory synced, so a crash leaves the old or the new.
-    fn store(&self, mac: Mac, m: &Machine) {
-        let dir = self.opts.data.join("machines");
-        let path = dir.join(format!("{}.json", file_stem(mac)));
-        let tmp = dir.join(format!(".{}.json.tmp", file_stem(mac)));
-        let result = (|| -> io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(m).map_err(io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&dir)?.sync_all()
-        })();
-        if let Err(e) = result {
-            log::warn!(
-                "writing {}: {e}; the server's memory of {mac} is not on disk",
-                path.display()
-            );
-        }
-    }
-}
-
-fn inventory_stamp(path: &Path) -> Option<(u64, SystemTime)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.len(), m.modified().ok()?))
-}
-
-fn read_inventory(path: &Path) -> Result<(String, Option<(u64, SystemTime)>), FleetError> {
-    let stamp = inventory_stamp(path);
-    let file = std::fs::File::open(path).map_err(|source| FleetError::ReadInventory {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut text = String::new();
-    file.take(MAX_INVENTORY + 1)
-        .read_to_string(&mut text)
-        .map_err(|source| FleetError::ReadInventory {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    if text.len() as u64 > MAX_INVENTORY {
-        return Err(FleetError::InventoryTooLarge {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok((text, stamp))
-}
-
-fn read_machine(path: &Path) -> io::Result<Machine> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_MACHINE_FILE + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_MACHINE_FILE {
-        return Err(io::Error::other("larger than a machine's record can be"));
-    }
-    serde_json::from_slice(&bytes).map_err(io::Error::other)
-}
-
-fn report(path: &Path, problems: &[inventory::Problem]) {
-    for p in problems {
-        log::warn!(
-            "inventory {}, {}",
-            path.display(),
-            printable(&p.to_string())
-        );
     }
 }

@@ -206,6 +206,10 @@ pub(super) fn media_inventory_choice(
                 "{mac} is not in the medium's inventory: deploying what the boot entry names"
             ),
             Decision::Hold(why) => bail!("the medium's inventory: {why}"),
+            Decision::Capture(d) => bail!(
+                "the medium's inventory sends {mac} to capture {}: a capture uploads to imprint serve, so boot the machine from the network for it",
+                d.image
+            ),
         }
     }
     Ok(None)

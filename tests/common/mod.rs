@@ -2,6 +2,7 @@
 //! a running `imprint serve`, and a fault-injecting HTTP server ([`faulty`]).
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod disks;
 pub mod faulty;
 pub mod machine;

@@ -41,6 +41,7 @@ fn head() -> impl Strategy<Value = (Vec<u8>, RequestHead)> {
                     "GET" => Method::Get,
                     "HEAD" => Method::Head,
                     "POST" => Method::Post,
+                    "PUT" => Method::Put,
                     _ => Method::Other,
                 },
                 target,

@@ -69,6 +69,7 @@ pub fn parse_head(head: &[u8]) -> Result<RequestHead, HttpError> {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
         "POST" => Method::Post,
+        "PUT" => Method::Put,
         m if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => Method::Other,
         _ => return Err(HttpError::BadRequestLine),
     };

@@ -15,6 +15,9 @@
 //! network-config = "node-1.network"
 //! local-boot = "sanboot"       # exit | sanboot | sanboot:0x81 | chain:URL
 //! reprovision = 1              # each new value deploys the machine once more
+//!
+//! [hosts."52:54:00:ab:cd:ef"]
+//! capture = "golden:1"         # read its disk into the repository instead
 //! ```
 //!
 //! A file that is not TOML is rejected whole (the server keeps the inventory it
@@ -66,6 +69,9 @@ pub struct Host {
     pub network_config: Option<String>,
     /// A value the operator changes to deploy the machine once more.
     pub reprovision: Option<String>,
+    /// The image (always NAME:TAG) its disk is captured as, instead of a
+    /// deploy: its credential may upload that one image to the server.
+    pub capture: Option<ImageRef>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,6 +5,7 @@ use super::fields::{check_file_name, common, escape};
 use super::values::Mac;
 use super::{DefaultAction, Defaults, Host, Inventory, Problem};
 use crate::format::cmdline;
+use crate::format::digest::ImageRef;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -142,6 +143,7 @@ struct RawHost {
     network_config: Option<String>,
     local_boot: Option<String>,
     reprovision: Option<Value>,
+    capture: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -184,6 +186,16 @@ fn host(mac: Mac, line: usize, value: &Value) -> Result<Host, String> {
             );
         }
     };
+    let capture = raw.capture.map(|c| capture(&c)).transpose()?;
+    // One entry says what one next network boot does: read the disk, or
+    // write it. Deploying the captured image to the machine itself is a
+    // change of its entry (image = in place of capture =) and a reprovision.
+    if capture.is_some() && raw.image.is_some() {
+        return Err(
+            "capture and image: give one; capture = reads the machine's disk into the repository, image = deploys to it (to deploy the captured image here, replace capture = with image = and reprovision)"
+                .into(),
+        );
+    }
     Ok(Host {
         mac,
         line,
@@ -192,7 +204,21 @@ fn host(mac: Mac, line: usize, value: &Value) -> Result<Host, String> {
         user_data: file("user-data", raw.user_data)?,
         network_config: file("network-config", raw.network_config)?,
         reprovision,
+        capture,
     })
+}
+
+/// A `capture` value: the NAME:TAG a capture is published as (a digest names
+/// an image that exists already).
+fn capture(value: &str) -> Result<ImageRef, String> {
+    match value.parse::<ImageRef>() {
+        Ok(tag @ ImageRef::Tag { .. }) => Ok(tag),
+        Ok(ImageRef::Digest(_)) => Err(format!(
+            "capture: {}: give the NAME:TAG the captured image is published as, not a digest",
+            escape(value)
+        )),
+        Err(e) => Err(format!("capture: {}: {e}", escape(value))),
+    }
 }
 
 fn defaults(value: &Value) -> Result<Defaults, String> {
@@ -382,6 +408,45 @@ hostname = "good-2"
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].message.contains("needs an image"));
         assert_eq!(problems[1].entry, "other");
+    }
+
+    #[test]
+    fn a_capture_names_one_tag_and_never_goes_with_an_image() {
+        let text = r#"[hosts."52:54:00:00:00:01"]
+capture = "golden:1"
+settings = { disk = "/dev/sda" }
+
+[hosts."52:54:00:00:00:02"]
+capture = "golden:1"
+image = "web:v2"
+
+[hosts."52:54:00:00:00:03"]
+capture = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+
+[hosts."52:54:00:00:00:04"]
+capture = "no tag"
+
+[default]
+capture = "golden:1"
+"#;
+        let (inv, problems) = parse(text).unwrap();
+        let golden = &inv.hosts[&Mac([0x52, 0x54, 0, 0, 0, 1])];
+        assert_eq!(golden.capture, Some("golden:1".parse().unwrap()));
+        assert_eq!(golden.common.image, None);
+        assert_eq!(inv.hosts.len(), 1);
+        let said: Vec<(usize, &str)> = problems
+            .iter()
+            .map(|p| (p.line, p.message.as_str()))
+            .collect();
+        assert_eq!(said.len(), 4, "{problems:?}");
+        assert!(
+            said[0].1.contains("capture and image: give one"),
+            "{said:?}"
+        );
+        assert!(said[1].1.contains("not a digest"), "{said:?}");
+        assert!(said[2].1.starts_with("capture: no tag"), "{said:?}");
+        // Not for every machine the inventory does not list.
+        assert!(said[3].1.contains("unknown field `capture`"), "{said:?}");
     }
 
     #[test]

@@ -227,17 +227,45 @@ pub fn add_image(
         source,
     })?;
     let bytes = manifest.encode();
-    let digest = Digest::of(&bytes);
-    report.digest = digest;
-    make_chunks_durable(repo, name, &manifest, jobs)?;
-    repo.write_atomic(&manifest_path(&digest), &bytes)?;
-    if let Some(key) = &opts.sign_key {
-        repo.sign(key, name, tag, &digest, opts.issued, opts.expires)?;
+    let signing = opts.sign_key.as_ref().map(|key| Signing {
+        key,
+        issued: opts.issued,
+        expires: opts.expires,
+    });
+    report.digest = publish(repo, name, tag, &manifest, &bytes, signing.as_ref(), jobs)?;
+    Ok(report)
+}
+
+/// What a release is signed with, and its times (Unix seconds).
+pub struct Signing<'a> {
+    pub key: &'a SigningKey,
+    pub issued: u64,
+    pub expires: Option<u64>,
+}
+
+/// Publishes `manifest` (encoded as `bytes`) as `name:tag`, its chunks all
+/// stored: each directory they are in made durable, then the manifest and its
+/// signature, then the ref, so that a ref is never seen, even after a power
+/// cut, before what it names. Returns the manifest's digest.
+pub(super) fn publish(
+    repo: &LocalRepo,
+    name: &str,
+    tag: &str,
+    manifest: &Manifest,
+    bytes: &[u8],
+    signing: Option<&Signing>,
+    jobs: usize,
+) -> Result<Digest, RepoError> {
+    let digest = Digest::of(bytes);
+    make_chunks_durable(repo, name, manifest, jobs)?;
+    repo.write_atomic(&manifest_path(&digest), bytes)?;
+    if let Some(s) = signing {
+        repo.sign(s.key, name, tag, &digest, s.issued, s.expires)?;
     }
     repo.sync_dir("manifests/sha256")?;
     repo.write_atomic(&ref_path(name, tag), ref_text(&digest).as_bytes())?;
     repo.sync_dir(&format!("refs/{name}"))?;
-    Ok(report)
+    Ok(digest)
 }
 
 /// Syncs every directory the manifest about to be written depends on, each once

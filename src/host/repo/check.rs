@@ -80,37 +80,61 @@ pub fn check(repo: &LocalRepo, jobs: usize) -> Result<CheckReport, RepoError> {
     Ok(report)
 }
 
-fn check_chunk(
+/// What is wrong with a stored chunk, against what a manifest says of it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkProblem {
+    #[error("missing chunk {0}")]
+    Missing(Digest),
+    #[error("unreadable chunk {0}: {1}")]
+    Unreadable(Digest, String),
+    /// Present but not what the manifest says (its size, content or digests).
+    #[error("{0}")]
+    Wrong(String),
+}
+
+/// Checks the stored chunk `sha` against a manifest's entry for it: its
+/// size, then that it decompresses to `length` bytes whose SHA-256 and BLAKE3
+/// are the manifest's. A file of another size is not read.
+pub(super) fn check_chunk(
     repo: &LocalRepo,
     sha: &Digest,
     length: u32,
     stored_size: u32,
     blake3: &[u8; 32],
-) -> Result<(), String> {
-    let stored = match repo.read(&chunk_path(sha)) {
-        Ok(b) => b,
-        Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!("missing chunk {sha}"));
+) -> Result<(), ChunkProblem> {
+    let path = repo.path(&chunk_path(sha));
+    let unreadable = |e: std::io::Error| ChunkProblem::Unreadable(*sha, e.to_string());
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ChunkProblem::Missing(*sha));
         }
-        Err(e) => return Err(format!("unreadable chunk {sha}: {e}")),
+        Err(e) => return Err(unreadable(e)),
     };
-    if stored.len() != stored_size as usize {
-        return Err(format!(
-            "corrupt chunk {sha}: {} bytes stored, manifest says {stored_size}",
-            stored.len()
-        ));
+    let size = file.metadata().map_err(unreadable)?.len();
+    if size != u64::from(stored_size) {
+        return Err(ChunkProblem::Wrong(format!(
+            "corrupt chunk {sha}: {size} bytes stored, manifest says {stored_size}"
+        )));
     }
-    let content = zstd::bulk::decompress(&stored, length as usize)
-        .map_err(|e| format!("corrupt chunk {sha}: does not decompress ({e})"))?;
+    let mut stored = Vec::with_capacity(stored_size as usize);
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(&mut file, u64::from(stored_size)),
+        &mut stored,
+    )
+    .map_err(unreadable)?;
+    let content = zstd::bulk::decompress(&stored, length as usize).map_err(|e| {
+        ChunkProblem::Wrong(format!("corrupt chunk {sha}: does not decompress ({e})"))
+    })?;
     if content.len() != length as usize || Digest::of(&content) != *sha {
-        return Err(format!(
+        return Err(ChunkProblem::Wrong(format!(
             "corrupt chunk {sha}: content does not match its name"
-        ));
+        )));
     }
     if blake3::hash(&content).as_bytes() != blake3 {
-        return Err(format!(
+        return Err(ChunkProblem::Wrong(format!(
             "chunk {sha}: the manifest's blake3 digest does not match its content"
-        ));
+        )));
     }
     Ok(())
 }

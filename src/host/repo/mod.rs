@@ -8,9 +8,11 @@
 
 mod add;
 mod check;
+mod receive;
 
-pub use add::{AddOptions, AddReport, add_image};
+pub use add::{AddOptions, AddReport, Signing, add_image};
 pub use check::{CheckReport, check};
+pub use receive::{ChunkCheck, ChunkRefusal, CommitError, commit, missing};
 
 use crate::format::digest::{Digest, check_name};
 use crate::format::manifest::Manifest;
@@ -70,6 +72,34 @@ pub(crate) enum Durable {
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// What [`LocalRepo::write_once`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// The file is new.
+    New,
+    /// It was there already, and left as it was.
+    Present,
+}
+
+/// Renames `from` to `to` unless `to` exists; false when it does. Where the
+/// file system cannot refuse to replace in the rename itself, an existing
+/// `to` is looked for first (two writers of one content-named file then
+/// race, and the later one's equal content wins).
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<bool> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::EXIST) => Ok(false),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            if to.exists() {
+                return Ok(false);
+            }
+            fs::rename(from, to).map(|()| true)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
 
 impl LocalRepo {
     /// Opens (and lays out) a repository at `root`, which must exist.
@@ -137,15 +167,7 @@ impl LocalRepo {
     /// rename is durable once `rel`'s directory is synced ([`Self::sync_dir`]),
     /// which is left to the caller so that many files share one directory sync.
     pub fn write_atomic(&self, rel: &str, bytes: &[u8]) -> Result<(), RepoError> {
-        let path = self.path(rel);
-        let dir = path.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-        let tmp = dir.join(format!(
-            ".tmp-{}-{}-{name}",
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        let (path, tmp) = self.temporary(rel)?;
         let result = (|| {
             let mut f = File::create(&tmp)?;
             f.write_all(bytes)?;
@@ -159,6 +181,59 @@ impl LocalRepo {
             let _ = fs::remove_file(&tmp);
         }
         result.map_err(io_err(&path))
+    }
+
+    /// `rel`'s full path, and a temporary name beside it (its directory made).
+    fn temporary(&self, rel: &str) -> Result<(PathBuf, PathBuf), RepoError> {
+        let path = self.path(rel);
+        let dir = path.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}-{name}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        Ok((path, tmp))
+    }
+
+    /// Writes `rel`, a file named by its content, unless it is there already:
+    /// `fill` writes it under a temporary name in its final directory; then it
+    /// is synced, renamed into place without replacing one that appeared
+    /// meanwhile, and its directory is synced. A file there already is left
+    /// as it is, whatever its compression: a manifest may have given its size.
+    /// When `fill` fails, nothing is left behind.
+    pub fn write_once<E: From<RepoError>>(
+        &self,
+        rel: &str,
+        fill: impl FnOnce(&mut File) -> Result<(), E>,
+    ) -> Result<Stored, E> {
+        let (path, tmp) = self.temporary(rel)?;
+        let mut file = File::create(&tmp).map_err(io_err(&path))?;
+        let filled = fill(&mut file).and_then(|()| {
+            file.sync_all().map_err(|e| E::from(io_err(&path)(e)))?;
+            self.note(|| Durable::File(rel.to_string()));
+            Ok(())
+        });
+        drop(file);
+        if let Err(e) = filled {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let placed = match rename_no_replace(&tmp, &path) {
+            Ok(placed) => placed,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(io_err(&path)(e).into());
+            }
+        };
+        if !placed {
+            let _ = fs::remove_file(&tmp);
+            return Ok(Stored::Present);
+        }
+        self.note(|| Durable::Rename(rel.to_string()));
+        self.sync_dir(rel.rsplit_once('/').map_or("", |(dir, _)| dir))?;
+        Ok(Stored::New)
     }
 
     /// Creates `rel_dir` and its missing parents (their entries become durable

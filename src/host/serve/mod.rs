@@ -13,12 +13,17 @@
 //!
 //! - [`files`]: what it sends from the repository, and the deploy environment;
 //! - [`operator`]: who sees what, the operator's actions and sign-in;
+//! - [`capture`]: images uploaded by machines that capture their disks;
+//! - [`body`]: request bodies, read whole, in pieces or thrown away;
 //! - [`reply`]: responses, and how they are written.
 
+mod body;
+mod capture;
 mod files;
 mod operator;
 mod reply;
 
+pub use capture::CaptureOptions;
 pub use operator::PublicView;
 
 use super::access::{Keys, constant_time_eq};
@@ -100,6 +105,8 @@ pub struct Provisioning {
     /// paths are looked up in the repository like any other.
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
+    /// Who may upload captured images.
+    pub capture: CaptureOptions,
 }
 
 pub struct RepoServer {
@@ -112,6 +119,7 @@ pub struct RepoServer {
     /// this run).
     keys: Keys,
     views: operator::Views,
+    captures: capture::Captures,
     open: AtomicUsize,
     /// Connections open, by client address.
     per_client: Mutex<HashMap<IpAddr, usize>>,
@@ -156,6 +164,11 @@ impl RepoServer {
         let listener = TcpListener::bind(listen).map_err(|e| listen_err(e.to_string()))?;
         crate::sys::set_tcp_nodelay(&listener).map_err(|e| listen_err(e.to_string()))?;
         let statuses = StatusTable::new(limits.status_machines, limits.status_bytes);
+        let captures =
+            capture::Captures::new(&provisioning.capture, &root).map_err(|e| ServeError::Root {
+                path: root.clone(),
+                source: io::Error::other(e.to_string()),
+            })?;
         let keys = match &provisioning.fleet {
             Some(fleet) => fleet.keys().clone(),
             None => Keys::ephemeral().map_err(|e| listen_err(format!("making a key: {e}")))?,
@@ -168,6 +181,7 @@ impl RepoServer {
             statuses: Mutex::new(statuses),
             keys,
             views: operator::Views::default(),
+            captures,
             open: AtomicUsize::new(0),
             per_client: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
@@ -381,47 +395,6 @@ impl RepoServer {
         }
     }
 
-    /// Reads a body of the declared length, at most `limit` bytes: the length is
-    /// checked before anything is read or allocated.
-    fn read_body(
-        &self,
-        stream: &mut TcpStream,
-        buf: &mut Vec<u8>,
-        len: u64,
-        limit: u64,
-    ) -> Result<Vec<u8>, Reply> {
-        if len > limit {
-            return Err(Reply::text(413, &format!("body larger than {limit} bytes\n")).closing());
-        }
-        let len = len as usize;
-        let mut body = Vec::with_capacity(len);
-        let take = len.min(buf.len());
-        body.extend(buf.drain(..take));
-        let deadline = Instant::now() + self.limits.io_timeout;
-        while body.len() < len {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Reply::text(408, "request body too slow\n").closing());
-            }
-            let _ = stream.set_read_timeout(Some(left));
-            let mut chunk = [0u8; 4096];
-            let want = chunk.len().min(len - body.len());
-            match stream.read(&mut chunk[..want]) {
-                Ok(0) => return Err(Reply::text(400, "request body cut short\n").closing()),
-                Ok(n) => body.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted
-                            | io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return Err(Reply::text(400, "request body unreadable\n").closing()),
-            }
-        }
-        Ok(body)
-    }
-
     fn answer(
         &self,
         head: &RequestHead,
@@ -430,13 +403,17 @@ impl RepoServer {
         peer: IpAddr,
     ) -> Reply {
         let path = head.path();
+        // Capture bodies are read, or not, only once their sender is known.
+        if path == "/capture" || path.starts_with("/capture/") {
+            return self.capture(head, stream, buf, peer);
+        }
         let body_limit = match (head.method, path) {
             (Method::Post, "/status") => Some(statuses::MAX_EVENT as u64),
             (Method::Post, "/session" | "/session/end") => Some(operator::MAX_SIGN_IN),
             _ => None,
         };
         if let Some(limit) = body_limit {
-            let body = match self.read_body(stream, buf, head.content_length, limit) {
+            let body = match self.read_body(head, stream, buf, limit) {
                 Ok(body) => body,
                 Err(reply) => return reply,
             };
@@ -449,7 +426,7 @@ impl RepoServer {
         // Other requests carry no body worth keeping: drain a small one, close
         // on a large one.
         if head.content_length > 0
-            && let Err(reply) = self.read_body(stream, buf, head.content_length, MAX_IGNORED_BODY)
+            && let Err(reply) = self.read_body_with(head, stream, buf, MAX_IGNORED_BODY, |_| Ok(()))
         {
             return reply;
         }
@@ -483,7 +460,7 @@ impl RepoServer {
             }
             _ => Reply::text(
                 405,
-                "only GET and HEAD on repository files; POST on /status, /session and machine actions\n",
+                "only GET and HEAD on repository files; POST on /status, /session and machine actions; POST and PUT under /capture/\n",
             ),
         }
     }
