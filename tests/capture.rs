@@ -15,8 +15,16 @@ use std::process::Stdio;
 
 const TOKEN: &str = "capture-token-of-the-tests-0123456789";
 
-/// A figure of the capture's summary line on a console.
+/// A figure of the capture's summary line on a console (printed, with the
+/// capture's status events, for the record).
 fn captured(console: &str, key: &str) -> u64 {
+    for line in console.lines().filter(|l| {
+        l.contains("capture complete:")
+            || l.contains("\"phase\":\"captured\"")
+            || l.contains("\"phase\":\"capturing\"")
+    }) {
+        println!("{line}");
+    }
     figure_of_line(console, "capture complete:", key)
 }
 

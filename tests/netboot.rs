@@ -363,3 +363,62 @@ fn an_error_a_machine_reports_is_shown_by_ipxe_never_run() {
     );
     assert_eq!(machine_entry(&served, MAC)["next"], "hold");
 }
+
+/// A machine whose inventory entry says `capture =`: its network boot sends it
+/// into a capture with a credential of its own (no capture token on the
+/// server), the server publishes `golden:1` and remembers it captured, and its
+/// next network boot goes to its own disk.
+#[test]
+fn a_machine_the_inventory_sends_to_capture_publishes_its_own_tag() {
+    require_qemu!();
+    let a = artifacts();
+    let repo = Repo::new();
+    let (served, net) = provisioning_server_with(
+        &repo,
+        &format!(
+            "[default]\ncmdline = [\"console=ttyS0\", \"quiet\", \"panic=-1\"]\n\n\
+             [hosts.\"{MAC}\"]\nhostname = \"golden\"\ncapture = \"golden:1\"\n\
+             settings = {{ disk = \"/dev/vda\", handoff = \"poweroff\" }}\n"
+        ),
+        None,
+        &[],
+    );
+    // The source: the test OS on its disk, as a machine configured by hand.
+    let disk = repo.dir.path().join("source.img");
+    copy_sparse(Path::new(&a.path("os-v1.img")), &disk);
+    let vm = Machine::new(repo.dir.path(), "bios")
+        .with_disks([disk])
+        .network(&net)
+        .timeout(300);
+
+    let c = vm.netboot("capture");
+    assert_has(&c, "imprint: capturing golden:1 from golden");
+    assert_has(&c, "capture complete: golden:1 sha256:");
+    assert_has(&c, "handing off (poweroff)");
+    let m = machine_entry(&served, MAC);
+    assert_eq!(m["state"]["captured"], "golden:1", "{m}");
+    assert_eq!(m["event"]["phase"], "captured", "{m}");
+    assert_eq!(m["next"], "local", "{m}");
+    let listed = stdout_of(&imprint(&[
+        "image",
+        "ls",
+        "--repo",
+        repo.path().to_str().unwrap(),
+    ]));
+    assert!(listed.contains("golden:1"), "{listed}");
+    let inspect = stdout_of(&imprint(&[
+        "image",
+        "inspect",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "golden:1",
+    ]));
+    assert!(inspect.contains("generalized"), "{inspect}");
+
+    let c = vm.netboot("local");
+    assert_has(
+        &c,
+        &format!("imprint: {MAC} is captured; booting its own disk"),
+    );
+    assert!(!c.contains("deploy environment"), "{c}");
+}

@@ -29,7 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Compressed bytes one batch may hold in memory at most: what a machine with
 /// little memory can spare while it uploads.
-const BATCH_BYTES: u64 = 32 << 20;
+const BATCH_BYTES: u64 = 16 << 20;
+/// Chunk uploads under way at once: enough to keep a link with some delay
+/// busy, and what `imprint serve` takes at once.
+const UPLOADS: usize = 4;
 /// Digests in one "which do you lack" question, at most.
 pub const MAX_BATCH: usize = 256;
 /// Times a commit the store answers "chunks missing" is tried again (each
@@ -258,44 +261,42 @@ pub fn capture(
     let batch = ((BATCH_BYTES / cs as u64) as usize).clamp(1, MAX_BATCH);
     let mut chunks: Vec<Chunk> = Vec::with_capacity(count);
     let read_bytes = AtomicU64::new(0);
-    for first in (0..count).step_by(batch) {
-        let indices = first..(first + batch).min(count);
-        let done = read_batch(disk, disk_name, &plan, cs, indices, opts, &read_bytes)?;
-        let data: Vec<Digest> = done
-            .iter()
-            .filter_map(|(chunk, _)| match chunk.kind {
-                ChunkKind::Data { sha256, .. } => Some(sha256),
-                ChunkKind::Zero => None,
-            })
-            .collect();
-        let lacking = if data.is_empty() {
-            Vec::new()
-        } else {
-            store.missing(&data)?
-        };
-        for (chunk, stored) in done {
-            match (chunk.kind, stored) {
-                (ChunkKind::Data { sha256, .. }, Some(stored)) => {
-                    if lacking.contains(&sha256) {
-                        store.put_chunk(&sha256, &stored)?;
-                        report.uploaded_chunks += 1;
-                        report.uploaded_bytes += stored.len() as u64;
-                    } else {
-                        report.present_chunks += 1;
-                    }
+    // The disk is read (hashed, compressed) a batch ahead of the uploads, so
+    // the cores and the link work at the same time; at most two batches are
+    // held.
+    let (batches, ready) = std::sync::mpsc::sync_channel::<Vec<Done>>(0);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            // Owned here, so the uploads see the end when the reading ends.
+            let batches = batches;
+            for first in (0..count).step_by(batch) {
+                let indices = first..(first + batch).min(count);
+                let done = read_batch(disk, disk_name, &plan, cs, indices, opts, &read_bytes)?;
+                if batches.send(done).is_err() {
+                    break; // the uploads stopped: their error is the one told
                 }
-                _ => report.zero_chunks += 1,
             }
-            chunks.push(chunk);
-        }
-        report.read_bytes = read_bytes.load(Ordering::Relaxed);
-        on_progress(&Progress {
-            done: chunks.last().map_or(0, |c| c.offset + c.length as u64),
-            total: size,
-            uploaded: report.uploaded_bytes,
-            report: &report,
+            Ok::<(), CaptureError>(())
         });
-    }
+        let uploaded = (|| {
+            for done in ready {
+                upload_batch(&done, store, &mut report)?;
+                chunks.extend(done.into_iter().map(|(chunk, _)| chunk));
+                report.read_bytes = read_bytes.load(Ordering::Relaxed);
+                on_progress(&Progress {
+                    done: chunks.last().map_or(0, |c| c.offset + c.length as u64),
+                    total: size,
+                    uploaded: report.uploaded_bytes,
+                    report: &report,
+                });
+            }
+            Ok(())
+        })();
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(CaptureError::Store("the disk reader panicked".into())));
+        uploaded.and(read)
+    })?;
     let manifest = Manifest {
         name: name.to_string(),
         size,
@@ -335,6 +336,44 @@ pub fn capture(
     }
     let still = missing_of(&manifest, store)?.len();
     Err(CaptureError::StillMissing(still))
+}
+
+/// Uploads what the store lacks of one batch, up to [`UPLOADS`] at once.
+fn upload_batch(
+    done: &[Done],
+    store: &dyn Store,
+    report: &mut CaptureReport,
+) -> Result<(), CaptureError> {
+    let data: Vec<(Digest, &[u8])> = done
+        .iter()
+        .filter_map(|(chunk, stored)| match (chunk.kind, stored) {
+            (ChunkKind::Data { sha256, .. }, Some(stored)) => Some((sha256, stored.as_slice())),
+            _ => None,
+        })
+        .collect();
+    report.zero_chunks += done.len() - data.len();
+    if data.is_empty() {
+        return Ok(());
+    }
+    let digests: Vec<Digest> = data.iter().map(|(d, _)| *d).collect();
+    let lacking = store.missing(&digests)?;
+    // A chunk listed twice in a batch goes once.
+    let mut sends: Vec<(Digest, &[u8])> = Vec::new();
+    for (digest, stored) in &data {
+        if lacking.contains(digest) && !sends.iter().any(|(d, _)| d == digest) {
+            sends.push((*digest, stored));
+        }
+    }
+    crate::parallel::for_each_index(
+        0..sends.len(),
+        UPLOADS,
+        || (),
+        |(), i| store.put_chunk(&sends[i].0, sends[i].1),
+    )?;
+    report.uploaded_chunks += sends.len();
+    report.uploaded_bytes += sends.iter().map(|(_, s)| s.len() as u64).sum::<u64>();
+    report.present_chunks += data.len() - sends.len();
+    Ok(())
 }
 
 /// The used byte ranges of `span`, without the part left out.

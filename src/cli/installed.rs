@@ -70,6 +70,7 @@ fn print_firstboot(event: Event) {
             }
         }
         Event::BootOrder(n) => println!("{p} Boot{n:04X} is now the first disk in BootOrder"),
+        Event::SshHostKeys => println!("{p} made new SSH host keys"),
         Event::Committed(record) => {
             println!("{p} committed");
             if let Some(t) = &record.timings {

@@ -40,6 +40,8 @@ pub enum Event<'a> {
     },
     /// This boot's UEFI entry went first in BootOrder.
     BootOrder(u16),
+    /// The OS had sshd and no host keys (a generalized copy): new ones made.
+    SshHostKeys,
     /// The record now says committed (and has the first boot's timings).
     Committed(&'a Record),
 }
@@ -133,7 +135,7 @@ pub fn run(root: &Path, on: &mut dyn FnMut(Event)) -> Result<()> {
     // A duplicate of another machine's OS comes without SSH host keys (see
     // `generalize`): made now, before sshd starts.
     match make_ssh_host_keys(root) {
-        Ok(true) => log::info!("made new SSH host keys"),
+        Ok(true) => on(Event::SshHostKeys),
         Ok(false) => {}
         Err(e) => log::warn!("making SSH host keys: {e:#}; sshd may not start"),
     }
