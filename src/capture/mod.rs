@@ -92,7 +92,10 @@ pub trait Store: Sync {
     fn missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, CaptureError>;
     /// Stores one chunk: its zstd frame, named by the uncompressed bytes' digest.
     fn put_chunk(&self, digest: &Digest, stored: &[u8]) -> Result<(), CaptureError>;
-    /// Publishes the manifest as `name:tag`.
+    /// Publishes the manifest as `name:tag`. The stored size of a chunk the
+    /// store held already is the store's: the manifest sent may carry a
+    /// placeholder (the chunk's length) for it, the machine never having
+    /// compressed it.
     fn commit(&self, name: &str, tag: &str, manifest: &[u8]) -> Result<Commit, CaptureError>;
 }
 
@@ -280,8 +283,7 @@ pub fn capture(
         });
         let uploaded = (|| {
             for done in ready {
-                upload_batch(&done, store, &mut report)?;
-                chunks.extend(done.into_iter().map(|(chunk, _)| chunk));
+                chunks.extend(upload_batch(done, store, opts.level, &mut report)?);
                 report.read_bytes = read_bytes.load(Ordering::Relaxed);
                 on_progress(&Progress {
                     done: chunks.last().map_or(0, |c| c.offset + c.length as u64),
@@ -338,42 +340,75 @@ pub fn capture(
     Err(CaptureError::StillMissing(still))
 }
 
-/// Uploads what the store lacks of one batch, up to [`UPLOADS`] at once.
+/// Uploads what the store lacks of one batch, compressed, up to [`UPLOADS`]
+/// at once; the batch's manifest entries, with the stored sizes of what was
+/// sent.
 fn upload_batch(
-    done: &[Done],
+    done: Vec<Done>,
     store: &dyn Store,
+    level: i32,
     report: &mut CaptureReport,
-) -> Result<(), CaptureError> {
-    let data: Vec<(Digest, &[u8])> = done
+) -> Result<Vec<Chunk>, CaptureError> {
+    let digests: Vec<Digest> = done
         .iter()
-        .filter_map(|(chunk, stored)| match (chunk.kind, stored) {
-            (ChunkKind::Data { sha256, .. }, Some(stored)) => Some((sha256, stored.as_slice())),
-            _ => None,
+        .filter_map(|(chunk, _)| match chunk.kind {
+            ChunkKind::Data { sha256, .. } => Some(sha256),
+            ChunkKind::Zero => None,
         })
         .collect();
-    report.zero_chunks += done.len() - data.len();
-    if data.is_empty() {
-        return Ok(());
-    }
-    let digests: Vec<Digest> = data.iter().map(|(d, _)| *d).collect();
-    let lacking = store.missing(&digests)?;
-    // A chunk listed twice in a batch goes once.
-    let mut sends: Vec<(Digest, &[u8])> = Vec::new();
-    for (digest, stored) in &data {
-        if lacking.contains(digest) && !sends.iter().any(|(d, _)| d == digest) {
-            sends.push((*digest, stored));
+    report.zero_chunks += done.len() - digests.len();
+    let lacking = if digests.is_empty() {
+        Vec::new()
+    } else {
+        store.missing(&digests)?
+    };
+    // Each lacking chunk once (one listed twice in a batch goes once).
+    let mut sends: Vec<usize> = Vec::new();
+    for (i, (chunk, _)) in done.iter().enumerate() {
+        if let ChunkKind::Data { sha256, .. } = chunk.kind
+            && lacking.contains(&sha256)
+            && !sends.iter().any(|&j| done[j].0.kind == chunk.kind)
+        {
+            sends.push(i);
         }
     }
+    let sizes: Vec<AtomicU64> = sends.iter().map(|_| AtomicU64::new(0)).collect();
     crate::parallel::for_each_index(
         0..sends.len(),
         UPLOADS,
         || (),
-        |(), i| store.put_chunk(&sends[i].0, sends[i].1),
+        |(), k| {
+            let (chunk, data) = &done[sends[k]];
+            let (ChunkKind::Data { sha256, .. }, Some(data)) = (chunk.kind, data) else {
+                return Ok(());
+            };
+            let stored = compress(data, level, sends[k])?;
+            store.put_chunk(&sha256, &stored)?;
+            sizes[k].store(stored.len() as u64, Ordering::Relaxed);
+            Ok(())
+        },
     )?;
+    let mut chunks: Vec<Chunk> = done.into_iter().map(|(chunk, _)| chunk).collect();
+    for (k, &i) in sends.iter().enumerate() {
+        let size = sizes[k].load(Ordering::Relaxed);
+        report.uploaded_bytes += size;
+        let sent = chunks[i].kind;
+        for chunk in chunks.iter_mut().filter(|c| c.kind == sent) {
+            if let ChunkKind::Data { stored_size, .. } = &mut chunk.kind {
+                *stored_size = size as u32;
+            }
+        }
+    }
     report.uploaded_chunks += sends.len();
-    report.uploaded_bytes += sends.iter().map(|(_, s)| s.len() as u64).sum::<u64>();
-    report.present_chunks += data.len() - sends.len();
-    Ok(())
+    report.present_chunks += digests.len() - sends.len();
+    Ok(chunks)
+}
+
+fn compress(data: &[u8], level: i32, index: usize) -> Result<Vec<u8>, CaptureError> {
+    zstd::bulk::compress(data, level).map_err(|e| CaptureError::Compress {
+        index,
+        why: e.to_string(),
+    })
 }
 
 /// The used byte ranges of `span`, without the part left out.
@@ -409,9 +444,7 @@ fn read_batch(
         opts.jobs,
         || vec![0u8; cs as usize],
         |buf, index| {
-            let done = read_chunk(
-                disk, disk_name, plan, cs, index, opts.level, buf, read_bytes,
-            )?;
+            let done = read_chunk(disk, disk_name, plan, cs, index, buf, read_bytes)?;
             *slots[index - first]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = Some(done);
@@ -424,14 +457,12 @@ fn read_batch(
         .collect())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn read_chunk(
     disk: &File,
     disk_name: &str,
     plan: &Plan,
     cs: u32,
     index: usize,
-    level: i32,
     buf: &mut [u8],
     read_bytes: &AtomicU64,
 ) -> Result<Done, CaptureError> {
@@ -458,16 +489,15 @@ fn read_chunk(
     if !any || buf.iter().all(|&b| b == 0) {
         return Ok((chunk(ChunkKind::Zero), None));
     }
-    let stored = zstd::bulk::compress(buf, level).map_err(|e| CaptureError::Compress {
-        index,
-        why: e.to_string(),
-    })?;
+    // Compressed only once the store says it lacks the chunk: until then
+    // its stored size is a placeholder (the store takes the size of what it
+    // holds; see `Store::commit`).
     let kind = ChunkKind::Data {
         sha256: Digest::of(buf),
         blake3: *blake3::hash(buf).as_bytes(),
-        stored_size: stored.len() as u32,
+        stored_size: length,
     };
-    Ok((chunk(kind), Some(stored)))
+    Ok((chunk(kind), Some(buf.to_vec())))
 }
 
 /// The manifest's data chunks the store lacks.
@@ -514,12 +544,12 @@ fn upload_missing(
             plan,
             manifest.chunk_size,
             index,
-            opts.level,
             &mut buf,
             &unused,
         )?;
         match (again.kind, stored) {
-            (ChunkKind::Data { sha256: now, .. }, Some(stored)) if now == sha256 => {
+            (ChunkKind::Data { sha256: now, .. }, Some(data)) if now == sha256 => {
+                let stored = compress(&data, opts.level, index)?;
                 store.put_chunk(&sha256, &stored)?;
                 sent.0 += 1;
                 sent.1 += stored.len() as u64;
@@ -608,7 +638,7 @@ mod tests {
             Ok(())
         }
         fn commit(&self, _: &str, _: &str, manifest: &[u8]) -> Result<Commit, CaptureError> {
-            let m = Manifest::decode(manifest).unwrap();
+            let mut m = Manifest::decode(manifest).unwrap();
             if self.lose_one.swap(false, Ordering::Relaxed) {
                 let mut chunks = self.chunks.lock().unwrap();
                 let victim = *chunks.keys().next().unwrap();
@@ -622,8 +652,21 @@ mod tests {
             if !complete {
                 return Ok(Commit::Missing);
             }
-            self.published.lock().unwrap().push(manifest.to_vec());
-            Ok(Commit::Stored(Digest::of(manifest)))
+            // As imprint serve does: the stored sizes are the store's.
+            for c in &mut m.chunks {
+                if let ChunkKind::Data {
+                    sha256,
+                    stored_size,
+                    ..
+                } = &mut c.kind
+                {
+                    *stored_size = chunks[sha256].len() as u32;
+                }
+            }
+            let published = m.encode();
+            let digest = Digest::of(&published);
+            self.published.lock().unwrap().push(published);
+            Ok(Commit::Stored(digest))
         }
     }
 
