@@ -6,8 +6,9 @@
 use crate::sys::Root;
 
 /// The agent layout this build installs: the binary and unit below. An image
-/// whose agent says a format at least this new is left alone.
-pub const FORMAT: u32 = 3;
+/// whose agent says a format at least this new is left alone. 4: the agent
+/// makes SSH host keys for a generalized copy, so an older one is replaced.
+pub const FORMAT: u32 = 4;
 pub const DIR: &str = "usr/lib/imprint";
 pub const FORMAT_FILE: &str = "agent-format";
 pub const UNIT_DIR: &str = "etc/systemd/system";

@@ -152,7 +152,12 @@ fn status_says(console: &str, mode: &str) {
 /// (a status server was given), so that no boot waits for the network on its
 /// account otherwise.
 fn agent_installed(disk: &Path, reports: bool) {
-    assert_eq!(read_state(disk).0.agent, Agent::Installed { format: 3 });
+    assert_eq!(
+        read_state(disk).0.agent,
+        Agent::Installed {
+            format: imprint::footprint::FORMAT
+        }
+    );
     let unit = partition_file(disk, 3, "/etc/systemd/system/imprint-firstboot.service");
     assert!(
         unit.contains("ExecStart=/usr/lib/imprint/imprint firstboot"),

@@ -596,7 +596,8 @@ fn bad_command_line_is_reported_by_name_and_nothing_is_written() {
 
 /// An image the machine cannot run is refused before its disk is touched,
 /// with a message that names what the image needs: one that boots with UEFI
-/// only, on a BIOS machine; one that needs a larger disk than the machine has.
+/// only, on a BIOS machine; one that needs a larger disk than the machine has;
+/// one that needs a storage driver (NVMe) none of its devices is bound to.
 #[test]
 fn an_image_the_machine_does_not_meet_is_refused_before_anything_is_written() {
     require_qemu!();
@@ -609,6 +610,12 @@ fn an_image_the_machine_does_not_meet_is_refused_before_anything_is_written() {
         &["--firmware", "uefi"],
     );
     add_with(&repo, "os:big", &a.path("os-v1.img"), &["--min-disk", "1G"]);
+    add_with(
+        &repo,
+        "os:nvme",
+        &a.path("os-v1.img"),
+        &["--driver", "nvme"],
+    );
     let served = Served::start(&repo.path());
     let disk = repo.file("disk.img");
     sparse_disk(&disk, 200 << 20);
@@ -627,6 +634,10 @@ fn an_image_the_machine_does_not_meet_is_refused_before_anything_is_written() {
         (
             "os:big",
             "is too small: the image needs a disk of at least 1073741824 bytes",
+        ),
+        (
+            "os:nvme",
+            "the image needs a device bound to the driver nvme; none of this machine's is (it has ",
         ),
     ] {
         let name = image.replace(':', "-");

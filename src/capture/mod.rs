@@ -30,6 +30,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Compressed bytes one batch may hold in memory at most: what a machine with
 /// little memory can spare while it uploads.
 const BATCH_BYTES: u64 = 16 << 20;
+/// A manifest's size a chunk adds at most (its entry, postcard-encoded), and
+/// the largest manifest sent: what `imprint serve` takes, with room for the
+/// partition table.
+const MANIFEST_BYTES_PER_CHUNK: u64 = 90;
+const MAX_MANIFEST: u64 = 60 << 20;
 /// Chunk uploads under way at once: enough to keep a link with some delay
 /// busy, and what `imprint serve` takes at once.
 const UPLOADS: usize = 4;
@@ -39,9 +44,10 @@ pub const MAX_BATCH: usize = 256;
 /// after uploading what it names): a store that loses chunks as fast as they
 /// arrive is broken, not slow.
 const COMMIT_ROUNDS: usize = 3;
-/// Sectors the backup GPT takes at the end of a disk: the header and 32 of
-/// entries. The deploy engine writes its own at the target's end.
-const BACKUP_GPT_SECTORS: u64 = 33;
+/// Bytes of the backup GPT's entry array at the end of a disk (128 entries of
+/// 128 bytes); its header takes a sector more. The deploy engine writes its
+/// own at the target's end.
+const BACKUP_GPT_ENTRIES: u64 = 128 * 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -213,7 +219,8 @@ pub fn plan(disk: &File, disk_size: u64, name: &str) -> Result<Plan, CaptureErro
         .map(|p| (p.last_lba + 1) * sector)
         .max()
         .unwrap_or(layout.first_usable_lba * sector);
-    let image_size = (last_end + BACKUP_GPT_SECTORS * sector)
+    let backup = 1 + BACKUP_GPT_ENTRIES.div_ceil(sector);
+    let mut image_size = (last_end + backup * sector)
         .div_ceil(1 << 20)
         .saturating_mul(1 << 20)
         .min(disk_size);
@@ -223,9 +230,27 @@ pub fn plan(disk: &File, disk_size: u64, name: &str) -> Result<Plan, CaptureErro
     });
     let mut layout = layout;
     // The image ends before the source disk does: the GPT it carries says so,
-    // as one made for a disk of the image's size would.
-    let last_usable = (image_size / sector).saturating_sub(BACKUP_GPT_SECTORS + 1);
-    layout.last_usable_lba = layout.last_usable_lba.min(last_usable);
+    // as one made for a disk of the image's size would. A last partition that
+    // runs to the disk's end (no room left for the backup GPT's rule) keeps
+    // the disk whole.
+    let last_usable = (image_size / sector).saturating_sub(backup + 1);
+    if last_end <= (last_usable + 1) * sector {
+        layout.last_usable_lba = layout.last_usable_lba.min(last_usable);
+    } else {
+        image_size = disk_size;
+    }
+    // What the manifest will be checked for, checked before a byte is read.
+    if layout.last_usable_lba >= image_size / sector
+        || layout
+            .partitions
+            .iter()
+            .any(|p| p.first_lba > p.last_lba || p.last_lba > layout.last_usable_lba)
+    {
+        return Err(CaptureError::BadTable {
+            disk: name.into(),
+            why: "a partition lies past the last usable sector the GPT names, or the GPT names a disk larger than this one; repair it (sgdisk -e, gdisk)".into(),
+        });
+    }
     Ok(Plan {
         layout,
         used,
@@ -246,12 +271,24 @@ pub fn capture(
     store: &dyn Store,
     on_progress: &dyn Fn(&Progress),
 ) -> Result<CaptureReport, CaptureError> {
-    let cs = opts.chunk_size;
+    let mut cs = opts.chunk_size;
     if !cs.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
         return Err(CaptureError::ChunkSize(cs));
     }
     let plan = plan(disk, disk_size, disk_name)?;
     let size = plan.image_size;
+    // A manifest the server takes: larger chunks for a disk so large that
+    // its chunk table would not fit.
+    while size.div_ceil(cs as u64) * MANIFEST_BYTES_PER_CHUNK > MAX_MANIFEST && cs < MAX_CHUNK_SIZE
+    {
+        cs *= 2;
+    }
+    if cs != opts.chunk_size {
+        log::info!(
+            "chunks of {cs} bytes, not {}: the manifest of a {size}-byte image stays within what the server takes",
+            opts.chunk_size
+        );
+    }
     let mut report = CaptureReport {
         disk_size,
         image_size: size,
@@ -527,7 +564,9 @@ fn upload_missing(
     opts: &CaptureOptions,
     store: &dyn Store,
 ) -> Result<(usize, u64), CaptureError> {
-    let lacking = missing_of(manifest, store)?;
+    // Each sent once, however often the manifest names it.
+    let mut lacking: std::collections::HashSet<Digest> =
+        missing_of(manifest, store)?.into_iter().collect();
     let mut sent = (0, 0);
     let mut buf = vec![0u8; manifest.chunk_size as usize];
     let unused = AtomicU64::new(0);
@@ -535,7 +574,7 @@ fn upload_missing(
         let ChunkKind::Data { sha256, .. } = chunk.kind else {
             continue;
         };
-        if !lacking.contains(&sha256) {
+        if !lacking.remove(&sha256) {
             continue;
         }
         let (again, stored) = read_chunk(

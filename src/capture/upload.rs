@@ -9,11 +9,21 @@ use crate::source::RetryPolicy;
 use crate::source::{Answer, Client, ClientError};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// How long a commit's answer may take: the server reads every chunk of the
+/// image first (about a minute for 100 GB on a fast disk, more on a slow one).
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Busy answers (503) waited out, a second each, before a request counts as
+/// failed: ten minutes of another capture's uploads.
+const MAX_BUSY: u32 = 600;
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Answer bodies read at most: a list of digests, or a server's message.
 const MAX_ANSWER: u64 = (MAX_BATCH as u64) * 32 + 4096;
 
 pub struct HttpStore {
     client: Client,
+    /// For the commit: the server checks every chunk before it answers, which
+    /// takes minutes for a large image.
+    committer: Client,
     /// The repository's base URL, without a trailing `/`.
     base: String,
     authorization: String,
@@ -33,8 +43,15 @@ impl HttpStore {
         mac: Option<String>,
         retry: RetryPolicy,
     ) -> HttpStore {
+        let committer = Client::new(
+            client.resolver().clone(),
+            COMMIT_TIMEOUT,
+            client.roots().cloned(),
+            1,
+        );
         HttpStore {
             client,
+            committer,
             base: base.trim_end_matches('/').to_string(),
             authorization: format!("Bearer {credential}"),
             mac,
@@ -59,10 +76,18 @@ impl HttpStore {
     ) -> Result<(u16, Vec<u8>), CaptureError> {
         let mut delay = self.retry.first_delay;
         let mut attempt = 1;
+        let mut busy = 0;
         loop {
             let mut buf = Vec::new();
             let why = match send(&mut buf) {
                 Ok(answer) if answer.status < 500 => return Ok((answer.status, buf)),
+                // Busy with other uploads (its four at once): not a failure;
+                // asked again after the second it says, for a while.
+                Ok(answer) if answer.status == 503 && busy < MAX_BUSY => {
+                    busy += 1;
+                    std::thread::sleep(BUSY_WAIT);
+                    continue;
+                }
                 Ok(answer) => format!("the server answered {}: {}", answer.status, said(&buf)),
                 Err(e @ (ClientError::Url(_) | ClientError::Tls(_))) => {
                     return Err(CaptureError::Store(format!("{what}: {e}")));
@@ -94,7 +119,9 @@ impl HttpStore {
                 "this server does not accept captures: start imprint serve with --capture-token, or give the host capture = in its inventory"
             }
             413 => "the server found the upload too large",
-            422 => "the server found the upload does not match its digest",
+            422 => {
+                "the server found what was sent, or a chunk it holds, not to match its digest: its message names which"
+            }
             _ => "",
         };
         CaptureError::Store(format!(
@@ -169,7 +196,7 @@ impl Store for HttpStore {
         let url = self.url(&format!("refs/{name}/{tag}"));
         let what = format!("publishing {name}:{tag}");
         let (status, answer) = self.call(&what, |buf| {
-            self.client.send(
+            self.committer.send(
                 Method::Put,
                 &url,
                 Some(&self.authorization),

@@ -126,7 +126,7 @@ pub(super) fn run(config: &Config, hardware: &Hardware) -> Result<Never> {
     }
     // Back to the source's own OS: kexec of its boot loader's entry, else a
     // reboot that boots the disk.
-    handoff::start_installed(&disk, &layout_of(&device)?, None)
+    handoff::start_source(&disk, &layout_of(&device)?)
 }
 
 fn layout_of(device: &str) -> Result<crate::format::gpt::Layout> {

@@ -31,9 +31,13 @@ pub(super) fn handoff(
     let mut not_kexec = None;
     let mut what = what;
     if config.handoff == Handoff::Kexec {
-        not_kexec = Some(kexec_installed(disk, layout, boot, false, |kernel| {
-            format!("handing off (kexec {kernel}) at {:.2} s", uptime())
-        }));
+        not_kexec = Some(kexec_installed(
+            disk,
+            layout,
+            boot,
+            (false, true),
+            |kernel| format!("handing off (kexec {kernel}) at {:.2} s", uptime()),
+        ));
         what = "reboot";
         boot_disk_next(disk, layout);
     }
@@ -77,12 +81,14 @@ fn kexec_installed(
     disk: &disks::DiskInfo,
     layout: &Layout,
     boot: Option<&BootFacts>,
-    unchanged: bool,
+    (unchanged, note): (bool, bool),
     line: impl Fn(&str) -> String,
 ) -> String {
     let why = match kexec_start(disk, layout, boot) {
         Ok(start) => {
-            note_in_record(disk, "kexec", "");
+            if note {
+                note_in_record(disk, "kexec", "");
+            }
             log::info!("{}", line(start.kernel()));
             announce("kexec", unchanged, None);
             let e = sys::kexec_reboot();
@@ -94,7 +100,9 @@ fn kexec_installed(
         "not starting the installed OS by kexec: {why}; rebooting through the firmware into {} instead",
         disk.dev_path()
     );
-    note_in_record(disk, "reboot", &why);
+    if note {
+        note_in_record(disk, "reboot", &why);
+    }
     why
 }
 
@@ -286,7 +294,22 @@ pub(super) fn start_installed(
     layout: &Layout,
     boot: Option<&BootFacts>,
 ) -> Result<Never> {
-    let not_kexec = kexec_installed(disk, layout, boot, true, |kernel| {
+    start_own_os(disk, layout, boot, true)
+}
+
+/// After a capture: the machine's own OS started as [`start_installed`]
+/// does, with nothing noted on its disk (the source is never written).
+pub(super) fn start_source(disk: &disks::DiskInfo, layout: &Layout) -> Result<Never> {
+    start_own_os(disk, layout, None, false)
+}
+
+fn start_own_os(
+    disk: &disks::DiskInfo,
+    layout: &Layout,
+    boot: Option<&BootFacts>,
+    note: bool,
+) -> Result<Never> {
+    let not_kexec = kexec_installed(disk, layout, boot, (true, note), |kernel| {
         format!(
             "starting the installed OS by kexec of {kernel} at {:.2} s",
             uptime()

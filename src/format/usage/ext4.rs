@@ -335,6 +335,9 @@ pub(super) fn used<D: Read + Seek>(
     let blocks = |start: u64, count: u64| start * bs..(start + count) * bs;
     // The boot block and the primary superblock.
     set.push(0..((sb.first_data_block + 1) * bs).max(2048));
+    // Past the file system's end, the partition holds what the file system
+    // does not describe (an md RAID member's superblock, say): kept.
+    set.push((sb.blocks * bs).min(part_len)..part_len);
     let mut desc = vec![0u8; geo.desc_size as usize];
     let mut bitmap = vec![0u8; bs as usize];
     let table = (sb.first_data_block + 1) * bs;

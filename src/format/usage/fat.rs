@@ -144,6 +144,9 @@ pub(super) fn used<D: Read + Seek>(
     let l = layout(&sector, part_len)?;
     // Reserved sectors, the FATs, the FAT12/16 root directory.
     set.push(0..l.data_start);
+    // Past the file system's last cluster, the partition holds what the file
+    // system does not describe (an md RAID member's superblock, say): kept.
+    set.push((l.data_start + l.clusters * l.cluster).min(part_len)..part_len);
     // Entries 0 and 1 are not clusters; a FAT too small to number every
     // cluster leaves the rest unknown, and so used (Linux does not use them).
     let entries = (l.fat_bytes * 8 / l.bits).min(l.clusters + 2);

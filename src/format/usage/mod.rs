@@ -44,6 +44,10 @@ pub enum UsageError {
         "the FAT file system is implausible: {0}; fsck.vfat may repair it, until then it is captured whole"
     )]
     Fat(&'static str),
+    #[error(
+        "the swap area's header is not version 1 within its partition; it is captured whole (mkswap makes a new one)"
+    )]
+    Swap,
 }
 
 impl From<GptError> for UsageError {
@@ -277,10 +281,7 @@ fn part_usage<D: Read + Seek>(part: &mut Window<D>) -> Result<Found, UsageError>
     let (kind, read) = match fstype::identify(&head) {
         Some("ext2/3/4") => ("ext4", ext4_used(part, len)),
         Some("FAT") => ("FAT", fat_used(part, len)),
-        Some("swap") => (
-            "swap",
-            Ok(std::iter::once(0..SWAP_HEADER.min(len)).collect()),
-        ),
+        Some("swap") => ("swap", swap_used(&head, len)),
         _ => return Ok(Found::raw(len, None)),
     };
     match read {
@@ -291,6 +292,22 @@ fn part_usage<D: Read + Seek>(part: &mut Window<D>) -> Result<Found, UsageError>
         }),
         Err(UsageError::Io(e)) => Err(e.into()),
         Err(e) => Ok(Found::raw(len, Some(format!("{kind}: {e}")))),
+    }
+}
+
+/// A swap area's header (its first page), checked as the kernel reads it:
+/// version 1, and the area within the partition. What it swapped out means
+/// nothing after a reboot.
+fn swap_used(head: &[u8], len: u64) -> Result<Vec<Range<u64>>, UsageError> {
+    let word = |at: usize| {
+        head.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    match (word(1024), word(1028)) {
+        (Some(1), Some(last_page)) if (u64::from(last_page) + 1) * SWAP_HEADER <= len => {
+            Ok(std::iter::once(0..SWAP_HEADER.min(len)).collect())
+        }
+        _ => Err(UsageError::Swap),
     }
 }
 

@@ -459,6 +459,9 @@ fn gpt_disks_keep_tables_and_gaps_and_read_each_partition() {
     let ext = ext4_image(3, METADATA_CSUM);
     img[2048 * 512..2048 * 512 + ext.len()].copy_from_slice(&ext);
     img[4000 * 512 + 0xFF6..4000 * 512 + 0x1000].copy_from_slice(b"SWAPSPACE2");
+    // Version 1, its last page the partition's (100 sectors: 12 pages).
+    img[4000 * 512 + 1024..4000 * 512 + 1028].copy_from_slice(&1u32.to_le_bytes());
+    img[4000 * 512 + 1028..4000 * 512 + 1032].copy_from_slice(&11u32.to_le_bytes());
     img[4008 * 512..4100 * 512].fill(0x5A);
     img[5000 * 512..6000 * 512].fill(0xA5);
     let size = img.len() as u64;
@@ -478,6 +481,14 @@ fn gpt_disks_keep_tables_and_gaps_and_read_each_partition() {
     // the ext4 file system's free blocks are not.
     assert!(map.used_within(0, ext_start).eq([0..ext_start]));
     assert!(!map.any_used(4000 * 512 + 4096, 4100 * 512));
+    // A swap header the kernel would not take (another version, an area past
+    // its partition) is no reason to drop the rest: read whole.
+    for (at, value) in [(1024, 2u32), (1028, 12)] {
+        let mut other = img.clone();
+        other[4000 * 512 + at..4000 * 512 + at + 4].copy_from_slice(&value.to_le_bytes());
+        let (_, parts) = disk_usage(&mut Cursor::new(&other), size).unwrap();
+        assert_eq!((parts[1].kind, parts[1].used), ("raw", 100 * 512));
+    }
     assert!(!map.any_used(ext_start + 20 * K, ext_start + 257 * K));
     assert!(map.any_used(ext_start + 257 * K, ext_start + 258 * K));
     assert!(
@@ -506,10 +517,14 @@ fn gpt_disks_keep_tables_and_gaps_and_read_each_partition() {
 #[test]
 fn a_disk_without_a_table_is_read_as_its_file_system() {
     let mut img = ext4_image(3, 0);
+    let fs_end = img.len() as u64;
     img.resize(img.len() + 10 * K as usize, 0xEE);
     let (map, parts) = disk_usage(&mut Cursor::new(&img), img.len() as u64).unwrap();
     assert_eq!((parts[0].number, parts[0].kind), (0, "ext4"));
-    assert_eq!(map.ranges(), ext4_of(&ext4_image(3, 0)).unwrap());
+    // What lies past the file system's end is not the file system's to free.
+    let mut want = ext4_of(&ext4_image(3, 0)).unwrap();
+    want.push(fs_end..img.len() as u64);
+    assert_eq!(map.ranges(), want);
     let fat = fat12_image();
     let (_, parts) = disk_usage(&mut Cursor::new(&fat), fat.len() as u64).unwrap();
     // No "FAT12" signature string: raw.

@@ -235,7 +235,9 @@ impl RepoServer {
                     printable(head.path()),
                     reply.status
                 );
-                return self.refuse_body(head, stream, buf, limit, reply);
+                // Drained only when small: a client without the credential
+                // must not hold a connection for a large body's time.
+                return self.refuse_body(head, stream, buf, MAX_IGNORED_BODY, reply);
             }
         };
         match route {
