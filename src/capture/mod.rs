@@ -851,6 +851,24 @@ mod tests {
     }
 
     #[test]
+    fn a_4k_sector_disk_whose_last_partition_runs_to_its_end_is_taken_whole() {
+        use crate::format::gpt::tests::image_with_sector_size;
+        // 8 MiB of 4 KiB sectors; the partition ends at the last usable one.
+        let sectors = 2048u64;
+        let mut img = image_with_sector_size(4096, sectors, &[(ESP_TYPE, 256, sectors - 6, "esp")]);
+        let part = 256 * 4096..(sectors as usize - 5) * 4096;
+        img[part.clone()].copy_from_slice(&noise(part.len(), 9));
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(&img).unwrap();
+        let store = MemStore::default();
+        let report = run(file.as_file(), &store);
+        assert_eq!(report.image_size, img.len() as u64);
+        let (m, image) = store.image();
+        assert_eq!(image[part.clone()], img[part]);
+        assert_eq!(m.layout.unwrap().last_usable_lba, sectors - 6);
+    }
+
+    #[test]
     fn a_disk_without_a_gpt_is_refused_by_name() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(&noise(1 << 20, 5)).unwrap();
