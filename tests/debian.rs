@@ -207,7 +207,10 @@ fn stock_deploy_gets_the_agent_and_commits(firmware: &'static str) {
     status_says(&c, "committed");
     assert_has(
         &c,
-        "debian-os: status: agent       installed by the deploy (format 3)",
+        &format!(
+            "debian-os: status: agent       installed by the deploy (format {})",
+            imprint::footprint::FORMAT
+        ),
     );
     let record = read_state(&m.disks[0]).0;
     assert_eq!(record.mode, Mode::Committed);
@@ -636,7 +639,10 @@ fn stock_debian_network_boot_deploys_and_commits() {
     status_says(&c, "committed");
     assert_has(
         &c,
-        "debian-os: status: agent       installed by the deploy (format 3)",
+        &format!(
+            "debian-os: status: agent       installed by the deploy (format {})",
+            imprint::footprint::FORMAT
+        ),
     );
     timings_completed_by_first_boot(&disk, &c);
     let m = machine_entry(&served, mac);
