@@ -7,13 +7,11 @@
 
 mod common;
 
+use common::capture::{TOKEN, repo_check, serve_capturing};
 use common::machine::*;
 use common::vm::*;
 use common::*;
 use std::path::Path;
-use std::process::Stdio;
-
-const TOKEN: &str = "capture-token-of-the-tests-0123456789";
 
 /// A figure of the capture's summary line on a console (printed, with the
 /// capture's status events, for the record).
@@ -43,15 +41,6 @@ fn identity(disk: &Path) -> (String, String) {
     (id, key)
 }
 
-fn refs(repo: &Repo) -> String {
-    stdout_of(&imprint(&[
-        "image",
-        "ls",
-        "--repo",
-        repo.path().to_str().unwrap(),
-    ]))
-}
-
 fn machine(name: &str, served: &Served) -> (tempfile::TempDir, Machine) {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join(format!("{name}.img"));
@@ -72,12 +61,7 @@ fn a_configured_debian_is_captured_and_duplicated_with_identities_of_their_own()
     let repo = Repo::new();
     let image = debian_image("v1", Debian::CloudInit);
     add(&repo, "debian:v1", image.to_str().unwrap());
-    let served = Served::start_with(
-        &repo.path(),
-        &["--capture-token", TOKEN],
-        None,
-        Stdio::null(),
-    );
+    let served = serve_capturing(&repo, &[]);
 
     // A: deployed, up once (it makes its machine id), then configured.
     let (_a_dir, a) = machine("a", &served);
@@ -103,7 +87,7 @@ fn a_configured_debian_is_captured_and_duplicated_with_identities_of_their_own()
     );
     assert_eq!(status.code(), Some(CUT_STATUS), "cut in its upload:\n{c}");
     assert!(!c.contains("capture complete:"), "{c}");
-    assert!(!refs(&repo).contains("golden"), "no image after a cut");
+    assert!(!image_ls(&repo).contains("golden"), "no image after a cut");
     let stored_by_the_cut = chunk_files(&repo).len();
     assert!(
         std::fs::read(a_disk).unwrap() == before,
@@ -133,23 +117,12 @@ fn a_configured_debian_is_captured_and_duplicated_with_identities_of_their_own()
         "free blocks unread:\n{c}"
     );
     assert_has(&c, "debian-os: v1 booted");
-    assert!(refs(&repo).contains("golden:1"), "{}", refs(&repo));
-    let inspect = stdout_of(&imprint(&[
-        "image",
-        "inspect",
-        "--repo",
-        repo.path().to_str().unwrap(),
-        "golden:1",
-    ]));
+    assert!(image_ls(&repo).contains("golden:1"), "{}", image_ls(&repo));
+    let inspect = image_inspect(&repo, "golden:1");
     assert!(inspect.contains("format    v2"), "{inspect}");
     assert!(inspect.contains("generalized"), "{inspect}");
     assert!(inspect.contains("firmware bios"), "{inspect}");
-    assert_success(&imprint(&[
-        "repo",
-        "check",
-        "--repo",
-        repo.path().to_str().unwrap(),
-    ]));
+    assert_success(&repo_check(&repo));
 
     // B and C from golden:1, side by side: A's configuration, their own names,
     // machine ids and SSH host keys.
@@ -217,5 +190,5 @@ fn a_configured_debian_is_captured_and_duplicated_with_identities_of_their_own()
         "few chunks sent: {uploaded} of {}:\n{c}",
         uploaded + already
     );
-    assert!(refs(&repo).contains("golden:2"));
+    assert!(image_ls(&repo).contains("golden:2"));
 }

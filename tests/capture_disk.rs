@@ -5,14 +5,14 @@
 
 mod common;
 
+use common::capture::{TOKEN, serve_capturing};
 use common::*;
 use imprint::format::gpt;
 use imprint::format::usage;
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-const TOKEN: &str = "capture-token-of-the-tests-0123456789";
 const MIB: u64 = 1 << 20;
 
 fn must(cmd: &mut Command) {
@@ -125,13 +125,7 @@ fn a_capture_carries_the_used_blocks_only_and_deploys_them_over_junk() {
     let dir = tempfile::tempdir().unwrap();
     let source = source_disk(dir.path());
     let repo = Repo::new();
-    std::fs::create_dir_all(repo.path()).unwrap();
-    let served = Served::start_with(
-        &repo.path(),
-        &["--capture-token", TOKEN],
-        None,
-        Stdio::null(),
-    );
+    let served = serve_capturing(&repo, &[]);
     let first = capture(&served, &source);
     // The 3 MiB of noise in the root, the 300 KB loader and the file
     // systems' own metadata and journal (mkfs leaves the journal's old bytes)
@@ -206,13 +200,7 @@ fn a_capture_carries_the_used_blocks_only_and_deploys_them_over_junk() {
 fn a_disk_with_no_gpt_and_a_wrong_token_are_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repo::new();
-    std::fs::create_dir_all(repo.path()).unwrap();
-    let served = Served::start_with(
-        &repo.path(),
-        &["--capture-token", TOKEN],
-        None,
-        Stdio::null(),
-    );
+    let served = serve_capturing(&repo, &[]);
     let source = source_disk(dir.path());
     let out = capture_with(&served, &source, "not-the-token-0123456789");
     assert!(!out.status.success());

@@ -399,20 +399,9 @@ fn a_machine_the_inventory_sends_to_capture_publishes_its_own_tag() {
     assert_eq!(m["state"]["captured"], "golden:1", "{m}");
     assert_eq!(m["event"]["phase"], "captured", "{m}");
     assert_eq!(m["next"], "local", "{m}");
-    let listed = stdout_of(&imprint(&[
-        "image",
-        "ls",
-        "--repo",
-        repo.path().to_str().unwrap(),
-    ]));
+    let listed = image_ls(&repo);
     assert!(listed.contains("golden:1"), "{listed}");
-    let inspect = stdout_of(&imprint(&[
-        "image",
-        "inspect",
-        "--repo",
-        repo.path().to_str().unwrap(),
-        "golden:1",
-    ]));
+    let inspect = image_inspect(&repo, "golden:1");
     assert!(inspect.contains("generalized"), "{inspect}");
 
     let c = vm.netboot("local");

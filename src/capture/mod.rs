@@ -21,6 +21,7 @@ use crate::format::manifest::{
     Chunk, ChunkKind, Firmware, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, Manifest, Requirements,
 };
 use crate::format::usage::{self, PartUsage, UsedMap};
+use crate::statepart::Window;
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -191,22 +192,14 @@ pub struct Plan {
 
 /// Reads the disk's partition table and allocation maps.
 pub fn plan(disk: &File, disk_size: u64, name: &str) -> Result<Plan, CaptureError> {
-    let mut reader = Window {
-        file: disk,
-        pos: 0,
-        len: disk_size,
-    };
+    let mut reader = Window::new(disk, 0, disk_size);
     let layout = gpt::read(&mut reader)
         .map_err(|e| CaptureError::BadTable {
             disk: name.into(),
             why: e.to_string(),
         })?
         .ok_or_else(|| CaptureError::NoGpt(name.into()))?;
-    let mut reader = Window {
-        file: disk,
-        pos: 0,
-        len: disk_size,
-    };
+    let mut reader = Window::new(disk, 0, disk_size);
     let (used, partitions) =
         usage::disk_usage(&mut reader, disk_size).map_err(|source| CaptureError::Usage {
             disk: name.into(),
@@ -603,44 +596,13 @@ fn upload_missing(
     Ok(sent)
 }
 
-/// The firmware a disk boots with, by what it holds: boot code in its MBR or
-/// a BIOS boot partition for BIOS, an EFI system partition for UEFI.
+/// The firmware a disk boots with, by what it holds (see [`Firmware::of_disk`]).
 pub fn detect_firmware(disk: &File, layout: &Layout) -> Vec<Firmware> {
-    let mut mbr = [0u8; 512];
-    let boot_code = disk.read_exact_at(&mut mbr, 0).is_ok()
-        && mbr[510..512] == [0x55, 0xAA]
-        && mbr[..440].iter().any(|&b| b != 0);
-    Firmware::of_disk(boot_code, layout)
-}
-
-/// A `Read + Seek` over a file by positioned reads, so one open file serves
-/// the parsers and the readers' threads alike.
-struct Window<'a> {
-    file: &'a File,
-    pos: u64,
-    /// The disk's size (a block device's metadata says 0).
-    len: u64,
-}
-
-impl std::io::Read for Window<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
+    let mut mbr = vec![0u8; 512];
+    if disk.read_exact_at(&mut mbr, 0).is_err() {
+        mbr.clear();
     }
-}
-
-impl std::io::Seek for Window<'_> {
-    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
-        use std::io::SeekFrom;
-        let next = match to {
-            SeekFrom::Start(n) => Some(n),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-        };
-        self.pos = next.ok_or_else(|| std::io::Error::other("seek out of range"))?;
-        Ok(self.pos)
-    }
+    Firmware::of_disk(&mbr, Some(layout))
 }
 
 #[cfg(test)]

@@ -76,10 +76,12 @@ pub enum Firmware {
 
 impl Firmware {
     /// The firmware a disk boots with, by what it holds: boot code in its MBR
-    /// (`boot_code`) or a BIOS boot partition for BIOS, an EFI system
-    /// partition for UEFI.
-    pub fn of_disk(boot_code: bool, layout: &Layout) -> Vec<Firmware> {
-        let has = |t| layout.partitions.iter().any(|p| p.type_guid == t);
+    /// (`mbr`, its first sector; shorter when it could not be read) or a BIOS
+    /// boot partition for BIOS, an EFI system partition for UEFI.
+    pub fn of_disk(mbr: &[u8], layout: Option<&Layout>) -> Vec<Firmware> {
+        let boot_code =
+            mbr.len() >= 512 && mbr[510..512] == [0x55, 0xAA] && mbr[..440].iter().any(|&b| b != 0);
+        let has = |t| layout.is_some_and(|l| l.partitions.iter().any(|p| p.type_guid == t));
         let mut firmware = Vec::new();
         if boot_code || has(super::gpt::BIOS_BOOT_TYPE) {
             firmware.push(Firmware::Bios);

@@ -131,6 +131,27 @@ pub fn imprint(args: &[&str]) -> Output {
         .expect("running imprint")
 }
 
+/// What `imprint image ls` prints of `repo`.
+pub fn image_ls(repo: &Repo) -> String {
+    stdout_of(&imprint(&[
+        "image",
+        "ls",
+        "--repo",
+        repo.path().to_str().unwrap(),
+    ]))
+}
+
+/// What `imprint image inspect` prints of `reference` in `repo`.
+pub fn image_inspect(repo: &Repo, reference: &str) -> String {
+    stdout_of(&imprint(&[
+        "image",
+        "inspect",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        reference,
+    ]))
+}
+
 pub fn assert_success(out: &Output) {
     assert!(
         out.status.success(),

@@ -351,17 +351,10 @@ fn store_chunk(
 /// Which firmware the image can boot with: an ESP means UEFI; a BIOS boot partition
 /// or boot code in the MBR means BIOS.
 fn detect_firmware(file: &mut File, layout: Option<&Layout>) -> std::io::Result<Vec<Firmware>> {
-    let mut mbr = [0u8; 512];
+    let mut mbr = Vec::with_capacity(512);
     file.seek(SeekFrom::Start(0))?;
-    let boot_code = match file.read_exact(&mut mbr) {
-        Ok(()) => mbr[510..512] == [0x55, 0xAA] && !is_zero(&mbr[..440]),
-        Err(_) => false,
-    };
-    Ok(match layout {
-        Some(layout) => Firmware::of_disk(boot_code, layout),
-        None if boot_code => vec![Firmware::Bios],
-        None => Vec::new(),
-    })
+    file.by_ref().take(512).read_to_end(&mut mbr)?;
+    Ok(Firmware::of_disk(&mbr, layout))
 }
 
 #[cfg(test)]
