@@ -411,3 +411,62 @@ fn a_machine_the_inventory_sends_to_capture_publishes_its_own_tag() {
     );
     assert!(!c.contains("deploy environment"), "{c}");
 }
+
+/// A machine whose image needs what it does not have (a device bound to the
+/// NVMe driver): its first network boot's deploy environment refuses before
+/// writing and reports its hardware; from then on the server holds it, naming
+/// the requirement, without sending it the deploy environment.
+#[test]
+fn a_machine_its_image_does_not_fit_is_held_by_the_server() {
+    require_qemu!();
+    let a = artifacts();
+    let repo = Repo::new();
+    add_with(
+        &repo,
+        "os:nvme",
+        &a.path("os-v1.img"),
+        &["--driver", "nvme"],
+    );
+    let (served, net) = provisioning_server_with(
+        &repo,
+        &format!(
+            "[default]\ncmdline = [\"console=ttyS0\", \"quiet\", \"panic=-1\"]\n\n\
+             [hosts.\"{MAC}\"]\nimage = \"os:nvme\"\nsettings = {{ disk = \"/dev/vda\" }}\n"
+        ),
+        None,
+        &[],
+    );
+    let vm = machine(&repo, "bios", &net);
+    let before = std::fs::read(&vm.disks[0]).unwrap();
+    let c = vm.netboot("refused");
+    assert_has(&c, "the image needs a device bound to the driver nvme");
+    assert_has(&c, "nothing was written");
+    assert!(
+        std::fs::read(&vm.disks[0]).unwrap() == before,
+        "the disk was written"
+    );
+    let m = machine_entry(&served, MAC);
+    assert_eq!(m["next"], "hold", "{m}");
+    assert!(
+        m["held"]
+            .as_str()
+            .is_some_and(|h| h.contains("driver nvme")),
+        "{m}"
+    );
+    // Held: iPXE says why and asks again a minute later, never booting the
+    // deploy environment (the run is ended while it waits).
+    let held = Machine {
+        timeout: 30,
+        ..vm.clone()
+    };
+    let (_, c) = held.try_run("held", Start::Network);
+    // iPXE wraps its console at 80 columns.
+    let unwrapped: String = c.lines().collect();
+    assert!(
+        unwrapped.contains(&format!(
+            "imprint: {MAC}: os:nvme: the image needs a device bound to the driver nvme"
+        )),
+        "{c}"
+    );
+    assert!(!c.contains("deploy environment"), "{c}");
+}
